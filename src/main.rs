@@ -1,0 +1,5 @@
+//! The `pgmesh` binary: parses the command line and runs the chosen command.
+
+fn main() -> std::process::ExitCode {
+    pgmesh::cli::main()
+}

@@ -1,0 +1,1 @@
+//! replication CopyData envelopes (placeholder)
