@@ -14,7 +14,9 @@ use super::binaries::bin_dir;
 pub enum TestkitError {
     #[error("PostgreSQL {0} is not supported by pgmesh (15-18)")]
     UnsupportedVersion(u32),
-    #[error("PostgreSQL {major} is not installed (no {dir}/postgres): run scripts/install-postgres.sh")]
+    #[error(
+        "PostgreSQL {major} is not installed (no {dir}/postgres): run scripts/install-postgres.sh"
+    )]
     NotInstalled { major: u32, dir: PathBuf },
     #[error("could not run {program}: {source}")]
     Spawn {
@@ -174,7 +176,16 @@ impl Cluster {
         let out = run(Command::new(self.bin.join("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.data_dir)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql]))?;
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ]))?;
         check(&out, &format!("psql on port {}", self.port))?;
         let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
         while s.ends_with('\n') {
