@@ -1,1 +1,5 @@
-//! (placeholder, filled in by its owner)
+//! Filters between decoding and assembly.
+
+pub mod origin;
+
+pub use origin::{OriginFilter, Verdict};

@@ -1,0 +1,74 @@
+//! Dropping transactions that carry a replication origin (loop prevention on PG15).
+//!
+//! On PostgreSQL 16+ the server drops them (`origin 'none'`). On 15, pgoutput sends an
+//! Origin message right after Begin for every transaction that has one; everything of such
+//! a transaction is dropped here, except:
+//! - Begin and Commit, so the consumer still sees the transaction end and can acknowledge
+//!   its position (otherwise the slot would retain WAL for it forever);
+//! - Relation and Type messages: pgoutput sends a relation's description once per
+//!   connection, inside whichever transaction first touches it; dropping it would leave
+//!   later, kept transactions referring to a relation the consumer never learned.
+
+use crate::protocol::pgoutput::Message;
+
+/// What to do with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    Drop,
+}
+
+/// Per-stream origin filter; feed it every message in stream order.
+#[derive(Debug, Clone, Default)]
+pub struct OriginFilter {
+    drop_origins: bool,
+    in_dropped_txn: bool,
+    dropped_txns: u64,
+}
+
+impl OriginFilter {
+    /// `drop_origins = false` keeps everything (the filter only observes).
+    #[must_use]
+    pub fn new(drop_origins: bool) -> Self {
+        OriginFilter {
+            drop_origins,
+            ..Default::default()
+        }
+    }
+
+    /// Decides on `msg`; call for every message in order.
+    pub fn observe(&mut self, msg: &Message) -> Verdict {
+        match msg {
+            Message::Begin(_) | Message::BeginPrepare(_) => {
+                self.in_dropped_txn = false;
+                Verdict::Keep
+            }
+            Message::Origin(_) if self.drop_origins => {
+                self.in_dropped_txn = true;
+                Verdict::Drop
+            }
+            Message::Commit(_) | Message::Prepare(_) => {
+                if self.in_dropped_txn {
+                    self.dropped_txns += 1;
+                }
+                Verdict::Keep
+            }
+            Message::Relation(_) | Message::Type(_) => Verdict::Keep,
+            _ if self.in_dropped_txn => Verdict::Drop,
+            _ => Verdict::Keep,
+        }
+    }
+
+    /// Whether the current (or just committed) transaction is being dropped: the consumer
+    /// checks this at Commit to acknowledge the position without emitting anything.
+    #[must_use]
+    pub fn txn_dropped(&self) -> bool {
+        self.in_dropped_txn
+    }
+
+    /// Transactions dropped so far (for metrics and logs).
+    #[must_use]
+    pub fn dropped_txns(&self) -> u64 {
+        self.dropped_txns
+    }
+}
