@@ -5,7 +5,6 @@
 mod args;
 mod render;
 mod run;
-mod time;
 mod value;
 
 pub use args::{OriginFilter, Output, TailArgs};

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::time::rfc3339;
+use crate::pgtime::rfc3339;
 use super::value::{binary_value, text_value};
 use crate::protocol::pgoutput::{Column, Message, Oid, OldTuple, Relation, Tuple};
 use crate::txn::SpillBuffer;

@@ -1,4 +1,5 @@
-//! RFC 3339 text for PostgreSQL timestamps (microseconds since 2000-01-01 UTC).
+//! RFC 3339 text for PostgreSQL timestamps (microseconds since 2000-01-01 UTC), shared by
+//! `tail` output and the conflict ledger.
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;

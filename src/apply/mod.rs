@@ -1,0 +1,83 @@
+//! Apply: writing a chunk of remote changes into the local primary, deciding every
+//! conflict by last-writer-wins and recording it in the ledger, in one transaction bound
+//! to the peer's replication origin (so progress moves atomically with the data).
+
+pub mod ledger;
+pub mod resolve;
+pub mod row;
+pub mod session;
+pub mod sql;
+pub mod table;
+
+pub use session::ApplySession;
+
+/// Why applying failed. [`ApplyError::is_transient`] drives the retry policy: transient
+/// errors roll back and resume from the durable origin progress after a backoff; the rest
+/// need an operator (the stream stops with its position kept, and retries slowly so it
+/// resumes by itself once the cause is fixed).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("table {table} does not exist on this node: create it with the same columns as on the peer (pgmesh setup --check compares them)")]
+    MissingTable { table: String },
+    #[error("column {column} of table {table} is missing on node {node}: add it (ALTER TABLE {table} ADD COLUMN …) with the peer's type; replication resumes by itself")]
+    MissingColumn {
+        table: String,
+        column: String,
+        node: String,
+    },
+    #[error("table {table} has no primary key on this node: add one (pgmesh needs a key to resolve conflicts)")]
+    NoPrimaryKey { table: String },
+    #[error("unexpected replication data: {0}")]
+    Protocol(String),
+    #[error("could not apply a change to {table} key {key}: {detail}")]
+    Unresolved {
+        table: String,
+        key: String,
+        detail: String,
+    },
+}
+
+impl ApplyError {
+    /// Worth retrying after a pause with nothing changed.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Db(e) => db_error_is_transient(e),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a database error.
+    #[must_use]
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ApplyError::Db(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Connection loss, deadlocks, serialization failures, shutdowns and resource shortages
+/// (a full disk among them) pass; data and schema errors do not.
+#[must_use]
+pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true, // I/O or protocol-level failure of the connection
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || c == "40001"
+                || c == "40P01"
+                || c == "55P03"
+                || c == "58030"
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Applying one chunk: per table, read the local versions of every key the chunk touches
+//! (rows locked `FOR UPDATE`, else tombstones), decide each key in Rust with
+//! [`crate::conflict::decide`], then write with one statement per table and kind.
+//!
+//! Races with local sessions are expected, never fatal: an insert that meets a row a local
+//! session inserted meanwhile (`ON CONFLICT DO NOTHING` skips it) re-enters the decision
+//! with that row; a value another row holds in a second unique constraint is resolved by
+//! last-writer-wins between the two rows.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use super::ledger::{record, ConflictRecord};
+use super::row::{Key, Row, Val};
+use super::sql;
+use super::table::{LocalTable, TableMap};
+use super::ApplyError;
+use crate::batch::{ChangeOp, Chunk, Pending, TableChunk};
+use crate::conflict::{decide, newer, Action, ConflictKind, LocalVersion, RemoteOp, RemoteVersion, Winner};
+use crate::protocol::pgoutput::PgTimestamp;
+
+/// Maps a row's `roident` (from its xmin) to the node that wrote it.
+#[derive(Debug, Clone)]
+pub struct Origins {
+    pub local_node: String,
+    /// roident → node name (`pgmesh_a` → `a`; other origins keep their own name).
+    pub by_roident: HashMap<u32, String>,
+}
+
+impl Origins {
+    #[must_use]
+    pub fn node_of(&self, roident: Option<u32>) -> &str {
+        match roident {
+            None | Some(0) => &self.local_node,
+            Some(id) => self
+                .by_roident
+                .get(&id)
+                .map(String::as_str)
+                .unwrap_or("unknown-origin"),
+        }
+    }
+}
+
+/// Prepared statements by SQL text, per connection.
+#[derive(Default)]
+pub struct Statements(HashMap<String, Statement>);
+
+impl Statements {
+    pub async fn get(&mut self, client: &Client, sql: &str) -> Result<Statement, ApplyError> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = client.prepare(sql).await?;
+        self.0.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+/// Counters of one chunk's work.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyStats {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub skipped: u64,
+    pub conflicts: u64,
+}
+
+/// What the resolver needs of its surroundings.
+pub struct Resolver<'a> {
+    pub client: &'a Client,
+    pub statements: &'a mut Statements,
+    pub origins: &'a Origins,
+    /// The peer the changes come from.
+    pub peer: &'a str,
+}
+
+struct LocalRow {
+    json: String,
+    ts: Option<PgTimestamp>,
+    roident: Option<u32>,
+}
+
+fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
+    t.and_then(PgTimestamp::from_system_time)
+}
+
+/// One text[] parameter per key column, for `keys`.
+fn key_params<'k>(keys: &[&'k Key], ncols: usize) -> Result<Vec<Vec<Option<&'k str>>>, ApplyError> {
+    let mut cols = vec![Vec::with_capacity(keys.len()); ncols];
+    for k in keys {
+        for (c, v) in cols.iter_mut().zip(&k.0) {
+            let s = std::str::from_utf8(v)
+                .map_err(|_| ApplyError::Protocol("key value is not valid UTF-8".into()))?;
+            c.push(Some(s));
+        }
+    }
+    Ok(cols)
+}
+
+fn as_params<'p>(cols: &'p [Vec<Option<&str>>]) -> Vec<&'p (dyn ToSql + Sync)> {
+    cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
+}
+
+fn remote_op(p: &Pending) -> RemoteOp {
+    match p.op {
+        ChangeOp::Insert => RemoteOp::Insert,
+        ChangeOp::Update => RemoteOp::Update {
+            complete: p.row.as_ref().is_some_and(Row::is_complete),
+        },
+        ChangeOp::Delete => RemoteOp::Delete,
+    }
+}
+
+/// Columns an image sets: key columns included for inserts, excluded for updates.
+fn columns_of(row: &Row, table: &LocalTable, with_key: bool) -> Vec<usize> {
+    row.0
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| matches!(v, Val::Text(_) | Val::Null) && (with_key || !table.pk.contains(i)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+impl Resolver<'_> {
+    /// Applies every table of `chunk`; conflicts are appended to `ledger`.
+    pub async fn apply(
+        &mut self,
+        chunk: &Chunk,
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), ApplyError> {
+        for tc in &chunk.tables {
+            self.apply_table(tc, ledger, stats).await?;
+        }
+        Ok(())
+    }
+
+    async fn local_rows(&mut self, map: &TableMap, keys: &[&Key]) -> Result<HashMap<usize, LocalRow>, ApplyError> {
+        let t = &map.local;
+        let params = key_params(keys, t.pk.len())?;
+        let stmt = self.statements.get(self.client, &sql::select_rows(t)).await?;
+        let rows = self.client.query(&stmt, &as_params(&params)).await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let ord: i64 = r.get(0);
+            out.insert(
+                usize::try_from(ord - 1).unwrap_or(usize::MAX),
+                LocalRow {
+                    json: r.get(1),
+                    ts: pg_ts(r.get(2)),
+                    roident: r.get(3),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn tombstones(&mut self, map: &TableMap, keys: &[&Key]) -> Result<HashMap<usize, (Option<PgTimestamp>, Option<u32>)>, ApplyError> {
+        let mut out = HashMap::new();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let t = &map.local;
+        let cols = key_params(keys, t.pk.len())?;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
+        params.extend(as_params(&cols));
+        let stmt = self.statements.get(self.client, &sql::select_tombstones(t)).await?;
+        for r in self.client.query(&stmt, &params).await? {
+            let ord: i64 = r.get(0);
+            out.insert(
+                usize::try_from(ord - 1).unwrap_or(usize::MAX),
+                (pg_ts(r.get(1)), r.get(2)),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn apply_table(
+        &mut self,
+        tc: &TableChunk,
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), ApplyError> {
+        let map = &*tc.map;
+        let t = &map.local;
+        let keys: Vec<&Key> = tc.order.iter().collect();
+        let rows = self.local_rows(map, &keys).await?;
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| !rows.contains_key(i)).collect();
+        let missing_keys: Vec<&Key> = missing.iter().map(|&i| keys[i]).collect();
+        let tomb_sub = self.tombstones(map, &missing_keys).await?;
+        let tombs: HashMap<usize, _> = tomb_sub.into_iter().map(|(j, v)| (missing[j], v)).collect();
+
+        let mut deletes: Vec<&Key> = Vec::new();
+        let mut tomb_keys: Vec<&Key> = Vec::new();
+        let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        let mut inserts: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(p) = tc.changes.get(*key) else { continue };
+            let local = match (rows.get(&i), tombs.get(&i)) {
+                (Some(r), _) => LocalVersion::Row {
+                    commit_ts: r.ts,
+                    node: self.origins.node_of(r.roident),
+                },
+                (None, Some((ts, ro))) => LocalVersion::Deleted {
+                    commit_ts: *ts,
+                    node: self.origins.node_of(*ro),
+                },
+                (None, None) => LocalVersion::Absent,
+            };
+            if p.op == ChangeOp::Delete && p.born_in_chunk && matches!(local, LocalVersion::Absent) {
+                // Inserted and deleted upstream within this chunk, never here: nothing to do.
+                continue;
+            }
+            let remote = RemoteVersion {
+                op: remote_op(p),
+                commit_ts: p.commit_ts,
+                node: self.peer,
+            };
+            let d = decide(&local, &remote);
+            if let Some((kind, winner)) = d.conflict {
+                let local_info = rows.get(&i).map(|r| {
+                    (serde_json::from_str(&r.json).ok(), r.ts, self.origins.node_of(r.roident).to_string())
+                }).or_else(|| tombs.get(&i).map(|(ts, ro)| (None, *ts, self.origins.node_of(*ro).to_string())));
+                ledger.push(record(
+                    kind,
+                    winner,
+                    &t.name,
+                    key.to_json(map),
+                    local_info,
+                    p.row.as_ref().map(|r| r.to_json(map)),
+                    p.commit_ts,
+                    self.peer,
+                    p.lsn,
+                ));
+                stats.conflicts += 1;
+            }
+            match d.action {
+                Action::Insert => match &p.row {
+                    Some(r) => inserts.push((key, r, p)),
+                    None => stats.skipped += 1,
+                },
+                Action::Update => match &p.row {
+                    Some(r) => updates.push((key, r, p)),
+                    None => stats.skipped += 1,
+                },
+                Action::Delete => {
+                    deletes.push(key);
+                    tomb_keys.push(key);
+                }
+                Action::Tombstone => tomb_keys.push(key),
+                Action::Skip => stats.skipped += 1,
+            }
+        }
+        self.delete(map, &deletes).await?;
+        stats.deleted += deletes.len() as u64;
+        self.write_tombstones(map, &tomb_keys).await?;
+        self.update(map, &updates, ledger, stats).await?;
+        self.insert(map, &inserts, ledger, stats, 0).await?;
+        Ok(())
+    }
+
+    async fn delete(&mut self, map: &TableMap, keys: &[&Key]) -> Result<(), ApplyError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let params = key_params(keys, map.local.pk.len())?;
+        let stmt = self.statements.get(self.client, &sql::delete_rows(&map.local)).await?;
+        self.client.execute(&stmt, &as_params(&params)).await?;
+        Ok(())
+    }
+
+    async fn write_tombstones(&mut self, map: &TableMap, keys: &[&Key]) -> Result<(), ApplyError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let t = &map.local;
+        let cols = key_params(keys, t.pk.len())?;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
+        params.extend(as_params(&cols));
+        let stmt = self.statements.get(self.client, &sql::upsert_tombstones(t)).await?;
+        self.client.execute(&stmt, &params).await?;
+        Ok(())
+    }
+
+    /// Updates grouped by the set of columns they carry; a table with other unique
+    /// constraints updates under a savepoint and falls back to row by row on a violation.
+    async fn update(
+        &mut self,
+        map: &TableMap,
+        rows: &[(&Key, &Row, &Pending)],
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), ApplyError> {
+        let t = &map.local;
+        type Group<'r> = (Vec<usize>, Vec<(&'r Key, &'r Row, &'r Pending)>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for &(k, r, p) in rows {
+            let cols = columns_of(r, t, false);
+            match groups.iter_mut().find(|(c, _)| *c == cols) {
+                Some((_, g)) => g.push((k, r, p)),
+                None => groups.push((cols, vec![(k, r, p)])),
+            }
+        }
+        for (cols, group) in groups {
+            let guarded = !t.uniques.is_empty();
+            if guarded {
+                self.client.batch_execute("SAVEPOINT pgmesh_update").await?;
+            }
+            match self.update_group(map, &cols, &group).await {
+                Ok(()) => {
+                    stats.updated += group.len() as u64;
+                    if guarded {
+                        self.client.batch_execute("RELEASE SAVEPOINT pgmesh_update").await?;
+                    }
+                }
+                Err(e) if guarded && e.sqlstate() == Some("23505") => {
+                    self.client.batch_execute("ROLLBACK TO SAVEPOINT pgmesh_update").await?;
+                    for &one in &group {
+                        self.update_one_resolving_uniques(map, &cols, one, ledger, stats)
+                            .await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_group(
+        &mut self,
+        map: &TableMap,
+        cols: &[usize],
+        group: &[(&Key, &Row, &Pending)],
+    ) -> Result<(), ApplyError> {
+        let t = &map.local;
+        let keys: Vec<&Key> = group.iter().map(|(k, _, _)| *k).collect();
+        let mut params = key_params(&keys, t.pk.len())?;
+        for &c in cols {
+            let mut col = Vec::with_capacity(group.len());
+            for (_, r, _) in group {
+                col.push(r.0[c].as_text()?);
+            }
+            params.push(col);
+        }
+        let stmt = self.statements.get(self.client, &sql::update_rows(t, cols)).await?;
+        self.client.execute(&stmt, &as_params(&params)).await?;
+        Ok(())
+    }
+
+    /// One update that violated another unique constraint: decide against the row that
+    /// holds the value, then retry or skip.
+    async fn update_one_resolving_uniques(
+        &mut self,
+        map: &TableMap,
+        cols: &[usize],
+        (key, row, p): (&Key, &Row, &Pending),
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), ApplyError> {
+        for attempt in 0..3 {
+            self.client.batch_execute("SAVEPOINT pgmesh_row").await?;
+            match self.update_group(map, cols, &[(key, row, p)]).await {
+                Ok(()) => {
+                    self.client.batch_execute("RELEASE SAVEPOINT pgmesh_row").await?;
+                    stats.updated += 1;
+                    return Ok(());
+                }
+                Err(e) if e.sqlstate() == Some("23505") && attempt < 2 => {
+                    self.client.batch_execute("ROLLBACK TO SAVEPOINT pgmesh_row").await?;
+                    if !self.resolve_unique_holders(map, key, row, p, ledger, stats).await? {
+                        stats.skipped += 1;
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    return Err(ApplyError::Unresolved {
+                        table: map.local.name.clone(),
+                        key: key.to_json(map).to_string(),
+                        detail: format!("update failed: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts grouped by column set; rows skipped by `ON CONFLICT DO NOTHING` are
+    /// re-decided against what is there now.
+    fn insert<'s>(
+        &'s mut self,
+        map: &'s TableMap,
+        rows: &'s [(&'s Key, &'s Row, &'s Pending)],
+        ledger: &'s mut Vec<ConflictRecord>,
+        stats: &'s mut ApplyStats,
+        depth: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApplyError>> + Send + 's>> {
+        Box::pin(async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let t = &map.local;
+            let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+            for (i, (_, r, _)) in rows.iter().enumerate() {
+                let cols = columns_of(r, t, true);
+                match groups.iter_mut().find(|(c, _)| *c == cols) {
+                    Some((_, g)) => g.push(i),
+                    None => groups.push((cols, vec![i])),
+                }
+            }
+            let mut not_inserted: Vec<usize> = Vec::new();
+            for (cols, idx) in &groups {
+                let mut params: Vec<Vec<Option<&str>>> = Vec::with_capacity(cols.len());
+                for &c in cols {
+                    let mut col = Vec::with_capacity(idx.len());
+                    for &i in idx {
+                        col.push(rows[i].1 .0[c].as_text()?);
+                    }
+                    params.push(col);
+                }
+                let stmt = self.statements.get(self.client, &sql::insert_rows(t, cols)).await?;
+                let done = self.client.query(&stmt, &as_params(&params)).await?;
+                let mut inserted = vec![false; idx.len()];
+                for r in done {
+                    let ord: i64 = r.get(0);
+                    if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|o| inserted.get_mut(o)) {
+                        *slot = true;
+                    }
+                }
+                for (j, ok) in inserted.iter().enumerate() {
+                    if *ok {
+                        stats.inserted += 1;
+                    } else {
+                        not_inserted.push(idx[j]);
+                    }
+                }
+            }
+            if not_inserted.is_empty() {
+                return Ok(());
+            }
+            if depth >= 3 {
+                let (k, _, _) = rows[not_inserted[0]];
+                return Err(ApplyError::Unresolved {
+                    table: t.name.clone(),
+                    key: k.to_json(map).to_string(),
+                    detail: "the row kept colliding with concurrent local inserts".into(),
+                });
+            }
+            self.resolve_not_inserted(map, rows, &not_inserted, ledger, stats, depth).await
+        })
+    }
+
+    /// Rows an insert skipped: either a local session inserted the same key meanwhile
+    /// (decide again against that row) or another row holds one of its unique values.
+    async fn resolve_not_inserted(
+        &mut self,
+        map: &TableMap,
+        rows: &[(&Key, &Row, &Pending)],
+        not_inserted: &[usize],
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+        depth: u32,
+    ) -> Result<(), ApplyError> {
+        let t = &map.local;
+        let keys: Vec<&Key> = not_inserted.iter().map(|&i| rows[i].0).collect();
+        let now_there = self.local_rows(map, &keys).await?;
+        let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        let mut retry: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        for (j, &i) in not_inserted.iter().enumerate() {
+            let (key, row, p) = rows[i];
+            if let Some(r) = now_there.get(&j) {
+                let local_node = self.origins.node_of(r.roident).to_string();
+                let remote = RemoteVersion {
+                    op: RemoteOp::Insert,
+                    commit_ts: p.commit_ts,
+                    node: self.peer,
+                };
+                let d = decide(
+                    &LocalVersion::Row {
+                        commit_ts: r.ts,
+                        node: &local_node,
+                    },
+                    &remote,
+                );
+                if let Some((kind, winner)) = d.conflict {
+                    ledger.push(record(
+                        kind,
+                        winner,
+                        &t.name,
+                        key.to_json(map),
+                        Some((serde_json::from_str(&r.json).ok(), r.ts, local_node.clone())),
+                        Some(row.to_json(map)),
+                        p.commit_ts,
+                        self.peer,
+                        p.lsn,
+                    ));
+                    stats.conflicts += 1;
+                }
+                match d.action {
+                    Action::Update => updates.push((key, row, p)),
+                    _ => stats.skipped += 1,
+                }
+                continue;
+            }
+            // Another row holds one of this row's unique values.
+            if self.resolve_unique_holders(map, key, row, p, ledger, stats).await? {
+                retry.push((key, row, p));
+            } else {
+                stats.skipped += 1;
+            }
+        }
+        self.update(map, &updates, ledger, stats).await?;
+        self.insert(map, &retry, ledger, stats, depth + 1).await
+    }
+
+    /// Decides between the incoming row and each local row holding one of its unique
+    /// values. Returns whether the incoming row won against all of them (and the holders
+    /// were deleted), so it should be inserted.
+    async fn resolve_unique_holders(
+        &mut self,
+        map: &TableMap,
+        key: &Key,
+        row: &Row,
+        p: &Pending,
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+    ) -> Result<bool, ApplyError> {
+        let t = &map.local;
+        let mut losers: Vec<Key> = Vec::new();
+        for unique in &t.uniques {
+            let mut vals: Vec<&str> = Vec::with_capacity(unique.len());
+            for &c in unique {
+                match row.0[c].as_text()? {
+                    Some(v) => vals.push(v),
+                    None => break, // NULLs never collide
+                }
+            }
+            if vals.len() != unique.len() {
+                continue;
+            }
+            let params: Vec<&(dyn ToSql + Sync)> = vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            let stmt = self.statements.get(self.client, &sql::select_unique_holder(t, unique)).await?;
+            for h in self.client.query(&stmt, &params).await? {
+                let npk = t.pk.len();
+                let hkey = Key((0..npk).map(|i| bytes::Bytes::from(h.get::<_, String>(i))).collect());
+                if &hkey == key {
+                    continue;
+                }
+                let json: String = h.get(npk);
+                let ts = pg_ts(h.get(npk + 1));
+                let node = self.origins.node_of(h.get(npk + 2)).to_string();
+                let remote = RemoteVersion {
+                    op: RemoteOp::Insert,
+                    commit_ts: p.commit_ts,
+                    node: self.peer,
+                };
+                let winner = newer(ts, &node, &remote);
+                ledger.push(record(
+                    ConflictKind::UniqueExists,
+                    winner,
+                    &t.name,
+                    hkey.to_json(map),
+                    Some((serde_json::from_str(&json).ok(), ts, node)),
+                    Some(row.to_json(map)),
+                    p.commit_ts,
+                    self.peer,
+                    p.lsn,
+                ));
+                stats.conflicts += 1;
+                if winner == Winner::Local {
+                    return Ok(false);
+                }
+                losers.push(hkey);
+            }
+        }
+        if losers.is_empty() {
+            // Nothing holds its values any more (the holder went away meanwhile): retry.
+            return Ok(true);
+        }
+        let refs: Vec<&Key> = losers.iter().collect();
+        self.delete(map, &refs).await?;
+        self.write_tombstones(map, &refs).await?;
+        stats.deleted += refs.len() as u64;
+        Ok(true)
+    }
+}

@@ -1,0 +1,217 @@
+//! The apply connection to the local primary: one per peer stream, bound to the peer's
+//! replication origin, with `session_replication_role = replica` (no user triggers, no
+//! FK checks, and the tombstone trigger stays quiet: remote deletes record their own
+//! tombstones) and `synchronous_commit = off` (safe: the peer is only told what is
+//! durably applied, through the origin's flushed progress).
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::ledger::ConflictRecord;
+use super::resolve::{ApplyStats, Origins, Resolver, Statements};
+use super::sql::INSERT_CONFLICTS;
+use super::table::LocalTable;
+use super::ApplyError;
+use crate::batch::Chunk;
+use crate::protocol::pgoutput::PgTimestamp;
+use crate::Lsn;
+
+/// Settings that make text forms canonical on this session: key text written to and
+/// compared with tombstones must not depend on who wrote it.
+const SESSION_SETUP: &str = "SET session_replication_role = replica;
+SET synchronous_commit = off;
+SET DateStyle = 'ISO, MDY';
+SET TimeZone = 'UTC';
+SET IntervalStyle = 'postgres';
+SET extra_float_digits = 3;
+SET bytea_output = 'hex';
+SET application_name = 'pgmesh apply';";
+
+/// An open apply session into the local node for changes from one peer.
+pub struct ApplySession {
+    client: Client,
+    statements: Statements,
+    origins: Origins,
+    origin_name: String,
+    peer: String,
+    in_txn: bool,
+    tables: HashMap<(String, String), std::sync::Arc<LocalTable>>,
+    conn_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApplySession {
+    fn drop(&mut self) {
+        self.conn_task.abort();
+    }
+}
+
+impl ApplySession {
+    /// Connects to the local node and binds the session to origin `pgmesh_<peer>`.
+    pub async fn connect(dsn: &str, local_node: &str, peer: &str) -> Result<ApplySession, ApplyError> {
+        let (client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
+        let conn_task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "apply connection ended");
+            }
+        });
+        client.batch_execute(SESSION_SETUP).await?;
+        let origin_name = format!("pgmesh_{peer}");
+        client
+            .query("SELECT pg_replication_origin_session_setup($1)", &[&origin_name])
+            .await?;
+        let mut s = ApplySession {
+            client,
+            statements: Statements::default(),
+            origins: Origins {
+                local_node: local_node.to_string(),
+                by_roident: HashMap::new(),
+            },
+            origin_name,
+            peer: peer.to_string(),
+            in_txn: false,
+            tables: HashMap::new(),
+            conn_task,
+        };
+        s.refresh_origins().await?;
+        Ok(s)
+    }
+
+    /// Reloads the origin id → node map (`pgmesh_<node>` → `<node>`).
+    pub async fn refresh_origins(&mut self) -> Result<(), ApplyError> {
+        let rows = self
+            .client
+            .query("SELECT roident, roname FROM pg_replication_origin", &[])
+            .await?;
+        self.origins.by_roident = rows
+            .iter()
+            .map(|r| {
+                let id: u32 = r.get(0);
+                let name: String = r.get(1);
+                let node = name.strip_prefix("pgmesh_").unwrap_or(&name).to_string();
+                (id, node)
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// The origin's progress that is flushed to disk: everything up to it is durably
+    /// applied and may be acknowledged to the peer.
+    pub async fn durable_progress(&self) -> Result<Lsn, ApplyError> {
+        self.progress(true).await
+    }
+
+    /// The origin's progress including commits not yet flushed (where to resume reading).
+    pub async fn progress(&self, flushed: bool) -> Result<Lsn, ApplyError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT coalesce(pg_replication_origin_progress($1, $2), '0/0')::text",
+                &[&self.origin_name, &flushed],
+            )
+            .await?;
+        let text: String = row.get(0);
+        text.parse()
+            .map_err(|e| ApplyError::Protocol(format!("origin progress {text:?}: {e}")))
+    }
+
+    /// The local table for a peer relation (cached; [`ApplySession::forget_tables`]
+    /// clears the cache when the peer re-describes relations).
+    pub async fn local_table(&mut self, schema: &str, table: &str) -> Result<std::sync::Arc<LocalTable>, ApplyError> {
+        let key = (schema.to_string(), table.to_string());
+        if let Some(t) = self.tables.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = std::sync::Arc::new(LocalTable::load(&self.client, schema, table).await?);
+        self.tables.insert(key, t.clone());
+        Ok(t)
+    }
+
+    pub fn forget_tables(&mut self) {
+        self.tables.clear();
+    }
+
+    #[must_use]
+    pub fn in_transaction(&self) -> bool {
+        self.in_txn
+    }
+
+    /// Opens the downstream transaction if none is open.
+    pub async fn begin(&mut self) -> Result<(), ApplyError> {
+        if !self.in_txn {
+            self.client.batch_execute("BEGIN").await?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    /// Applies a chunk inside the open transaction and writes its ledger rows.
+    pub async fn apply(&mut self, chunk: &Chunk) -> Result<ApplyStats, ApplyError> {
+        self.begin().await?;
+        let mut ledger: Vec<ConflictRecord> = Vec::new();
+        let mut stats = ApplyStats::default();
+        let mut resolver = Resolver {
+            client: &self.client,
+            statements: &mut self.statements,
+            origins: &self.origins,
+            peer: &self.peer,
+        };
+        let result = resolver.apply(chunk, &mut ledger, &mut stats).await;
+        if let Err(ApplyError::Db(_)) = &result {
+            // An origin we have not seen (a node added later) shows up as unknown; reload
+            // so the retry maps it.
+            let _ = self.refresh_origins().await;
+        }
+        result?;
+        self.write_ledger(&ledger).await?;
+        Ok(stats)
+    }
+
+    /// Writes ledger records in the open transaction.
+    pub async fn write_ledger(&mut self, ledger: &[ConflictRecord]) -> Result<(), ApplyError> {
+        if ledger.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(ledger)
+            .map_err(|e| ApplyError::Protocol(format!("ledger encoding: {e}")))?;
+        let stmt = self.statements.get(&self.client, INSERT_CONFLICTS).await?;
+        self.client.execute(&stmt, &[&json]).await?;
+        Ok(())
+    }
+
+    /// Runs a statement in the open transaction (TRUNCATE and other whole-table work).
+    pub async fn execute_in_txn(&mut self, sql: &str) -> Result<(), ApplyError> {
+        self.begin().await?;
+        self.client.batch_execute(sql).await?;
+        Ok(())
+    }
+
+    /// Commits the open transaction, recording that the peer's changes up to `end_lsn`
+    /// (committed there at `commit_ts`) are applied, atomically with the data.
+    pub async fn commit(&mut self, end_lsn: Lsn, commit_ts: PgTimestamp) -> Result<(), ApplyError> {
+        if !self.in_txn {
+            self.begin().await?;
+        }
+        let lsn = end_lsn.to_string();
+        let ts = crate::pgtime::rfc3339(commit_ts.0);
+        self.client
+            .query(
+                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2::text::timestamptz)",
+                &[&lsn, &ts],
+            )
+            .await?;
+        self.client.batch_execute("COMMIT").await?;
+        self.in_txn = false;
+        Ok(())
+    }
+
+    /// Rolls back the open transaction (after an error; the peer resends from the
+    /// durable progress).
+    pub async fn rollback(&mut self) -> Result<(), ApplyError> {
+        if self.in_txn {
+            self.in_txn = false;
+            self.client.batch_execute("ROLLBACK").await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! SQL text of the set-based apply statements (pure; one statement per table and kind,
+//! whatever the number of rows). Every value travels as an element of a `text[]`
+//! parameter and is cast to the column's type in SQL, so one code path serves every type.
+
+use super::table::LocalTable;
+
+/// `u.k0::int4 = t.id AND …` joins of the unnested key columns onto the table.
+fn key_join(t: &LocalTable, alias: &str, prefix: &str) -> String {
+    t.pk.iter()
+        .enumerate()
+        .map(|(n, &c)| {
+            let col = &t.columns[c];
+            format!("t.{} = {alias}.{prefix}{n}::{}", col.quoted, col.type_sql)
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn unnest_params(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|p| format!("${p}::text[]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn names(prefix: &str, count: usize) -> String {
+    (0..count)
+        .map(|n| format!("{prefix}{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows for a list of keys, locked, with their commit time and origin.
+/// Params: one `text[]` per key column. Columns: ord (1-based), row json, ts, roident.
+#[must_use]
+pub fn select_rows(t: &LocalTable) -> String {
+    let n = t.pk.len();
+    format!(
+        "SELECT u.ord, to_jsonb(t.*)::text, x.timestamp, x.roident \
+           FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
+           JOIN {} t ON {} \
+           LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(t.xmin) x ON true \
+          FOR UPDATE OF t",
+        unnest_params(1, n),
+        names("k", n),
+        t.name,
+        key_join(t, "u", "k")
+    )
+}
+
+/// The canonical text array of a key, as tombstones store it.
+fn key_array(t: &LocalTable, alias: &str) -> String {
+    let parts = t
+        .pk
+        .iter()
+        .enumerate()
+        .map(|(n, &c)| format!("{alias}.k{n}::{}::text", t.columns[c].type_sql))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("ARRAY[{parts}]")
+}
+
+/// Tombstones for a list of keys, with the delete's commit time and origin.
+/// Params: $1 table name, then one `text[]` per key column. Columns: ord, ts, roident.
+#[must_use]
+pub fn select_tombstones(t: &LocalTable) -> String {
+    let n = t.pk.len();
+    format!(
+        "SELECT u.ord, x.timestamp, x.roident \
+           FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
+           JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key = {} \
+           LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
+        unnest_params(2, n),
+        names("k", n),
+        key_array(t, "u")
+    )
+}
+
+/// Records tombstones (the delete's time is this transaction's commit time, read back
+/// through the tombstone row's xmin). Params: $1 table name, then key columns.
+#[must_use]
+pub fn upsert_tombstones(t: &LocalTable) -> String {
+    let n = t.pk.len();
+    format!(
+        "INSERT INTO pgmesh.tombstones (table_name, key) \
+         SELECT $1, {} FROM unnest({}) AS u({}) \
+         ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now()",
+        key_array(t, "u"),
+        unnest_params(2, n),
+        names("k", n)
+    )
+}
+
+/// Deletes rows by key. Params: key columns.
+#[must_use]
+pub fn delete_rows(t: &LocalTable) -> String {
+    let n = t.pk.len();
+    format!(
+        "DELETE FROM {} t USING unnest({}) AS u({}) WHERE {}",
+        t.name,
+        unnest_params(1, n),
+        names("k", n),
+        key_join(t, "u", "k")
+    )
+}
+
+/// Updates `cols` (local column indices, not key columns) by key.
+/// Params: key columns, then one per column in `cols`.
+#[must_use]
+pub fn update_rows(t: &LocalTable, cols: &[usize]) -> String {
+    let n = t.pk.len();
+    let set = if cols.is_empty() {
+        // Nothing but the key: still write a new row version, so the row's commit time
+        // and origin record this write.
+        let k = &t.columns[t.pk[0]].quoted;
+        format!("{k} = t.{k}")
+    } else {
+        cols.iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let col = &t.columns[c];
+                format!("{} = u.v{i}::{}", col.quoted, col.type_sql)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let aliases = if cols.is_empty() {
+        names("k", n)
+    } else {
+        format!("{}, {}", names("k", n), names("v", cols.len()))
+    };
+    format!(
+        "UPDATE {} t SET {set} FROM unnest({}) AS u({aliases}) WHERE {}",
+        t.name,
+        unnest_params(1, n + cols.len()),
+        key_join(t, "u", "k")
+    )
+}
+
+/// Inserts rows with the columns `cols` (must include the key columns); rows whose key
+/// or any other unique value exists already are skipped, and the 1-based positions of
+/// the rows actually inserted come back. Params: one per column in `cols`.
+#[must_use]
+pub fn insert_rows(t: &LocalTable, cols: &[usize]) -> String {
+    let target = cols
+        .iter()
+        .map(|&c| t.columns[c].quoted.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let values = cols
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("u.v{i}::{}", t.columns[c].type_sql))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let returning = t
+        .pk
+        .iter()
+        .map(|&c| t.columns[c].quoted.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let join = t
+        .pk
+        .iter()
+        .map(|&c| {
+            let pos = cols.iter().position(|&x| x == c).unwrap_or(0);
+            let col = &t.columns[c];
+            format!("i.{} = u.v{pos}::{}", col.quoted, col.type_sql)
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let params = unnest_params(1, cols.len());
+    let aliases = names("v", cols.len());
+    format!(
+        "WITH i AS (INSERT INTO {} ({target}) SELECT {values} FROM unnest({params}) AS u({aliases}) \
+                    ON CONFLICT DO NOTHING RETURNING {returning}) \
+         SELECT u.ord FROM unnest({params}) WITH ORDINALITY AS u({aliases}, ord) JOIN i ON {join}",
+        t.name
+    )
+}
+
+/// Rows holding the given values of one unique constraint (other than the key), locked.
+/// Params: one text value per constraint column. Columns: key values as text (one per
+/// key column), row json, ts, roident.
+#[must_use]
+pub fn select_unique_holder(t: &LocalTable, unique: &[usize]) -> String {
+    let keys = t
+        .pk
+        .iter()
+        .map(|&c| format!("t.{}::text", t.columns[c].quoted))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cond = unique
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let col = &t.columns[c];
+            format!("t.{} = ${}::text::{}", col.quoted, i + 1, col.type_sql)
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "SELECT {keys}, to_jsonb(t.*)::text, x.timestamp, x.roident FROM {} t \
+         LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(t.xmin) x ON true \
+         WHERE {cond} FOR UPDATE OF t",
+        t.name
+    )
+}
+
+/// Ledger rows from one JSON array parameter (`$1`), in the same transaction as the
+/// resolutions they record.
+pub const INSERT_CONFLICTS: &str = "INSERT INTO pgmesh.conflicts \
+    (kind, table_name, key, local_row, remote_row, local_commit_ts, remote_commit_ts, \
+     local_origin, remote_origin, winner, resolution, remote_lsn) \
+    SELECT kind, table_name, key, local_row, remote_row, local_commit_ts, remote_commit_ts, \
+     local_origin, remote_origin, winner, resolution, remote_lsn::pg_lsn \
+    FROM jsonb_to_recordset($1::jsonb) AS x(kind text, table_name text, key jsonb, \
+     local_row jsonb, remote_row jsonb, local_commit_ts timestamptz, \
+     remote_commit_ts timestamptz, local_origin text, remote_origin text, winner text, \
+     resolution text, remote_lsn text)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::table::LocalColumn;
+
+    fn table() -> LocalTable {
+        let col = |n: &str, t: &str| LocalColumn {
+            name: n.into(),
+            quoted: n.into(),
+            type_sql: t.into(),
+        };
+        LocalTable {
+            name: "public.t".into(),
+            columns: vec![col("id", "bigint"), col("body", "text"), col("email", "text")],
+            pk: vec![0],
+            uniques: vec![vec![2]],
+        }
+    }
+
+    #[test]
+    fn statements_read_as_expected() {
+        let t = table();
+        assert_eq!(
+            delete_rows(&t),
+            "DELETE FROM public.t t USING unnest($1::text[]) AS u(k0) WHERE t.id = u.k0::bigint"
+        );
+        assert_eq!(
+            update_rows(&t, &[1]),
+            "UPDATE public.t t SET body = u.v0::text FROM unnest($1::text[], $2::text[]) AS u(k0, v0) WHERE t.id = u.k0::bigint"
+        );
+        assert!(update_rows(&t, &[]).contains("SET id = t.id"));
+        let ins = insert_rows(&t, &[0, 1, 2]);
+        assert!(ins.contains("ON CONFLICT DO NOTHING RETURNING id"), "{ins}");
+        assert!(ins.contains("JOIN i ON i.id = u.v0::bigint"), "{ins}");
+        assert!(select_tombstones(&t).contains("tb.key = ARRAY[u.k0::bigint::text]"));
+        assert!(select_unique_holder(&t, &[2]).contains("t.email = $1::text::text"));
+    }
+}

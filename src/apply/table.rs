@@ -1,0 +1,157 @@
+//! The local side of a replicated table: columns, types, keys, unique constraints; and the
+//! mapping from the peer's Relation message onto it.
+
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use super::ApplyError;
+use crate::protocol::pgoutput::Relation;
+
+/// One column of a local table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalColumn {
+    pub name: String,
+    /// `quote_ident(name)`.
+    pub quoted: String,
+    /// `format_type(atttypid, atttypmod)`: the cast applied to text values.
+    pub type_sql: String,
+}
+
+/// A local table as the apply statements need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTable {
+    /// `schema.table`, each part quoted where needed: the name used in SQL, in the
+    /// ledger and in tombstones.
+    pub name: String,
+    pub columns: Vec<LocalColumn>,
+    /// Indices into `columns` of the primary key, in key order.
+    pub pk: Vec<usize>,
+    /// Other unique constraints / unique indexes (column indices), for resolving a
+    /// conflict on a value that another row holds.
+    pub uniques: Vec<Vec<usize>>,
+}
+
+impl LocalTable {
+    /// Reads `schema.table` from the local catalog.
+    pub async fn load(client: &Client, schema: &str, table: &str) -> Result<LocalTable, ApplyError> {
+        let rows = client
+            .query(
+                "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &table],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Err(ApplyError::MissingTable {
+                table: format!("{schema}.{table}"),
+            });
+        };
+        let oid: u32 = row.get(0);
+        let name: String = row.get(1);
+        let cols = client
+            .query(
+                "SELECT attname::text, quote_ident(attname), format_type(atttypid, atttypmod), attnum
+                   FROM pg_attribute
+                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+                  ORDER BY attnum",
+                &[&oid],
+            )
+            .await?;
+        let mut columns = Vec::with_capacity(cols.len());
+        let mut attnums = Vec::with_capacity(cols.len());
+        for c in &cols {
+            columns.push(LocalColumn {
+                name: c.get(0),
+                quoted: c.get(1),
+                type_sql: c.get(2),
+            });
+            attnums.push(c.get::<_, i16>(3));
+        }
+        let idx = client
+            .query(
+                "SELECT indisprimary, indkey::int2[]
+                   FROM pg_index
+                  WHERE indrelid = $1 AND indisunique AND indisvalid AND indpred IS NULL
+                    AND indexprs IS NULL
+                  ORDER BY indisprimary DESC, indexrelid",
+                &[&oid],
+            )
+            .await?;
+        let mut pk = Vec::new();
+        let mut uniques = Vec::new();
+        for i in &idx {
+            let primary: bool = i.get(0);
+            let keys: Vec<i16> = i.get(1);
+            let Some(positions) = keys
+                .iter()
+                .map(|k| attnums.iter().position(|a| a == k))
+                .collect::<Option<Vec<usize>>>()
+            else {
+                continue;
+            };
+            if primary {
+                pk = positions;
+            } else {
+                uniques.push(positions);
+            }
+        }
+        if pk.is_empty() {
+            return Err(ApplyError::NoPrimaryKey { table: name });
+        }
+        Ok(LocalTable {
+            name,
+            columns,
+            pk,
+            uniques,
+        })
+    }
+}
+
+/// How the peer's columns (Relation message order) land in the local table.
+#[derive(Debug, Clone)]
+pub struct TableMap {
+    pub local: Arc<LocalTable>,
+    /// For each remote column, its index in `local.columns`.
+    pub remote_to_local: Vec<usize>,
+    /// Local columns the peer does not send (they keep their default / current value).
+    pub local_only: Vec<usize>,
+}
+
+impl TableMap {
+    /// Maps by column name. A remote column missing locally stops the stream: writing the
+    /// row without it would lose data.
+    pub fn new(local: Arc<LocalTable>, remote: &Relation, node: &str) -> Result<TableMap, ApplyError> {
+        let mut remote_to_local = Vec::with_capacity(remote.columns.len());
+        for rc in &remote.columns {
+            match local.columns.iter().position(|lc| lc.name == rc.name) {
+                Some(i) => remote_to_local.push(i),
+                None => {
+                    return Err(ApplyError::MissingColumn {
+                        table: local.name.clone(),
+                        column: rc.name.clone(),
+                        node: node.to_string(),
+                    })
+                }
+            }
+        }
+        for &k in &local.pk {
+            if !remote_to_local.contains(&k) {
+                return Err(ApplyError::MissingColumn {
+                    table: local.name.clone(),
+                    column: format!("{} (primary key, on the peer)", local.columns[k].name),
+                    node: node.to_string(),
+                });
+            }
+        }
+        let local_only = (0..local.columns.len())
+            .filter(|i| !remote_to_local.contains(i))
+            .collect();
+        Ok(TableMap {
+            local,
+            remote_to_local,
+            local_only,
+        })
+    }
+}

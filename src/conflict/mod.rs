@@ -1,0 +1,10 @@
+//! Conflict decisions: pure functions of the local and remote versions of one row.
+//!
+//! Last writer wins on each row's own commit timestamp; equal timestamps are broken by
+//! node name (the greater name wins), so every node reaches the same decision from the
+//! same two versions. A row last written by applying changes from the same peer the new
+//! change comes from is not in conflict: one origin's order is authoritative.
+
+mod decide;
+
+pub use decide::{decide, Action, ConflictKind, Decision, LocalVersion, RemoteOp, RemoteVersion, Winner};

@@ -1,0 +1,66 @@
+//! What one peer stream needs to know, and how it fails.
+
+use std::time::Duration;
+
+use crate::apply::ApplyError;
+use crate::protocol::pgoutput::DecodeError;
+use crate::source::{SourceConfig, SourceError};
+
+/// Bounds of one downstream transaction (and of memory held for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Changes collected before they are written (also mid-transaction: a large upstream
+    /// transaction is written in chunks of this size, never held whole).
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    /// How long a downstream transaction may stay open waiting for more upstream ones.
+    pub max_delay: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_rows: 5000,
+            max_bytes: 16 << 20,
+            max_delay: Duration::from_millis(10),
+        }
+    }
+}
+
+/// One direction: changes of `peer` applied into `local_node`.
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    pub local_node: String,
+    pub peer: String,
+    /// tokio-postgres DSN of the local node.
+    pub local_dsn: String,
+    /// Replication connection to the peer.
+    pub peer_source: SourceConfig,
+    /// Slot on the peer that this node reads (`pgmesh_<local_node>`).
+    pub slot: String,
+    pub publication: String,
+    pub limits: BatchLimits,
+}
+
+/// Why a peer stream stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SidecarError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("undecodable pgoutput message from the peer: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl SidecarError {
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SidecarError::Source(e) => e.is_transient(),
+            SidecarError::Apply(e) => e.is_transient(),
+            SidecarError::Decode(_) => false,
+        }
+    }
+}

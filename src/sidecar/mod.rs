@@ -1,0 +1,7 @@
+//! The sidecar: one task per peer streams that peer's slot and applies into this node.
+
+pub mod link;
+mod stream_apply;
+
+pub use link::{BatchLimits, PeerLink, SidecarError};
+pub use stream_apply::run_peer;

@@ -1,0 +1,345 @@
+//! The loop of one direction: stream the peer's slot, decode, drop what has an origin,
+//! collect changes into chunks, apply them in coalesced transactions bound to the peer's
+//! origin, and acknowledge to the peer only what is durably applied.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::link::{PeerLink, SidecarError};
+use crate::apply::ledger::ConflictRecord;
+use crate::apply::row::Row;
+use crate::apply::table::TableMap;
+use crate::apply::{ApplyError, ApplySession};
+use crate::batch::{ChangeOp, Chunk};
+use crate::filter::{OriginFilter, Verdict};
+use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation};
+use crate::source::{connect_and_start, Backoff, BackoffPolicy, ReplicationEvent, StreamConfig};
+use crate::Lsn;
+
+/// Runs one direction until `stop` flips; transient failures restart it from the durable
+/// origin progress after a backoff, others are logged with their fix and retried slowly
+/// (so the stream resumes by itself once the cause is fixed). Nothing is ever skipped.
+pub async fn run_peer(link: PeerLink, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(BackoffPolicy::default());
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        match run_once(&link, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                if started.elapsed() > std::time::Duration::from_secs(30) {
+                    backoff.connected(started);
+                }
+                let mut delay = backoff.next_delay(Instant::now());
+                if e.is_transient() {
+                    tracing::warn!(peer = %link.peer, error = %e, ?delay, "stream from peer interrupted; resuming from the applied position");
+                } else {
+                    delay = delay.max(std::time::Duration::from_secs(5));
+                    tracing::error!(peer = %link.peer, error = %e, ?delay, "stream from peer stopped; position kept, retrying until the cause is fixed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+/// The upstream transaction being read.
+struct OpenTxn {
+    commit_lsn: Lsn,
+    commit_ts: PgTimestamp,
+    /// Already applied before (resent after a reconnect): read past it.
+    skip: bool,
+}
+
+struct Direction<'l> {
+    link: &'l PeerLink,
+    apply: ApplySession,
+    relations: HashMap<Oid, Relation>,
+    maps: HashMap<Oid, Arc<TableMap>>,
+    chunk: Chunk,
+    open: Option<OpenTxn>,
+    /// Last upstream commit folded into the open downstream transaction.
+    pending_commit: Option<(Lsn, PgTimestamp)>,
+    batch_started: Option<Instant>,
+    /// Everything up to here is committed locally.
+    applied: Lsn,
+}
+
+async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
+    let apply = ApplySession::connect(&link.local_dsn, &link.local_node, &link.peer).await?;
+    let applied = apply.progress(false).await?;
+    let mut cfg = StreamConfig::new(&link.slot, &[link.publication.as_str()]);
+    cfg.status_interval = std::time::Duration::from_secs(1);
+    let mut stream = connect_and_start(&link.peer_source, &cfg, applied).await?;
+    let major = stream.server_major();
+    let proto = crate::source::max_proto_version(major);
+    // PG16+ drops changes with an origin on the server; PG15 sends them with an Origin
+    // message, dropped here.
+    let mut decoder = Decoder::new(proto);
+    let mut filter = OriginFilter::new(major < 16);
+    tracing::info!(peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
+    let mut d = Direction {
+        link,
+        apply,
+        relations: HashMap::new(),
+        maps: HashMap::new(),
+        chunk: Chunk::default(),
+        open: None,
+        pending_commit: None,
+        batch_started: None,
+        applied,
+    };
+    let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        let deadline = d
+            .batch_started
+            .map(|t| tokio::time::Instant::from_std(t + link.limits.max_delay));
+        tokio::select! {
+            ev = stream.next_event() => {
+                let Some(ev) = ev? else {
+                    return Err(SidecarError::Source(crate::source::SourceError::Closed { target: stream.target().to_string() }));
+                };
+                match ev {
+                    ReplicationEvent::XLogData(x) => {
+                        let msg = decoder.decode(&x.data)?;
+                        if filter.observe(&msg) == Verdict::Drop {
+                            continue;
+                        }
+                        let dropped = filter.txn_dropped();
+                        d.on_message(msg, dropped).await?;
+                    }
+                    ReplicationEvent::Keepalive { wal_end, .. } => {
+                        if d.idle() {
+                            let durable = d.apply.durable_progress().await?;
+                            if durable >= d.applied {
+                                // Nothing in flight and everything applied is on disk: the
+                                // peer may forget WAL up to its send position.
+                                stream.set_flushed(durable.max(wal_end));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = sleep_until(deadline), if deadline.is_some() && d.open.is_none() => {
+                d.commit_batch().await?;
+            }
+            _ = ack_tick.tick() => {
+                let durable = d.apply.durable_progress().await?;
+                stream.set_flushed(durable);
+            }
+            _ = stop.changed() => {
+                if d.open.is_none() && d.pending_commit.is_some() {
+                    d.commit_batch().await?;
+                } else {
+                    d.apply.rollback().await?;
+                }
+                let durable = d.apply.durable_progress().await?;
+                stream.set_flushed(durable);
+                let _ = stream.shutdown().await;
+                tracing::info!(peer = %link.peer, applied = %d.applied, acknowledged = %durable, "stream from peer stopped");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Direction<'_> {
+    fn idle(&self) -> bool {
+        self.open.is_none() && self.pending_commit.is_none() && !self.apply.in_transaction()
+    }
+
+    async fn on_message(&mut self, msg: Message, origin_dropped: bool) -> Result<(), SidecarError> {
+        match msg {
+            Message::Begin(b) => {
+                // The server does not resend what committed before the start position;
+                // this guards the same rule on our side.
+                let skip = b.final_lsn < self.applied;
+                self.open = Some(OpenTxn {
+                    commit_lsn: b.final_lsn,
+                    commit_ts: b.commit_time,
+                    skip,
+                });
+            }
+            Message::Relation(r) => {
+                self.maps.remove(&r.oid);
+                self.apply.forget_tables();
+                self.relations.insert(r.oid, r);
+            }
+            Message::Commit(c) => {
+                let open = self.open.take();
+                let skip = origin_dropped || open.as_ref().is_none_or(|o| o.skip);
+                if skip {
+                    if !self.apply.in_transaction() && self.pending_commit.is_none() {
+                        self.applied = self.applied.max(c.end_lsn);
+                    }
+                    return Ok(());
+                }
+                self.pending_commit = Some((c.end_lsn, c.commit_time));
+                let started = *self.batch_started.get_or_insert_with(Instant::now);
+                let l = &self.link.limits;
+                if self.chunk.rows() >= l.max_rows
+                    || self.chunk.bytes() >= l.max_bytes
+                    || started.elapsed() >= l.max_delay
+                {
+                    self.commit_batch().await?;
+                }
+            }
+            Message::Insert(i) => {
+                let Some((map, ts, lsn)) = self.target(i.relation_oid).await? else { return Ok(()) };
+                let row = Row::from_tuple(&map, &i.new)?;
+                let key = row.key(&map)?;
+                self.chunk.push(&map, ChangeOp::Insert, key, Some(row), ts, lsn);
+                self.maybe_flush().await?;
+            }
+            Message::Update(u) => {
+                let Some((map, ts, lsn)) = self.target(u.relation_oid).await? else { return Ok(()) };
+                let row = Row::from_tuple(&map, &u.new)?;
+                let key = row.key(&map)?;
+                if let Some(OldTuple::Key(old) | OldTuple::Full(old)) = &u.old {
+                    let old_key = Row::from_tuple(&map, old)?.key(&map)?;
+                    if old_key != key {
+                        // A key change: the old key goes away, the new one gets the row.
+                        // A partial new image (unchanged TOAST) that finds no row is
+                        // recorded in the ledger as update_missing, never dropped silently.
+                        self.chunk.push(&map, ChangeOp::Delete, old_key, None, ts, lsn);
+                    }
+                }
+                let op = match &u.old {
+                    // The new key's row arrives whole: an insert there (an update if the
+                    // row is partial, so missing TOAST values are never invented).
+                    Some(OldTuple::Key(old) | OldTuple::Full(old))
+                        if row.is_complete() && Row::from_tuple(&map, old)?.key(&map)? != key =>
+                    {
+                        ChangeOp::Insert
+                    }
+                    _ => ChangeOp::Update,
+                };
+                self.chunk.push(&map, op, key, Some(row), ts, lsn);
+                self.maybe_flush().await?;
+            }
+            Message::Delete(del) => {
+                let Some((map, ts, lsn)) = self.target(del.relation_oid).await? else { return Ok(()) };
+                let key = Row::from_tuple(&map, del.old.tuple())?.key(&map)?;
+                self.chunk.push(&map, ChangeOp::Delete, key, None, ts, lsn);
+                self.maybe_flush().await?;
+            }
+            Message::Truncate(t) => {
+                let Some(open) = self.open.as_ref().filter(|o| !o.skip) else { return Ok(()) };
+                let (ts, lsn) = (open.commit_ts, open.commit_lsn);
+                self.flush_chunk().await?;
+                let mut names = Vec::new();
+                for oid in &t.relation_oids {
+                    if let Some((map, _, _)) = self.target(*oid).await? {
+                        names.push(map.local.name.clone());
+                    }
+                }
+                if names.is_empty() {
+                    return Ok(());
+                }
+                let mut sql = format!("TRUNCATE {}", names.join(", "));
+                if t.restart_identity() {
+                    sql.push_str(" RESTART IDENTITY");
+                }
+                if t.cascade() {
+                    sql.push_str(" CASCADE");
+                }
+                self.apply.execute_in_txn(&sql).await?;
+                // A truncate discards every local row of the table, including versions
+                // that never reached the peer: record it.
+                let records: Vec<ConflictRecord> = names
+                    .iter()
+                    .map(|n| ConflictRecord {
+                        kind: "truncate",
+                        table_name: n.clone(),
+                        key: serde_json::json!({}),
+                        local_row: None,
+                        remote_row: None,
+                        local_commit_ts: None,
+                        remote_commit_ts: Some(crate::apply::ledger::ts_text(ts)),
+                        local_origin: None,
+                        remote_origin: Some(self.link.peer.clone()),
+                        winner: "remote",
+                        resolution: "applied",
+                        remote_lsn: Some(lsn.to_string()),
+                    })
+                    .collect();
+                self.apply.write_ledger(&records).await?;
+            }
+            // Types are mapped by name on the local side; messages and two-phase are not
+            // requested on apply streams.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The table map and the open transaction's time and LSN for a change, or `None` when
+    /// the change belongs to a transaction that is being skipped.
+    async fn target(&mut self, oid: Oid) -> Result<Option<(Arc<TableMap>, PgTimestamp, Lsn)>, SidecarError> {
+        let Some(open) = self.open.as_ref() else {
+            return Err(ApplyError::Protocol("row change outside a transaction".into()).into());
+        };
+        if open.skip {
+            return Ok(None);
+        }
+        let (ts, lsn) = (open.commit_ts, open.commit_lsn);
+        if let Some(m) = self.maps.get(&oid) {
+            return Ok(Some((m.clone(), ts, lsn)));
+        }
+        let rel = self
+            .relations
+            .get(&oid)
+            .ok_or_else(|| ApplyError::Protocol(format!("change for relation {oid} before its Relation message")))?;
+        let local = self.apply.local_table(rel.schema(), &rel.name).await?;
+        let map = Arc::new(TableMap::new(local, rel, &self.link.local_node)?);
+        self.maps.insert(oid, map.clone());
+        Ok(Some((map, ts, lsn)))
+    }
+
+    /// Writes the chunk (without committing) once it reaches its bounds, so a large
+    /// upstream transaction never sits whole in memory.
+    async fn maybe_flush(&mut self) -> Result<(), SidecarError> {
+        let l = &self.link.limits;
+        if self.chunk.rows() >= l.max_rows || self.chunk.bytes() >= l.max_bytes {
+            self.flush_chunk().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_chunk(&mut self) -> Result<(), SidecarError> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.chunk.take();
+        let stats = self.apply.apply(&chunk).await?;
+        tracing::debug!(peer = %self.link.peer, rows = chunk.rows(), ?stats, "chunk applied");
+        Ok(())
+    }
+
+    /// Writes what is pending and commits the downstream transaction with the last
+    /// upstream commit's position and time.
+    async fn commit_batch(&mut self) -> Result<(), SidecarError> {
+        self.flush_chunk().await?;
+        if let Some((end, ts)) = self.pending_commit.take() {
+            self.apply.commit(end, ts).await?;
+            self.applied = self.applied.max(end);
+        }
+        self.batch_started = None;
+        Ok(())
+    }
+}
