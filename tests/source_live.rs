@@ -7,7 +7,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,11 +14,8 @@ use pgmesh::source::*;
 use pgmesh::testkit::{versions_under_test, Cluster};
 use pgmesh::Lsn;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Each test has its own runtime; tokio's mutex works across them and does not poison.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -142,7 +138,7 @@ fn confirmed_flush(c: &Cluster, slot: &str) -> Lsn {
 
 #[tokio::test]
 async fn streams_acknowledges_and_resumes_without_resending() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     for major in versions_under_test() {
         let c = Cluster::start(major).unwrap();
         setup_table(&c);
@@ -224,7 +220,7 @@ async fn streams_acknowledges_and_resumes_without_resending() {
 
 #[tokio::test]
 async fn exported_snapshot_and_temporary_slot() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     let major = versions_under_test()[0];
     let c = Cluster::start(major).unwrap();
     let mut conn = connect(&c.dsn()).await.unwrap();
@@ -250,7 +246,7 @@ fn auth_cluster(major: u32) -> Cluster {
 
 #[tokio::test]
 async fn scram_and_md5_authentication() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     for major in versions_under_test() {
         let c = auth_cluster(major);
         c.psql(
@@ -377,7 +373,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn tls_per_sslmode() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     let certs = tempfile::tempdir().unwrap();
     make_certs(certs.path(), "/CN=pgmesh test CA");
     let other = tempfile::tempdir().unwrap();
@@ -491,7 +487,7 @@ async fn tls_per_sslmode() {
 
 #[tokio::test]
 async fn server_errors_have_kinds_and_name_the_fix() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     for major in versions_under_test() {
         let c = Cluster::start(major).unwrap();
         setup_table(&c);
@@ -603,7 +599,7 @@ async fn pump(rs: &mut ReconnectingStream, col: &mut Collector, recs: &mut Vec<L
 
 #[tokio::test]
 async fn reconnects_after_crash_restart_without_gap() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     for major in versions_under_test() {
         let c = Cluster::start(major).unwrap();
         setup_table(&c);
@@ -649,5 +645,66 @@ async fn reconnects_after_crash_restart_without_gap() {
         let end = col.done[3].end_lsn;
         rs.shutdown().await.unwrap();
         assert_eq!(confirmed_flush(&c, "s1"), end);
+    }
+}
+
+#[tokio::test]
+async fn idle_stream_survives_wal_sender_timeout_and_reports_flush() {
+    let _g = SERIAL.lock().await;
+    for major in versions_under_test() {
+        let c = Cluster::builder(major)
+            .setting("wal_sender_timeout", "'2s'")
+            .start()
+            .unwrap();
+        setup_table(&c);
+        // Unix socket connections work too (the testkit's socket dir is the data dir).
+        let sock = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            c.data_dir().display(),
+            c.port()
+        );
+        let mut conn = connect(&sock).await.unwrap();
+        create_slot(&mut conn, &CreateSlot::new("s1"))
+            .await
+            .unwrap();
+        let mut sc = StreamConfig::new("s1", &["pub"]);
+        // Longer than wal_sender_timeout: only answered keepalives keep us alive.
+        sc.status_interval = Duration::from_secs(10);
+        let mut stream = ReplicationStream::start(conn, &sc, Lsn::ZERO)
+            .await
+            .unwrap();
+        let pid: i32 = c
+            .psql("SELECT pid FROM pg_stat_replication WHERE application_name = 'pgmesh'")
+            .unwrap()
+            .parse()
+            .unwrap();
+
+        let idle = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut keepalives = 0;
+        while tokio::time::Instant::now() < idle {
+            match tokio::time::timeout_at(idle, stream.next_event()).await {
+                Ok(Ok(Some(ReplicationEvent::Keepalive { .. }))) => keepalives += 1,
+                Ok(other) => panic!("PG{major}: unexpected {other:?}"),
+                Err(_) => break,
+            }
+        }
+        assert!(keepalives >= 2, "PG{major}: {keepalives} keepalives");
+        // Same walsender: we were not disconnected by wal_sender_timeout.
+        let pid_after: i32 = c
+            .psql("SELECT pid FROM pg_stat_replication WHERE application_name = 'pgmesh'")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, pid_after);
+
+        insert(&c, 1);
+        let txns = collect(&mut stream, 1).await;
+        stream.set_flushed(txns[0].end_lsn);
+        stream.send_status(false).await.unwrap();
+        let want = txns[0].end_lsn.to_string();
+        wait_for("flush_lsn in pg_stat_replication", || {
+            c.psql("SELECT flush_lsn FROM pg_stat_replication").unwrap() == want
+        });
+        stream.shutdown().await.unwrap().close().await.unwrap();
     }
 }

@@ -225,33 +225,31 @@ impl ReplicationStream {
             .map_err(|e| SourceError::Config(format!("START_REPLICATION: {e}")))?;
         conn.flush().await?;
         let f = conn.recv().await?;
-        {
-            match f.tag {
-                b'W' => {}
-                b'E' => {
-                    let ctx = ErrorContext {
-                        slot: Some(&cfg.slot),
-                        plugin: Some("pgoutput"),
-                        ..ErrorContext::default()
-                    };
-                    let err = conn.server_error(&f.body, &ctx);
-                    // Drain to ReadyForQuery so nothing is left half-read; best effort.
-                    while let Ok(f) = conn.recv().await {
-                        if f.tag == b'Z' {
-                            break;
-                        }
+        match f.tag {
+            b'W' => {}
+            b'E' => {
+                let ctx = ErrorContext {
+                    slot: Some(&cfg.slot),
+                    plugin: Some("pgoutput"),
+                    ..ErrorContext::default()
+                };
+                let err = conn.server_error(&f.body, &ctx);
+                // Drain to ReadyForQuery so nothing is left half-read; best effort.
+                while let Ok(f) = conn.recv().await {
+                    if f.tag == b'Z' {
+                        break;
                     }
-                    return Err(err);
                 }
-                other => {
-                    return Err(SourceError::protocol(
-                        conn.target(),
-                        format!(
-                            "unexpected message {:?} in answer to START_REPLICATION",
-                            char::from(other)
-                        ),
-                    ))
-                }
+                return Err(err);
+            }
+            other => {
+                return Err(SourceError::protocol(
+                    conn.target(),
+                    format!(
+                        "unexpected message {:?} in answer to START_REPLICATION",
+                        char::from(other)
+                    ),
+                ))
             }
         }
         let now = Instant::now();
