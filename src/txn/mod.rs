@@ -1,1 +1,5 @@
-//! (placeholder, filled in by its owner)
+//! Transaction assembly: turning the decoded message stream into committed transactions.
+
+pub mod spill;
+
+pub use spill::SpillBuffer;

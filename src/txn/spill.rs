@@ -1,0 +1,158 @@
+//! A byte buffer that moves to a temporary file past a memory budget.
+//!
+//! Whatever must be held until a transaction commits (a rendered transaction in `tail`, a
+//! streamed transaction's changes) goes through this, so memory stays bounded by the budget
+//! whatever the transaction's size.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+/// Bytes kept in memory up to `budget`, then in an unnamed temp file.
+#[derive(Debug)]
+pub struct SpillBuffer {
+    budget: usize,
+    mem: Vec<u8>,
+    file: Option<File>,
+    spill_dir: PathBuf,
+    len: u64,
+}
+
+impl SpillBuffer {
+    /// A buffer holding at most `budget` bytes in memory; spill files go to `spill_dir`.
+    #[must_use]
+    pub fn new(budget: usize, spill_dir: PathBuf) -> Self {
+        SpillBuffer {
+            budget,
+            mem: Vec::new(),
+            file: None,
+            spill_dir,
+            len: 0,
+        }
+    }
+
+    /// Total bytes appended since the last [`SpillBuffer::clear`].
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the contents went to disk.
+    #[must_use]
+    pub fn spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Drops the contents (and the spill file), keeping the memory allocation for reuse.
+    pub fn clear(&mut self) {
+        self.mem.clear();
+        self.file = None;
+        self.len = 0;
+    }
+
+    /// Copies everything appended so far to `out`, in order.
+    pub fn copy_to(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.flush()?;
+            f.seek(SeekFrom::Start(0))?;
+            io::copy(&mut f.take(self.len), out)?;
+            f.seek(SeekFrom::End(0))?;
+        } else {
+            out.write_all(&self.mem)?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        let mut f = tempfile_in(&self.spill_dir)?;
+        f.write_all(&self.mem)?;
+        self.mem.clear();
+        self.mem.shrink_to(64 * 1024);
+        self.file = Some(f);
+        Ok(())
+    }
+}
+
+impl Write for SpillBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() && self.mem.len() + buf.len() > self.budget {
+            self.spill()?;
+        }
+        match self.file.as_mut() {
+            Some(f) => f.write_all(buf)?,
+            None => self.mem.extend_from_slice(buf),
+        }
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An unnamed temp file: created, then unlinked at once so nothing is left behind on a crash.
+fn tempfile_in(dir: &std::path::Path) -> io::Result<File> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!(
+        ".pgmesh-spill-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_contents_stay_in_memory() {
+        let mut b = SpillBuffer::new(100, std::env::temp_dir());
+        b.write_all(b"hello ").unwrap();
+        b.write_all(b"world").unwrap();
+        assert!(!b.spilled());
+        let mut out = Vec::new();
+        b.copy_to(&mut out).unwrap();
+        assert_eq!(out, b"hello world");
+    }
+
+    #[test]
+    fn large_contents_spill_and_read_back_in_order() {
+        let mut b = SpillBuffer::new(1000, std::env::temp_dir());
+        let mut expected = Vec::new();
+        for i in 0..500u32 {
+            let chunk = format!("chunk {i};");
+            b.write_all(chunk.as_bytes()).unwrap();
+            expected.extend_from_slice(chunk.as_bytes());
+        }
+        assert!(b.spilled());
+        assert_eq!(b.len(), expected.len() as u64);
+        let mut out = Vec::new();
+        b.copy_to(&mut out).unwrap();
+        assert_eq!(out, expected);
+        // Appending after a copy keeps order.
+        b.write_all(b"tail").unwrap();
+        out.clear();
+        b.copy_to(&mut out).unwrap();
+        expected.extend_from_slice(b"tail");
+        assert_eq!(out, expected);
+        b.clear();
+        assert!(b.is_empty() && !b.spilled());
+    }
+}
