@@ -708,3 +708,49 @@ async fn idle_stream_survives_wal_sender_timeout_and_reports_flush() {
         stream.shutdown().await.unwrap().close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn streams_from_a_wal2json_slot() {
+    let _g = SERIAL.lock().await;
+    let c = Cluster::start(15).unwrap();
+    let so = c
+        .bin_dir()
+        .parent()
+        .map(|d| d.join("lib").join("wal2json.so"));
+    if !so.is_some_and(|p| p.exists()) {
+        eprintln!("skipping: no wal2json for PostgreSQL 15 on this machine");
+        return;
+    }
+    setup_table(&c);
+    let mut conn = connect(&c.dsn()).await.unwrap();
+    let mut o = CreateSlot::new("w1");
+    o.plugin = "wal2json".into();
+    create_slot(&mut conn, &o).await.unwrap();
+    insert(&c, 1);
+    let sc = StreamConfig::with_plugin(
+        "w1",
+        OutputPlugin::Other {
+            name: "wal2json".into(),
+            options: vec![("format-version".into(), "2".into())],
+        },
+    );
+    let mut stream = ReplicationStream::start(conn, &sc, Lsn::ZERO)
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !lines
+            .iter()
+            .any(|l: &String| l.contains("\"action\":\"C\""))
+        {
+            if let Some(ReplicationEvent::XLogData(x)) = stream.next_event().await.unwrap() {
+                lines.push(String::from_utf8(x.data.to_vec()).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("wal2json commit line");
+    assert!(lines.iter().all(|l| l.starts_with('{')), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("row-1")), "{lines:?}");
+    stream.shutdown().await.unwrap().close().await.unwrap();
+}

@@ -45,6 +45,6 @@ pub use connection::{ReplicationConnection, Row};
 pub use error::{DbError, ErrorKind, SourceError};
 pub use reconnect::{connect_and_start, Backoff, BackoffPolicy, ReconnectingStream};
 pub use stream::{
-    pgoutput_options, start_replication_command, PgoutputOptions, ReplicationEvent,
+    pgoutput_options, start_replication_command, OutputPlugin, PgoutputOptions, ReplicationEvent,
     ReplicationStream, StreamConfig, Streaming,
 };

@@ -140,18 +140,44 @@ pub fn start_replication_command(
     if !options.is_empty() {
         let opts: Vec<String> = options
             .iter()
-            .map(|(k, v)| format!("\"{k}\" {}", repl_literal(v)))
+            .map(|(k, v)| format!("\"{}\" {}", k.replace('"', "\"\""), repl_literal(v)))
             .collect();
         cmd.push_str(&format!(" ({})", opts.join(", ")));
     }
     Ok(cmd)
 }
 
+/// Which output plugin the slot uses and what to ask it for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutputPlugin {
+    /// pgoutput; options are chosen per server version by [`pgoutput_options`], and the
+    /// publications are checked to exist before streaming.
+    Pgoutput(PgoutputOptions),
+    /// Any other plugin (e.g. wal2json with `protocol::wal2json::wal2json_options`):
+    /// options are passed as given.
+    Other {
+        name: String,
+        options: Vec<(String, String)>,
+    },
+}
+
+impl OutputPlugin {
+    /// The plugin's name, for messages.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            OutputPlugin::Pgoutput(_) => "pgoutput",
+            OutputPlugin::Other { name, .. } => name,
+        }
+    }
+}
+
 /// Everything a stream needs besides the connection and the start LSN.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     pub slot: String,
-    pub pgoutput: PgoutputOptions,
+    pub plugin: OutputPlugin,
     /// How often to send a standby status update when nothing else triggers one.
     pub status_interval: Duration,
     /// Nothing received for this long (despite asking for a reply) is a timeout.
@@ -160,14 +186,24 @@ pub struct StreamConfig {
 }
 
 impl StreamConfig {
+    /// A pgoutput stream of `publications` with default options.
     #[must_use]
     pub fn new(slot: &str, publications: &[&str]) -> StreamConfig {
-        StreamConfig {
-            slot: slot.to_string(),
-            pgoutput: PgoutputOptions {
+        Self::with_plugin(
+            slot,
+            OutputPlugin::Pgoutput(PgoutputOptions {
                 publications: publications.iter().map(|p| p.to_string()).collect(),
                 ..PgoutputOptions::default()
-            },
+            }),
+        )
+    }
+
+    /// A stream with explicit plugin options.
+    #[must_use]
+    pub fn with_plugin(slot: &str, plugin: OutputPlugin) -> StreamConfig {
+        StreamConfig {
+            slot: slot.to_string(),
+            plugin,
             status_interval: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(60)),
         }
@@ -196,6 +232,7 @@ pub enum ReplicationEvent {
 pub struct ReplicationStream {
     conn: ReplicationConnection,
     slot: String,
+    plugin: String,
     start: Lsn,
     received: Lsn,
     flushed: Lsn,
@@ -216,9 +253,21 @@ impl ReplicationStream {
         cfg: &StreamConfig,
         start: Lsn,
     ) -> Result<ReplicationStream, SourceError> {
-        let options = pgoutput_options(conn.server_major(), &cfg.pgoutput)?;
-        let cmd = start_replication_command(&cfg.slot, start, &options)?;
-        check_publications(&mut conn, &cfg.pgoutput.publications).await?;
+        let cmd = match &cfg.plugin {
+            OutputPlugin::Pgoutput(p) => {
+                let options = pgoutput_options(conn.server_major(), p)?;
+                let cmd = start_replication_command(&cfg.slot, start, &options)?;
+                check_publications(&mut conn, &p.publications).await?;
+                cmd
+            }
+            OutputPlugin::Other { options, .. } => {
+                let options: Vec<(&str, String)> = options
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                start_replication_command(&cfg.slot, start, &options)?
+            }
+        };
         tracing::info!(target = %conn.target(), slot = %cfg.slot, %start, command = %cmd,
             "starting replication");
         frontend::query(&cmd, conn.write_buf())
@@ -230,7 +279,7 @@ impl ReplicationStream {
             b'E' => {
                 let ctx = ErrorContext {
                     slot: Some(&cfg.slot),
-                    plugin: Some("pgoutput"),
+                    plugin: Some(cfg.plugin.name()),
                     ..ErrorContext::default()
                 };
                 let err = conn.server_error(&f.body, &ctx);
@@ -256,6 +305,7 @@ impl ReplicationStream {
         Ok(ReplicationStream {
             conn,
             slot: cfg.slot.clone(),
+            plugin: cfg.plugin.name().to_string(),
             start,
             received: start,
             flushed: start,
@@ -386,7 +436,7 @@ impl ReplicationStream {
                     self.ended = true;
                     let ctx = ErrorContext {
                         slot: Some(&self.slot),
-                        plugin: Some("pgoutput"),
+                        plugin: Some(&self.plugin),
                         ..ErrorContext::default()
                     };
                     return Err(self.conn.server_error(&frame.body, &ctx));
