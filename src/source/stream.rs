@@ -1,0 +1,605 @@
+//! `START_REPLICATION … LOGICAL` and the CopyBoth loop: yields XLogData, answers
+//! keepalives, and reports the caller's flush position back to the server.
+//!
+//! Feedback rules (the slot's `confirmed_flush_lsn` follows the flush LSN we send, and the
+//! server may drop WAL before it, so it must never run ahead of durable state):
+//! - flush = the caller's [`ReplicationStream::set_flushed`] (never further), initially
+//!   the start position;
+//! - write = last position received; apply = flush;
+//! - sent every `status_interval` (10 s), on every keepalive, immediately when the server
+//!   asks, and once more on [`ReplicationStream::shutdown`] before CopyDone so the final
+//!   position is acknowledged.
+//!
+//! Liveness: when nothing arrived for a status interval, the periodic status asks the
+//! server to reply; nothing at all for `idle_timeout` is a transient timeout error.
+
+use std::time::{Duration, SystemTime};
+
+use postgres_protocol::message::frontend;
+use tokio::time::Instant;
+
+use super::commands::{quote_literal, validate_slot_name};
+use super::connection::ReplicationConnection;
+use super::error::{ErrorContext, SourceError};
+use crate::protocol::replication::{
+    parse_copy_data, PgTimestamp, ReplicationMessage, StandbyStatusUpdate, XLogData,
+};
+use crate::Lsn;
+
+/// pgoutput's `streaming` option: large in-progress transactions sent before commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Streaming {
+    /// Whole transactions at commit (memory on the server, spill to its disk).
+    #[default]
+    Off,
+    /// Stream in-progress transactions (proto 2+).
+    On,
+    /// Like `On`, marked for parallel apply (proto 4, PG16+); `On` on older servers.
+    Parallel,
+}
+
+/// What to ask pgoutput for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PgoutputOptions {
+    /// Publications to stream (at least one).
+    pub publications: Vec<String>,
+    /// Cap on `proto_version` (e.g. what the decoder supports); `None` = newest the
+    /// server speaks.
+    pub max_proto_version: Option<u32>,
+    /// Logical decoding messages (`pg_logical_emit_message`).
+    pub messages: bool,
+    /// Binary column values (same major version on both ends is the safe case).
+    pub binary: bool,
+    pub streaming: Streaming,
+    /// Drop changes that carry a replication origin on the server (PG16+). On PG15 the
+    /// option does not exist; the client filters on pgoutput's Origin message instead.
+    pub origin_none: bool,
+    /// Decode prepared transactions at PREPARE (proto 3+, slot created with two_phase).
+    pub two_phase: bool,
+}
+
+/// The newest pgoutput protocol a server of `major` speaks.
+#[must_use]
+pub fn max_proto_version(major: u32) -> u32 {
+    match major {
+        0..=13 => 1,
+        14 => 2,
+        15 => 3,
+        _ => 4,
+    }
+}
+
+/// pgoutput options for a server of `major`, as (name, value) in command order.
+pub fn pgoutput_options(
+    major: u32,
+    opts: &PgoutputOptions,
+) -> Result<Vec<(&'static str, String)>, SourceError> {
+    if opts.publications.is_empty() {
+        return Err(SourceError::Config(
+            "pgoutput needs at least one publication name".into(),
+        ));
+    }
+    let proto = match opts.max_proto_version {
+        Some(0) => return Err(SourceError::Config("proto_version cap 0 is invalid".into())),
+        Some(cap) => cap.min(max_proto_version(major)),
+        None => max_proto_version(major),
+    };
+    // SplitIdentifierString on the server: each name double-quoted, comma-separated.
+    let names: Vec<String> = opts
+        .publications
+        .iter()
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect();
+    let mut out = vec![
+        ("proto_version", proto.to_string()),
+        ("publication_names", names.join(",")),
+    ];
+    if opts.messages {
+        out.push(("messages", "true".into()));
+    }
+    if opts.binary {
+        out.push(("binary", "true".into()));
+    }
+    match opts.streaming {
+        Streaming::Off => {}
+        Streaming::On | Streaming::Parallel if proto < 2 => {
+            return Err(SourceError::Config(format!(
+                "streaming needs pgoutput proto_version 2+, but only {proto} is available"
+            )))
+        }
+        Streaming::Parallel if proto >= 4 => out.push(("streaming", "parallel".into())),
+        Streaming::On | Streaming::Parallel => out.push(("streaming", "on".into())),
+    }
+    if opts.two_phase {
+        if proto < 3 {
+            return Err(SourceError::Config(format!(
+                "two_phase needs pgoutput proto_version 3+, but only {proto} is available"
+            )));
+        }
+        out.push(("two_phase", "true".into()));
+    }
+    if opts.origin_none && major >= 16 {
+        out.push(("origin", "none".into()));
+    }
+    Ok(out)
+}
+
+/// Single-quoted string for replication commands (no E'' form there: double quotes only).
+fn repl_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `START_REPLICATION SLOT s LOGICAL X/Y ("k" 'v', …)`.
+pub fn start_replication_command(
+    slot: &str,
+    start: Lsn,
+    options: &[(&str, String)],
+) -> Result<String, SourceError> {
+    validate_slot_name(slot)?;
+    let mut cmd = format!("START_REPLICATION SLOT {slot} LOGICAL {start}");
+    if !options.is_empty() {
+        let opts: Vec<String> = options
+            .iter()
+            .map(|(k, v)| format!("\"{}\" {}", k.replace('"', "\"\""), repl_literal(v)))
+            .collect();
+        cmd.push_str(&format!(" ({})", opts.join(", ")));
+    }
+    Ok(cmd)
+}
+
+/// Which output plugin the slot uses and what to ask it for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutputPlugin {
+    /// pgoutput; options are chosen per server version by [`pgoutput_options`], and the
+    /// publications are checked to exist before streaming.
+    Pgoutput(PgoutputOptions),
+    /// Any other plugin (e.g. wal2json with `protocol::wal2json::wal2json_options`):
+    /// options are passed as given.
+    Other {
+        name: String,
+        options: Vec<(String, String)>,
+    },
+}
+
+impl OutputPlugin {
+    /// The plugin's name, for messages.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            OutputPlugin::Pgoutput(_) => "pgoutput",
+            OutputPlugin::Other { name, .. } => name,
+        }
+    }
+}
+
+/// Everything a stream needs besides the connection and the start LSN.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub slot: String,
+    pub plugin: OutputPlugin,
+    /// How often to send a standby status update when nothing else triggers one.
+    pub status_interval: Duration,
+    /// Nothing received for this long (despite asking for a reply) is a timeout.
+    /// `None` disables the check.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl StreamConfig {
+    /// A pgoutput stream of `publications` with default options.
+    #[must_use]
+    pub fn new(slot: &str, publications: &[&str]) -> StreamConfig {
+        Self::with_plugin(
+            slot,
+            OutputPlugin::Pgoutput(PgoutputOptions {
+                publications: publications.iter().map(|p| p.to_string()).collect(),
+                ..PgoutputOptions::default()
+            }),
+        )
+    }
+
+    /// A stream with explicit plugin options.
+    #[must_use]
+    pub fn with_plugin(slot: &str, plugin: OutputPlugin) -> StreamConfig {
+        StreamConfig {
+            slot: slot.to_string(),
+            plugin,
+            status_interval: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// What the stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplicationEvent {
+    /// Output-plugin data (one pgoutput message).
+    XLogData(XLogData),
+    /// The server's position while idle; already answered. A caller with no transaction
+    /// in flight may `set_flushed(wal_end)` so the slot does not retain idle WAL.
+    Keepalive {
+        wal_end: Lsn,
+        send_time: PgTimestamp,
+    },
+    /// Emitted by [`super::ReconnectingStream`] after it reconnected: the stream resumes
+    /// at `from` (the flushed LSN); drop any partially received transaction.
+    Reconnected { from: Lsn },
+}
+
+/// A logical replication stream in CopyBoth mode.
+#[derive(Debug)]
+pub struct ReplicationStream {
+    conn: ReplicationConnection,
+    slot: String,
+    plugin: String,
+    start: Lsn,
+    received: Lsn,
+    flushed: Lsn,
+    status_interval: Duration,
+    idle_timeout: Option<Duration>,
+    last_status: Instant,
+    last_recv: Instant,
+    ended: bool,
+}
+
+impl ReplicationStream {
+    /// Checks the publications exist, then sends START_REPLICATION and enters CopyBoth.
+    ///
+    /// `start` is where to resume (the caller's durable position); `Lsn::ZERO` means the
+    /// slot's `confirmed_flush_lsn`. Transactions that committed before `start` are not sent.
+    pub async fn start(
+        mut conn: ReplicationConnection,
+        cfg: &StreamConfig,
+        start: Lsn,
+    ) -> Result<ReplicationStream, SourceError> {
+        let cmd = match &cfg.plugin {
+            OutputPlugin::Pgoutput(p) => {
+                let options = pgoutput_options(conn.server_major(), p)?;
+                let cmd = start_replication_command(&cfg.slot, start, &options)?;
+                check_publications(&mut conn, &p.publications).await?;
+                cmd
+            }
+            OutputPlugin::Other { options, .. } => {
+                let options: Vec<(&str, String)> = options
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                start_replication_command(&cfg.slot, start, &options)?
+            }
+        };
+        tracing::info!(target = %conn.target(), slot = %cfg.slot, %start, command = %cmd,
+            "starting replication");
+        frontend::query(&cmd, conn.write_buf())
+            .map_err(|e| SourceError::Config(format!("START_REPLICATION: {e}")))?;
+        conn.flush().await?;
+        let f = conn.recv().await?;
+        match f.tag {
+            b'W' => {}
+            b'E' => {
+                let ctx = ErrorContext {
+                    slot: Some(&cfg.slot),
+                    plugin: Some(cfg.plugin.name()),
+                    ..ErrorContext::default()
+                };
+                let err = conn.server_error(&f.body, &ctx);
+                // Drain to ReadyForQuery so nothing is left half-read; best effort.
+                while let Ok(f) = conn.recv().await {
+                    if f.tag == b'Z' {
+                        break;
+                    }
+                }
+                return Err(err);
+            }
+            other => {
+                return Err(SourceError::protocol(
+                    conn.target(),
+                    format!(
+                        "unexpected message {:?} in answer to START_REPLICATION",
+                        char::from(other)
+                    ),
+                ))
+            }
+        }
+        let now = Instant::now();
+        Ok(ReplicationStream {
+            conn,
+            slot: cfg.slot.clone(),
+            plugin: cfg.plugin.name().to_string(),
+            start,
+            received: start,
+            flushed: start,
+            status_interval: cfg.status_interval,
+            idle_timeout: cfg.idle_timeout,
+            last_status: now,
+            last_recv: now,
+            ended: false,
+        })
+    }
+
+    /// Records that everything up to `lsn` is durable downstream. Reported to the server
+    /// with the next status update; never moves backwards.
+    pub fn set_flushed(&mut self, lsn: Lsn) {
+        if lsn > self.flushed {
+            self.flushed = lsn;
+        }
+    }
+
+    /// The flush position we report.
+    #[must_use]
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// The furthest position received.
+    #[must_use]
+    pub fn received(&self) -> Lsn {
+        self.received
+    }
+
+    /// Where this stream started.
+    #[must_use]
+    pub fn start_lsn(&self) -> Lsn {
+        self.start
+    }
+
+    /// The walsender's host:port.
+    #[must_use]
+    pub fn target(&self) -> &str {
+        self.conn.target()
+    }
+
+    /// The server's major version.
+    #[must_use]
+    pub fn server_major(&self) -> u32 {
+        self.conn.server_major()
+    }
+
+    /// Sends a standby status update now.
+    pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), SourceError> {
+        let update = StandbyStatusUpdate {
+            write: self.received.max(self.flushed),
+            flush: self.flushed,
+            apply: self.flushed,
+            client_time: PgTimestamp::from_system_time(SystemTime::now()),
+            reply_requested,
+        };
+        tracing::trace!(slot = %self.slot, write = %update.write, flush = %update.flush,
+            reply_requested, "standby status update");
+        self.conn.send_copy_data(update.to_bytes()).await?;
+        self.last_status = Instant::now();
+        Ok(())
+    }
+
+    /// The next event; `Ok(None)` once the server ended the stream (CopyDone or
+    /// CommandComplete from its side, e.g. on a clean shutdown).
+    pub async fn next_event(&mut self) -> Result<Option<ReplicationEvent>, SourceError> {
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let now = Instant::now();
+            let status_due = self.last_status + self.status_interval;
+            if now >= status_due {
+                let idle = now.duration_since(self.last_recv) >= self.status_interval;
+                self.send_status(idle).await?;
+                continue;
+            }
+            let mut wake = status_due;
+            if let Some(t) = self.idle_timeout {
+                let dead = self.last_recv + t;
+                if now >= dead {
+                    return Err(SourceError::Timeout {
+                        target: self.conn.target().to_string(),
+                        what: "waiting for the walsender (no data or keepalive)",
+                        after: t,
+                    });
+                }
+                wake = wake.min(dead);
+            }
+            let frame = tokio::select! {
+                f = self.conn.recv() => f?,
+                () = tokio::time::sleep_until(wake) => continue,
+            };
+            self.last_recv = Instant::now();
+            match frame.tag {
+                b'd' => {
+                    let msg = parse_copy_data(frame.body)
+                        .map_err(|e| SourceError::protocol(self.conn.target(), e.to_string()))?;
+                    match msg {
+                        ReplicationMessage::XLogData(x) => {
+                            self.received = self.received.max(x.wal_start);
+                            return Ok(Some(ReplicationEvent::XLogData(x)));
+                        }
+                        ReplicationMessage::PrimaryKeepalive(k) => {
+                            self.received = self.received.max(k.wal_end);
+                            self.send_status(false).await?;
+                            return Ok(Some(ReplicationEvent::Keepalive {
+                                wal_end: k.wal_end,
+                                send_time: k.send_time,
+                            }));
+                        }
+                    }
+                }
+                b'c' => {
+                    tracing::info!(slot = %self.slot, "server ended the replication stream");
+                    frontend::copy_done(self.conn.write_buf());
+                    self.conn.flush().await?;
+                    self.drain_to_ready().await?;
+                    self.ended = true;
+                }
+                b'C' => {
+                    self.drain_to_ready().await?;
+                    self.ended = true;
+                }
+                b'E' => {
+                    self.ended = true;
+                    let ctx = ErrorContext {
+                        slot: Some(&self.slot),
+                        plugin: Some(&self.plugin),
+                        ..ErrorContext::default()
+                    };
+                    return Err(self.conn.server_error(&frame.body, &ctx));
+                }
+                other => {
+                    return Err(SourceError::protocol(
+                        self.conn.target(),
+                        format!("unexpected message {:?} in CopyBoth", char::from(other)),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Reads until ReadyForQuery, discarding data; EOF counts as done.
+    async fn drain_to_ready(&mut self) -> Result<(), SourceError> {
+        loop {
+            match self.conn.recv().await {
+                Ok(f) if f.tag == b'Z' => return Ok(()),
+                Ok(f) if f.tag == b'E' => {
+                    return Err(self.conn.server_error(&f.body, &ErrorContext::default()))
+                }
+                Ok(_) => {}
+                Err(SourceError::Closed { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Acknowledges the flushed position, ends CopyBoth (CopyDone), drains the server's
+    /// remaining data up to ReadyForQuery, and hands the connection back for commands.
+    pub async fn shutdown(mut self) -> Result<ReplicationConnection, SourceError> {
+        if !self.ended {
+            self.send_status(false).await?;
+            frontend::copy_done(self.conn.write_buf());
+            self.conn.flush().await?;
+            self.drain_to_ready().await?;
+            self.ended = true;
+        }
+        tracing::info!(slot = %self.slot, flushed = %self.flushed, "replication stream stopped");
+        Ok(self.conn)
+    }
+}
+
+/// Fails with [`SourceError::PublicationMissing`] if a publication does not exist (PG18
+/// only warns and streams nothing for it, so we check up front on every version).
+async fn check_publications(
+    conn: &mut ReplicationConnection,
+    publications: &[String],
+) -> Result<(), SourceError> {
+    let list: Vec<String> = publications.iter().map(|p| quote_literal(p)).collect();
+    let sql = format!(
+        "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname IN ({})",
+        list.join(", ")
+    );
+    let rows = conn.simple_query(&sql).await?;
+    for p in publications {
+        if !rows.iter().any(|r| r.get_idx(0) == Some(p.as_str())) {
+            return Err(SourceError::PublicationMissing {
+                target: conn.target().to_string(),
+                publication: p.clone(),
+                db: Box::new(super::error::DbError {
+                    severity: "ERROR".into(),
+                    code: "42704".into(),
+                    message: format!("publication \"{p}\" does not exist"),
+                    ..Default::default()
+                }),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pubs: &[&str]) -> PgoutputOptions {
+        PgoutputOptions {
+            publications: pubs.iter().map(|p| p.to_string()).collect(),
+            ..PgoutputOptions::default()
+        }
+    }
+
+    #[test]
+    fn proto_version_follows_server_and_cap() {
+        let o = opts(&["p"]);
+        assert_eq!(
+            pgoutput_options(15, &o).unwrap()[0],
+            ("proto_version", "3".into())
+        );
+        assert_eq!(
+            pgoutput_options(16, &o).unwrap()[0],
+            ("proto_version", "4".into())
+        );
+        assert_eq!(
+            pgoutput_options(18, &o).unwrap()[0],
+            ("proto_version", "4".into())
+        );
+        let capped = PgoutputOptions {
+            max_proto_version: Some(2),
+            ..o.clone()
+        };
+        assert_eq!(
+            pgoutput_options(18, &capped).unwrap()[0],
+            ("proto_version", "2".into())
+        );
+    }
+
+    #[test]
+    fn options_per_version() {
+        let o = PgoutputOptions {
+            messages: true,
+            binary: true,
+            streaming: Streaming::Parallel,
+            origin_none: true,
+            two_phase: true,
+            ..opts(&["pub", "Odd\"Name"])
+        };
+        let v15 = pgoutput_options(15, &o).unwrap();
+        assert_eq!(
+            v15,
+            vec![
+                ("proto_version", "3".to_string()),
+                ("publication_names", "\"pub\",\"Odd\"\"Name\"".to_string()),
+                ("messages", "true".to_string()),
+                ("binary", "true".to_string()),
+                ("streaming", "on".to_string()),
+                ("two_phase", "true".to_string()),
+            ]
+        );
+        let v16 = pgoutput_options(16, &o).unwrap();
+        assert!(v16.contains(&("streaming", "parallel".to_string())));
+        assert!(v16.contains(&("origin", "none".to_string())));
+        let plain = pgoutput_options(18, &opts(&["p"])).unwrap();
+        assert_eq!(plain.len(), 2);
+    }
+
+    #[test]
+    fn invalid_combinations_are_config_errors() {
+        assert!(pgoutput_options(16, &opts(&[])).is_err());
+        let o = PgoutputOptions {
+            max_proto_version: Some(1),
+            streaming: Streaming::On,
+            ..opts(&["p"])
+        };
+        assert!(pgoutput_options(16, &o).is_err());
+        let o = PgoutputOptions {
+            max_proto_version: Some(2),
+            two_phase: true,
+            ..opts(&["p"])
+        };
+        assert!(pgoutput_options(16, &o).is_err());
+    }
+
+    #[test]
+    fn start_command_text() {
+        let o = pgoutput_options(16, &opts(&["it's"])).unwrap();
+        assert_eq!(
+            start_replication_command("s1", Lsn(0x1_0000_00FF), &o).unwrap(),
+            "START_REPLICATION SLOT s1 LOGICAL 1/FF (\"proto_version\" '4', \
+             \"publication_names\" '\"it''s\"')"
+        );
+        assert!(start_replication_command("bad slot", Lsn::ZERO, &o).is_err());
+    }
+}
