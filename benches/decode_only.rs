@@ -62,17 +62,38 @@ fn main() {
     c.psql("CREATE SEQUENCE s").unwrap();
     let clients = 4;
     let status = Command::new(c.bin_dir().join("pgbench"))
-        .args(["-n", "-h", "127.0.0.1", "-p", &c.port().to_string(), "-U", "postgres"])
-        .args(["-c", &clients.to_string(), "-j", "2", "-t", &(txns / clients).to_string()])
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-t",
+            &(txns / clients).to_string(),
+        ])
         .arg("-f")
         .arg(&script)
         .arg("postgres")
         .output()
         .expect("pgbench");
-    assert!(status.status.success(), "pgbench: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let end_lsn = c.psql("SELECT pg_current_wal_lsn()").unwrap();
     let wal_bytes: u64 = c
-        .psql(&format!("SELECT pg_wal_lsn_diff('{end_lsn}', '{start_lsn}')::bigint"))
+        .psql(&format!(
+            "SELECT pg_wal_lsn_diff('{end_lsn}', '{start_lsn}')::bigint"
+        ))
         .unwrap()
         .parse()
         .unwrap();
@@ -82,23 +103,45 @@ fn main() {
     for r in 0..runs {
         let t = Instant::now();
         let out = Command::new(c.bin_dir().join("pg_recvlogical"))
-            .args(["-h", "127.0.0.1", "-p", &c.port().to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &c.port().to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-d", "postgres", "--slot", &format!("recv_{r}"), "--start"])
             .args(["--endpos", &end_lsn, "-f", "/dev/null", "--no-loop"])
             .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
             .output()
             .expect("pg_recvlogical");
-        assert!(out.status.success(), "pg_recvlogical: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_recvlogical: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         recv_best = recv_best.min(t.elapsed().as_secs_f64());
 
         let t = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_pgmesh"))
             .args(["tail", "--dsn", &c.dsn(), "--slot", &format!("pgmesh_{r}")])
-            .args(["--publication", "bench_pub", "--output", "none", "--proto-version", "1"])
+            .args([
+                "--publication",
+                "bench_pub",
+                "--output",
+                "none",
+                "--proto-version",
+                "1",
+            ])
             .args(["--endpos", &end_lsn])
             .output()
             .expect("pgmesh tail");
-        assert!(out.status.success(), "pgmesh tail: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pgmesh tail: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         pgmesh_best = pgmesh_best.min(t.elapsed().as_secs_f64());
     }
     let _ = std::fs::remove_file(&script);

@@ -2,15 +2,21 @@
 //!
 //! The modules mirror the data path of one direction (see README "Architecture"):
 //! `source` (replication connection) → `protocol` (pure pgoutput / wal2json decoding)
-//! → `filter` (origin filter) → `txn` (transaction assembly) → later `batch`, `apply`,
-//! `conflict`. `testkit` starts throwaway PostgreSQL clusters for tests, benchmarks and
-//! the local lab; `cli` holds the commands of the `pgmesh` binary.
+//! → `filter` (origin filter) → `batch` (per-key collapse into chunks) → `apply`
+//! (set-based writes, ledger, origin progress) with `conflict` (pure last-writer-wins
+//! decisions); `sidecar` runs that path per peer. `testkit` starts throwaway PostgreSQL
+//! clusters for tests, benchmarks and the local lab; `cli` holds the binary's commands.
 #![deny(unsafe_code)]
 
+pub mod apply;
+pub mod batch;
 pub mod cli;
+pub mod conflict;
 pub mod filter;
 pub mod lsn;
+pub mod pgtime;
 pub mod protocol;
+pub mod sidecar;
 pub mod source;
 pub mod testkit;
 pub mod txn;

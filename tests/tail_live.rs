@@ -68,6 +68,19 @@ impl Drop for Tail {
     }
 }
 
+/// Waits until tail has created its slot, so writes after this are streamed.
+fn wait_for_slot(c: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c
+        .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tail_slot'")
+        .unwrap()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "tail did not create its slot");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn inserted_id(txn: &Value) -> i64 {
     txn["changes"][0]["new"]["id"]
         .as_i64()
@@ -84,6 +97,7 @@ fn tail_survives_restart_without_gaps_or_repeats() {
         )
         .unwrap();
         let tail = Tail::spawn(&c, &["--create-slot"]);
+        wait_for_slot(&c);
         for i in 1..=5 {
             c.psql(&format!(
                 "INSERT INTO ev VALUES ({i}, 'row {i}', true, '{{\"n\": {i}}}')"
@@ -105,8 +119,10 @@ fn tail_survives_restart_without_gaps_or_repeats() {
         // Crash the server under the running tail; it must reconnect and resume.
         c.restart_immediate().unwrap();
         for i in 6..=10 {
-            c.psql(&format!("INSERT INTO ev VALUES ({i}, 'row {i}', false, null)"))
-                .unwrap();
+            c.psql(&format!(
+                "INSERT INTO ev VALUES ({i}, 'row {i}', false, null)"
+            ))
+            .unwrap();
         }
         for _ in 6..=10 {
             seen.push(inserted_id(&tail.next_txn("inserts after restart")));
@@ -132,7 +148,8 @@ fn tail_survives_restart_without_gaps_or_repeats() {
         assert_eq!(ok, "t", "PG{major}: position acknowledged on Ctrl-C");
 
         // A new tail resumes after the acknowledged position: nothing is repeated.
-        c.psql("INSERT INTO ev VALUES (11, 'after', true, null)").unwrap();
+        c.psql("INSERT INTO ev VALUES (11, 'after', true, null)")
+            .unwrap();
         let tail = Tail::spawn(&c, &[]);
         let next = tail.next_txn("insert 11 after resume");
         assert_eq!(inserted_id(&next), 11, "PG{major}: {next}");
@@ -150,9 +167,11 @@ fn tail_filters_transactions_with_an_origin() {
         )
         .unwrap();
         let all = Tail::spawn(&c, &["--create-slot"]);
+        wait_for_slot(&c);
         c.psql(
+            // The origin is stamped at commit: commit before resetting the session.
             "SELECT pg_replication_origin_session_setup('peer_x');
-             INSERT INTO ev VALUES (1);
+             BEGIN; INSERT INTO ev VALUES (1); COMMIT;
              SELECT pg_replication_origin_session_reset();",
         )
         .unwrap();
@@ -168,14 +187,19 @@ fn tail_filters_transactions_with_an_origin() {
             .unwrap();
         let filtered = Tail::spawn(&c, &["--origin", "none"]);
         c.psql(
+            // The origin is stamped at commit: commit before resetting the session.
             "SELECT pg_replication_origin_session_setup('peer_x');
-             INSERT INTO ev VALUES (3);
+             BEGIN; INSERT INTO ev VALUES (3); COMMIT;
              SELECT pg_replication_origin_session_reset();",
         )
         .unwrap();
         c.psql("INSERT INTO ev VALUES (4)").unwrap();
         let t = filtered.next_txn("local txn after filtered one");
-        assert_eq!(inserted_id(&t), 4, "PG{major}: origin txn must be dropped: {t}");
+        assert_eq!(
+            inserted_id(&t),
+            4,
+            "PG{major}: origin txn must be dropped: {t}"
+        );
         assert!(filtered.interrupt_and_wait().success());
     }
 }

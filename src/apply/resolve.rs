@@ -19,7 +19,9 @@ use super::sql;
 use super::table::{LocalTable, TableMap};
 use super::ApplyError;
 use crate::batch::{ChangeOp, Chunk, Pending, TableChunk};
-use crate::conflict::{decide, newer, Action, ConflictKind, LocalVersion, RemoteOp, RemoteVersion, Winner};
+use crate::conflict::{
+    decide, newer, Action, ConflictKind, LocalVersion, RemoteOp, RemoteVersion, Winner,
+};
 use crate::protocol::pgoutput::PgTimestamp;
 
 /// Maps a row's `roident` (from its xmin) to the node that wrote it.
@@ -120,7 +122,9 @@ fn columns_of(row: &Row, table: &LocalTable, with_key: bool) -> Vec<usize> {
     row.0
         .iter()
         .enumerate()
-        .filter(|(i, v)| matches!(v, Val::Text(_) | Val::Null) && (with_key || !table.pk.contains(i)))
+        .filter(|(i, v)| {
+            matches!(v, Val::Text(_) | Val::Null) && (with_key || !table.pk.contains(i))
+        })
         .map(|(i, _)| i)
         .collect()
 }
@@ -139,10 +143,17 @@ impl Resolver<'_> {
         Ok(())
     }
 
-    async fn local_rows(&mut self, map: &TableMap, keys: &[&Key]) -> Result<HashMap<usize, LocalRow>, ApplyError> {
+    async fn local_rows(
+        &mut self,
+        map: &TableMap,
+        keys: &[&Key],
+    ) -> Result<HashMap<usize, LocalRow>, ApplyError> {
         let t = &map.local;
         let params = key_params(keys, t.pk.len())?;
-        let stmt = self.statements.get(self.client, &sql::select_rows(t)).await?;
+        let stmt = self
+            .statements
+            .get(self.client, &sql::select_rows(t))
+            .await?;
         let rows = self.client.query(&stmt, &as_params(&params)).await?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
@@ -159,7 +170,11 @@ impl Resolver<'_> {
         Ok(out)
     }
 
-    async fn tombstones(&mut self, map: &TableMap, keys: &[&Key]) -> Result<HashMap<usize, (Option<PgTimestamp>, Option<u32>)>, ApplyError> {
+    async fn tombstones(
+        &mut self,
+        map: &TableMap,
+        keys: &[&Key],
+    ) -> Result<HashMap<usize, (Option<PgTimestamp>, Option<u32>)>, ApplyError> {
         let mut out = HashMap::new();
         if keys.is_empty() {
             return Ok(out);
@@ -168,7 +183,10 @@ impl Resolver<'_> {
         let cols = key_params(keys, t.pk.len())?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
         params.extend(as_params(&cols));
-        let stmt = self.statements.get(self.client, &sql::select_tombstones(t)).await?;
+        let stmt = self
+            .statements
+            .get(self.client, &sql::select_tombstones(t))
+            .await?;
         for r in self.client.query(&stmt, &params).await? {
             let ord: i64 = r.get(0);
             out.insert(
@@ -199,7 +217,9 @@ impl Resolver<'_> {
         let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
         let mut inserts: Vec<(&Key, &Row, &Pending)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let Some(p) = tc.changes.get(*key) else { continue };
+            let Some(p) = tc.changes.get(*key) else {
+                continue;
+            };
             let local = match (rows.get(&i), tombs.get(&i)) {
                 (Some(r), _) => LocalVersion::Row {
                     commit_ts: r.ts,
@@ -211,7 +231,8 @@ impl Resolver<'_> {
                 },
                 (None, None) => LocalVersion::Absent,
             };
-            if p.op == ChangeOp::Delete && p.born_in_chunk && matches!(local, LocalVersion::Absent) {
+            if p.op == ChangeOp::Delete && p.born_in_chunk && matches!(local, LocalVersion::Absent)
+            {
                 // Inserted and deleted upstream within this chunk, never here: nothing to do.
                 continue;
             }
@@ -222,9 +243,20 @@ impl Resolver<'_> {
             };
             let d = decide(&local, &remote);
             if let Some((kind, winner)) = d.conflict {
-                let local_info = rows.get(&i).map(|r| {
-                    (serde_json::from_str(&r.json).ok(), r.ts, self.origins.node_of(r.roident).to_string())
-                }).or_else(|| tombs.get(&i).map(|(ts, ro)| (None, *ts, self.origins.node_of(*ro).to_string())));
+                let local_info = rows
+                    .get(&i)
+                    .map(|r| {
+                        (
+                            serde_json::from_str(&r.json).ok(),
+                            r.ts,
+                            self.origins.node_of(r.roident).to_string(),
+                        )
+                    })
+                    .or_else(|| {
+                        tombs
+                            .get(&i)
+                            .map(|(ts, ro)| (None, *ts, self.origins.node_of(*ro).to_string()))
+                    });
                 ledger.push(record(
                     kind,
                     winner,
@@ -268,7 +300,10 @@ impl Resolver<'_> {
             return Ok(());
         }
         let params = key_params(keys, map.local.pk.len())?;
-        let stmt = self.statements.get(self.client, &sql::delete_rows(&map.local)).await?;
+        let stmt = self
+            .statements
+            .get(self.client, &sql::delete_rows(&map.local))
+            .await?;
         self.client.execute(&stmt, &as_params(&params)).await?;
         Ok(())
     }
@@ -281,7 +316,10 @@ impl Resolver<'_> {
         let cols = key_params(keys, t.pk.len())?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
         params.extend(as_params(&cols));
-        let stmt = self.statements.get(self.client, &sql::upsert_tombstones(t)).await?;
+        let stmt = self
+            .statements
+            .get(self.client, &sql::upsert_tombstones(t))
+            .await?;
         self.client.execute(&stmt, &params).await?;
         Ok(())
     }
@@ -314,11 +352,15 @@ impl Resolver<'_> {
                 Ok(()) => {
                     stats.updated += group.len() as u64;
                     if guarded {
-                        self.client.batch_execute("RELEASE SAVEPOINT pgmesh_update").await?;
+                        self.client
+                            .batch_execute("RELEASE SAVEPOINT pgmesh_update")
+                            .await?;
                     }
                 }
                 Err(e) if guarded && e.sqlstate() == Some("23505") => {
-                    self.client.batch_execute("ROLLBACK TO SAVEPOINT pgmesh_update").await?;
+                    self.client
+                        .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_update")
+                        .await?;
                     for &one in &group {
                         self.update_one_resolving_uniques(map, &cols, one, ledger, stats)
                             .await?;
@@ -346,7 +388,10 @@ impl Resolver<'_> {
             }
             params.push(col);
         }
-        let stmt = self.statements.get(self.client, &sql::update_rows(t, cols)).await?;
+        let stmt = self
+            .statements
+            .get(self.client, &sql::update_rows(t, cols))
+            .await?;
         self.client.execute(&stmt, &as_params(&params)).await?;
         Ok(())
     }
@@ -365,13 +410,20 @@ impl Resolver<'_> {
             self.client.batch_execute("SAVEPOINT pgmesh_row").await?;
             match self.update_group(map, cols, &[(key, row, p)]).await {
                 Ok(()) => {
-                    self.client.batch_execute("RELEASE SAVEPOINT pgmesh_row").await?;
+                    self.client
+                        .batch_execute("RELEASE SAVEPOINT pgmesh_row")
+                        .await?;
                     stats.updated += 1;
                     return Ok(());
                 }
                 Err(e) if e.sqlstate() == Some("23505") && attempt < 2 => {
-                    self.client.batch_execute("ROLLBACK TO SAVEPOINT pgmesh_row").await?;
-                    if !self.resolve_unique_holders(map, key, row, p, ledger, stats).await? {
+                    self.client
+                        .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_row")
+                        .await?;
+                    if !self
+                        .resolve_unique_holders(map, key, row, p, ledger, stats)
+                        .await?
+                    {
                         stats.skipped += 1;
                         return Ok(());
                     }
@@ -397,7 +449,8 @@ impl Resolver<'_> {
         ledger: &'s mut Vec<ConflictRecord>,
         stats: &'s mut ApplyStats,
         depth: u32,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApplyError>> + Send + 's>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApplyError>> + Send + 's>>
+    {
         Box::pin(async move {
             if rows.is_empty() {
                 return Ok(());
@@ -421,12 +474,18 @@ impl Resolver<'_> {
                     }
                     params.push(col);
                 }
-                let stmt = self.statements.get(self.client, &sql::insert_rows(t, cols)).await?;
+                let stmt = self
+                    .statements
+                    .get(self.client, &sql::insert_rows(t, cols))
+                    .await?;
                 let done = self.client.query(&stmt, &as_params(&params)).await?;
                 let mut inserted = vec![false; idx.len()];
                 for r in done {
                     let ord: i64 = r.get(0);
-                    if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|o| inserted.get_mut(o)) {
+                    if let Some(slot) = usize::try_from(ord - 1)
+                        .ok()
+                        .and_then(|o| inserted.get_mut(o))
+                    {
                         *slot = true;
                     }
                 }
@@ -449,7 +508,8 @@ impl Resolver<'_> {
                     detail: "the row kept colliding with concurrent local inserts".into(),
                 });
             }
-            self.resolve_not_inserted(map, rows, &not_inserted, ledger, stats, depth).await
+            self.resolve_not_inserted(map, rows, &not_inserted, ledger, stats, depth)
+                .await
         })
     }
 
@@ -506,7 +566,10 @@ impl Resolver<'_> {
                 continue;
             }
             // Another row holds one of this row's unique values.
-            if self.resolve_unique_holders(map, key, row, p, ledger, stats).await? {
+            if self
+                .resolve_unique_holders(map, key, row, p, ledger, stats)
+                .await?
+            {
                 retry.push((key, row, p));
             } else {
                 stats.skipped += 1;
@@ -541,11 +604,17 @@ impl Resolver<'_> {
             if vals.len() != unique.len() {
                 continue;
             }
-            let params: Vec<&(dyn ToSql + Sync)> = vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            let stmt = self.statements.get(self.client, &sql::select_unique_holder(t, unique)).await?;
+            let params: Vec<&(dyn ToSql + Sync)> =
+                vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            let stmt = self
+                .statements
+                .get(self.client, &sql::select_unique_holder(t, unique))
+                .await?;
             for h in self.client.query(&stmt, &params).await? {
                 let npk = t.pk.len();
-                let hkey = Key((0..npk).map(|i| bytes::Bytes::from(h.get::<_, String>(i))).collect());
+                let hkey = Key((0..npk)
+                    .map(|i| bytes::Bytes::from(h.get::<_, String>(i)))
+                    .collect());
                 if &hkey == key {
                     continue;
                 }

@@ -48,7 +48,11 @@ impl Drop for ApplySession {
 
 impl ApplySession {
     /// Connects to the local node and binds the session to origin `pgmesh_<peer>`.
-    pub async fn connect(dsn: &str, local_node: &str, peer: &str) -> Result<ApplySession, ApplyError> {
+    pub async fn connect(
+        dsn: &str,
+        local_node: &str,
+        peer: &str,
+    ) -> Result<ApplySession, ApplyError> {
         let (client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
         let conn_task = tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -58,7 +62,10 @@ impl ApplySession {
         client.batch_execute(SESSION_SETUP).await?;
         let origin_name = format!("pgmesh_{peer}");
         client
-            .query("SELECT pg_replication_origin_session_setup($1)", &[&origin_name])
+            .query(
+                "SELECT pg_replication_origin_session_setup($1)",
+                &[&origin_name],
+            )
             .await?;
         let mut s = ApplySession {
             client,
@@ -117,7 +124,11 @@ impl ApplySession {
 
     /// The local table for a peer relation (cached; [`ApplySession::forget_tables`]
     /// clears the cache when the peer re-describes relations).
-    pub async fn local_table(&mut self, schema: &str, table: &str) -> Result<std::sync::Arc<LocalTable>, ApplyError> {
+    pub async fn local_table(
+        &mut self,
+        schema: &str,
+        table: &str,
+    ) -> Result<std::sync::Arc<LocalTable>, ApplyError> {
         let key = (schema.to_string(), table.to_string());
         if let Some(t) = self.tables.get(&key) {
             return Ok(t.clone());

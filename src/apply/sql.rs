@@ -50,13 +50,12 @@ pub fn select_rows(t: &LocalTable) -> String {
 
 /// The canonical text array of a key, as tombstones store it.
 fn key_array(t: &LocalTable, alias: &str) -> String {
-    let parts = t
-        .pk
-        .iter()
-        .enumerate()
-        .map(|(n, &c)| format!("{alias}.k{n}::{}::text", t.columns[c].type_sql))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let parts =
+        t.pk.iter()
+            .enumerate()
+            .map(|(n, &c)| format!("{alias}.k{n}::{}::text", t.columns[c].type_sql))
+            .collect::<Vec<_>>()
+            .join(", ");
     format!("ARRAY[{parts}]")
 }
 
@@ -153,22 +152,20 @@ pub fn insert_rows(t: &LocalTable, cols: &[usize]) -> String {
         .map(|(i, &c)| format!("u.v{i}::{}", t.columns[c].type_sql))
         .collect::<Vec<_>>()
         .join(", ");
-    let returning = t
-        .pk
-        .iter()
-        .map(|&c| t.columns[c].quoted.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let join = t
-        .pk
-        .iter()
-        .map(|&c| {
-            let pos = cols.iter().position(|&x| x == c).unwrap_or(0);
-            let col = &t.columns[c];
-            format!("i.{} = u.v{pos}::{}", col.quoted, col.type_sql)
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let returning =
+        t.pk.iter()
+            .map(|&c| t.columns[c].quoted.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+    let join =
+        t.pk.iter()
+            .map(|&c| {
+                let pos = cols.iter().position(|&x| x == c).unwrap_or(0);
+                let col = &t.columns[c];
+                format!("i.{} = u.v{pos}::{}", col.quoted, col.type_sql)
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
     let params = unnest_params(1, cols.len());
     let aliases = names("v", cols.len());
     format!(
@@ -184,12 +181,11 @@ pub fn insert_rows(t: &LocalTable, cols: &[usize]) -> String {
 /// key column), row json, ts, roident.
 #[must_use]
 pub fn select_unique_holder(t: &LocalTable, unique: &[usize]) -> String {
-    let keys = t
-        .pk
-        .iter()
-        .map(|&c| format!("t.{}::text", t.columns[c].quoted))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let keys =
+        t.pk.iter()
+            .map(|&c| format!("t.{}::text", t.columns[c].quoted))
+            .collect::<Vec<_>>()
+            .join(", ");
     let cond = unique
         .iter()
         .enumerate()
@@ -232,7 +228,11 @@ mod tests {
         };
         LocalTable {
             name: "public.t".into(),
-            columns: vec![col("id", "bigint"), col("body", "text"), col("email", "text")],
+            columns: vec![
+                col("id", "bigint"),
+                col("body", "text"),
+                col("email", "text"),
+            ],
             pk: vec![0],
             uniques: vec![vec![2]],
         }

@@ -34,7 +34,11 @@ pub struct LocalTable {
 
 impl LocalTable {
     /// Reads `schema.table` from the local catalog.
-    pub async fn load(client: &Client, schema: &str, table: &str) -> Result<LocalTable, ApplyError> {
+    pub async fn load(
+        client: &Client,
+        schema: &str,
+        table: &str,
+    ) -> Result<LocalTable, ApplyError> {
         let rows = client
             .query(
                 "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
@@ -122,7 +126,11 @@ pub struct TableMap {
 impl TableMap {
     /// Maps by column name. A remote column missing locally stops the stream: writing the
     /// row without it would lose data.
-    pub fn new(local: Arc<LocalTable>, remote: &Relation, node: &str) -> Result<TableMap, ApplyError> {
+    pub fn new(
+        local: Arc<LocalTable>,
+        remote: &Relation,
+        node: &str,
+    ) -> Result<TableMap, ApplyError> {
         let mut remote_to_local = Vec::with_capacity(remote.columns.len());
         for rc in &remote.columns {
             match local.columns.iter().position(|lc| lc.name == rc.name) {

@@ -164,7 +164,11 @@ mod tests {
     #[test]
     fn insert_then_update_stays_an_insert_with_filled_toast() {
         let ins = p(ChangeOp::Insert, Some(vec![t("1"), t("big"), t("x")]), 1);
-        let upd = p(ChangeOp::Update, Some(vec![t("1"), Val::Unchanged, t("y")]), 2);
+        let upd = p(
+            ChangeOp::Update,
+            Some(vec![t("1"), Val::Unchanged, t("y")]),
+            2,
+        );
         let c = collapse(&ins, upd);
         assert_eq!(c.op, ChangeOp::Insert);
         assert_eq!(c.row.unwrap().0, vec![t("1"), t("big"), t("y")]);
@@ -177,7 +181,10 @@ mod tests {
         let ins = p(ChangeOp::Insert, Some(vec![t("1")]), 1);
         let del = p(ChangeOp::Delete, None, 3);
         let c = collapse(&ins, del);
-        assert_eq!((c.op, c.row.is_none(), c.born_in_chunk), (ChangeOp::Delete, true, true));
+        assert_eq!(
+            (c.op, c.row.is_none(), c.born_in_chunk),
+            (ChangeOp::Delete, true, true)
+        );
         let upd = p(ChangeOp::Update, Some(vec![t("1")]), 1);
         let c = collapse(&upd, p(ChangeOp::Delete, None, 3));
         assert!(!c.born_in_chunk);
@@ -185,8 +192,16 @@ mod tests {
 
     #[test]
     fn update_after_update_keeps_unchanged_from_earlier() {
-        let a = p(ChangeOp::Update, Some(vec![t("1"), t("v1"), Val::Unchanged]), 1);
-        let b = p(ChangeOp::Update, Some(vec![t("1"), Val::Unchanged, Val::Unchanged]), 2);
+        let a = p(
+            ChangeOp::Update,
+            Some(vec![t("1"), t("v1"), Val::Unchanged]),
+            1,
+        );
+        let b = p(
+            ChangeOp::Update,
+            Some(vec![t("1"), Val::Unchanged, Val::Unchanged]),
+            2,
+        );
         let c = collapse(&a, b);
         assert_eq!(c.op, ChangeOp::Update);
         assert_eq!(c.row.unwrap().0, vec![t("1"), t("v1"), Val::Unchanged]);

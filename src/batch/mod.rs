@@ -7,4 +7,4 @@
 
 mod collapse;
 
-pub use collapse::{Chunk, ChangeOp, Pending, TableChunk};
+pub use collapse::{ChangeOp, Chunk, Pending, TableChunk};

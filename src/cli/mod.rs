@@ -7,7 +7,11 @@ use clap::Parser;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "pgmesh", version, about = "Active-active replication for PostgreSQL 15-18")]
+#[command(
+    name = "pgmesh",
+    version,
+    about = "Active-active replication for PostgreSQL 15-18"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -61,7 +65,8 @@ pub fn main() -> ExitCode {
 /// Logs go to stderr (stdout carries data, e.g. tail's JSON lines); `RUST_LOG` filters.
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("pgmesh=info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("pgmesh=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -134,7 +134,11 @@ impl Decision {
 /// Who wins between a local version and the remote one: later commit timestamp, then the
 /// greater node name. An unknown local timestamp loses.
 #[must_use]
-pub fn newer(local_ts: Option<PgTimestamp>, local_node: &str, remote: &RemoteVersion<'_>) -> Winner {
+pub fn newer(
+    local_ts: Option<PgTimestamp>,
+    local_node: &str,
+    remote: &RemoteVersion<'_>,
+) -> Winner {
     match local_ts {
         None => Winner::Remote,
         Some(l) if remote.commit_ts > l => Winner::Remote,
@@ -193,7 +197,11 @@ pub fn decide(local: &LocalVersion<'_>, remote: &RemoteVersion<'_>) -> Decision 
             action: if complete { A::Insert } else { A::Skip },
             conflict: Some((
                 K::UpdateMissing,
-                if complete { Winner::Remote } else { Winner::Local },
+                if complete {
+                    Winner::Remote
+                } else {
+                    Winner::Local
+                },
             )),
         },
         (LocalVersion::Absent, RemoteOp::Delete) => Decision {
@@ -228,29 +236,121 @@ mod tests {
             commit_ts: Some(PgTimestamp(ts)),
             node,
         };
-        let cases: Vec<(LocalVersion<'_>, RemoteVersion<'_>, Action, Option<(ConflictKind, Winner)>)> = vec![
-            (LocalVersion::Absent, remote(RemoteOp::Insert, 5, "a"), Action::Insert, None),
+        let cases: Vec<(
+            LocalVersion<'_>,
+            RemoteVersion<'_>,
+            Action,
+            Option<(ConflictKind, Winner)>,
+        )> = vec![
+            (
+                LocalVersion::Absent,
+                remote(RemoteOp::Insert, 5, "a"),
+                Action::Insert,
+                None,
+            ),
             (row(9, "a"), remote(UPD, 5, "a"), Action::Update, None),
-            (row(9, "a"), remote(RemoteOp::Delete, 5, "a"), Action::Delete, None),
-            (row(4, "b"), remote(RemoteOp::Insert, 5, "a"), Action::Update, Some((ConflictKind::InsertExists, Winner::Remote))),
-            (row(6, "b"), remote(RemoteOp::Insert, 5, "a"), Action::Skip, Some((ConflictKind::InsertExists, Winner::Local))),
-            (row(5, "b"), remote(UPD, 5, "a"), Action::Skip, Some((ConflictKind::UpdateOriginDiffers, Winner::Local))),
+            (
+                row(9, "a"),
+                remote(RemoteOp::Delete, 5, "a"),
+                Action::Delete,
+                None,
+            ),
+            (
+                row(4, "b"),
+                remote(RemoteOp::Insert, 5, "a"),
+                Action::Update,
+                Some((ConflictKind::InsertExists, Winner::Remote)),
+            ),
+            (
+                row(6, "b"),
+                remote(RemoteOp::Insert, 5, "a"),
+                Action::Skip,
+                Some((ConflictKind::InsertExists, Winner::Local)),
+            ),
+            (
+                row(5, "b"),
+                remote(UPD, 5, "a"),
+                Action::Skip,
+                Some((ConflictKind::UpdateOriginDiffers, Winner::Local)),
+            ),
             (row(5, "a"), remote(UPD, 5, "b"), Action::Update, None),
-            (row(5, "c"), remote(UPD, 5, "b"), Action::Skip, Some((ConflictKind::UpdateOriginDiffers, Winner::Local))),
-            (row(4, "b"), remote(RemoteOp::Delete, 5, "a"), Action::Delete, Some((ConflictKind::DeleteOriginDiffers, Winner::Remote))),
-            (LocalVersion::Absent, remote(UPD, 5, "a"), Action::Insert, Some((ConflictKind::UpdateMissing, Winner::Remote))),
-            (LocalVersion::Absent, remote(RemoteOp::Update { complete: false }, 5, "a"), Action::Skip, Some((ConflictKind::UpdateMissing, Winner::Local))),
-            (LocalVersion::Absent, remote(RemoteOp::Delete, 5, "a"), Action::Tombstone, Some((ConflictKind::DeleteMissing, Winner::Remote))),
-            (del(4, "b"), remote(UPD, 5, "a"), Action::Insert, Some((ConflictKind::UpdateDeleted, Winner::Remote))),
-            (del(6, "b"), remote(UPD, 5, "a"), Action::Skip, Some((ConflictKind::UpdateDeleted, Winner::Local))),
-            (del(6, "b"), remote(RemoteOp::Insert, 5, "a"), Action::Skip, Some((ConflictKind::InsertDeleted, Winner::Local))),
-            (del(6, "b"), remote(RemoteOp::Delete, 5, "a"), Action::Skip, None),
-            (del(6, "a"), remote(RemoteOp::Insert, 7, "a"), Action::Insert, None),
-            (LocalVersion::Row { commit_ts: None, node: "b" }, remote(UPD, 5, "a"), Action::Update, Some((ConflictKind::UpdateOriginDiffers, Winner::Remote))),
+            (
+                row(5, "c"),
+                remote(UPD, 5, "b"),
+                Action::Skip,
+                Some((ConflictKind::UpdateOriginDiffers, Winner::Local)),
+            ),
+            (
+                row(4, "b"),
+                remote(RemoteOp::Delete, 5, "a"),
+                Action::Delete,
+                Some((ConflictKind::DeleteOriginDiffers, Winner::Remote)),
+            ),
+            (
+                LocalVersion::Absent,
+                remote(UPD, 5, "a"),
+                Action::Insert,
+                Some((ConflictKind::UpdateMissing, Winner::Remote)),
+            ),
+            (
+                LocalVersion::Absent,
+                remote(RemoteOp::Update { complete: false }, 5, "a"),
+                Action::Skip,
+                Some((ConflictKind::UpdateMissing, Winner::Local)),
+            ),
+            (
+                LocalVersion::Absent,
+                remote(RemoteOp::Delete, 5, "a"),
+                Action::Tombstone,
+                Some((ConflictKind::DeleteMissing, Winner::Remote)),
+            ),
+            (
+                del(4, "b"),
+                remote(UPD, 5, "a"),
+                Action::Insert,
+                Some((ConflictKind::UpdateDeleted, Winner::Remote)),
+            ),
+            (
+                del(6, "b"),
+                remote(UPD, 5, "a"),
+                Action::Skip,
+                Some((ConflictKind::UpdateDeleted, Winner::Local)),
+            ),
+            (
+                del(6, "b"),
+                remote(RemoteOp::Insert, 5, "a"),
+                Action::Skip,
+                Some((ConflictKind::InsertDeleted, Winner::Local)),
+            ),
+            (
+                del(6, "b"),
+                remote(RemoteOp::Delete, 5, "a"),
+                Action::Skip,
+                None,
+            ),
+            (
+                del(6, "a"),
+                remote(RemoteOp::Insert, 7, "a"),
+                Action::Insert,
+                None,
+            ),
+            (
+                LocalVersion::Row {
+                    commit_ts: None,
+                    node: "b",
+                },
+                remote(UPD, 5, "a"),
+                Action::Update,
+                Some((ConflictKind::UpdateOriginDiffers, Winner::Remote)),
+            ),
         ];
         for (local, rem, action, conflict) in cases {
             let d = decide(&local, &rem);
-            assert_eq!((d.action, d.conflict), (action, conflict), "{local:?} vs {rem:?}");
+            assert_eq!(
+                (d.action, d.conflict),
+                (action, conflict),
+                "{local:?} vs {rem:?}"
+            );
         }
     }
 

@@ -7,4 +7,6 @@
 
 mod decide;
 
-pub use decide::{decide, Action, ConflictKind, Decision, LocalVersion, RemoteOp, RemoteVersion, Winner};
+pub use decide::{
+    decide, newer, Action, ConflictKind, Decision, LocalVersion, RemoteOp, RemoteVersion, Winner,
+};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 
@@ -28,13 +28,10 @@ pub async fn run_peer(link: PeerLink, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        let started = Instant::now();
+        backoff.connected(Instant::now());
         match run_once(&link, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
-                if started.elapsed() > std::time::Duration::from_secs(30) {
-                    backoff.connected(started);
-                }
                 let mut delay = backoff.next_delay(Instant::now());
                 if e.is_transient() {
                     tracing::warn!(peer = %link.peer, error = %e, ?delay, "stream from peer interrupted; resuming from the applied position");
@@ -80,7 +77,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     cfg.status_interval = std::time::Duration::from_secs(1);
     let mut stream = connect_and_start(&link.peer_source, &cfg, applied).await?;
     let major = stream.server_major();
-    let proto = crate::source::max_proto_version(major);
+    let proto = crate::source::stream::max_proto_version(major);
     // PG16+ drops changes with an origin on the server; PG15 sends them with an Origin
     // message, dropped here.
     let mut decoder = Decoder::new(proto);
@@ -99,9 +96,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     };
     let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
-        let deadline = d
-            .batch_started
-            .map(|t| tokio::time::Instant::from_std(t + link.limits.max_delay));
+        let deadline = d.batch_started.map(|t| t + link.limits.max_delay);
         tokio::select! {
             ev = stream.next_event() => {
                 let Some(ev) = ev? else {
@@ -109,7 +104,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                 };
                 match ev {
                     ReplicationEvent::XLogData(x) => {
-                        let msg = decoder.decode(&x.data)?;
+                        let msg = decoder.decode(x.data)?;
                         if filter.observe(&msg) == Verdict::Drop {
                             continue;
                         }
@@ -152,7 +147,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
@@ -201,14 +196,19 @@ impl Direction<'_> {
                 }
             }
             Message::Insert(i) => {
-                let Some((map, ts, lsn)) = self.target(i.relation_oid).await? else { return Ok(()) };
+                let Some((map, ts, lsn)) = self.target(i.relation_oid).await? else {
+                    return Ok(());
+                };
                 let row = Row::from_tuple(&map, &i.new)?;
                 let key = row.key(&map)?;
-                self.chunk.push(&map, ChangeOp::Insert, key, Some(row), ts, lsn);
+                self.chunk
+                    .push(&map, ChangeOp::Insert, key, Some(row), ts, lsn);
                 self.maybe_flush().await?;
             }
             Message::Update(u) => {
-                let Some((map, ts, lsn)) = self.target(u.relation_oid).await? else { return Ok(()) };
+                let Some((map, ts, lsn)) = self.target(u.relation_oid).await? else {
+                    return Ok(());
+                };
                 let row = Row::from_tuple(&map, &u.new)?;
                 let key = row.key(&map)?;
                 if let Some(OldTuple::Key(old) | OldTuple::Full(old)) = &u.old {
@@ -217,7 +217,8 @@ impl Direction<'_> {
                         // A key change: the old key goes away, the new one gets the row.
                         // A partial new image (unchanged TOAST) that finds no row is
                         // recorded in the ledger as update_missing, never dropped silently.
-                        self.chunk.push(&map, ChangeOp::Delete, old_key, None, ts, lsn);
+                        self.chunk
+                            .push(&map, ChangeOp::Delete, old_key, None, ts, lsn);
                     }
                 }
                 let op = match &u.old {
@@ -234,13 +235,17 @@ impl Direction<'_> {
                 self.maybe_flush().await?;
             }
             Message::Delete(del) => {
-                let Some((map, ts, lsn)) = self.target(del.relation_oid).await? else { return Ok(()) };
+                let Some((map, ts, lsn)) = self.target(del.relation_oid).await? else {
+                    return Ok(());
+                };
                 let key = Row::from_tuple(&map, del.old.tuple())?.key(&map)?;
                 self.chunk.push(&map, ChangeOp::Delete, key, None, ts, lsn);
                 self.maybe_flush().await?;
             }
             Message::Truncate(t) => {
-                let Some(open) = self.open.as_ref().filter(|o| !o.skip) else { return Ok(()) };
+                let Some(open) = self.open.as_ref().filter(|o| !o.skip) else {
+                    return Ok(());
+                };
                 let (ts, lsn) = (open.commit_ts, open.commit_lsn);
                 self.flush_chunk().await?;
                 let mut names = Vec::new();
@@ -290,7 +295,10 @@ impl Direction<'_> {
 
     /// The table map and the open transaction's time and LSN for a change, or `None` when
     /// the change belongs to a transaction that is being skipped.
-    async fn target(&mut self, oid: Oid) -> Result<Option<(Arc<TableMap>, PgTimestamp, Lsn)>, SidecarError> {
+    async fn target(
+        &mut self,
+        oid: Oid,
+    ) -> Result<Option<(Arc<TableMap>, PgTimestamp, Lsn)>, SidecarError> {
         let Some(open) = self.open.as_ref() else {
             return Err(ApplyError::Protocol("row change outside a transaction".into()).into());
         };
@@ -301,10 +309,11 @@ impl Direction<'_> {
         if let Some(m) = self.maps.get(&oid) {
             return Ok(Some((m.clone(), ts, lsn)));
         }
-        let rel = self
-            .relations
-            .get(&oid)
-            .ok_or_else(|| ApplyError::Protocol(format!("change for relation {oid} before its Relation message")))?;
+        let rel = self.relations.get(&oid).ok_or_else(|| {
+            ApplyError::Protocol(format!(
+                "change for relation {oid} before its Relation message"
+            ))
+        })?;
         let local = self.apply.local_table(rel.schema(), &rel.name).await?;
         let map = Arc::new(TableMap::new(local, rel, &self.link.local_node)?);
         self.maps.insert(oid, map.clone());

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use crate::pgtime::rfc3339;
 use super::value::{binary_value, text_value};
+use crate::pgtime::rfc3339;
 use crate::protocol::pgoutput::{Column, Message, Oid, OldTuple, Relation, Tuple};
 use crate::txn::SpillBuffer;
 use crate::Lsn;

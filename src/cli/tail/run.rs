@@ -1,151 +1,165 @@
 //! The tail loop: connect, stream, render, acknowledge; reconnect on transient errors.
 
 use std::io::Write;
-use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::args::{OriginFilter as OriginArg, Output, TailArgs};
 use super::render::Renderer;
 use crate::filter::{OriginFilter, Verdict};
 use crate::protocol::pgoutput::Decoder;
+use crate::source::stream::max_proto_version;
 use crate::source::{
-    Backoff, ReplicationConnection, SourceConfig, SourceError, StartOptions, StreamEvent,
+    create_slot, slot_exists, Backoff, BackoffPolicy, CreateSlot, OutputPlugin, Password,
+    PgoutputOptions, ReplicationConnection, ReplicationEvent, ReplicationStream, SourceConfig,
+    SourceError, StreamConfig,
 };
 use crate::Lsn;
 
-/// How a stream ended without error: Ctrl-C / SIGTERM, or `--endpos` reached (exit 0).
-enum Stop {
-    Done,
+/// A stream ended without error: Ctrl-C / SIGTERM, or `--endpos` reached (exit 0).
+struct Done;
+
+/// Why one streaming attempt ended.
+enum Failure {
+    /// The connection or the server: retried with backoff when transient.
+    Source(SourceError),
+    /// Anything else (undecodable data, stdout closed): tail stops.
+    Fatal(anyhow::Error),
+}
+
+impl From<SourceError> for Failure {
+    fn from(e: SourceError) -> Self {
+        Failure::Source(e)
+    }
 }
 
 /// Runs `pgmesh tail` until interrupted (or `--endpos`); errors that need an operator end it.
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut cfg = SourceConfig::from_dsn(&args.dsn).context("--dsn")?;
     if let Some(path) = &args.password_file {
-        cfg.set_password_from_file(path)
+        let text = std::fs::read_to_string(path)
             .with_context(|| format!("--password-file {}", path.display()))?;
+        let first = text.lines().next().unwrap_or_default().to_string();
+        cfg.password = Some(Password::new(first));
     }
-    let mut state = TailState {
-        acked: args.from.unwrap_or(Lsn::ZERO),
-        printed_txns: 0,
-    };
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut acked = args.from.unwrap_or(Lsn::ZERO);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(BackoffPolicy::default());
     loop {
-        match stream_once(&args, &cfg, &mut state, &mut backoff, &mut stop_rx).await {
-            Ok(Stop::Done) => {
-                tracing::info!(acked = %state.acked, printed = state.printed_txns, "stopped");
+        backoff.connected(Instant::now());
+        match stream_once(&args, &cfg, &mut acked, &mut stop_rx).await {
+            Ok(Done) => {
+                tracing::info!(%acked, "stopped");
                 return Ok(());
             }
-            Err(e) if e.is_transient() => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, acked = %state.acked,
+            Err(Failure::Source(e)) if e.is_transient() => {
+                let wait = backoff.next_delay(Instant::now());
+                tracing::warn!(error = %e, retry_in = ?wait, %acked,
                     "replication stream lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop_rx.changed() => return Ok(()),
                 }
             }
-            Err(e) => return Err(anyhow::Error::new(e).context("pgmesh tail stopped")),
+            Err(Failure::Source(e)) => return Err(anyhow::Error::new(e)),
+            Err(Failure::Fatal(e)) => return Err(e),
         }
     }
-}
-
-struct TailState {
-    /// Everything up to here was written to stdout and acknowledged to the server.
-    acked: Lsn,
-    printed_txns: u64,
 }
 
 async fn stream_once(
     args: &TailArgs,
     cfg: &SourceConfig,
-    state: &mut TailState,
-    backoff: &mut Backoff,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<Stop, SourceError> {
+    acked: &mut Lsn,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Done, Failure> {
     let mut conn = ReplicationConnection::connect(cfg).await?;
     let major = conn.server_major();
-    if args.create_slot && !conn.slot_exists(&args.slot).await? {
-        let created = conn.create_slot(&args.slot, false).await?;
+    if args.create_slot && !slot_exists(&mut conn, &args.slot).await? {
+        let created = create_slot(&mut conn, &CreateSlot::new(&args.slot)).await?;
         tracing::info!(slot = %args.slot, consistent_point = %created.consistent_point, "created slot");
     }
-    let server_side_origin_filter = args.origin == OriginArg::None && major >= 16;
-    let opts = StartOptions::for_server(major)
-        .max_proto_version(args.proto_version.unwrap_or(4).min(2))
-        .publications(args.publication.clone())
-        .messages(true)
-        .binary(args.binary)
-        .origin_none(server_side_origin_filter);
-    let proto = opts.proto_version();
-    let mut stream = conn.start_replication(&args.slot, state.acked, &opts).await?;
-    tracing::info!(slot = %args.slot, from = %state.acked, proto, "streaming");
+    let server_side_filter = args.origin == OriginArg::None && major >= 16;
+    let proto = args
+        .proto_version
+        .unwrap_or(u32::MAX)
+        .min(max_proto_version(major));
+    let scfg = StreamConfig::with_plugin(
+        &args.slot,
+        OutputPlugin::Pgoutput(PgoutputOptions {
+            publications: args.publication.clone(),
+            max_proto_version: Some(proto),
+            messages: true,
+            binary: args.binary,
+            origin_none: server_side_filter,
+            ..PgoutputOptions::default()
+        }),
+    );
+    let mut stream = ReplicationStream::start(conn, &scfg, *acked).await?;
+    tracing::info!(slot = %args.slot, from = %acked, proto, "streaming");
 
     let mut decoder = Decoder::new(proto);
-    let mut filter = OriginFilter::new(args.origin == OriginArg::None && !server_side_origin_filter);
+    let mut filter = OriginFilter::new(args.origin == OriginArg::None && !server_side_filter);
     let mut renderer = Renderer::new(args.max_txn_memory, std::env::temp_dir());
     let stdout = std::io::stdout();
-    let mut healthy_since = std::time::Instant::now();
     loop {
         let event = tokio::select! {
             ev = stream.next_event() => match ev? {
                 Some(ev) => ev,
-                None => return Err(SourceError::closed(cfg.target())),
+                None => return Err(Failure::Source(SourceError::Closed { target: stream.target().to_string() })),
             },
             _ = stop.changed() => {
                 // Send the final acknowledgement and end the stream cleanly (CopyDone).
-                stream.finish().await?;
-                return Ok(Stop::Done);
+                stream.shutdown().await?;
+                return Ok(Done);
             }
         };
-        if healthy_since.elapsed() > Duration::from_secs(30) {
-            backoff.reset();
-            healthy_since = std::time::Instant::now();
-        }
         match event {
-            StreamEvent::XLogData(x) => {
-                let msg = decoder.decode(&x.data).map_err(|e| SourceError::protocol(e.to_string()))?;
+            ReplicationEvent::XLogData(x) => {
+                let msg = decoder
+                    .decode(x.data)
+                    .map_err(|e| Failure::Fatal(anyhow!(e).context("decoding pgoutput")))?;
                 if filter.observe(&msg) == Verdict::Drop {
                     continue;
                 }
                 let finished = renderer
                     .feed(&msg)
-                    .map_err(|e| SourceError::protocol(e.to_string()))?;
+                    .map_err(|e| Failure::Fatal(anyhow!(e)))?;
                 let Some(done) = finished else { continue };
-                if filter.txn_dropped() || args.output == Output::None {
-                    // Nothing to print; the position still moves on.
-                } else {
+                if !filter.txn_dropped() && args.output == Output::Json {
                     let mut out = stdout.lock();
                     renderer
                         .write_finished(&mut out)
                         .and_then(|()| out.flush())
-                        .map_err(|e| SourceError::output(e))?;
-                    state.printed_txns += 1;
+                        .map_err(|e| Failure::Fatal(anyhow!(e).context("writing to stdout")))?;
                 }
-                state.acked = state.acked.max(done.end_lsn);
-                stream.set_flushed(state.acked);
+                // Written out (or deliberately dropped): the server may forget it.
+                *acked = (*acked).max(done.end_lsn);
+                stream.set_flushed(*acked);
                 if args.endpos.is_some_and(|end| done.end_lsn >= end) {
-                    stream.finish().await?;
-                    return Ok(Stop::Done);
+                    stream.shutdown().await?;
+                    return Ok(Done);
                 }
             }
-            StreamEvent::Keepalive { wal_end, .. } => {
+            ReplicationEvent::Keepalive { wal_end, .. } => {
                 // Between transactions everything the server sent is written out, so its
                 // send position can be acknowledged: an idle slot must not retain WAL.
                 if !renderer.in_transaction() {
-                    state.acked = state.acked.max(wal_end);
-                    stream.set_flushed(state.acked);
+                    *acked = (*acked).max(wal_end);
+                    stream.set_flushed(*acked);
                     if args.endpos.is_some_and(|end| wal_end >= end) {
-                        stream.finish().await?;
-                        return Ok(Stop::Done);
+                        stream.shutdown().await?;
+                        return Ok(Done);
                     }
                 }
             }
+            _ => {}
         }
     }
 }

@@ -65,7 +65,10 @@ mod tests {
         assert_eq!(text_value(INT8, b"-9223372036854775808"), json!(i64::MIN));
         assert_eq!(text_value(FLOAT8, b"1.5"), json!(1.5));
         assert_eq!(text_value(FLOAT8, b"NaN"), json!("NaN"));
-        assert_eq!(text_value(1700, b"12345678901234567890.000000001"), json!("12345678901234567890.000000001"));
+        assert_eq!(
+            text_value(1700, b"12345678901234567890.000000001"),
+            json!("12345678901234567890.000000001")
+        );
         assert_eq!(text_value(JSONB, br#"{"a": [1, 2]}"#), json!({"a": [1, 2]}));
         assert_eq!(text_value(25, b"hello"), json!("hello"));
         assert_eq!(text_value(25, &[0xff, b'a']), json!("\u{fffd}a"));
