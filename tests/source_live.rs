@@ -382,7 +382,12 @@ async fn tls_per_sslmode() {
     let other_ca = other.path().join("ca.crt");
 
     for major in versions_under_test() {
-        let c = Cluster::start(major).unwrap();
+        let c = Cluster::builder(major)
+            .hba_line("host all scramtls 127.0.0.1/32 scram-sha-256")
+            .start()
+            .unwrap();
+        c.psql("CREATE ROLE scramtls LOGIN REPLICATION PASSWORD 'pw'")
+            .unwrap();
         let base = format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
             c.port()
@@ -443,6 +448,19 @@ async fn tls_per_sslmode() {
             identify_system(&mut conn).await.unwrap();
             conn.close().await.unwrap();
         }
+
+        // SCRAM over TLS: the server offers SCRAM-SHA-256-PLUS; we answer without
+        // channel binding, which it accepts.
+        let conn = connect(&format!(
+            "host=db.pgmesh.test hostaddr=127.0.0.1 port={} user=scramtls password=pw \
+             dbname=postgres sslmode=verify-full sslrootcert={}",
+            c.port(),
+            ca.display()
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("PG{major} SCRAM over TLS: {e}"));
+        assert!(conn.is_tls());
+        conn.close().await.unwrap();
 
         let e = connect(&format!(
             "{} sslmode=verify-full sslrootcert={}",
