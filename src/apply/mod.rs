@@ -68,7 +68,9 @@ pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
         return true;
     }
     match e.code() {
-        None => true, // I/O or protocol-level failure of the connection
+        // No SQLSTATE: an I/O failure of the connection is transient; anything else
+        // (a parameter that does not serialize, an unexpected message) is a bug.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
         Some(code) => {
             let c = code.code();
             c.starts_with("08")

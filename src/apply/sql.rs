@@ -210,7 +210,7 @@ pub const INSERT_CONFLICTS: &str = "INSERT INTO pgmesh.conflicts \
      local_origin, remote_origin, winner, resolution, remote_lsn) \
     SELECT kind, table_name, key, local_row, remote_row, local_commit_ts, remote_commit_ts, \
      local_origin, remote_origin, winner, resolution, remote_lsn::pg_lsn \
-    FROM jsonb_to_recordset($1::jsonb) AS x(kind text, table_name text, key jsonb, \
+    FROM jsonb_to_recordset($1::text::jsonb) AS x(kind text, table_name text, key jsonb, \
      local_row jsonb, remote_row jsonb, local_commit_ts timestamptz, \
      remote_commit_ts timestamptz, local_origin text, remote_origin text, winner text, \
      resolution text, remote_lsn text)";

@@ -16,7 +16,10 @@ use crate::apply::{ApplyError, ApplySession};
 use crate::batch::{ChangeOp, Chunk};
 use crate::filter::{OriginFilter, Verdict};
 use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation};
-use crate::source::{connect_and_start, Backoff, BackoffPolicy, ReplicationEvent, StreamConfig};
+use crate::source::{
+    connect_and_start, Backoff, BackoffPolicy, OutputPlugin, PgoutputOptions, ReplicationEvent,
+    StreamConfig,
+};
 use crate::Lsn;
 
 /// Runs one direction until `stop` flips; transient failures restart it from the durable
@@ -73,15 +76,23 @@ struct Direction<'l> {
 async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
     let apply = ApplySession::connect(&link.local_dsn, &link.local_node, &link.peer).await?;
     let applied = apply.progress(false).await?;
-    let mut cfg = StreamConfig::new(&link.slot, &[link.publication.as_str()]);
+    // Loop prevention: PG16+ drops changes that carry an origin on the server
+    // (`origin 'none'`); PG15 has no such option and sends an Origin message instead,
+    // dropped by the client-side filter (kept on everywhere as a second guard).
+    let mut cfg = StreamConfig::with_plugin(
+        &link.slot,
+        OutputPlugin::Pgoutput(PgoutputOptions {
+            publications: vec![link.publication.clone()],
+            origin_none: true,
+            ..PgoutputOptions::default()
+        }),
+    );
     cfg.status_interval = std::time::Duration::from_secs(1);
     let mut stream = connect_and_start(&link.peer_source, &cfg, applied).await?;
     let major = stream.server_major();
     let proto = crate::source::stream::max_proto_version(major);
-    // PG16+ drops changes with an origin on the server; PG15 sends them with an Origin
-    // message, dropped here.
     let mut decoder = Decoder::new(proto);
-    let mut filter = OriginFilter::new(major < 16);
+    let mut filter = OriginFilter::new(true);
     tracing::info!(peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
     let mut d = Direction {
         link,

@@ -1,0 +1,233 @@
+//! Two-node test meshes: two throwaway clusters with pgmesh objects and two in-process
+//! sidecar directions (a → b and b → a), plus convergence checks that wait for facts.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use pgmesh::sidecar::{run_peer, BatchLimits, PeerLink};
+use pgmesh::source::SourceConfig;
+use pgmesh::testkit::Cluster;
+use tokio::sync::watch;
+
+/// The pgmesh schema for tests that set nodes up by hand (the same objects `pgmesh setup`
+/// creates).
+pub const PGMESH_SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS pgmesh;
+CREATE TABLE IF NOT EXISTS pgmesh.conflicts (
+  id bigserial PRIMARY KEY, detected_at timestamptz NOT NULL DEFAULT now(),
+  kind text NOT NULL, table_name text NOT NULL, key jsonb NOT NULL,
+  local_row jsonb, remote_row jsonb, local_commit_ts timestamptz, remote_commit_ts timestamptz,
+  local_origin text, remote_origin text, winner text NOT NULL, resolution text NOT NULL,
+  remote_lsn pg_lsn);
+CREATE TABLE IF NOT EXISTS pgmesh.tombstones (
+  table_name text NOT NULL, key text[] NOT NULL, deleted_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (table_name, key));
+";
+
+pub struct Node {
+    pub name: &'static str,
+    pub cluster: Cluster,
+}
+
+pub struct Mesh {
+    pub a: Node,
+    pub b: Node,
+    pub rt: tokio::runtime::Runtime,
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub limits: BatchLimits,
+}
+
+/// A tombstone trigger for `table` keyed by `key_cols` (what setup installs).
+pub fn tombstone_trigger(table: &str, key_cols: &[&str]) -> String {
+    let fname = format!("pgmesh.tomb_{}", table.replace('.', "_"));
+    let arr = key_cols
+        .iter()
+        .map(|c| format!("OLD.{c}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "CREATE OR REPLACE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql
+           SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' SET extra_float_digits = 3
+           SET IntervalStyle = 'postgres' SET bytea_output = 'hex' AS $f$
+         BEGIN
+           INSERT INTO pgmesh.tombstones(table_name, key) VALUES ('{table}', ARRAY[{arr}])
+             ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();
+           RETURN OLD;
+         END $f$;
+         CREATE TRIGGER pgmesh_tombstone AFTER DELETE ON {table}
+           FOR EACH ROW EXECUTE FUNCTION {fname}();"
+    )
+}
+
+impl Mesh {
+    /// Two nodes of `major` with `ddl` run on both, the publication over `tables`
+    /// (`(name, key columns)`), slots, origins and triggers; sidecars not started yet.
+    pub fn new(major: u32, ddl: &str, tables: &[(&str, &[&str])]) -> Mesh {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "pgmesh=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let a = Cluster::start(major).expect("start node a");
+        let b = Cluster::start(major).expect("start node b");
+        let names: Vec<&str> = tables.iter().map(|(t, _)| *t).collect();
+        for (c, me, peer) in [(&a, "a", "b"), (&b, "b", "a")] {
+            c.psql(PGMESH_SCHEMA).unwrap();
+            c.psql(ddl).unwrap();
+            for (t, keys) in tables {
+                c.psql(&tombstone_trigger(t, keys)).unwrap();
+            }
+            c.psql(&format!(
+                "CREATE PUBLICATION pgmesh FOR TABLE {};
+                 SELECT pg_replication_origin_create('pgmesh_{peer}');",
+                names.join(", ")
+            ))
+            .unwrap();
+            // A slot cannot be created in a transaction that wrote: its own statement.
+            c.psql(&format!(
+                "SELECT pg_create_logical_replication_slot('pgmesh_{peer}', 'pgoutput')"
+            ))
+            .unwrap();
+            let _ = me;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        Mesh {
+            a: Node {
+                name: "a",
+                cluster: a,
+            },
+            b: Node {
+                name: "b",
+                cluster: b,
+            },
+            rt,
+            stop: None,
+            tasks: Vec::new(),
+            limits: BatchLimits::default(),
+        }
+    }
+
+    /// Starts both directions.
+    pub fn start_sidecars(&mut self) {
+        let (tx, rx) = watch::channel(false);
+        for (local, peer) in [(&self.b, &self.a), (&self.a, &self.b)] {
+            let link = PeerLink {
+                local_node: local.name.to_string(),
+                peer: peer.name.to_string(),
+                local_dsn: local.cluster.dsn(),
+                peer_source: SourceConfig::from_dsn(&peer.cluster.dsn()).unwrap(),
+                slot: format!("pgmesh_{}", local.name),
+                publication: "pgmesh".to_string(),
+                limits: self.limits,
+            };
+            let rx = rx.clone();
+            self.tasks.push(self.rt.spawn(run_peer(link, rx)));
+        }
+        self.stop = Some(tx);
+    }
+
+    /// Stops both directions cleanly and waits for them.
+    pub fn stop_sidecars(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(true);
+        }
+        for t in self.tasks.drain(..) {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(20), t).await });
+        }
+    }
+
+    /// Aborts both directions at once (as a crash of the sidecar process would).
+    pub fn kill_sidecars(&mut self) {
+        self.stop = None;
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Waits until both nodes hold the same rows in `tables` and every slot has
+    /// confirmed the WAL written so far; panics with the difference after `timeout`.
+    pub fn wait_converged(&self, tables: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        // Every change written so far must be confirmed by the peer's sidecar: the WAL
+        // position now on each node, against the slot the other node reads.
+        let marks: Vec<(&Cluster, &str, String)> =
+            [(&self.a.cluster, "pgmesh_b"), (&self.b.cluster, "pgmesh_a")]
+                .into_iter()
+                .map(|(c, slot)| (c, slot, c.psql("SELECT pg_current_wal_lsn()").unwrap()))
+                .collect();
+        loop {
+            let caught_up = marks.iter().all(|(c, slot, mark)| {
+                c.psql(&format!(
+                    "SELECT confirmed_flush_lsn >= '{mark}' FROM pg_replication_slots \
+                     WHERE slot_name = '{slot}'"
+                ))
+                .map(|s| s == "t")
+                .unwrap_or(false)
+            });
+            let same = caught_up
+                && tables
+                    .iter()
+                    .all(|t| dump(&self.a.cluster, t) == dump(&self.b.cluster, t));
+            if same {
+                return;
+            }
+            if Instant::now() > deadline {
+                let mut msg = format!("nodes did not converge (slots caught up: {caught_up}):\n");
+                for t in tables {
+                    let (da, db) = (dump(&self.a.cluster, t), dump(&self.b.cluster, t));
+                    if da != db {
+                        msg.push_str(&format!(
+                            "table {t}:\n  a: {}\n  b: {}\n",
+                            shorten(&da),
+                            shorten(&db)
+                        ));
+                    }
+                }
+                panic!("{msg}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ledger rows of `kind` on a node.
+    pub fn conflicts(&self, node: &Cluster, kind: &str) -> usize {
+        node.psql(&format!(
+            "SELECT count(*) FROM pgmesh.conflicts WHERE kind = '{kind}'"
+        ))
+        .unwrap()
+        .parse()
+        .unwrap()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.kill_sidecars();
+    }
+}
+
+/// A table's rows in key order, as one comparable string.
+pub fn dump(c: &Cluster, table: &str) -> String {
+    c.psql(&format!(
+        "SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {table} x"
+    ))
+    .unwrap_or_else(|e| format!("<error {e}>"))
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() > 2000 {
+        format!("{}… ({} bytes)", &s[..2000], s.len())
+    } else {
+        s.to_string()
+    }
+}
