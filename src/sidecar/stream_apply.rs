@@ -71,6 +71,9 @@ struct Direction<'l> {
     batch_started: Option<Instant>,
     /// Everything up to here is committed locally.
     applied: Lsn,
+    /// Everything up to here was read and needs nothing more: applied, or skipped (an
+    /// origin-filtered transaction, a keepalive while idle).
+    passed: Lsn,
 }
 
 async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
@@ -104,6 +107,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
         pending_commit: None,
         batch_started: None,
         applied,
+        passed: applied,
     };
     let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
@@ -124,12 +128,8 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                     }
                     ReplicationEvent::Keepalive { wal_end, .. } => {
                         if d.idle() {
-                            let durable = d.apply.durable_progress().await?;
-                            if durable >= d.applied {
-                                // Nothing in flight and everything applied is on disk: the
-                                // peer may forget WAL up to its send position.
-                                stream.set_flushed(durable.max(wal_end));
-                            }
+                            d.passed = d.passed.max(wal_end);
+                            stream.set_flushed(d.acknowledgeable().await?);
                         }
                     }
                     _ => {}
@@ -139,8 +139,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                 d.commit_batch().await?;
             }
             _ = ack_tick.tick() => {
-                let durable = d.apply.durable_progress().await?;
-                stream.set_flushed(durable);
+                stream.set_flushed(d.acknowledgeable().await?);
             }
             _ = stop.changed() => {
                 if d.open.is_none() && d.pending_commit.is_some() {
@@ -170,6 +169,18 @@ impl Direction<'_> {
         self.open.is_none() && self.pending_commit.is_none() && !self.apply.in_transaction()
     }
 
+    /// What the peer may forget: the durable origin progress; and when nothing is in
+    /// flight and every local commit is on disk, also what was read past (skipped
+    /// transactions, idle WAL), so an idle or loop-filtered direction retains no WAL.
+    async fn acknowledgeable(&self) -> Result<Lsn, SidecarError> {
+        let durable = self.apply.durable_progress().await?;
+        if self.idle() && durable >= self.applied {
+            Ok(durable.max(self.passed))
+        } else {
+            Ok(durable)
+        }
+    }
+
     async fn on_message(&mut self, msg: Message, origin_dropped: bool) -> Result<(), SidecarError> {
         match msg {
             Message::Begin(b) => {
@@ -191,9 +202,7 @@ impl Direction<'_> {
                 let open = self.open.take();
                 let skip = origin_dropped || open.as_ref().is_none_or(|o| o.skip);
                 if skip {
-                    if !self.apply.in_transaction() && self.pending_commit.is_none() {
-                        self.applied = self.applied.max(c.end_lsn);
-                    }
+                    self.passed = self.passed.max(c.end_lsn);
                     return Ok(());
                 }
                 self.pending_commit = Some((c.end_lsn, c.commit_time));
@@ -358,6 +367,7 @@ impl Direction<'_> {
         if let Some((end, ts)) = self.pending_commit.take() {
             self.apply.commit(end, ts).await?;
             self.applied = self.applied.max(end);
+            self.passed = self.passed.max(end);
         }
         self.batch_started = None;
         Ok(())

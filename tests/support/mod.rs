@@ -183,6 +183,16 @@ impl Mesh {
             }
             if Instant::now() > deadline {
                 let mut msg = format!("nodes did not converge (slots caught up: {caught_up}):\n");
+                for (c, slot, mark) in &marks {
+                    msg.push_str(&format!(
+                        "slot {slot}: wanted {mark}, {}\n",
+                        c.psql(&format!(
+                            "SELECT confirmed_flush_lsn, restart_lsn, active, pg_current_wal_lsn() \
+                             FROM pg_replication_slots WHERE slot_name = '{slot}'"
+                        ))
+                        .unwrap_or_default()
+                    ));
+                }
                 for t in tables {
                     let (da, db) = (dump(&self.a.cluster, t), dump(&self.b.cluster, t));
                     if da != db {
