@@ -10,9 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use pgmesh::protocol::pgoutput::{
-    Column, Message, MessageKind, OldTuple, ReplicaIdentity, Tuple,
-};
+use pgmesh::protocol::pgoutput::{Column, Message, MessageKind, OldTuple, ReplicaIdentity, Tuple};
 use pgmesh::Lsn;
 
 use common::{read_golden_files, Golden};
@@ -42,7 +40,9 @@ fn cols(t: &Tuple) -> Vec<Column> {
 }
 
 fn scenario<'a>(files: &'a [Golden], major: u32, name: &str) -> Option<&'a Golden> {
-    files.iter().find(|g| g.major == major && g.scenario == name)
+    files
+        .iter()
+        .find(|g| g.major == major && g.scenario == name)
 }
 
 fn majors(files: &[Golden]) -> BTreeSet<u32> {
@@ -129,7 +129,10 @@ fn dml_scenario_values() {
             ["id", "name", "qty", "price", "tags", "created", "m", "payload"]
         );
         let keys: Vec<_> = items.columns.iter().map(|c| c.is_key()).collect();
-        assert_eq!(keys, [true, false, false, false, false, false, false, false]);
+        assert_eq!(
+            keys,
+            [true, false, false, false, false, false, false, false]
+        );
         assert_eq!(items.columns[0].type_oid, 23); // int4
         assert_eq!(items.columns[1].type_oid, 25); // text
         assert_eq!(items.columns[3].type_modifier, (10 << 16 | 2) + 4); // numeric(10,2)
@@ -143,7 +146,10 @@ fn dml_scenario_values() {
                 _ => None,
             })
             .expect("Type message");
-        assert_eq!((ty.namespace.as_str(), ty.name.as_str()), ("public", "mood"));
+        assert_eq!(
+            (ty.namespace.as_str(), ty.name.as_str()),
+            ("public", "mood")
+        );
         assert_eq!(ty.oid, items.columns[6].type_oid);
 
         let full = rels.iter().find(|r| r.name == "full_ident").expect("rel");
@@ -384,7 +390,10 @@ fn stream_scenario_values() {
             MessageKind::Truncate,
             MessageKind::Message,
         ] {
-            assert!(kinds_in_stream.contains(&k), "pg{major} {name}: no streamed {k}");
+            assert!(
+                kinds_in_stream.contains(&k),
+                "pg{major} {name}: no streamed {k}"
+            );
         }
     }
 }
@@ -406,9 +415,15 @@ fn two_phase_scenario_values() {
                 })
                 .collect()
         };
-        assert_eq!(gids(MessageKind::BeginPrepare), ["gid_commit", "gid_rollback"]);
+        assert_eq!(
+            gids(MessageKind::BeginPrepare),
+            ["gid_commit", "gid_rollback"]
+        );
         assert_eq!(gids(MessageKind::Prepare), ["gid_commit", "gid_rollback"]);
-        assert_eq!(gids(MessageKind::CommitPrepared), ["gid_commit", "gid_stream"]);
+        assert_eq!(
+            gids(MessageKind::CommitPrepared),
+            ["gid_commit", "gid_stream"]
+        );
         assert_eq!(gids(MessageKind::RollbackPrepared), ["gid_rollback"]);
         assert_eq!(gids(MessageKind::StreamPrepare), ["gid_stream"]);
 
@@ -424,7 +439,10 @@ fn two_phase_scenario_values() {
             match m {
                 Message::BeginPrepare(b) => {
                     let p = prepare(&b.gid);
-                    assert_eq!((b.xid, b.prepare_lsn, b.end_lsn), (p.xid, p.prepare_lsn, p.end_lsn));
+                    assert_eq!(
+                        (b.xid, b.prepare_lsn, b.end_lsn),
+                        (p.xid, p.prepare_lsn, p.end_lsn)
+                    );
                 }
                 Message::RollbackPrepared(r) => {
                     let p = prepare(&r.gid);

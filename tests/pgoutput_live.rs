@@ -22,9 +22,8 @@ fn decodes_everything_real_servers_send() {
         for s in SCENARIOS.iter().filter(|s| major >= s.min_major) {
             let msgs = capture(&c, s);
             assert!(!msgs.is_empty(), "PG{major} {}: no messages", s.name);
-            let mut decoder =
-                pgmesh::protocol::pgoutput::Decoder::new(s.proto_version)
-                    .with_parallel_streaming(s.parallel);
+            let mut decoder = pgmesh::protocol::pgoutput::Decoder::new(s.proto_version)
+                .with_parallel_streaming(s.parallel);
             for (i, m) in msgs.iter().enumerate() {
                 let msg = decoder.decode_ref(&m.data).unwrap_or_else(|e| {
                     panic!(
@@ -39,7 +38,11 @@ fn decodes_everything_real_servers_send() {
                 }
                 seen.insert(msg.kind());
             }
-            assert!(!decoder.in_stream(), "PG{major} {}: stream left open", s.name);
+            assert!(
+                !decoder.in_stream(),
+                "PG{major} {}: stream left open",
+                s.name
+            );
         }
         let missing: Vec<_> = MessageKind::ALL
             .iter()

@@ -182,7 +182,8 @@ pub fn start_cluster(major: u32) -> Cluster {
         .setting("max_prepared_transactions", "10")
         .start()
         .unwrap_or_else(|e| panic!("PG{major}: {e}"));
-    c.psql(SCHEMA).unwrap_or_else(|e| panic!("PG{major} schema: {e}"));
+    c.psql(SCHEMA)
+        .unwrap_or_else(|e| panic!("PG{major} schema: {e}"));
     c
 }
 
@@ -343,9 +344,8 @@ fn read_golden(path: &Path, major: u32) -> Golden {
         } else if line.starts_with('#') || line.trim().is_empty() {
             continue;
         } else {
-            g.messages.push(
-                parse_line(line, ' ').unwrap_or_else(|| panic!("{path:?}: bad line {line}")),
-            );
+            g.messages
+                .push(parse_line(line, ' ').unwrap_or_else(|| panic!("{path:?}: bad line {line}")));
         }
     }
     assert!(g.proto_version > 0, "{path:?}: no '# decoder:' line");

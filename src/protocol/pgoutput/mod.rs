@@ -36,7 +36,7 @@ pub use decode::{decode_message, DecodeContext};
 pub use error::DecodeError;
 pub use message::{
     AbortInfo, Begin, BeginPrepare, Commit, CommitPrepared, Delete, Insert, LogicalMessage,
-    Message, MessageKind, OldTuple, Oid, Origin, Prepare, Relation, RelationColumn,
+    Message, MessageKind, Oid, OldTuple, Origin, Prepare, Relation, RelationColumn,
     ReplicaIdentity, RollbackPrepared, StreamAbort, StreamCommit, StreamStart, Truncate, Type,
     Update, Xid, COLUMN_FLAG_KEY, MESSAGE_TRANSACTIONAL, TRUNCATE_CASCADE,
     TRUNCATE_RESTART_IDENTITY,
@@ -140,4 +140,3 @@ impl Decoder {
         Ok(msg)
     }
 }
-

@@ -45,7 +45,9 @@ impl PgTimestamp {
     pub fn from_system_time(t: SystemTime) -> Option<PgTimestamp> {
         let unix = match t.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_micros()).ok()?,
-            Err(e) => i64::try_from(e.duration().as_micros()).ok()?.checked_neg()?,
+            Err(e) => i64::try_from(e.duration().as_micros())
+                .ok()?
+                .checked_neg()?,
         };
         PgTimestamp::from_unix_micros(unix)
     }
@@ -70,7 +72,10 @@ mod tests {
         assert_eq!(PgTimestamp(i64::MAX).to_unix_micros(), None);
         for v in [0i64, 1, -1, 800_000_000_000_000, -PG_EPOCH_UNIX_MICROS - 7] {
             let t = PgTimestamp(v);
-            assert_eq!(t.to_system_time().and_then(PgTimestamp::from_system_time), Some(t));
+            assert_eq!(
+                t.to_system_time().and_then(PgTimestamp::from_system_time),
+                Some(t)
+            );
         }
     }
 }
