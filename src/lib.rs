@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod filter;
 pub mod lsn;
 pub mod protocol;
