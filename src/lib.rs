@@ -12,6 +12,7 @@ pub mod config;
 pub mod filter;
 pub mod lsn;
 pub mod protocol;
+pub mod setup;
 pub mod source;
 pub mod testkit;
 pub mod txn;
