@@ -119,6 +119,8 @@ CREATE TABLE items (id int PRIMARY KEY, v text);
 CREATE TABLE keys4 (i int, t text, ts timestamptz, n numeric, PRIMARY KEY (i, t, ts, n));
 CREATE TABLE log (x int); ALTER TABLE log REPLICA IDENTITY FULL;
 CREATE TABLE scratch (x int);
+CREATE TABLE seqd (id serial PRIMARY KEY);
+CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY);
 INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three');
 ";
 
@@ -134,8 +136,40 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
         let repl = "tables = [\"public.*\"]\nfull_identity = [\"public.log\"]\nexclude = [\"public.scratch\"]";
         let cfg = write_config(dir.path(), &a.dsn(), &b.dsn(), repl);
 
-        let out = pgmesh(&["setup", "--check"], &cfg);
+        a.psql("INSERT INTO seqd SELECT FROM generate_series(1, 5)")
+            .unwrap();
+
+        // Warnings only: colliding sequences/identities, row counts that differ.
+        let out = pgmesh(&["setup", "--check", "--json"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (v["ok"].as_bool(), v["warnings"].as_u64()),
+            (Some(true), Some(5)),
+            "{v:#}"
+        );
+        let all = v.to_string();
+        for needle in [
+            "ALTER SEQUENCE public.seqd_id_seq INCREMENT BY 2 START WITH 6 RESTART WITH 6;",
+            "ALTER SEQUENCE public.seqd_id_seq INCREMENT BY 2 START WITH 7 RESTART WITH 7;",
+            "ALTER TABLE public.ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 2 RESTART WITH 2;",
+            "ALTER TABLE public.ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 3 RESTART WITH 3;",
+            "table public.seqd holds different row counts (5 on a, 0 on b)",
+        ] {
+            assert!(
+                all.contains(needle),
+                "PG{major}: missing {needle:?} in\n{v:#}"
+            );
+        }
+        a.psql("ALTER SEQUENCE seqd_id_seq INCREMENT BY 2 START WITH 6 RESTART WITH 6; ALTER TABLE ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 2 RESTART WITH 2; TRUNCATE seqd").unwrap();
+        b.psql("ALTER SEQUENCE seqd_id_seq INCREMENT BY 2 START WITH 7 RESTART WITH 7; ALTER TABLE ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 3 RESTART WITH 3").unwrap();
+        let out = pgmesh(&["setup", "--check"], &cfg);
+        assert!(
+            text(&out).contains("all checks passed"),
+            "PG{major}: {}",
+            text(&out)
+        );
+
         let out = pgmesh(&["setup"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         assert!(
@@ -146,8 +180,8 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
 
         for (c, me, peer) in [(&a, "a", "b"), (&b, "b", "a")] {
             assert_eq!(
-                c.psql("SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY 1) FROM pg_publication_tables WHERE pubname = 'pgmesh'").unwrap(),
-                "public.items,public.keys4,public.log"
+                c.psql("SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'pgmesh'").unwrap(),
+                "public.ident,public.items,public.keys4,public.log,public.seqd"
             );
             assert_eq!(
                 c.psql("SELECT slot_name || ':' || plugin FROM pg_replication_slots")
@@ -159,8 +193,8 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
                 format!("pgmesh_{peer}")
             );
             assert_eq!(
-                c.psql("SELECT string_agg(tgrelid::regclass::text || ':' || tgenabled::text, ',' ORDER BY 1) FROM pg_trigger WHERE tgname = 'pgmesh_tombstone'").unwrap(),
-                "items:O,keys4:O,log:O"
+                c.psql("SELECT string_agg(tgrelid::regclass::text || ':' || tgenabled::text, ',' ORDER BY tgrelid::regclass::text) FROM pg_trigger WHERE tgname = 'pgmesh_tombstone'").unwrap(),
+                "ident:O,items:O,keys4:O,log:O,seqd:O"
             );
             assert_eq!(
                 c.psql("SELECT string_agg(name || ':' || is_local, ',' ORDER BY name) FROM pgmesh.nodes").unwrap(),
@@ -190,13 +224,13 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
         let out = pgmesh(&["setup"], &cfg);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert_eq!(
-            b.psql("SELECT string_agg(tablename, ',' ORDER BY 1) FROM pg_publication_tables WHERE pubname = 'pgmesh'").unwrap(),
-            "items,keys4"
+            b.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'pgmesh'").unwrap(),
+            "ident,items,keys4,seqd"
         );
         assert_eq!(
             b.psql("SELECT count(*) FROM pg_trigger WHERE tgname = 'pgmesh_tombstone'")
                 .unwrap(),
-            "2"
+            "4"
         );
 
         // Teardown: refuses without --yes off a terminal, then removes it all, keeps rows.

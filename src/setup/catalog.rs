@@ -90,8 +90,8 @@ pub struct SequenceFacts {
     pub identity: bool,
     pub increment: i64,
     pub start: i64,
-    /// `None` until the sequence was first used.
-    pub last_value: Option<i64>,
+    /// The value `nextval` would hand out now (after `RESTART WITH`, the restart value).
+    pub next_value: i64,
 }
 
 impl NodeFacts {

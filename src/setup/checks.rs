@@ -360,7 +360,7 @@ pub fn check_sequences(cfg: &Config, facts: &[NodeFacts], out: &mut Vec<Finding>
         let inc = seqs[0].1.increment;
         let residues: BTreeSet<i64> = seqs
             .iter()
-            .map(|(_, s)| s.start.rem_euclid(inc.max(1)))
+            .map(|(_, s)| s.next_value.rem_euclid(inc.max(1)))
             .collect();
         let safe = inc >= nodes
             && seqs.iter().all(|(_, s)| s.increment == inc)
@@ -370,7 +370,7 @@ pub fn check_sequences(cfg: &Config, facts: &[NodeFacts], out: &mut Vec<Finding>
         }
         let high = seqs
             .iter()
-            .map(|(_, s)| s.last_value.unwrap_or(s.start - 1).max(s.start - 1))
+            .map(|(_, s)| s.next_value - 1)
             .max()
             .unwrap_or(0);
         let base = (high.max(0) / nodes + 1) * nodes;
@@ -378,22 +378,22 @@ pub fn check_sequences(cfg: &Config, facts: &[NodeFacts], out: &mut Vec<Finding>
             let restart = base + k as i64;
             let fix = if s.identity {
                 format!(
-                    "ALTER TABLE {table} ALTER COLUMN {} SET INCREMENT BY {nodes} RESTART WITH {restart};",
+                    "ALTER TABLE {table} ALTER COLUMN {} SET INCREMENT BY {nodes} SET START WITH {restart} RESTART WITH {restart};",
                     names::quote_ident(&column)
                 )
             } else {
                 format!(
-                    "ALTER SEQUENCE {} INCREMENT BY {nodes} RESTART WITH {restart};",
+                    "ALTER SEQUENCE {} INCREMENT BY {nodes} START WITH {restart} RESTART WITH {restart};",
                     s.name
                 )
             };
             out.push(Finding::warning(
                 node,
                 format!(
-                    "{} of {table}.{column} steps by {} from {}; the same values can be handed out on another node",
+                    "{} of {table}.{column} steps by {} (next {}); the same values can be handed out on another node",
                     if s.identity { "identity" } else { "sequence" },
                     s.increment,
-                    s.start
+                    s.next_value
                 ),
                 fix,
             ));
@@ -428,7 +428,10 @@ pub fn check_row_counts(cfg: &Config, facts: &[NodeFacts], out: &mut Vec<Finding
         for (node, _) in counts.iter().filter(|(n, _)| *n != src) {
             out.push(Finding::warning(
                 node,
-                format!("table {q} has {} rows; pgmesh does not copy existing rows yet", shown.join(", ")),
+                format!(
+                    "table {q} holds different row counts ({}); pgmesh does not copy existing rows yet",
+                    shown.join(", ")
+                ),
                 format!(
                     "copy the rows before `pgmesh run` (pg_dump --data-only --table='{q}' from {src}, restore into {node}), or empty the table on all nodes but {src} and copy"
                 ),

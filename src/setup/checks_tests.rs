@@ -204,44 +204,43 @@ fn exact_patterns_must_exist_and_something_must_be_selected() {
 
 #[test]
 fn colliding_sequences_warn_with_per_node_offsets() {
-    let seq = |node_last: Option<i64>| SequenceFacts {
+    let seq = |next: i64| SequenceFacts {
         name: "public.t_id_seq".into(),
         table: "public.t".into(),
         column: "id".into(),
         identity: false,
         increment: 1,
         start: 1,
-        last_value: node_last,
+        next_value: next,
     };
     let mut a = good("a");
     let mut b = good("b");
-    a.sequences.push(seq(Some(41)));
-    b.sequences.push(seq(None));
+    a.sequences.push(seq(42));
+    b.sequences.push(seq(1));
     let f = check_all(&cfg(""), &[a.clone(), b.clone()], OutputPlugin::Pgoutput);
     assert_eq!(f.len(), 2, "{:#?}", whats(&f));
     assert!(f.iter().all(|f| f.severity == Severity::Warning));
     assert_eq!(
         f[0].fix,
-        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 RESTART WITH 42;"
+        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 START WITH 42 RESTART WITH 42;"
     );
     assert_eq!(
         f[1].fix,
-        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 RESTART WITH 43;"
+        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 START WITH 43 RESTART WITH 43;"
     );
     // After the fix: same increment, different residues → nothing to report.
     a.sequences[0] = SequenceFacts {
         increment: 2,
-        start: 42,
-        ..seq(Some(42))
+        ..seq(42)
     };
     b.sequences[0] = SequenceFacts {
         increment: 2,
-        start: 43,
         identity: true,
-        ..seq(None)
+        ..seq(43)
     };
-    assert!(check_all(&cfg(""), &[a.clone(), b.clone()], OutputPlugin::Pgoutput).is_empty());
-    b.sequences[0].start = 44;
+    let f = check_all(&cfg(""), &[a.clone(), b.clone()], OutputPlugin::Pgoutput);
+    assert!(f.is_empty(), "{:#?}", whats(&f));
+    b.sequences[0].next_value = 44;
     let f = check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput);
     assert!(
         f[1].fix

@@ -47,7 +47,7 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relreplident::text,
 
 const SEQUENCES_SQL: &str = "\
 SELECT sn.nspname::text, sc.relname::text, tn.nspname::text, tc.relname::text, a.attname::text,
-       a.attidentity <> '', s.seqincrement, s.seqstart, pg_sequence_last_value(s.seqrelid)
+       a.attidentity <> '', s.seqincrement, s.seqstart
   FROM pg_depend d
   JOIN pg_sequence s ON s.seqrelid = d.objid
   JOIN pg_class sc ON sc.oid = s.seqrelid JOIN pg_namespace sn ON sn.oid = sc.relnamespace
@@ -136,9 +136,25 @@ pub async fn gather(
             identity: r.get(5),
             increment: r.get(6),
             start: r.get(7),
-            last_value: r.get(8),
+            next_value: r.get(7),
         })
         .collect();
+    for s in &mut f.sequences {
+        // Read the sequence itself: pg_sequence_last_value is NULL after RESTART WITH.
+        let row = client
+            .query_one(
+                &format!("SELECT last_value, is_called FROM {}", s.name),
+                &[],
+            )
+            .await
+            .map_err(q("reading a sequence"))?;
+        let last: i64 = row.get(0);
+        s.next_value = if row.get(1) {
+            last.saturating_add(s.increment)
+        } else {
+            last
+        };
+    }
     let selected: Vec<String> = f
         .selected_tables(repl)
         .iter()
