@@ -99,6 +99,17 @@ fn preflight_finds_each_misconfiguration_with_its_fix() {
             assert!(all.iter().any(|l| l.contains(needle)), "PG{major}: missing {needle:?} in\n{all:#?}");
         }
 
+        // The same database under two names.
+        let twice = write_config(dir.path(), &a.dsn(), &a.dsn(), "tables = [\"public.*\"]");
+        let out = pgmesh(&["setup", "--check", "--json"], &twice);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out).contains("nodes a and b are the same database"),
+            "{}",
+            text(&out)
+        );
+        let cfg = write_config(dir.path(), &a.dsn(), &b.dsn(), "tables = [\"public.*\"]");
+
         // Setup refuses and changes nothing.
         let out = pgmesh(&["setup"], &cfg);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));

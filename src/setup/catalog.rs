@@ -10,6 +10,11 @@ pub struct NodeFacts {
     pub node: String,
     pub server_version_num: i32,
     pub database: String,
+    /// `pg_control_system().system_identifier`, when the role may read it: two nodes with
+    /// the same identifier and database are one database configured twice.
+    pub system_identifier: Option<i64>,
+    /// Newest applied pgmesh migration, `None` before the first setup.
+    pub schema_version: Option<i32>,
     pub wal_level: String,
     pub track_commit_timestamp: bool,
     pub max_replication_slots: i64,

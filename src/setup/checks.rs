@@ -28,6 +28,7 @@ pub fn check_all(cfg: &Config, facts: &[NodeFacts], plugin: OutputPlugin) -> Vec
         check_server(f, &peers, plugin, &mut out);
         check_tables_on_node(cfg, f, &mut out);
     }
+    check_distinct_databases(facts, &mut out);
     check_tables_across_nodes(cfg, facts, &mut out);
     check_sequences(cfg, facts, &mut out);
     check_row_counts(cfg, facts, &mut out);
@@ -38,6 +39,7 @@ pub fn check_all(cfg: &Config, facts: &[NodeFacts], plugin: OutputPlugin) -> Vec
 pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &mut Vec<Finding>) {
     let n = f.node.as_str();
     let major = f.server_version_num / 10000;
+    let latest = i32::try_from(super::migrate::latest_version()).unwrap_or(i32::MAX);
     if !SUPPORTED_MAJORS.contains(&major) {
         out.push(Finding::error(
             n,
@@ -46,6 +48,13 @@ pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &m
                 f.server_version_num
             ),
             "upgrade or use a PostgreSQL 15, 16, 17 or 18 server",
+        ));
+    }
+    if let Some(v) = f.schema_version.filter(|v| *v > latest) {
+        out.push(Finding::error(
+            n,
+            format!("schema pgmesh is at migration V{v}, newer than this pgmesh knows (V{latest})"),
+            "run setup with the newer pgmesh release that created it",
         ));
     }
     if f.wal_level != "logical" {
@@ -166,6 +175,31 @@ pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &m
                     s.name
                 ),
             ));
+        }
+    }
+}
+
+/// Two node entries pointing at the same database (a copy-pasted dsn) would replicate a
+/// database into itself.
+pub fn check_distinct_databases(facts: &[NodeFacts], out: &mut Vec<Finding>) {
+    for (i, x) in facts.iter().enumerate() {
+        for y in &facts[i + 1..] {
+            if x.system_identifier.is_some()
+                && x.system_identifier == y.system_identifier
+                && x.database == y.database
+            {
+                out.push(Finding::error(
+                    &y.node,
+                    format!(
+                        "nodes {} and {} are the same database ({} on server {})",
+                        x.node,
+                        y.node,
+                        x.database,
+                        x.system_identifier.unwrap_or_default()
+                    ),
+                    format!("point the dsn of node {} at its own server", y.node),
+                ));
+            }
         }
     }
 }

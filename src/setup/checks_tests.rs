@@ -98,6 +98,29 @@ fn server_settings_each_give_an_error_with_the_fix() {
 }
 
 #[test]
+fn same_database_twice_and_newer_schema_are_errors() {
+    let mut a = good("a");
+    let mut b = good("b");
+    a.system_identifier = Some(7);
+    b.system_identifier = Some(7);
+    b.schema_version = Some(999);
+    let w = whats(&check_all(
+        &cfg(""),
+        &[a.clone(), b.clone()],
+        OutputPlugin::Pgoutput,
+    ));
+    assert!(
+        w.iter()
+            .any(|l| l.contains("nodes a and b are the same database")),
+        "{w:#?}"
+    );
+    assert!(w.iter().any(|l| l.contains("V999")), "{w:#?}");
+    b.database = "other".into();
+    b.schema_version = Some(1);
+    assert!(check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput).is_empty());
+}
+
+#[test]
 fn existing_own_slots_do_not_count_against_the_limit() {
     let mut a = good("a");
     a.max_replication_slots = 2;

@@ -16,7 +16,10 @@ SELECT current_setting('server_version_num')::int4,
        current_setting('max_worker_processes')::int8,
        (SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'),
        current_user::text, r.rolsuper, r.rolreplication,
-       has_database_privilege(current_database(), 'CREATE')
+       has_database_privilege(current_database(), 'CREATE'),
+       CASE WHEN has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+            THEN (SELECT system_identifier FROM pg_control_system()) END,
+       to_regclass('pgmesh.refinery_schema_history') IS NOT NULL
   FROM pg_roles r WHERE r.rolname = current_user";
 
 const SLOTS_SQL: &str = "\
@@ -86,8 +89,19 @@ pub async fn gather(
             replication: s.get(10),
             create_on_database: s.get(11),
         },
+        system_identifier: s.get(12),
         ..NodeFacts::default()
     };
+    if s.get::<_, bool>(13) {
+        f.schema_version = client
+            .query_one(
+                "SELECT max(version) FROM pgmesh.refinery_schema_history",
+                &[],
+            )
+            .await
+            .map_err(q("reading the pgmesh schema version"))?
+            .get(0);
+    }
     f.slots = client
         .query(SLOTS_SQL, &[])
         .await
