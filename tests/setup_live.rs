@@ -244,6 +244,43 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
             "4"
         );
 
+        // Teardown refuses while a sidecar streams from a slot.
+        let mut streamer = Command::new(a.bin_dir().join("pg_recvlogical"))
+            .args([
+                "-d",
+                &a.dsn(),
+                "--slot",
+                "pgmesh_b",
+                "--start",
+                "-f",
+                "/dev/null",
+            ])
+            .args(["-o", "proto_version=1", "-o", "publication_names=pgmesh"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(
+            &a,
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'pgmesh_b'",
+            "t",
+        );
+        let out = pgmesh(&["teardown", "--yes"], &cfg);
+        streamer.kill().unwrap();
+        streamer.wait().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("slot pgmesh_b is in use"),
+            "{}",
+            text(&out)
+        );
+        wait_for(
+            &a,
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'pgmesh_b'",
+            "f",
+        );
+
         // Teardown: refuses without --yes off a terminal, then removes it all, keeps rows.
         let out = pgmesh(&["teardown"], &cfg);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -266,6 +303,22 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
         );
         let out = pgmesh(&["teardown", "--yes"], &cfg);
         assert!(text(&out).contains("nothing to remove"), "{}", text(&out));
+    }
+}
+
+/// Polls `sql` on `c` until it returns `want`; fails after 30 s with the last answer.
+fn wait_for(c: &Cluster, sql: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = c.psql(sql).unwrap();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: waited for {want:?}, last {got:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -29,9 +29,6 @@ pub enum SetupError {
     /// Something exists that setup or teardown must not silently change.
     #[error("node {node}: {message}")]
     Conflict { node: String, message: String },
-    /// Preflight found errors; setup changed nothing.
-    #[error("preflight found {0} error(s); run `pgmesh setup --check` for the list and fixes")]
-    Preflight(usize),
 }
 
 /// The useful text of a driver error: the server's message, detail and hint for database
