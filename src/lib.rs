@@ -4,18 +4,21 @@
 //! `source` (replication connection) → `protocol` (pure pgoutput / wal2json decoding)
 //! → `filter` (origin filter) → `batch` (per-key collapse into chunks) → `apply`
 //! (set-based writes, ledger, origin progress) with `conflict` (pure last-writer-wins
-//! decisions); `sidecar` runs that path per peer. `testkit` starts throwaway PostgreSQL
+//! decisions); `sidecar` runs that path per peer. `config` and `setup` are the
+//! operator side (TOML config, preflight, schema, slots, origins, triggers). `testkit` starts throwaway PostgreSQL
 //! clusters for tests, benchmarks and the local lab; `cli` holds the binary's commands.
 #![deny(unsafe_code)]
 
 pub mod apply;
 pub mod batch;
 pub mod cli;
+pub mod config;
 pub mod conflict;
 pub mod filter;
 pub mod lsn;
 pub mod pgtime;
 pub mod protocol;
+pub mod setup;
 pub mod sidecar;
 pub mod source;
 pub mod testkit;

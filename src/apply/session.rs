@@ -49,11 +49,11 @@ impl Drop for ApplySession {
 impl ApplySession {
     /// Connects to the local node and binds the session to origin `pgmesh_<peer>`.
     pub async fn connect(
-        dsn: &str,
+        config: &tokio_postgres::Config,
         local_node: &str,
         peer: &str,
     ) -> Result<ApplySession, ApplyError> {
-        let (client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
+        let (client, connection) = config.connect(NoTls).await?;
         let conn_task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "apply connection ended");

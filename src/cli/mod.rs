@@ -1,10 +1,13 @@
 //! Command line of the `pgmesh` binary. `anyhow` lives here, at the binary's edge; the
 //! library below speaks typed errors.
 
-pub mod tail;
-
 use clap::Parser;
 use std::process::ExitCode;
+
+mod run;
+mod setup;
+pub mod tail;
+mod teardown;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,15 +32,35 @@ pub enum LogFormat {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Check every node (--check) and create pgmesh's schema, publication, triggers,
+    /// origins and slots.
+    Setup(setup::SetupArgs),
+    /// Run the sidecar of one node: stream every peer's changes and apply them here.
+    Run(run::RunArgs),
     /// Print each committed transaction of a logical replication slot as one JSON line.
     Tail(tail::TailArgs),
+    /// Remove everything setup created, keeping user data.
+    Teardown(teardown::TeardownArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match cli.command {
+        Command::Setup(args) => block_on(setup::run(args)),
+        Command::Run(args) => block_on(run::run(args)),
+        Command::Tail(args) => block_on(async {
+            tail::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Teardown(args) => block_on(teardown::run(args)),
+    }
+}
+
+/// Runs an async command on a fresh runtime; an unexpected error exits 1.
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
@@ -45,21 +68,13 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgmesh: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Tail(args) => tail::run(args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgmesh: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    rt.block_on(fut).unwrap_or_else(|e| {
+        eprintln!("pgmesh: {e:#}");
+        ExitCode::from(1)
+    })
 }
 
 /// Logs go to stderr (stdout carries data, e.g. tail's JSON lines); `RUST_LOG` filters.

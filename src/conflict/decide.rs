@@ -226,6 +226,13 @@ mod tests {
 
     const UPD: RemoteOp = RemoteOp::Update { complete: true };
 
+    type Case<'a> = (
+        LocalVersion<'a>,
+        RemoteVersion<'a>,
+        Action,
+        Option<(ConflictKind, Winner)>,
+    );
+
     #[test]
     fn decision_table() {
         let row = |ts, node| LocalVersion::Row {
@@ -236,12 +243,7 @@ mod tests {
             commit_ts: Some(PgTimestamp(ts)),
             node,
         };
-        let cases: Vec<(
-            LocalVersion<'_>,
-            RemoteVersion<'_>,
-            Action,
-            Option<(ConflictKind, Winner)>,
-        )> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (
                 LocalVersion::Absent,
                 remote(RemoteOp::Insert, 5, "a"),

@@ -32,8 +32,8 @@ impl Default for BatchLimits {
 pub struct PeerLink {
     pub local_node: String,
     pub peer: String,
-    /// tokio-postgres DSN of the local node.
-    pub local_dsn: String,
+    /// Connection to the local node (password resolved).
+    pub local: tokio_postgres::Config,
     /// Replication connection to the peer.
     pub peer_source: SourceConfig,
     /// Slot on the peer that this node reads (`pgmesh_<local_node>`).

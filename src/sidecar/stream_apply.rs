@@ -77,7 +77,7 @@ struct Direction<'l> {
 }
 
 async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
-    let apply = ApplySession::connect(&link.local_dsn, &link.local_node, &link.peer).await?;
+    let apply = ApplySession::connect(&link.local, &link.local_node, &link.peer).await?;
     let applied = apply.progress(false).await?;
     // Loop prevention: PG16+ drops changes that carry an origin on the server
     // (`origin 'none'`); PG15 has no such option and sends an Origin message instead,
@@ -126,11 +126,9 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                         let dropped = filter.txn_dropped();
                         d.on_message(msg, dropped).await?;
                     }
-                    ReplicationEvent::Keepalive { wal_end, .. } => {
-                        if d.idle() {
-                            d.passed = d.passed.max(wal_end);
-                            stream.set_flushed(d.acknowledgeable().await?);
-                        }
+                    ReplicationEvent::Keepalive { wal_end, .. } if d.idle() => {
+                        d.passed = d.passed.max(wal_end);
+                        stream.set_flushed(d.acknowledgeable().await?);
                     }
                     _ => {}
                 }

@@ -122,7 +122,7 @@ impl Mesh {
             let link = PeerLink {
                 local_node: local.name.to_string(),
                 peer: peer.name.to_string(),
-                local_dsn: local.cluster.dsn(),
+                local: local.cluster.dsn().parse().unwrap(),
                 peer_source: SourceConfig::from_dsn(&peer.cluster.dsn()).unwrap(),
                 slot: format!("pgmesh_{}", local.name),
                 publication: "pgmesh".to_string(),

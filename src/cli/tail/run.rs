@@ -47,7 +47,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut acked = args.from.unwrap_or(Lsn::ZERO);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        super::super::run::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let mut backoff = Backoff::new(BackoffPolicy::default());
@@ -147,34 +147,17 @@ async fn stream_once(
                     return Ok(Done);
                 }
             }
-            ReplicationEvent::Keepalive { wal_end, .. } => {
-                // Between transactions everything the server sent is written out, so its
-                // send position can be acknowledged: an idle slot must not retain WAL.
-                if !renderer.in_transaction() {
-                    *acked = (*acked).max(wal_end);
-                    stream.set_flushed(*acked);
-                    if args.endpos.is_some_and(|end| wal_end >= end) {
-                        stream.shutdown().await?;
-                        return Ok(Done);
-                    }
+            // Between transactions everything the server sent is written out, so its send
+            // position can be acknowledged: an idle slot must not retain WAL.
+            ReplicationEvent::Keepalive { wal_end, .. } if !renderer.in_transaction() => {
+                *acked = (*acked).max(wal_end);
+                stream.set_flushed(*acked);
+                if args.endpos.is_some_and(|end| wal_end >= end) {
+                    stream.shutdown().await?;
+                    return Ok(Done);
                 }
             }
             _ => {}
         }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -1,0 +1,87 @@
+//! `pgmesh setup -c pgmesh.toml [--check] [--json]`.
+//!
+//! Exit codes: 0 no errors (warnings allowed), 1 preflight or setup errors (including an
+//! unreachable node), 2 usage or config errors.
+
+use crate::config::Config;
+use crate::setup::{self, error_count, OutputPlugin};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// Config file.
+    #[arg(short, long, env = "PGMESH_CONFIG", default_value = "pgmesh.toml")]
+    pub config: PathBuf,
+    /// Only run the preflight checks; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Print findings (and changes) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.check {
+        let findings = setup::preflight(&cfg, OutputPlugin::Pgoutput).await;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&setup::finding::to_json(&findings))?
+            );
+        } else {
+            print!("{}", setup::finding::to_table(&findings));
+        }
+        return Ok(exit_for(error_count(&findings)));
+    }
+    let report = match setup::setup(&cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
+            } else {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let errors = error_count(&report.findings);
+    if args.json {
+        let mut v = setup::finding::to_json(&report.findings);
+        v["changes"] = serde_json::to_value(&report.changes)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(exit_for(errors));
+    }
+    if !report.findings.is_empty() {
+        print!("{}", setup::finding::to_table(&report.findings));
+    }
+    if errors > 0 {
+        eprintln!("setup changed nothing: fix the errors above and run it again");
+    } else if report.changes.is_empty() {
+        println!("nothing to change: every node is set up");
+    } else {
+        for c in &report.changes {
+            println!("node {}: {}", c.node, c.what);
+        }
+        println!("setup done; start `pgmesh run --node <name>` next to each node");
+    }
+    Ok(exit_for(errors))
+}
+
+fn exit_for(errors: usize) -> ExitCode {
+    if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

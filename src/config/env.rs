@@ -1,0 +1,136 @@
+//! Environment variable overrides, applied to the parsed TOML before it is validated.
+//!
+//! The rule: `PGMESH_<SECTION>_<KEY>` sets `[section].key`, upper-cased, e.g.
+//! `PGMESH_APPLY_BATCH_MAX_ROWS=10000`, `PGMESH_HTTP_LISTEN=0.0.0.0:9187`,
+//! `PGMESH_REPLICATION_TABLES=public.*,sales.orders` (lists are comma-separated). Nodes
+//! take their name in the middle: `PGMESH_NODES_<NAME>_DSN`, `PGMESH_NODES_<NAME>_PASSWORD_FILE`
+//! set `[nodes.<name>]` (and create the node if the file lacks it). An override wins over
+//! the file. A variable under one of these prefixes that names no known key is an error,
+//! so a typo does not silently fall back to the file's value; other `PGMESH_*` variables
+//! (used by tests and tools) are ignored.
+
+use super::ConfigError;
+use std::collections::BTreeMap;
+use toml::{Table, Value};
+
+/// The environment as seen by the config loader; tests build one from a list.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process environment (non-UTF-8 variables are skipped).
+    #[must_use]
+    pub fn from_process() -> Env {
+        Env {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Env {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+}
+
+enum Kind {
+    Str,
+    Int,
+    List,
+}
+
+const SECTION_KEYS: &[(&str, &str, Kind)] = &[
+    ("APPLY", "BATCH_MAX_ROWS", Kind::Int),
+    ("APPLY", "BATCH_MAX_BYTES", Kind::Str),
+    ("APPLY", "BATCH_MAX_DELAY_MS", Kind::Int),
+    ("HTTP", "LISTEN", Kind::Str),
+    ("REPLICATION", "TABLES", Kind::List),
+    ("REPLICATION", "FULL_IDENTITY", Kind::List),
+    ("REPLICATION", "EXCLUDE", Kind::List),
+];
+
+const NODE_KEYS: &[&str] = &["PASSWORD_FILE", "DSN"];
+
+/// Applies every `PGMESH_*` override in `env` to `root`.
+pub(super) fn apply_overrides(root: &mut Table, env: &Env) -> Result<(), ConfigError> {
+    for (var, raw) in &env.vars {
+        let Some(rest) = var.strip_prefix("PGMESH_") else {
+            continue;
+        };
+        if let Some(node_part) = rest.strip_prefix("NODES_") {
+            let (node, key) = NODE_KEYS
+                .iter()
+                .find_map(|k| {
+                    let n = node_part.strip_suffix(k)?.strip_suffix('_')?;
+                    (!n.is_empty()).then(|| (n.to_ascii_lowercase(), k.to_ascii_lowercase()))
+                })
+                .ok_or_else(|| ConfigError::Env {
+                    var: var.clone(),
+                    message:
+                        "expected PGMESH_NODES_<NAME>_DSN or PGMESH_NODES_<NAME>_PASSWORD_FILE"
+                            .into(),
+                })?;
+            let nodes = table_at(root, "nodes", var)?;
+            let node_table = table_at(nodes, &node, var)?;
+            node_table.insert(key, Value::String(raw.clone()));
+            continue;
+        }
+        let Some((section, key, kind)) = SECTION_KEYS.iter().find(|(s, k, _)| {
+            rest.strip_prefix(s)
+                .and_then(|r| r.strip_prefix('_'))
+                .is_some_and(|r| r == *k)
+        }) else {
+            if ["APPLY_", "HTTP_", "REPLICATION_"]
+                .iter()
+                .any(|p| rest.starts_with(p))
+            {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: "names no config key (see the config documentation for the list)"
+                        .into(),
+                });
+            }
+            continue;
+        };
+        let value = match kind {
+            Kind::Str => Value::String(raw.clone()),
+            Kind::Int => Value::Integer(raw.trim().parse().map_err(|_| ConfigError::Env {
+                var: var.clone(),
+                message: format!("{raw:?} is not an integer"),
+            })?),
+            Kind::List => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
+        };
+        table_at(root, &section.to_ascii_lowercase(), var)?.insert(key.to_ascii_lowercase(), value);
+    }
+    Ok(())
+}
+
+fn table_at<'t>(t: &'t mut Table, key: &str, var: &str) -> Result<&'t mut Table, ConfigError> {
+    t.entry(key.to_string())
+        .or_insert_with(|| Value::Table(Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| ConfigError::Env {
+            var: var.to_string(),
+            message: format!("cannot override: `{key}` in the file is not a table"),
+        })
+}

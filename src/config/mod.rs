@@ -1,0 +1,372 @@
+//! The TOML config: which nodes, what to replicate, how to batch.
+//!
+//! ```toml
+//! [nodes.a]
+//! dsn = "host=127.0.0.1 port=5501 user=postgres dbname=postgres"
+//! # password_file = "/run/secrets/pg_a"   # else a password in the dsn, PGPASSWORD, ~/.pgpass
+//! [nodes.b]
+//! dsn = "host=127.0.0.1 port=5502 user=postgres dbname=postgres password=${PG_B_PASSWORD}"
+//! [replication]
+//! tables = ["public.*"]   # schema.table patterns, `*` wildcard
+//! full_identity = []      # tables allowed without a primary key (REPLICA IDENTITY FULL)
+//! exclude = []
+//! [apply]                 # optional, defaults shown
+//! batch_max_rows = 5000
+//! batch_max_bytes = "16MB"
+//! batch_max_delay_ms = 10
+//! [http]                  # optional
+//! listen = "127.0.0.1:9187"
+//! ```
+//!
+//! Unknown keys are errors (a typo must not silently mean "default"). Values can be
+//! overridden from the environment (see [`env`] for the rule), and `${VAR}` inside a dsn is
+//! replaced by that variable. Passwords never appear in `Debug`/`Display` output.
+
+mod dsn;
+pub mod env;
+mod error;
+pub mod names;
+mod password;
+mod pattern;
+mod size;
+
+pub use dsn::{interpolate, mask, Dsn};
+pub use env::Env;
+pub use error::ConfigError;
+pub use password::pgpass_lookup;
+pub use pattern::TablePattern;
+pub use size::ByteSize;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How many nodes this version supports. The types hold N; only validation says two.
+pub const SUPPORTED_NODE_COUNT: usize = 2;
+
+/// A loaded, validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it came from (file path), for messages.
+    pub source: String,
+    /// Nodes by name; the map's order (by name) is the fixed node order that breaks ties.
+    pub nodes: BTreeMap<String, NodeConfig>,
+    pub replication: ReplicationConfig,
+    pub apply: ApplyConfig,
+    pub http: Option<HttpConfig>,
+}
+
+/// One PostgreSQL primary.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// `[a-z][a-z0-9_]{0,30}`: it becomes part of slot and origin names.
+    pub name: String,
+    /// With `${VAR}` already interpolated.
+    pub dsn: Dsn,
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[replication]`: which tables.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    pub tables: Vec<TablePattern>,
+    /// Tables allowed without a primary key; they must be REPLICA IDENTITY FULL.
+    pub full_identity: Vec<TablePattern>,
+    pub exclude: Vec<TablePattern>,
+}
+
+impl ReplicationConfig {
+    /// Whether a table is replicated: matched by `tables`, not by `exclude`.
+    #[must_use]
+    pub fn selects(&self, schema: &str, table: &str) -> bool {
+        self.tables.iter().any(|p| p.matches(schema, table))
+            && !self.exclude.iter().any(|p| p.matches(schema, table))
+    }
+
+    /// Whether a table may go without a primary key.
+    #[must_use]
+    pub fn allows_full_identity(&self, schema: &str, table: &str) -> bool {
+        self.full_identity.iter().any(|p| p.matches(schema, table))
+    }
+}
+
+/// `[apply]`: batching bounds of the sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyConfig {
+    pub batch_max_rows: usize,
+    pub batch_max_bytes: ByteSize,
+    pub batch_max_delay: Duration,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            batch_max_rows: 5000,
+            batch_max_bytes: ByteSize(16 << 20),
+            batch_max_delay: Duration::from_millis(10),
+        }
+    }
+}
+
+/// `[http]`: the sidecar's HTTP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    nodes: BTreeMap<String, RawNode>,
+    replication: Option<RawReplication>,
+    #[serde(default)]
+    apply: RawApply,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    dsn: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    tables: Option<Vec<String>>,
+    #[serde(default)]
+    full_identity: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApply {
+    batch_max_rows: Option<u64>,
+    batch_max_bytes: Option<ByteSize>,
+    batch_max_delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides from the process and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string(), &Env::from_process())
+    }
+
+    /// Parses TOML `text` (named `source` in messages) with overrides from `env`.
+    pub fn parse(text: &str, source: &str, env: &Env) -> Result<Config, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            file: source.to_string(),
+            message,
+        };
+        let mut root: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        env::apply_overrides(&mut root, env)?;
+        let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(root))
+            .map_err(|e| parse_err(e.to_string()))?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: source.to_string(),
+            key: key.to_string(),
+            message,
+        };
+
+        if raw.nodes.is_empty() {
+            return Err(invalid(
+                "nodes",
+                "no nodes defined; add one table per node, e.g.\n  [nodes.a]\n  dsn = \"host=10.0.0.1 user=postgres dbname=app\"\n  [nodes.b]\n  dsn = \"host=10.0.0.2 user=postgres dbname=app\"".into(),
+            ));
+        }
+        let mut nodes = BTreeMap::new();
+        for (name, node) in raw.nodes {
+            let key = format!("nodes.{name}");
+            check_node_name(&name).map_err(|m| invalid(&key, m))?;
+            let dsn = node.dsn.ok_or_else(|| {
+                invalid(
+                    &format!("{key}.dsn"),
+                    format!("missing key `dsn`; add e.g.\n  [nodes.{name}]\n  dsn = \"host=10.0.0.1 port=5432 user=postgres dbname=app\""),
+                )
+            })?;
+            let dsn =
+                interpolate(&dsn, |v| env.get(v)).map_err(|m| invalid(&format!("{key}.dsn"), m))?;
+            nodes.insert(
+                name.clone(),
+                NodeConfig {
+                    name,
+                    dsn: Dsn::new(dsn),
+                    password_file: node.password_file,
+                },
+            );
+        }
+        if nodes.len() != SUPPORTED_NODE_COUNT {
+            let names: Vec<&str> = nodes.keys().map(String::as_str).collect();
+            return Err(invalid(
+                "nodes",
+                format!(
+                    "pgmesh supports exactly {SUPPORTED_NODE_COUNT} nodes for now; found {} ({})",
+                    names.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+
+        let example_tables = "add e.g.\n  [replication]\n  tables = [\"public.*\"]";
+        let repl = raw.replication.ok_or_else(|| {
+            invalid(
+                "replication",
+                format!("missing section [replication]; {example_tables}"),
+            )
+        })?;
+        let tables = repl.tables.ok_or_else(|| {
+            invalid(
+                "replication.tables",
+                format!("missing key `tables`; {example_tables}"),
+            )
+        })?;
+        if tables.is_empty() {
+            return Err(invalid(
+                "replication.tables",
+                format!("no tables listed; {example_tables}"),
+            ));
+        }
+        let patterns = |key: &str, list: Vec<String>| -> Result<Vec<TablePattern>, ConfigError> {
+            list.iter()
+                .map(|s| TablePattern::parse(s).map_err(|m| invalid(key, m)))
+                .collect()
+        };
+        let replication = ReplicationConfig {
+            tables: patterns("replication.tables", tables)?,
+            full_identity: patterns("replication.full_identity", repl.full_identity)?,
+            exclude: patterns("replication.exclude", repl.exclude)?,
+        };
+
+        let defaults = ApplyConfig::default();
+        let batch_max_rows = match raw.apply.batch_max_rows {
+            None => defaults.batch_max_rows,
+            Some(0) => return Err(invalid("apply.batch_max_rows", "must be at least 1".into())),
+            Some(n) => usize::try_from(n)
+                .map_err(|_| invalid("apply.batch_max_rows", "too large".into()))?,
+        };
+        let batch_max_bytes = match raw.apply.batch_max_bytes {
+            Some(ByteSize(0)) => {
+                return Err(invalid(
+                    "apply.batch_max_bytes",
+                    "must be more than 0".into(),
+                ))
+            }
+            b => b.unwrap_or(defaults.batch_max_bytes),
+        };
+        let apply = ApplyConfig {
+            batch_max_rows,
+            batch_max_bytes,
+            batch_max_delay: raw
+                .apply
+                .batch_max_delay_ms
+                .map_or(defaults.batch_max_delay, Duration::from_millis),
+        };
+
+        let http = match raw.http {
+            None => None,
+            Some(h) => {
+                let listen = h.listen.ok_or_else(|| {
+                    invalid(
+                        "http.listen",
+                        "missing key `listen`; add e.g. listen = \"127.0.0.1:9187\"".into(),
+                    )
+                })?;
+                Some(HttpConfig {
+                    listen: listen.parse().map_err(|_| {
+                        invalid(
+                            "http.listen",
+                            format!("{listen:?} is not an address; write e.g. \"127.0.0.1:9187\""),
+                        )
+                    })?,
+                })
+            }
+        };
+
+        Ok(Config {
+            source: source.to_string(),
+            nodes,
+            replication,
+            apply,
+            http,
+        })
+    }
+
+    /// A node by name, or an error listing the known ones.
+    pub fn node(&self, name: &str) -> Result<&NodeConfig, ConfigError> {
+        self.nodes.get(name).ok_or_else(|| ConfigError::Invalid {
+            file: self.source.clone(),
+            key: "nodes".into(),
+            message: format!(
+                "no node named {name:?}; known nodes: {}",
+                self.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// Every node except `name`, in node order.
+    pub fn peers<'c>(&'c self, name: &'c str) -> impl Iterator<Item = &'c NodeConfig> + 'c {
+        self.nodes.values().filter(move |n| n.name != name)
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "config {}", self.source)?;
+        for n in self.nodes.values() {
+            writeln!(f, "  node {}: {}", n.name, n.dsn)?;
+        }
+        let list = |v: &[TablePattern]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(f, "  tables: {}", list(&self.replication.tables))?;
+        if !self.replication.exclude.is_empty() {
+            writeln!(f, "  exclude: {}", list(&self.replication.exclude))?;
+        }
+        write!(
+            f,
+            "  apply: batch_max_rows={} batch_max_bytes={} batch_max_delay={:?}",
+            self.apply.batch_max_rows, self.apply.batch_max_bytes.0, self.apply.batch_max_delay
+        )
+    }
+}
+
+/// `[a-z][a-z0-9_]{0,30}`: short and safe inside slot and origin names (63-byte limit).
+fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 31
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name {name:?} is not allowed: use 1-31 characters, a lowercase letter first, then lowercase letters, digits or _"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

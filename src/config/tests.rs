@@ -1,0 +1,242 @@
+//! Parsing, defaults, errors, environment overrides and masking.
+
+use super::*;
+
+const GOOD: &str = r#"
+[nodes.a]
+dsn = "host=127.0.0.1 port=5501 user=postgres dbname=postgres password=${PW_A}"
+[nodes.b]
+dsn = "postgres://postgres:hunter2@127.0.0.1:5502/postgres"
+password_file = "/run/secrets/pg_b"
+[replication]
+tables = ["public.*", "sales.orders"]
+exclude = ["public.tmp_*"]
+full_identity = ["public.log"]
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    Env::from_pairs(pairs.iter().copied())
+}
+
+fn parse(text: &str, e: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::parse(text, "pgmesh.toml", &env(e))
+}
+
+#[test]
+fn parses_a_full_config_with_defaults() {
+    let c = parse(GOOD, &[("PW_A", "s3cret")]).unwrap();
+    assert_eq!(c.nodes.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        c.node("a").unwrap().dsn.expose(),
+        "host=127.0.0.1 port=5501 user=postgres dbname=postgres password=s3cret"
+    );
+    assert_eq!(
+        c.node("b").unwrap().password_file.as_deref(),
+        Some(Path::new("/run/secrets/pg_b"))
+    );
+    assert_eq!(c.apply, ApplyConfig::default());
+    assert_eq!(c.apply.batch_max_bytes, ByteSize(16 * 1024 * 1024));
+    assert!(c.http.is_none());
+    assert!(c.replication.selects("public", "orders"));
+    assert!(c.replication.selects("sales", "orders"));
+    assert!(!c.replication.selects("sales", "items"));
+    assert!(!c.replication.selects("public", "tmp_x"));
+    assert!(c.replication.allows_full_identity("public", "log"));
+    assert_eq!(
+        c.peers("a").map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(c
+        .node("zz")
+        .unwrap_err()
+        .to_string()
+        .contains("known nodes: a, b"));
+}
+
+#[test]
+fn apply_and_http_sections() {
+    let text = format!(
+        "{GOOD}\n[apply]\nbatch_max_rows = 10\nbatch_max_bytes = \"1MB\"\nbatch_max_delay_ms = 50\n[http]\nlisten = \"0.0.0.0:9000\"\n"
+    );
+    let c = parse(&text, &[("PW_A", "x")]).unwrap();
+    assert_eq!(c.apply.batch_max_rows, 10);
+    assert_eq!(c.apply.batch_max_bytes, ByteSize(1 << 20));
+    assert_eq!(c.apply.batch_max_delay, Duration::from_millis(50));
+    assert_eq!(c.http.unwrap().listen.port(), 9000);
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_key_and_file() {
+    let e = parse(
+        &format!("{GOOD}\n[apply]\nbatch_rows = 1\n"),
+        &[("PW_A", "x")],
+    )
+    .unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("pgmesh.toml") && m.contains("batch_rows"), "{m}");
+    let e = parse(
+        &GOOD.replace("[nodes.b]", "[nodes.b]\nhost = \"x\""),
+        &[("PW_A", "x")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("`host`"), "{e}");
+    let e = parse(&format!("{GOOD}\n[extra]\n"), &[("PW_A", "x")]).unwrap_err();
+    assert!(e.to_string().contains("extra"), "{e}");
+}
+
+#[test]
+fn missing_keys_name_the_key_with_an_example() {
+    let e = parse("[replication]\ntables=[\"public.*\"]\n", &[]).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("nodes") && m.contains("[nodes.a]") && m.contains("dsn ="),
+        "{m}"
+    );
+
+    let e = parse(
+        "[nodes.a]\n[nodes.b]\ndsn=\"x=1\"\n[replication]\ntables=[\"public.*\"]",
+        &[],
+    )
+    .unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("nodes.a.dsn") && m.contains("dsn = \""), "{m}");
+
+    let e = parse("[nodes.a]\ndsn=\"x=1\"\n[nodes.b]\ndsn=\"x=1\"\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("tables = [\"public.*\"]"), "{e}");
+}
+
+#[test]
+fn node_names_and_counts_are_validated() {
+    let e = parse(&GOOD.replace("nodes.b", "nodes.B-1"), &[("PW_A", "x")]).unwrap_err();
+    assert!(e.to_string().contains("\"B-1\""), "{e}");
+    let three = format!("{GOOD}\n[nodes.c]\ndsn = \"host=h\"\n");
+    let e = parse(&three, &[("PW_A", "x")]).unwrap_err();
+    assert!(
+        e.to_string().contains("exactly 2 nodes") && e.to_string().contains("a, b, c"),
+        "{e}"
+    );
+    let long = "n".repeat(32);
+    assert!(check_node_name(&long).is_err());
+    assert!(check_node_name(&"n".repeat(31)).is_ok());
+    assert!(check_node_name("1a").is_err());
+}
+
+#[test]
+fn bad_values_are_errors() {
+    for (extra, needle) in [
+        ("[apply]\nbatch_max_rows = 0\n", "batch_max_rows"),
+        ("[apply]\nbatch_max_bytes = \"12 parsecs\"\n", "parsecs"),
+        ("[apply]\nbatch_max_rows = \"many\"\n", "batch_max_rows"),
+        ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
+    ] {
+        let e = parse(&format!("{GOOD}\n{extra}"), &[("PW_A", "x")]).unwrap_err();
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    }
+    let e = parse(
+        &GOOD.replace("\"sales.orders\"", "\"orders\""),
+        &[("PW_A", "x")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("schema.table"), "{e}");
+    let e = parse(GOOD, &[]).unwrap_err();
+    assert!(e.to_string().contains("PW_A"), "{e}");
+}
+
+#[test]
+fn env_overrides_win_over_the_file() {
+    let c = parse(
+        GOOD,
+        &[
+            ("PW_A", "x"),
+            ("PGMESH_NODES_A_DSN", "host=override"),
+            ("PGMESH_NODES_B_PASSWORD_FILE", "/tmp/pw"),
+            ("PGMESH_APPLY_BATCH_MAX_ROWS", "77"),
+            ("PGMESH_APPLY_BATCH_MAX_BYTES", "2MB"),
+            ("PGMESH_HTTP_LISTEN", "127.0.0.1:1"),
+            ("PGMESH_REPLICATION_TABLES", "app.*, app2.t"),
+            ("PGMESH_TEST_PG", "15"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.node("a").unwrap().dsn.expose(), "host=override");
+    assert_eq!(
+        c.node("b").unwrap().password_file.as_deref(),
+        Some(Path::new("/tmp/pw"))
+    );
+    assert_eq!(c.apply.batch_max_rows, 77);
+    assert_eq!(c.apply.batch_max_bytes, ByteSize(2 << 20));
+    assert_eq!(c.http.unwrap().listen.port(), 1);
+    assert!(c.replication.selects("app", "x"));
+    assert!(!c.replication.selects("public", "x"));
+}
+
+#[test]
+fn env_can_define_nodes_with_underscored_names() {
+    let c = parse(
+        "[replication]\ntables=[\"public.*\"]\n",
+        &[
+            ("PGMESH_NODES_EU_WEST_DSN", "host=a"),
+            ("PGMESH_NODES_US_DSN", "host=b"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.nodes.keys().collect::<Vec<_>>(), ["eu_west", "us"]);
+}
+
+#[test]
+fn bad_env_overrides_are_errors() {
+    let e = parse(GOOD, &[("PW_A", "x"), ("PGMESH_APPLY_BATCH_ROWS", "1")]).unwrap_err();
+    assert!(e.to_string().contains("PGMESH_APPLY_BATCH_ROWS"), "{e}");
+    let e = parse(
+        GOOD,
+        &[("PW_A", "x"), ("PGMESH_APPLY_BATCH_MAX_ROWS", "lots")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not an integer"), "{e}");
+    let e = parse(GOOD, &[("PW_A", "x"), ("PGMESH_NODES_A_HOST", "h")]).unwrap_err();
+    assert!(e.to_string().contains("PGMESH_NODES_<NAME>_DSN"), "{e}");
+}
+
+#[test]
+fn debug_and_display_hide_passwords() {
+    let c = parse(GOOD, &[("PW_A", "s3cret")]).unwrap();
+    for shown in [format!("{c:?}"), format!("{c}")] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("****"), "{shown}");
+    }
+}
+
+#[test]
+fn dsn_errors_do_not_leak_the_dsn() {
+    let c = parse(
+        &GOOD.replace("port=5501", "port=notaport"),
+        &[("PW_A", "s3cret")],
+    )
+    .unwrap();
+    let e = c.node("a").unwrap().pg_config().unwrap_err().to_string();
+    assert!(e.contains("node a") && !e.contains("s3cret"), "{e}");
+}
+
+#[test]
+fn password_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "file-secret\n").unwrap();
+    let node = NodeConfig {
+        name: "a".into(),
+        dsn: Dsn::new("host=h user=u"),
+        password_file: Some(pw),
+    };
+    let cfg = node.pg_config().unwrap();
+    assert_eq!(cfg.get_password(), Some(&b"file-secret"[..]));
+    let missing = NodeConfig {
+        password_file: Some(dir.path().join("nope")),
+        ..node
+    };
+    assert!(missing
+        .pg_config()
+        .unwrap_err()
+        .to_string()
+        .contains("password file"));
+}

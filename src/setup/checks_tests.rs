@@ -1,0 +1,290 @@
+//! Table-driven tests of the pure preflight checks.
+
+use super::*;
+use crate::config::{Config, Env};
+use crate::setup::catalog::{RoleFacts, SlotFacts};
+use crate::setup::finding::Severity;
+
+fn cfg(extra: &str) -> Config {
+    let text = format!(
+        "[nodes.a]\ndsn=\"host=h\"\n[nodes.b]\ndsn=\"host=h\"\n[replication]\ntables=[\"public.*\"]\n{extra}"
+    );
+    Config::parse(&text, "t.toml", &Env::default()).unwrap()
+}
+
+fn table(name: &str, pk: &[&str], cols: &[(&str, &str)]) -> TableFacts {
+    TableFacts {
+        oid: 1,
+        schema: "public".into(),
+        name: name.into(),
+        replica_identity: 'd',
+        primary_key: pk.iter().map(|s| s.to_string()).collect(),
+        columns: cols
+            .iter()
+            .map(|(c, t)| (c.to_string(), t.to_string()))
+            .collect(),
+    }
+}
+
+fn good(node: &str) -> NodeFacts {
+    NodeFacts {
+        node: node.into(),
+        server_version_num: 180001,
+        database: "postgres".into(),
+        wal_level: "logical".into(),
+        track_commit_timestamp: true,
+        max_replication_slots: 10,
+        max_wal_senders: 10,
+        max_worker_processes: 8,
+        output_plugin_libraries: Some("pgoutput, test_decoding".into()),
+        role: RoleFacts {
+            name: "postgres".into(),
+            superuser: true,
+            replication: true,
+            create_on_database: true,
+        },
+        tables: vec![table("t", &["id"], &[("id", "integer"), ("v", "text")])],
+        ..NodeFacts::default()
+    }
+}
+
+fn whats(f: &[Finding]) -> Vec<String> {
+    f.iter()
+        .map(|f| format!("{} {:?} {} | {}", f.node, f.severity, f.what, f.fix))
+        .collect()
+}
+
+#[test]
+fn a_good_pair_has_no_findings() {
+    let f = check_all(&cfg(""), &[good("a"), good("b")], OutputPlugin::Pgoutput);
+    assert!(f.is_empty(), "{:#?}", whats(&f));
+}
+
+#[test]
+fn server_settings_each_give_an_error_with_the_fix() {
+    let mut b = good("b");
+    b.server_version_num = 140005;
+    b.wal_level = "replica".into();
+    b.track_commit_timestamp = false;
+    b.max_replication_slots = 2;
+    b.slots = vec![SlotFacts {
+        name: "other".into(),
+        plugin: None,
+        database: None,
+        active_pid: None,
+    }];
+    b.max_wal_senders = 1;
+    b.role = RoleFacts {
+        name: "app".into(),
+        ..RoleFacts::default()
+    };
+    let f = check_all(&cfg(""), &[good("a"), b], OutputPlugin::Pgoutput);
+    let w = whats(&f);
+    for needle in [
+        "PostgreSQL 14 is not supported",
+        "ALTER SYSTEM SET wal_level = logical;",
+        "ALTER SYSTEM SET track_commit_timestamp = on;",
+        "ALTER SYSTEM SET max_replication_slots = 3;",
+        "ALTER SYSTEM SET max_wal_senders = 2;",
+        "ALTER ROLE app REPLICATION;",
+        "GRANT CREATE ON DATABASE postgres TO app;",
+    ] {
+        assert!(
+            w.iter()
+                .any(|l| l.starts_with("b Error") && l.contains(needle)),
+            "{needle}: {w:#?}"
+        );
+    }
+}
+
+#[test]
+fn same_database_twice_and_newer_schema_are_errors() {
+    let mut a = good("a");
+    let mut b = good("b");
+    a.system_identifier = Some(7);
+    b.system_identifier = Some(7);
+    b.schema_version = Some(999);
+    let w = whats(&check_all(
+        &cfg(""),
+        &[a.clone(), b.clone()],
+        OutputPlugin::Pgoutput,
+    ));
+    assert!(
+        w.iter()
+            .any(|l| l.contains("nodes a and b are the same database")),
+        "{w:#?}"
+    );
+    assert!(w.iter().any(|l| l.contains("V999")), "{w:#?}");
+    b.database = "other".into();
+    b.schema_version = Some(1);
+    assert!(check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput).is_empty());
+}
+
+#[test]
+fn existing_own_slots_do_not_count_against_the_limit() {
+    let mut a = good("a");
+    a.max_replication_slots = 2;
+    a.slots = vec![SlotFacts {
+        name: "pgmesh_b".into(),
+        plugin: Some("pgoutput".into()),
+        database: Some("postgres".into()),
+        active_pid: None,
+    }];
+    assert!(check_all(&cfg(""), &[a.clone(), good("b")], OutputPlugin::Pgoutput).is_empty());
+    a.slots[0].plugin = Some("test_decoding".into());
+    let w = whats(&check_all(
+        &cfg(""),
+        &[a, good("b")],
+        OutputPlugin::Pgoutput,
+    ));
+    assert!(w.iter().any(|l| l.contains("not pgoutput")), "{w:#?}");
+}
+
+#[test]
+fn wal2json_needs_the_allow_list_only_where_it_exists() {
+    let f = check_all(&cfg(""), &[good("a"), good("b")], OutputPlugin::Wal2json);
+    assert!(whats(&f)[0].contains("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'"));
+    let mut a = good("a");
+    a.output_plugin_libraries = None;
+    let mut b = good("b");
+    b.output_plugin_libraries = Some("pgoutput,wal2json".into());
+    assert!(check_all(&cfg(""), &[a, b], OutputPlugin::Wal2json).is_empty());
+}
+
+#[test]
+fn tables_without_key_missing_or_different() {
+    let mut a = good("a");
+    let mut b = good("b");
+    a.tables.push(table("nokey", &[], &[("x", "integer")]));
+    b.tables.push(table("nokey", &[], &[("x", "integer")]));
+    a.tables
+        .push(table("only_a", &["id"], &[("id", "integer")]));
+    b.tables[0].columns[1].1 = "character varying(10)".into();
+    b.tables[0].columns.push(("extra".into(), "integer".into()));
+    let w = whats(&check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput));
+    let has = |n: &str| w.iter().any(|l| l.contains(n));
+    assert!(
+        has("a Error table public.nokey has no primary key"),
+        "{w:#?}"
+    );
+    assert!(
+        has("REPLICA IDENTITY FULL; and list \"public.nokey\" in [replication].full_identity"),
+        "{w:#?}"
+    );
+    assert!(
+        has("b Error table public.only_a exists on node a but not on node b"),
+        "{w:#?}"
+    );
+    assert!(
+        has("column v is text on node a but character varying(10) on node b"),
+        "{w:#?}"
+    );
+    assert!(
+        has("ALTER TABLE public.t ALTER COLUMN v TYPE text;"),
+        "{w:#?}"
+    );
+    assert!(
+        has("column extra (integer) exists on node b but not on node a"),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn full_identity_tables_must_say_full() {
+    let c = cfg("full_identity=[\"public.log\"]\n");
+    let mut a = good("a");
+    let mut b = good("b");
+    a.tables.push(table("log", &[], &[("x", "integer")]));
+    let mut full = table("log", &[], &[("x", "integer")]);
+    full.replica_identity = 'f';
+    b.tables.push(full);
+    let f = check_all(&c, &[a, b], OutputPlugin::Pgoutput);
+    assert_eq!(f.len(), 1, "{:#?}", whats(&f));
+    assert_eq!(f[0].node, "a");
+    assert_eq!(f[0].fix, "ALTER TABLE public.log REPLICA IDENTITY FULL;");
+}
+
+#[test]
+fn exact_patterns_must_exist_and_something_must_be_selected() {
+    let c = Config::parse(
+        "[nodes.a]\ndsn=\"x=1\"\n[nodes.b]\ndsn=\"x=1\"\n[replication]\ntables=[\"app.orders\"]\n",
+        "t.toml",
+        &Env::default(),
+    )
+    .unwrap();
+    let w = whats(&check_all(
+        &c,
+        &[good("a"), good("b")],
+        OutputPlugin::Pgoutput,
+    ));
+    assert!(w.iter().any(|l| l.contains("selects no table")), "{w:#?}");
+    assert!(
+        w.iter()
+            .any(|l| l.starts_with("b Error table app.orders is listed")),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn colliding_sequences_warn_with_per_node_offsets() {
+    let seq = |next: i64| SequenceFacts {
+        name: "public.t_id_seq".into(),
+        table: "public.t".into(),
+        column: "id".into(),
+        identity: false,
+        increment: 1,
+        start: 1,
+        next_value: next,
+    };
+    let mut a = good("a");
+    let mut b = good("b");
+    a.sequences.push(seq(42));
+    b.sequences.push(seq(1));
+    let f = check_all(&cfg(""), &[a.clone(), b.clone()], OutputPlugin::Pgoutput);
+    assert_eq!(f.len(), 2, "{:#?}", whats(&f));
+    assert!(f.iter().all(|f| f.severity == Severity::Warning));
+    assert_eq!(
+        f[0].fix,
+        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 START WITH 42 RESTART WITH 42;"
+    );
+    assert_eq!(
+        f[1].fix,
+        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 START WITH 43 RESTART WITH 43;"
+    );
+    // After the fix: same increment, different residues → nothing to report.
+    a.sequences[0] = SequenceFacts {
+        increment: 2,
+        ..seq(42)
+    };
+    b.sequences[0] = SequenceFacts {
+        increment: 2,
+        identity: true,
+        ..seq(43)
+    };
+    let f = check_all(&cfg(""), &[a.clone(), b.clone()], OutputPlugin::Pgoutput);
+    assert!(f.is_empty(), "{:#?}", whats(&f));
+    b.sequences[0].next_value = 44;
+    let f = check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput);
+    assert!(
+        f[1].fix
+            .starts_with("ALTER TABLE public.t ALTER COLUMN id SET INCREMENT BY 2"),
+        "{:#?}",
+        whats(&f)
+    );
+}
+
+#[test]
+fn differing_row_counts_warn() {
+    let mut a = good("a");
+    a.row_counts.insert("public.t".into(), 10);
+    let f = check_all(&cfg(""), &[a.clone(), good("b")], OutputPlugin::Pgoutput);
+    assert_eq!(f.len(), 1, "{:#?}", whats(&f));
+    assert_eq!(
+        (f[0].node.as_str(), f[0].severity),
+        ("b", Severity::Warning)
+    );
+    assert!(f[0].what.contains("10 on a, 0 on b"), "{}", f[0].what);
+    let mut b = good("b");
+    b.row_counts.insert("public.t".into(), 10);
+    assert!(check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput).is_empty());
+}

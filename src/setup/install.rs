@@ -1,0 +1,259 @@
+//! Creating pgmesh's objects on one node. Every step looks before it acts, so running
+//! setup again changes nothing and reports no [`Change`]; a changed config (tables added
+//! or removed) changes exactly the difference.
+
+use super::catalog::{NodeFacts, TableFacts};
+use super::error::{query_err, SetupError};
+use super::migrate::migrate;
+use super::tombstone;
+use crate::config::{names, Config};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use tokio_postgres::Client;
+
+/// One thing setup or teardown changed on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub node: String,
+    pub what: String,
+}
+
+/// Serializes concurrent `pgmesh setup`/`teardown` runs against the same database.
+pub(crate) const LOCK_SQL: &str = "SELECT pg_advisory_lock(hashtext('pgmesh setup'))";
+pub(crate) const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock(hashtext('pgmesh setup'))";
+
+/// Schema, node registry, tombstone triggers, publication and origins on one node.
+/// Slots come separately ([`create_slots`]), after every node has its publication.
+pub async fn install_node(
+    client: &mut Client,
+    cfg: &Config,
+    facts: &NodeFacts,
+    changes: &mut Vec<Change>,
+) -> Result<(), SetupError> {
+    let node = facts.node.as_str();
+    let mut change = |what: String| {
+        changes.push(Change {
+            node: node.to_string(),
+            what,
+        })
+    };
+    client
+        .query_one(LOCK_SQL, &[])
+        .await
+        .map_err(query_err(node, "taking the setup lock"))?;
+    for m in migrate(client, node).await? {
+        change(format!("applied migration {m}"));
+    }
+    for n in cfg.nodes.keys() {
+        let rows = client
+            .execute(
+                "INSERT INTO pgmesh.nodes (name, is_local) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET is_local = EXCLUDED.is_local
+                 WHERE pgmesh.nodes.is_local IS DISTINCT FROM EXCLUDED.is_local",
+                &[n, &(n == node)],
+            )
+            .await
+            .map_err(query_err(node, "registering nodes"))?;
+        if rows > 0 {
+            change(format!("registered node {n} in pgmesh.nodes"));
+        }
+    }
+    let selected = facts.selected_tables(&cfg.replication);
+    for what in install_triggers(client, node, &selected).await? {
+        change(what);
+    }
+    if let Some(what) = sync_publication(client, node, &selected).await? {
+        change(what);
+    }
+    for peer in cfg.peers(node) {
+        let origin = names::origin_name(&peer.name);
+        let created = client
+            .query(
+                "SELECT pg_replication_origin_create($1)
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+                &[&origin],
+            )
+            .await
+            .map_err(query_err(node, "creating replication origin"))?;
+        if !created.is_empty() {
+            change(format!("created replication origin {origin}"));
+        }
+    }
+    client
+        .query_one(UNLOCK_SQL, &[])
+        .await
+        .map_err(query_err(node, "releasing the setup lock"))?;
+    Ok(())
+}
+
+/// Generated functions and triggers for the selected tables; those of tables no longer
+/// selected (or dropped) are removed. One transaction.
+async fn install_triggers(
+    client: &mut Client,
+    node: &str,
+    selected: &[&TableFacts],
+) -> Result<Vec<String>, SetupError> {
+    let q = |what: &'static str| query_err(node, what);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(q("starting a transaction"))?;
+    let functions: BTreeMap<String, String> = tx
+        .query(
+            "SELECT p.proname::text, p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'pgmesh' AND p.proname LIKE 'tomb\\_%'",
+            &[],
+        )
+        .await
+        .map_err(q("listing tombstone functions"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let triggers: Vec<(i64, String, String)> = tx
+        .query(
+            "SELECT t.tgrelid::int8, t.tgrelid::regclass::text, p.proname::text
+               FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+              WHERE t.tgname = $1 AND NOT t.tgisinternal",
+            &[&names::TOMBSTONE_TRIGGER],
+        )
+        .await
+        .map_err(q("listing tombstone triggers"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut done = Vec::new();
+    let wanted: BTreeSet<String> = selected
+        .iter()
+        .map(|t| names::tombstone_function(t.oid))
+        .collect();
+    for (oid, table, func) in &triggers {
+        if !selected.iter().any(|t| i64::from(t.oid) == *oid) {
+            tx.batch_execute(&format!(
+                "DROP TRIGGER {} ON {table}",
+                names::TOMBSTONE_TRIGGER
+            ))
+            .await
+            .map_err(q("dropping a tombstone trigger"))?;
+            done.push(format!(
+                "dropped tombstone trigger on {table} (no longer replicated; function {func})"
+            ));
+        }
+    }
+    for f in functions.keys().filter(|f| !wanted.contains(*f)) {
+        tx.batch_execute(&format!("DROP FUNCTION pgmesh.{f}()"))
+            .await
+            .map_err(q("dropping a tombstone function"))?;
+        done.push(format!("dropped unused function pgmesh.{f}()"));
+    }
+    for t in selected {
+        let func = names::tombstone_function(t.oid);
+        if functions.get(&func) != Some(&tombstone::function_body(t)) {
+            tx.batch_execute(&tombstone::function_sql(t))
+                .await
+                .map_err(q("creating a tombstone function"))?;
+            done.push(format!(
+                "created tombstone function pgmesh.{func}() for {}",
+                t.qualified()
+            ));
+        }
+        if !triggers.iter().any(|(oid, _, _)| *oid == i64::from(t.oid)) {
+            tx.batch_execute(&tombstone::trigger_sql(t))
+                .await
+                .map_err(q("creating a tombstone trigger"))?;
+            done.push(format!("created tombstone trigger on {}", t.qualified()));
+        }
+    }
+    tx.commit().await.map_err(q("committing triggers"))?;
+    Ok(done)
+}
+
+/// Creates publication pgmesh for the selected tables, or sets its table list when it
+/// differs. Returns what changed.
+async fn sync_publication(
+    client: &Client,
+    node: &str,
+    selected: &[&TableFacts],
+) -> Result<Option<String>, SetupError> {
+    let q = |what: &'static str| query_err(node, what);
+    let pub_name = names::PUBLICATION;
+    let exists = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&pub_name],
+        )
+        .await
+        .map_err(q("reading the publication"))?;
+    let wanted: BTreeSet<String> = selected.iter().map(|t| t.qualified()).collect();
+    let list = wanted.iter().cloned().collect::<Vec<_>>().join(", ");
+    match exists {
+        None => {
+            client
+                .batch_execute(&format!("CREATE PUBLICATION {pub_name} FOR TABLE {list}"))
+                .await
+                .map_err(q("creating the publication"))?;
+            Ok(Some(format!("created publication {pub_name} for {list}")))
+        }
+        Some(row) if row.get::<_, bool>(0) => Err(SetupError::Conflict {
+            node: node.to_string(),
+            message: format!(
+                "publication {pub_name} exists FOR ALL TABLES (not made by pgmesh); drop it: DROP PUBLICATION {pub_name};"
+            ),
+        }),
+        Some(_) => {
+            let have: BTreeSet<String> = client
+                .query(
+                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                    &[&pub_name],
+                )
+                .await
+                .map_err(q("reading publication tables"))?
+                .iter()
+                .map(|r| names::qualified_table(r.get(0), r.get(1)))
+                .collect();
+            if have == wanted {
+                return Ok(None);
+            }
+            client
+                .batch_execute(&format!("ALTER PUBLICATION {pub_name} SET TABLE {list}"))
+                .await
+                .map_err(q("updating the publication's tables"))?;
+            Ok(Some(format!("set publication {pub_name} tables to {list}")))
+        }
+    }
+}
+
+/// The logical slot `pgmesh_<peer>` (pgoutput) for every peer, unless it exists. Run on
+/// every node before any sidecar starts: a slot only keeps WAL from its creation on, so
+/// writes made before it would never reach the peer.
+pub async fn create_slots(
+    client: &Client,
+    cfg: &Config,
+    node: &str,
+    changes: &mut Vec<Change>,
+) -> Result<(), SetupError> {
+    for peer in cfg.peers(node) {
+        let slot = names::slot_name(&peer.name);
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(query_err(node, "reading replication slots"))?
+            .is_some();
+        if !exists {
+            client
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, $2)",
+                    &[&slot, &names::OUTPUT_PLUGIN],
+                )
+                .await
+                .map_err(query_err(node, "creating the replication slot"))?;
+            changes.push(Change {
+                node: node.to_string(),
+                what: format!("created logical replication slot {slot} (pgoutput)"),
+            });
+        }
+    }
+    Ok(())
+}

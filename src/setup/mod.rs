@@ -1,0 +1,128 @@
+//! `pgmesh setup` and `pgmesh teardown`: preflight checks, the `pgmesh` schema, the
+//! publication, tombstone triggers, replication origins and slots on every node.
+//!
+//! Layout: [`facts`] gathers (I/O) → [`checks`] judges (pure) → [`install`] creates
+//! (I/O, idempotent) ; [`teardown`] removes. [`migrate`] holds the schema migrations and
+//! [`tombstone`] the generated trigger functions.
+
+pub mod catalog;
+pub mod checks;
+mod connect;
+mod error;
+pub mod facts;
+pub mod finding;
+pub mod migrate;
+pub mod tombstone;
+
+pub use catalog::NodeFacts;
+pub use checks::{check_all, OutputPlugin};
+pub use connect::{connect, target};
+pub use error::{pg_message, SetupError};
+pub use finding::{error_count, Finding, Severity};
+pub use install::Change;
+
+mod install;
+mod teardown;
+
+use crate::config::Config;
+use tokio_postgres::Client;
+
+/// What `setup` found and did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct SetupReport {
+    pub findings: Vec<Finding>,
+    /// Empty when preflight had errors (nothing was changed) or everything existed.
+    pub changes: Vec<Change>,
+}
+
+/// Connects to every node; a node that cannot be reached becomes an error finding (so
+/// `--check` still reports on the others).
+async fn connect_all(cfg: &Config) -> (Vec<(String, Client)>, Vec<Finding>) {
+    let mut clients = Vec::new();
+    let mut findings = Vec::new();
+    for node in cfg.nodes.values() {
+        match connect(node).await {
+            Ok(c) => clients.push((node.name.clone(), c)),
+            Err(e) => findings.push(Finding::error(
+                &node.name,
+                e.to_string(),
+                "check that the server runs and that the dsn (host, port, user, dbname, password) is right",
+            )),
+        }
+    }
+    (clients, findings)
+}
+
+/// Gathers facts from every reachable node and runs every check.
+async fn gather_and_check(
+    cfg: &Config,
+    plugin: OutputPlugin,
+) -> (Vec<(Client, NodeFacts)>, Vec<Finding>) {
+    let (clients, mut findings) = connect_all(cfg).await;
+    let mut nodes = Vec::new();
+    for (name, client) in clients {
+        match facts::gather(&client, &name, &cfg.replication).await {
+            Ok(f) => nodes.push((client, f)),
+            Err(e) => findings.push(Finding::error(
+                &name,
+                e.to_string(),
+                "see the message; re-run after fixing",
+            )),
+        }
+    }
+    // Cross-node checks are only meaningful when every node answered.
+    let all_facts: Vec<NodeFacts> = nodes.iter().map(|(_, f)| f.clone()).collect();
+    if findings.is_empty() {
+        findings.extend(check_all(cfg, &all_facts, plugin));
+    } else {
+        for f in &all_facts {
+            let peers: Vec<&str> = cfg.peers(&f.node).map(|p| p.name.as_str()).collect();
+            checks::check_server(f, &peers, plugin, &mut findings);
+        }
+    }
+    findings.sort_by(|a, b| (a.severity, &a.node).cmp(&(b.severity, &b.node)));
+    (nodes, findings)
+}
+
+/// `pgmesh setup --check`: every finding on every node; changes nothing.
+pub async fn preflight(cfg: &Config, plugin: OutputPlugin) -> Vec<Finding> {
+    gather_and_check(cfg, plugin).await.1
+}
+
+/// `pgmesh setup`: preflight, then (only if it found no error) schema, node registry,
+/// triggers, publication and origins on every node, then every node's slots. Idempotent.
+pub async fn setup(cfg: &Config) -> Result<SetupReport, SetupError> {
+    let (nodes, findings) = gather_and_check(cfg, OutputPlugin::Pgoutput).await;
+    let mut report = SetupReport {
+        findings,
+        changes: Vec::new(),
+    };
+    if error_count(&report.findings) > 0 {
+        return Ok(report);
+    }
+    let mut nodes = nodes;
+    for (client, facts) in &mut nodes {
+        install::install_node(client, cfg, facts, &mut report.changes).await?;
+    }
+    for (client, facts) in &nodes {
+        install::create_slots(client, cfg, &facts.node, &mut report.changes).await?;
+    }
+    Ok(report)
+}
+
+/// `pgmesh teardown`: removes pgmesh's objects from every node it can reach. Returns what
+/// it removed and the error of each node it could not finish.
+pub async fn teardown(cfg: &Config) -> (Vec<Change>, Vec<SetupError>) {
+    let mut changes = Vec::new();
+    let mut errors = Vec::new();
+    for node in cfg.nodes.values() {
+        let result = match connect(node).await {
+            Ok(client) => teardown::teardown_node(&client, &node.name, &mut changes).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            errors.push(e);
+        }
+    }
+    (changes, errors)
+}

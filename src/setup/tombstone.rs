@@ -1,0 +1,102 @@
+//! Tombstone triggers: an AFTER DELETE row trigger on every replicated table that records
+//! the deleted key in `pgmesh.tombstones`, so update-vs-delete races can be decided later.
+//!
+//! **One generated function per table** (`pgmesh.tomb_<oid>()`), not one generic function
+//! taking key columns as trigger arguments: the generic one must build the key with
+//! dynamic SQL (`EXECUTE format(...) USING OLD`), which parses and plans a statement on
+//! every deleted row, while a generated function's INSERT is planned once per session and
+//! then runs from the plan cache. Deletes are on the user's hot path, so setup pays the
+//! generation instead.
+//!
+//! The key is `ARRAY[OLD.k1::text, …]` in key-column order, produced under fixed settings
+//! ([`names::CANONICAL_TEXT_SETTINGS`]) so the text never depends on the deleting
+//! session's DateStyle, TimeZone, float digits, IntervalStyle or bytea_output: the apply
+//! session compares it with text from pgoutput. The function is SECURITY DEFINER (owned by
+//! the setup role, `search_path` pinned) so application roles need no grant on the pgmesh
+//! schema to delete rows. The trigger is ENABLEd normally: it fires for local sessions and
+//! not for the sidecar's apply session (`session_replication_role = replica`), which writes
+//! tombstones for remote deletes itself.
+
+use super::catalog::TableFacts;
+use crate::config::names::{self, quote_ident, quote_literal};
+
+/// `CREATE OR REPLACE FUNCTION pgmesh.tomb_<oid>() …` for one table.
+#[must_use]
+pub fn function_sql(t: &TableFacts) -> String {
+    let settings: String = names::CANONICAL_TEXT_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("\n  SET {k} = {}", quote_literal(v)))
+        .collect();
+    format!(
+        "CREATE OR REPLACE FUNCTION {}.{}() RETURNS trigger\n  LANGUAGE plpgsql SECURITY DEFINER\n  SET search_path = pg_catalog, pg_temp{settings}\nAS $pgmesh${}$pgmesh$",
+        names::SCHEMA,
+        names::tombstone_function(t.oid),
+        function_body(t)
+    )
+}
+
+/// The PL/pgSQL body; compared with `pg_proc.prosrc` to decide whether to replace.
+#[must_use]
+pub fn function_body(t: &TableFacts) -> String {
+    let key: Vec<String> = t
+        .key_columns()
+        .iter()
+        .map(|c| format!("OLD.{}::text", quote_ident(c)))
+        .collect();
+    format!(
+        "\nBEGIN\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n  RETURN NULL;\nEND\n",
+        quote_literal(&t.qualified()),
+        key.join(", ")
+    )
+}
+
+/// `CREATE TRIGGER pgmesh_tombstone AFTER DELETE ON <table> …`.
+#[must_use]
+pub fn trigger_sql(t: &TableFacts) -> String {
+    format!(
+        "CREATE TRIGGER {} AFTER DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}.{}()",
+        names::TOMBSTONE_TRIGGER,
+        t.qualified(),
+        names::SCHEMA,
+        names::tombstone_function(t.oid)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_canonical_key_function() {
+        let t = TableFacts {
+            oid: 16390,
+            schema: "public".into(),
+            name: "Order".into(),
+            replica_identity: 'd',
+            primary_key: vec!["id".into(), "when".into()],
+            columns: vec![
+                ("id".into(), "integer".into()),
+                ("when".into(), "timestamptz".into()),
+            ],
+        };
+        let f = function_sql(&t);
+        assert!(
+            f.starts_with("CREATE OR REPLACE FUNCTION pgmesh.tomb_16390() RETURNS trigger"),
+            "{f}"
+        );
+        assert!(
+            f.contains("SET TimeZone = 'UTC'") && f.contains("SET DateStyle = 'ISO, MDY'"),
+            "{f}"
+        );
+        assert!(
+            f.contains(
+                "VALUES ('public.\"Order\"', ARRAY[OLD.id::text, OLD.\"when\"::text]::text[])"
+            ),
+            "{f}"
+        );
+        assert_eq!(
+            trigger_sql(&t),
+            "CREATE TRIGGER pgmesh_tombstone AFTER DELETE ON public.\"Order\" FOR EACH ROW EXECUTE FUNCTION pgmesh.tomb_16390()"
+        );
+    }
+}
