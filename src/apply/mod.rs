@@ -3,6 +3,7 @@
 //! to the peer's replication origin (so progress moves atomically with the data).
 
 pub mod ledger;
+pub mod peer_read;
 pub mod resolve;
 pub mod row;
 pub mod session;
@@ -18,7 +19,7 @@ pub use session::ApplySession;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApplyError {
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe_db_error(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("table {table} does not exist on this node: create it with the same columns as on the peer (pgmesh setup --check compares them)")]
     MissingTable { table: String },
@@ -81,5 +82,22 @@ pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
                 || c == "55P03"
                 || c == "58030"
         }
+    }
+}
+
+/// tokio-postgres prints server errors as just "db error"; show what the server said.
+fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" (detail: {d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!(" (hint: {h})"));
+            }
+            s
+        }
+        None => e.to_string(),
     }
 }

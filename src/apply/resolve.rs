@@ -78,6 +78,8 @@ pub struct Resolver<'a> {
     pub origins: &'a Origins,
     /// The peer the changes come from.
     pub peer: &'a str,
+    /// SQL access to the peer, for values pgoutput leaves out (unchanged TOAST).
+    pub peer_reader: &'a mut super::peer_read::PeerReader,
 }
 
 struct LocalRow {
@@ -110,9 +112,7 @@ fn as_params<'p>(cols: &'p [Vec<Option<&str>>]) -> Vec<&'p (dyn ToSql + Sync)> {
 fn remote_op(p: &Pending) -> RemoteOp {
     match p.op {
         ChangeOp::Insert => RemoteOp::Insert,
-        ChangeOp::Update => RemoteOp::Update {
-            complete: p.row.as_ref().is_some_and(Row::is_complete),
-        },
+        ChangeOp::Update => RemoteOp::Update,
         ChangeOp::Delete => RemoteOp::Delete,
     }
 }
@@ -214,8 +214,9 @@ impl Resolver<'_> {
 
         let mut deletes: Vec<&Key> = Vec::new();
         let mut tomb_keys: Vec<&Key> = Vec::new();
-        let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
-        let mut inserts: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        // (key, change, whether unchanged-TOAST columns must come from the peer)
+        let mut update_plan: Vec<(&Key, &Pending, bool)> = Vec::new();
+        let mut insert_plan: Vec<(&Key, &Pending, bool)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let Some(p) = tc.changes.get(*key) else {
                 continue;
@@ -270,15 +271,16 @@ impl Resolver<'_> {
                 ));
                 stats.conflicts += 1;
             }
+            let partial = p.row.as_ref().is_some_and(|r| !r.is_complete());
+            let local_is_peers = matches!(local, LocalVersion::Row { node, .. } if node == self.peer);
             match d.action {
-                Action::Insert => match &p.row {
-                    Some(r) => inserts.push((key, r, p)),
-                    None => stats.skipped += 1,
-                },
-                Action::Update => match &p.row {
-                    Some(r) => updates.push((key, r, p)),
-                    None => stats.skipped += 1,
-                },
+                Action::Insert if p.row.is_some() => insert_plan.push((key, p, partial)),
+                // This node's copy of unchanged columns is the peer's only when the row was
+                // last written by the peer's own stream.
+                Action::Update if p.row.is_some() => {
+                    update_plan.push((key, p, partial && !local_is_peers));
+                }
+                Action::Insert | Action::Update => stats.skipped += 1,
                 Action::Delete => {
                     deletes.push(key);
                     tomb_keys.push(key);
@@ -287,12 +289,77 @@ impl Resolver<'_> {
                 Action::Skip => stats.skipped += 1,
             }
         }
+        let filled = self.fill_from_peer(map, &insert_plan, &update_plan).await?;
+        let mut inserts: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        for (n, (key, p, _)) in insert_plan.iter().enumerate() {
+            match filled.get(&(true, n)) {
+                Some(Some(r)) => inserts.push((key, r, p)),
+                // The peer no longer has the row: its delete is on the way.
+                Some(None) => stats.skipped += 1,
+                None => inserts.extend(p.row.as_ref().map(|r| (*key, r, *p))),
+            }
+        }
+        for (n, (key, p, _)) in update_plan.iter().enumerate() {
+            match filled.get(&(false, n)) {
+                Some(Some(r)) => updates.push((key, r, p)),
+                // Gone on the peer: keep what is here; the delete follows.
+                _ => updates.extend(p.row.as_ref().map(|r| (*key, r, *p))),
+            }
+        }
         self.delete(map, &deletes).await?;
         stats.deleted += deletes.len() as u64;
         self.write_tombstones(map, &tomb_keys).await?;
         self.update(map, &updates, ledger, stats).await?;
         self.insert(map, &inserts, ledger, stats, 0).await?;
         Ok(())
+    }
+
+    /// Completes partial images (unchanged TOAST) from the peer where this node's values
+    /// may differ from the peer's. Keyed by (is insert, position in its plan); `None` when
+    /// the peer no longer has the row.
+    async fn fill_from_peer(
+        &mut self,
+        map: &TableMap,
+        inserts: &[(&Key, &Pending, bool)],
+        updates: &[(&Key, &Pending, bool)],
+    ) -> Result<HashMap<(bool, usize), Option<Row>>, ApplyError> {
+        let mut wanted: Vec<((bool, usize), &Key, &Row)> = Vec::new();
+        for (is_insert, plan) in [(true, inserts), (false, updates)] {
+            for (n, (key, p, fetch)) in plan.iter().enumerate() {
+                if let (true, Some(r)) = (*fetch, &p.row) {
+                    wanted.push(((is_insert, n), key, r));
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let t = &map.local;
+        let mut cols: Vec<usize> = Vec::new();
+        for (_, _, r) in &wanted {
+            for (c, v) in r.0.iter().enumerate() {
+                if matches!(v, Val::Unchanged) && !cols.contains(&c) {
+                    cols.push(c);
+                }
+            }
+        }
+        let keys: Vec<&Key> = wanted.iter().map(|(_, k, _)| *k).collect();
+        let fetched = self.peer_reader.fetch(t, &cols, &keys).await?;
+        for (i, (slot, _, r)) in wanted.into_iter().enumerate() {
+            let filled = fetched.get(&i).map(|vals| {
+                let mut row = r.clone();
+                for (&c, v) in cols.iter().zip(vals) {
+                    if matches!(row.0[c], Val::Unchanged) {
+                        row.0[c] = v.clone();
+                    }
+                }
+                row
+            });
+            out.insert(slot, filled);
+        }
+        Ok(out)
     }
 
     async fn delete(&mut self, map: &TableMap, keys: &[&Key]) -> Result<(), ApplyError> {
@@ -312,8 +379,13 @@ impl Resolver<'_> {
         if keys.is_empty() {
             return Ok(());
         }
+        // One statement may not upsert a key twice (a row can lose to several incoming
+        // rows, or on two unique constraints at once).
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
         let t = &map.local;
-        let cols = key_params(keys, t.pk.len())?;
+        let cols = key_params(&keys, t.pk.len())?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
         params.extend(as_params(&cols));
         let stmt = self

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use tokio_postgres::{Client, NoTls};
 
 use super::ledger::ConflictRecord;
+use super::peer_read::PeerReader;
 use super::resolve::{ApplyStats, Origins, Resolver, Statements};
 use super::sql::INSERT_CONFLICTS;
 use super::table::LocalTable;
@@ -38,6 +39,7 @@ pub struct ApplySession {
     in_txn: bool,
     tables: HashMap<(String, String), std::sync::Arc<LocalTable>>,
     conn_task: tokio::task::JoinHandle<()>,
+    peer_reader: PeerReader,
 }
 
 impl Drop for ApplySession {
@@ -48,8 +50,11 @@ impl Drop for ApplySession {
 
 impl ApplySession {
     /// Connects to the local node and binds the session to origin `pgmesh_<peer>`.
+    /// `peer_sql` reaches the peer over plain SQL (opened only when a partial update must
+    /// be completed with the peer's values).
     pub async fn connect(
         config: &tokio_postgres::Config,
+        peer_sql: &tokio_postgres::Config,
         local_node: &str,
         peer: &str,
     ) -> Result<ApplySession, ApplyError> {
@@ -79,6 +84,7 @@ impl ApplySession {
             in_txn: false,
             tables: HashMap::new(),
             conn_task,
+            peer_reader: PeerReader::new(peer_sql.clone()),
         };
         s.refresh_origins().await?;
         Ok(s)
@@ -166,6 +172,7 @@ impl ApplySession {
             statements: &mut self.statements,
             origins: &self.origins,
             peer: &self.peer,
+            peer_reader: &mut self.peer_reader,
         };
         let result = resolver.apply(chunk, &mut ledger, &mut stats).await;
         if let Err(ApplyError::Db(_)) = &result {

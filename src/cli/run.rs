@@ -47,6 +47,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             peer: peer.name.clone(),
             local: local.clone(),
             peer_source: source,
+            peer_sql: peer.pg_config()?,
             slot: names::slot_name(node),
             publication: names::PUBLICATION.to_string(),
             limits,

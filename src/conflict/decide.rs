@@ -6,11 +6,9 @@ use crate::protocol::pgoutput::PgTimestamp;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RemoteOp {
     Insert,
-    /// `complete` is false when the new image lacks unchanged-TOAST columns, so the change
-    /// cannot be turned into an insert.
-    Update {
-        complete: bool,
-    },
+    /// An update; its image may lack unchanged-TOAST columns, which the apply step then
+    /// takes from the peer when the row must be written whole.
+    Update,
     Delete,
 }
 
@@ -156,35 +154,28 @@ pub fn decide(local: &LocalVersion<'_>, remote: &RemoteVersion<'_>) -> Decision 
     match (local, remote.op) {
         // The row was last written by this same peer's stream: its order is authoritative.
         (LocalVersion::Row { node, .. }, op) if *node == remote.node => match op {
-            RemoteOp::Insert | RemoteOp::Update { .. } => Decision::clean(A::Update),
+            RemoteOp::Insert | RemoteOp::Update => Decision::clean(A::Update),
             RemoteOp::Delete => Decision::clean(A::Delete),
         },
         (LocalVersion::Row { commit_ts, node }, op) => {
             let w = newer(*commit_ts, node, remote);
             match op {
                 RemoteOp::Insert => Decision::conflict(K::InsertExists, w, A::Update),
-                RemoteOp::Update { .. } => Decision::conflict(K::UpdateOriginDiffers, w, A::Update),
+                RemoteOp::Update => Decision::conflict(K::UpdateOriginDiffers, w, A::Update),
                 RemoteOp::Delete => Decision::conflict(K::DeleteOriginDiffers, w, A::Delete),
             }
         }
         // Deleted by this peer's own stream earlier: a later insert or update of the same
         // key from it is the authoritative order (key reuse), a repeated delete is a no-op.
         (LocalVersion::Deleted { node, .. }, op) if *node == remote.node => match op {
-            RemoteOp::Insert | RemoteOp::Update { complete: true } => Decision::clean(A::Insert),
-            RemoteOp::Update { complete: false } => Decision {
-                action: A::Skip,
-                conflict: Some((K::UpdateMissing, Winner::Local)),
-            },
+            RemoteOp::Insert | RemoteOp::Update => Decision::clean(A::Insert),
             RemoteOp::Delete => Decision::clean(A::Skip),
         },
         (LocalVersion::Deleted { commit_ts, node }, op) => {
             let w = newer(*commit_ts, node, remote);
             match op {
                 RemoteOp::Insert => Decision::conflict(K::InsertDeleted, w, A::Insert),
-                RemoteOp::Update { complete } => {
-                    let w = if complete { w } else { Winner::Local };
-                    Decision::conflict(K::UpdateDeleted, w, A::Insert)
-                }
+                RemoteOp::Update => Decision::conflict(K::UpdateDeleted, w, A::Insert),
                 // Deleted on both sides: nothing is discarded, the later tombstone stays.
                 RemoteOp::Delete => Decision::clean(match w {
                     Winner::Remote => A::Tombstone,
@@ -193,16 +184,9 @@ pub fn decide(local: &LocalVersion<'_>, remote: &RemoteVersion<'_>) -> Decision 
             }
         }
         (LocalVersion::Absent, RemoteOp::Insert) => Decision::clean(A::Insert),
-        (LocalVersion::Absent, RemoteOp::Update { complete }) => Decision {
-            action: if complete { A::Insert } else { A::Skip },
-            conflict: Some((
-                K::UpdateMissing,
-                if complete {
-                    Winner::Remote
-                } else {
-                    Winner::Local
-                },
-            )),
+        (LocalVersion::Absent, RemoteOp::Update) => Decision {
+            action: A::Insert,
+            conflict: Some((K::UpdateMissing, Winner::Remote)),
         },
         (LocalVersion::Absent, RemoteOp::Delete) => Decision {
             action: A::Tombstone,
@@ -224,7 +208,7 @@ mod tests {
         }
     }
 
-    const UPD: RemoteOp = RemoteOp::Update { complete: true };
+    const UPD: RemoteOp = RemoteOp::Update;
 
     type Case<'a> = (
         LocalVersion<'a>,
@@ -275,7 +259,12 @@ mod tests {
                 Action::Skip,
                 Some((ConflictKind::UpdateOriginDiffers, Winner::Local)),
             ),
-            (row(5, "a"), remote(UPD, 5, "b"), Action::Update, None),
+            (
+                row(5, "a"),
+                remote(UPD, 5, "b"),
+                Action::Update,
+                Some((ConflictKind::UpdateOriginDiffers, Winner::Remote)),
+            ),
             (
                 row(5, "c"),
                 remote(UPD, 5, "b"),
@@ -293,12 +282,6 @@ mod tests {
                 remote(UPD, 5, "a"),
                 Action::Insert,
                 Some((ConflictKind::UpdateMissing, Winner::Remote)),
-            ),
-            (
-                LocalVersion::Absent,
-                remote(RemoteOp::Update { complete: false }, 5, "a"),
-                Action::Skip,
-                Some((ConflictKind::UpdateMissing, Winner::Local)),
             ),
             (
                 LocalVersion::Absent,

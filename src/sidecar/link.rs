@@ -36,6 +36,8 @@ pub struct PeerLink {
     pub local: tokio_postgres::Config,
     /// Replication connection to the peer.
     pub peer_source: SourceConfig,
+    /// Plain SQL connection to the peer (values pgoutput leaves out).
+    pub peer_sql: tokio_postgres::Config,
     /// Slot on the peer that this node reads (`pgmesh_<local_node>`).
     pub slot: String,
     pub publication: String,

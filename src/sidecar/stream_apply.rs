@@ -77,7 +77,7 @@ struct Direction<'l> {
 }
 
 async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
-    let apply = ApplySession::connect(&link.local, &link.local_node, &link.peer).await?;
+    let apply = ApplySession::connect(&link.local, &link.peer_sql, &link.local_node, &link.peer).await?;
     let applied = apply.progress(false).await?;
     // Loop prevention: PG16+ drops changes that carry an origin on the server
     // (`origin 'none'`); PG15 has no such option and sends an Origin message instead,
@@ -233,17 +233,15 @@ impl Direction<'_> {
                     let old_key = Row::from_tuple(&map, old)?.key(&map)?;
                     if old_key != key {
                         // A key change: the old key goes away, the new one gets the row.
-                        // A partial new image (unchanged TOAST) that finds no row is
-                        // recorded in the ledger as update_missing, never dropped silently.
                         self.chunk
                             .push(&map, ChangeOp::Delete, old_key, None, ts, lsn);
                     }
                 }
+                // After a key change the row arrives at a new key: an insert there
+                // (its unchanged-TOAST columns are completed from the peer when applied).
                 let op = match &u.old {
-                    // The new key's row arrives whole: an insert there (an update if the
-                    // row is partial, so missing TOAST values are never invented).
                     Some(OldTuple::Key(old) | OldTuple::Full(old))
-                        if row.is_complete() && Row::from_tuple(&map, old)?.key(&map)? != key =>
+                        if Row::from_tuple(&map, old)?.key(&map)? != key =>
                     {
                         ChangeOp::Insert
                     }

@@ -124,6 +124,7 @@ impl Mesh {
                 peer: peer.name.to_string(),
                 local: local.cluster.dsn().parse().unwrap(),
                 peer_source: SourceConfig::from_dsn(&peer.cluster.dsn()).unwrap(),
+                peer_sql: peer.cluster.dsn().parse().unwrap(),
                 slot: format!("pgmesh_{}", local.name),
                 publication: "pgmesh".to_string(),
                 limits: self.limits,
@@ -196,11 +197,15 @@ impl Mesh {
                 for t in tables {
                     let (da, db) = (dump(&self.a.cluster, t), dump(&self.b.cluster, t));
                     if da != db {
-                        msg.push_str(&format!(
-                            "table {t}:\n  a: {}\n  b: {}\n",
-                            shorten(&da),
-                            shorten(&db)
-                        ));
+                        let la: std::collections::BTreeSet<&str> = da.lines().collect();
+                        let lb: std::collections::BTreeSet<&str> = db.lines().collect();
+                        msg.push_str(&format!("table {t}:\n"));
+                        for l in la.difference(&lb) {
+                            msg.push_str(&format!("  only on a: {}\n", shorten(l)));
+                        }
+                        for l in lb.difference(&la) {
+                            msg.push_str(&format!("  only on b: {}\n", shorten(l)));
+                        }
                     }
                 }
                 panic!("{msg}");
@@ -235,8 +240,8 @@ pub fn dump(c: &Cluster, table: &str) -> String {
 }
 
 fn shorten(s: &str) -> String {
-    if s.len() > 2000 {
-        format!("{}… ({} bytes)", &s[..2000], s.len())
+    if s.len() > 160 {
+        format!("{}… ({} bytes)", &s[..160], s.len())
     } else {
         s.to_string()
     }

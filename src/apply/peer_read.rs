@@ -1,0 +1,115 @@
+//! Reading current column values from the peer, for the one case pgoutput does not carry
+//! enough: an update whose unchanged-TOAST columns were not sent, applied where this node's
+//! copy of those columns may differ from the peer's (the row was last written here or by
+//! another node, or is missing here). Last-writer-wins needs the whole winning row.
+//!
+//! The value read is the peer's current one, possibly newer than the change being applied;
+//! any newer change to those columns is on its way in the same stream, so both nodes still
+//! end with the peer's value.
+
+use std::collections::HashMap;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+use super::row::{Key, Val};
+use super::table::LocalTable;
+use super::ApplyError;
+
+/// A lazily opened SQL connection to the peer.
+pub struct PeerReader {
+    config: tokio_postgres::Config,
+    client: Option<(Client, tokio::task::JoinHandle<()>)>,
+}
+
+impl Drop for PeerReader {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.client {
+            task.abort();
+        }
+    }
+}
+
+impl PeerReader {
+    #[must_use]
+    pub fn new(config: tokio_postgres::Config) -> PeerReader {
+        PeerReader {
+            config,
+            client: None,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&Client, ApplyError> {
+        if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let (client, conn) = self.config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+                .batch_execute("SET application_name = 'pgmesh peer read'; SET bytea_output = 'hex'")
+                .await?;
+            self.client = Some((client, task));
+        }
+        match &self.client {
+            Some((c, _)) => Ok(c),
+            None => Err(ApplyError::Protocol("peer connection vanished".into())),
+        }
+    }
+
+    /// Current text values of `cols` for each key (by position in `keys`); keys whose row
+    /// the peer no longer has are absent from the result.
+    pub async fn fetch(
+        &mut self,
+        t: &LocalTable,
+        cols: &[usize],
+        keys: &[&Key],
+    ) -> Result<HashMap<usize, Vec<Val>>, ApplyError> {
+        let n = t.pk.len();
+        let select = cols
+            .iter()
+            .map(|&c| format!("t.{}::text", t.columns[c].quoted))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let join = t
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| format!("t.{} = u.k{i}::{}", t.columns[c].quoted, t.columns[c].type_sql))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let params_sql = (1..=n).map(|p| format!("${p}::text[]")).collect::<Vec<_>>().join(", ");
+        let aliases = (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT u.ord, {select} FROM unnest({params_sql}) WITH ORDINALITY AS u({aliases}, ord) \
+             JOIN {} t ON {join}",
+            t.name
+        );
+        let mut cols_params: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(keys.len()); n];
+        for k in keys {
+            for (c, v) in cols_params.iter_mut().zip(&k.0) {
+                c.push(std::str::from_utf8(v).ok());
+            }
+        }
+        let params: Vec<&(dyn ToSql + Sync)> =
+            cols_params.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let client = self.client().await?;
+        let rows = client.query(&sql, &params).await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let ord: i64 = r.get(0);
+            let vals = (0..cols.len())
+                .map(|i| match r.get::<_, Option<String>>(i + 1) {
+                    Some(s) => Val::Text(bytes::Bytes::from(s)),
+                    None => Val::Null,
+                })
+                .collect();
+            if let Ok(i) = usize::try_from(ord - 1) {
+                out.insert(i, vals);
+            }
+        }
+        Ok(out)
+    }
+}
