@@ -138,9 +138,17 @@ fn random_concurrent_workloads_converge() {
             }
             let total: u64 = [&m.a.cluster, &m.b.cluster]
                 .iter()
-                .map(|c| c.psql("SELECT count(*) FROM pgmesh.conflicts").unwrap().parse::<u64>().unwrap())
+                .map(|c| {
+                    c.psql("SELECT count(*) FROM pgmesh.conflicts")
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                })
                 .sum();
-            assert!(total > 0, "PG{major} seed {s}: a colliding workload recorded no conflict");
+            assert!(
+                total > 0,
+                "PG{major} seed {s}: a colliding workload recorded no conflict"
+            );
             eprintln!("PG{major} seed {s}: converged; {total} conflicts in the ledgers");
             m.stop_sidecars();
         }

@@ -49,7 +49,9 @@ impl PeerReader {
                 let _ = conn.await;
             });
             client
-                .batch_execute("SET application_name = 'pgmesh peer read'; SET bytea_output = 'hex'")
+                .batch_execute(
+                    "SET application_name = 'pgmesh peer read'; SET bytea_output = 'hex'",
+                )
                 .await?;
             self.client = Some((client, task));
         }
@@ -73,15 +75,25 @@ impl PeerReader {
             .map(|&c| format!("t.{}::text", t.columns[c].quoted))
             .collect::<Vec<_>>()
             .join(", ");
-        let join = t
-            .pk
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| format!("t.{} = u.k{i}::{}", t.columns[c].quoted, t.columns[c].type_sql))
+        let join =
+            t.pk.iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    format!(
+                        "t.{} = u.k{i}::{}",
+                        t.columns[c].quoted, t.columns[c].type_sql
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ");
+        let params_sql = (1..=n)
+            .map(|p| format!("${p}::text[]"))
             .collect::<Vec<_>>()
-            .join(" AND ");
-        let params_sql = (1..=n).map(|p| format!("${p}::text[]")).collect::<Vec<_>>().join(", ");
-        let aliases = (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>().join(", ");
+            .join(", ");
+        let aliases = (0..n)
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "SELECT u.ord, {select} FROM unnest({params_sql}) WITH ORDINALITY AS u({aliases}, ord) \
              JOIN {} t ON {join}",
@@ -93,8 +105,10 @@ impl PeerReader {
                 c.push(std::str::from_utf8(v).ok());
             }
         }
-        let params: Vec<&(dyn ToSql + Sync)> =
-            cols_params.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let params: Vec<&(dyn ToSql + Sync)> = cols_params
+            .iter()
+            .map(|c| c as &(dyn ToSql + Sync))
+            .collect();
         let client = self.client().await?;
         let rows = client.query(&sql, &params).await?;
         let mut out = HashMap::with_capacity(rows.len());

@@ -272,7 +272,8 @@ impl Resolver<'_> {
                 stats.conflicts += 1;
             }
             let partial = p.row.as_ref().is_some_and(|r| !r.is_complete());
-            let local_is_peers = matches!(local, LocalVersion::Row { node, .. } if node == self.peer);
+            let local_is_peers =
+                matches!(local, LocalVersion::Row { node, .. } if node == self.peer);
             match d.action {
                 Action::Insert if p.row.is_some() => insert_plan.push((key, p, partial)),
                 // This node's copy of unchanged columns is the peer's only when the row was
@@ -496,7 +497,15 @@ impl Resolver<'_> {
                         .resolve_unique_holders(map, key, row, p, ledger, stats)
                         .await?
                     {
-                        stats.skipped += 1;
+                        // The updated row lost to the row holding its new value. The peer,
+                        // deciding the same two versions, deletes this row as the losing
+                        // holder; delete it here too so both nodes end alike.
+                        self.delete(map, &[key]).await?;
+                        self.write_tombstones(map, &[key]).await?;
+                        if let Some(last) = ledger.last_mut() {
+                            last.resolution = "remote_row_deleted";
+                        }
+                        stats.deleted += 1;
                         return Ok(());
                     }
                 }

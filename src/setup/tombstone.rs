@@ -1,5 +1,8 @@
-//! Tombstone triggers: an AFTER DELETE row trigger on every replicated table that records
-//! the deleted key in `pgmesh.tombstones`, so update-vs-delete races can be decided later.
+//! Tombstone triggers: an AFTER DELETE OR UPDATE OF <key> row trigger on every replicated
+//! table that records the key a row leaves in `pgmesh.tombstones` (deleted, or moved by a
+//! primary-key change), so update-vs-delete races can be decided later. A key change must
+//! leave a tombstone too: otherwise a concurrent write to the old key from the peer finds
+//! nothing here and resurrects the row.
 //!
 //! **One generated function per table** (`pgmesh.tomb_<oid>()`), not one generic function
 //! taking key columns as trigger arguments: the generic one must build the key with
@@ -43,19 +46,33 @@ pub fn function_body(t: &TableFacts) -> String {
         .iter()
         .map(|c| format!("OLD.{}::text", quote_ident(c)))
         .collect();
+    let new_key: Vec<String> = t
+        .key_columns()
+        .iter()
+        .map(|c| format!("NEW.{}", quote_ident(c)))
+        .collect();
+    let old_key: Vec<String> = t
+        .key_columns()
+        .iter()
+        .map(|c| format!("OLD.{}", quote_ident(c)))
+        .collect();
     format!(
-        "\nBEGIN\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n  RETURN NULL;\nEND\n",
+        "\nBEGIN\n  IF TG_OP = 'UPDATE' AND ROW({}) IS NOT DISTINCT FROM ROW({}) THEN\n    RETURN NULL;\n  END IF;\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n  RETURN NULL;\nEND\n",
+        old_key.join(", "),
+        new_key.join(", "),
         quote_literal(&t.qualified()),
         key.join(", ")
     )
 }
 
-/// `CREATE TRIGGER pgmesh_tombstone AFTER DELETE ON <table> …`.
+/// `CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF <key> ON <table> …`.
 #[must_use]
 pub fn trigger_sql(t: &TableFacts) -> String {
+    let key: Vec<String> = t.key_columns().iter().map(|c| quote_ident(c)).collect();
     format!(
-        "CREATE TRIGGER {} AFTER DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}.{}()",
+        "CREATE TRIGGER {} AFTER DELETE OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}.{}()",
         names::TOMBSTONE_TRIGGER,
+        key.join(", "),
         t.qualified(),
         names::SCHEMA,
         names::tombstone_function(t.oid)
@@ -96,7 +113,7 @@ mod tests {
         );
         assert_eq!(
             trigger_sql(&t),
-            "CREATE TRIGGER pgmesh_tombstone AFTER DELETE ON public.\"Order\" FOR EACH ROW EXECUTE FUNCTION pgmesh.tomb_16390()"
+            "CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF id, \"when\" ON public.\"Order\" FOR EACH ROW EXECUTE FUNCTION pgmesh.tomb_16390()"
         );
     }
 }

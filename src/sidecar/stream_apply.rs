@@ -77,7 +77,8 @@ struct Direction<'l> {
 }
 
 async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
-    let apply = ApplySession::connect(&link.local, &link.peer_sql, &link.local_node, &link.peer).await?;
+    let apply =
+        ApplySession::connect(&link.local, &link.peer_sql, &link.local_node, &link.peer).await?;
     let applied = apply.progress(false).await?;
     // Loop prevention: PG16+ drops changes that carry an origin on the server
     // (`origin 'none'`); PG15 has no such option and sends an Origin message instead,

@@ -47,17 +47,29 @@ pub fn tombstone_trigger(table: &str, key_cols: &[&str]) -> String {
         .map(|c| format!("OLD.{c}::text"))
         .collect::<Vec<_>>()
         .join(", ");
+    let old = key_cols
+        .iter()
+        .map(|c| format!("OLD.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let new = key_cols
+        .iter()
+        .map(|c| format!("NEW.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "CREATE OR REPLACE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql
            SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' SET extra_float_digits = 3
            SET IntervalStyle = 'postgres' SET bytea_output = 'hex' AS $f$
          BEGIN
+           IF TG_OP = 'UPDATE' AND ROW({old}) IS NOT DISTINCT FROM ROW({new}) THEN RETURN NULL; END IF;
            INSERT INTO pgmesh.tombstones(table_name, key) VALUES ('{table}', ARRAY[{arr}])
              ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();
            RETURN OLD;
          END $f$;
-         CREATE TRIGGER pgmesh_tombstone AFTER DELETE ON {table}
-           FOR EACH ROW EXECUTE FUNCTION {fname}();"
+         CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF {} ON {table}
+           FOR EACH ROW EXECUTE FUNCTION {fname}();",
+        key_cols.join(", ")
     )
 }
 
@@ -205,6 +217,25 @@ impl Mesh {
                         }
                         for l in lb.difference(&la) {
                             msg.push_str(&format!("  only on b: {}\n", shorten(l)));
+                        }
+                        // The ledger's story of those keys, on both nodes.
+                        let ids: Vec<String> = la
+                            .symmetric_difference(&lb)
+                            .filter_map(|l| l.trim_start_matches('(').split(',').next())
+                            .map(|id| format!("'{id}'"))
+                            .collect();
+                        for (n, c) in [("a", &self.a.cluster), ("b", &self.b.cluster)] {
+                            let q = format!(
+                                "SELECT id, kind, key, winner, resolution, local_origin, \
+                                 local_commit_ts, remote_commit_ts, left(remote_row::text, 80) \
+                                 FROM pgmesh.conflicts WHERE key->>'id' IN ({}) ORDER BY id",
+                                ids.join(",")
+                            );
+                            if let Ok(rows) = c.psql(&q) {
+                                for r in rows.lines() {
+                                    msg.push_str(&format!("  ledger {n}: {r}\n"));
+                                }
+                            }
                         }
                     }
                 }
