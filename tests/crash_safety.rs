@@ -203,7 +203,7 @@ fn killed_sidecars_and_crashed_servers_lose_nothing_and_apply_once() {
         }
         // Each event applied exactly once on the node that did not write it.
         for (c, peer) in [(&a, "b"), (&b, "a")] {
-            let applied = count(c, &format!("SELECT count(*) FROM audit"));
+            let applied = count(c, "SELECT count(*) FROM audit");
             let distinct = count(
                 c,
                 &format!("SELECT count(DISTINCT event_id) FROM audit JOIN events ON id = event_id AND node = '{peer}'"),

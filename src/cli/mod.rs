@@ -4,6 +4,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+mod lab;
 mod run;
 mod setup;
 pub mod tail;
@@ -41,6 +42,8 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// Remove everything setup created, keeping user data.
     Teardown(teardown::TeardownArgs),
+    /// Start two local nodes replicating both ways, with a demo table (Ctrl-C stops).
+    Lab(lab::LabArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -55,6 +58,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Teardown(args) => block_on(teardown::run(args)),
+        Command::Lab(args) => block_on(lab::run(args)),
     }
 }
 

@@ -58,6 +58,7 @@ pub struct ClusterBuilder {
     major: u32,
     settings: Vec<(String, String)>,
     hba_lines: Vec<String>,
+    port: Option<u16>,
 }
 
 impl ClusterBuilder {
@@ -72,6 +73,13 @@ impl ClusterBuilder {
     #[must_use]
     pub fn hba_line(mut self, line: &str) -> Self {
         self.hba_lines.push(line.to_string());
+        self
+    }
+
+    /// Listens on `port` instead of a free one (the lab's well-known ports).
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -93,8 +101,12 @@ impl ClusterBuilder {
         // A free port can be taken by a parallel test between probing and binding:
         // retry with another port when the server cannot bind.
         let mut last_err = None;
-        for _ in 0..5 {
-            cluster.port = free_port()?;
+        let attempts = if self.port.is_some() { 1 } else { 5 };
+        for _ in 0..attempts {
+            cluster.port = match self.port {
+                Some(p) => p,
+                None => free_port()?,
+            };
             cluster.write_conf(&self.settings)?;
             match cluster.pg_ctl(&["start", "-w", "-t", "60"]) {
                 Ok(()) => return Ok(cluster),
@@ -133,6 +145,7 @@ impl Cluster {
             major,
             settings: Vec::new(),
             hba_lines: Vec::new(),
+            port: None,
         }
     }
 
