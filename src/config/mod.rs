@@ -33,7 +33,6 @@ mod size;
 pub use dsn::{interpolate, mask, Dsn};
 pub use env::Env;
 pub use error::ConfigError;
-pub use password::pgpass_lookup;
 pub use pattern::TablePattern;
 pub use size::ByteSize;
 

@@ -45,65 +45,13 @@ impl NodeConfig {
                 Some(Host::Tcp(h)) => h.clone(),
                 _ => "localhost".to_string(),
             };
-            let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
+            let port = cfg.get_ports().first().copied().unwrap_or(5432);
             let user = cfg.get_user().unwrap_or_default().to_string();
             let db = cfg.get_dbname().unwrap_or(&user).to_string();
-            if let Some(pw) = pgpass_lookup(&text, &host, &port, &db, &user) {
+            if let Some(pw) = crate::source::config::pgpass_lookup(&text, &host, port, &db, &user) {
                 cfg.password(pw);
             }
         }
         Ok(cfg)
-    }
-}
-
-/// First `host:port:database:user:password` line matching (fields may be `*`; `\:` and
-/// `\\` are escapes), as libpq does.
-#[must_use]
-pub fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Option<String> {
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .find_map(|line| {
-            let fields = split_pgpass(line);
-            if fields.len() < 5 {
-                return None;
-            }
-            let want = [host, port, db, user];
-            fields[..4]
-                .iter()
-                .zip(want)
-                .all(|(f, w)| f == "*" || f == w)
-                .then(|| fields[4].clone())
-        })
-}
-
-fn split_pgpass(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    fields.last_mut().expect("non-empty").push(n);
-                }
-            }
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            _ => fields.last_mut().expect("non-empty").push(c),
-        }
-    }
-    fields
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pgpass_lookup;
-
-    #[test]
-    fn pgpass_matches_with_wildcards_and_escapes() {
-        let text = "# comment\nother:5432:*:u:nope\n*:5501:*:postgres:pa\\:ss\n";
-        assert_eq!(
-            pgpass_lookup(text, "127.0.0.1", "5501", "postgres", "postgres").as_deref(),
-            Some("pa:ss")
-        );
-        assert_eq!(pgpass_lookup(text, "h", "5502", "d", "postgres"), None);
     }
 }

@@ -17,38 +17,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Lsn;
 
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
-/// A server or client timestamp as sent on the wire: microseconds since 2000-01-01 UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct PgTimestamp(pub i64);
-
-impl PgTimestamp {
-    /// Converts a wall-clock time (the caller reads the clock; this stays pure).
-    #[must_use]
-    pub fn from_system_time(t: std::time::SystemTime) -> PgTimestamp {
-        let unix_micros = match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-            Err(e) => i64::try_from(e.duration().as_micros())
-                .map(|m| -m)
-                .unwrap_or(i64::MIN),
-        };
-        PgTimestamp(unix_micros.saturating_sub(PG_EPOCH_OFFSET_MICROS))
-    }
-
-    /// The wall-clock time this timestamp denotes, if representable.
-    #[must_use]
-    pub fn to_system_time(self) -> Option<std::time::SystemTime> {
-        let unix_micros = self.0.checked_add(PG_EPOCH_OFFSET_MICROS)?;
-        let abs = std::time::Duration::from_micros(unix_micros.unsigned_abs());
-        if unix_micros >= 0 {
-            std::time::UNIX_EPOCH.checked_add(abs)
-        } else {
-            std::time::UNIX_EPOCH.checked_sub(abs)
-        }
-    }
-}
+/// Timestamps on the wire are PostgreSQL `TimestampTz` values, the same type pgoutput uses.
+pub use super::pgoutput::PgTimestamp;
 
 /// One `'w'` message: a chunk of output-plugin data starting at `wal_start`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,18 +293,6 @@ mod tests {
         assert_eq!(&b[25..33], &[0xff; 8]);
         assert_eq!(b[33], 1);
         assert_eq!(StandbyStatusUpdate::decode(&b), Ok(u));
-    }
-
-    #[test]
-    fn timestamps_convert_to_and_from_system_time() {
-        let epoch2000 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800);
-        assert_eq!(PgTimestamp::from_system_time(epoch2000), PgTimestamp(0));
-        assert_eq!(PgTimestamp(0).to_system_time(), Some(epoch2000));
-        assert_eq!(
-            PgTimestamp::from_system_time(std::time::UNIX_EPOCH),
-            PgTimestamp(-PG_EPOCH_OFFSET_MICROS)
-        );
-        assert_eq!(PgTimestamp(i64::MAX).to_system_time(), None);
     }
 
     proptest! {

@@ -361,7 +361,7 @@ impl ReplicationStream {
             write: self.received.max(self.flushed),
             flush: self.flushed,
             apply: self.flushed,
-            client_time: PgTimestamp::from_system_time(SystemTime::now()),
+            client_time: PgTimestamp::from_system_time(SystemTime::now()).unwrap_or_default(),
             reply_requested,
         };
         tracing::trace!(slot = %self.slot, write = %update.write, flush = %update.flush,
