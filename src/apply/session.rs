@@ -212,9 +212,13 @@ impl ApplySession {
         }
         let lsn = end_lsn.to_string();
         let ts = crate::pgtime::rfc3339(commit_ts.0);
+        // pg_current_xact_id() gives the transaction an xid even when every change was
+        // skipped: a transaction without one writes no commit record, and the origin's
+        // progress would not move past what it read.
         self.client
             .query(
-                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2::text::timestamptz)",
+                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2::text::timestamptz), \
+                        pg_current_xact_id()",
                 &[&lsn, &ts],
             )
             .await?;

@@ -127,7 +127,10 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                         let dropped = filter.txn_dropped();
                         d.on_message(msg, dropped).await?;
                     }
-                    ReplicationEvent::Keepalive { wal_end, .. } if d.idle() => {
+                    // Between upstream transactions the server has sent everything that
+                    // committed before its send position: remember it, acknowledge it once
+                    // what is pending here is committed and durable.
+                    ReplicationEvent::Keepalive { wal_end, .. } if d.open.is_none() => {
                         d.passed = d.passed.max(wal_end);
                         stream.set_flushed(d.acknowledgeable().await?);
                     }
@@ -138,7 +141,9 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                 d.commit_batch().await?;
             }
             _ = ack_tick.tick() => {
-                stream.set_flushed(d.acknowledgeable().await?);
+                let ack = d.acknowledgeable().await?;
+                tracing::trace!(peer = %link.peer, %ack, applied = %d.applied, passed = %d.passed, idle = d.idle(), "acknowledging");
+                stream.set_flushed(ack);
             }
             _ = stop.changed() => {
                 if d.open.is_none() && d.pending_commit.is_some() {
