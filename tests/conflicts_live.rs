@@ -270,6 +270,41 @@ fn every_conflict_kind_converges_and_is_recorded() {
                 .unwrap(),
             "after"
         );
+        // TRUNCATE, last-writer-wins: a row written after the truncate survives on both
+        // nodes; a row written before it is gone from both.
+        race(
+            &mut m,
+            "TRUNCATE items",
+            "INSERT INTO items VALUES (300, 'after')",
+        );
+        assert_eq!(
+            m.a.cluster.psql("SELECT id FROM items").unwrap(),
+            "300",
+            "PG{major}"
+        );
+        m.stop_sidecars();
+        m.b.cluster
+            .psql("INSERT INTO items VALUES (301, 'before')")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        m.a.cluster.psql("TRUNCATE items").unwrap();
+        m.start_sidecars();
+        m.wait_converged(NAMES, WAIT);
+        assert_eq!(
+            m.b.cluster.psql("SELECT count(*) FROM items").unwrap(),
+            "0",
+            "PG{major}"
+        );
+        assert_eq!(
+            ledger(&m.a.cluster, "items", 301),
+            "insert_deleted|local|skipped"
+        );
+        assert!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.conflicts WHERE kind = 'truncate'")
+                .unwrap()
+                != "0"
+        );
         m.stop_sidecars();
     }
 }

@@ -25,18 +25,44 @@ fn wait_for(c: &Cluster, sql: &str, want: &str, what: &str) {
 #[test]
 fn missing_column_stops_the_direction_until_added() {
     for major in versions_under_test() {
-        let mut m = Mesh::new(major, "CREATE TABLE items(id int PRIMARY KEY, v text)", TABLES);
-        m.a.cluster.psql("ALTER TABLE items ADD COLUMN extra text").unwrap();
+        let mut m = Mesh::new(
+            major,
+            "CREATE TABLE items(id int PRIMARY KEY, v text)",
+            TABLES,
+        );
+        m.a.cluster
+            .psql("ALTER TABLE items ADD COLUMN extra text")
+            .unwrap();
         m.start_sidecars();
-        m.a.cluster.psql("INSERT INTO items VALUES (1, 'one', 'more')").unwrap();
-        m.b.cluster.psql("INSERT INTO items VALUES (2, 'two')").unwrap();
+        m.a.cluster
+            .psql("INSERT INTO items VALUES (1, 'one', 'more')")
+            .unwrap();
+        m.b.cluster
+            .psql("INSERT INTO items VALUES (2, 'two')")
+            .unwrap();
         // b → a flows (a has every column b sends); a → b is held, nothing applied half.
-        wait_for(&m.a.cluster, "SELECT count(*) FROM items", "2", "b's row on a");
+        wait_for(
+            &m.a.cluster,
+            "SELECT count(*) FROM items",
+            "2",
+            "b's row on a",
+        );
         std::thread::sleep(Duration::from_secs(2));
-        assert_eq!(m.b.cluster.psql("SELECT count(*) FROM items").unwrap(), "1", "PG{major}");
+        assert_eq!(
+            m.b.cluster.psql("SELECT count(*) FROM items").unwrap(),
+            "1",
+            "PG{major}"
+        );
         // The fix: add the column; the held row then arrives with it.
-        m.b.cluster.psql("ALTER TABLE items ADD COLUMN extra text").unwrap();
-        wait_for(&m.b.cluster, "SELECT extra FROM items WHERE id = 1", "more", "a's row on b after the fix");
+        m.b.cluster
+            .psql("ALTER TABLE items ADD COLUMN extra text")
+            .unwrap();
+        wait_for(
+            &m.b.cluster,
+            "SELECT extra FROM items WHERE id = 1",
+            "more",
+            "a's row on b after the fix",
+        );
         m.stop_sidecars();
     }
 }
@@ -44,10 +70,21 @@ fn missing_column_stops_the_direction_until_added() {
 #[test]
 fn dropped_slot_stops_the_direction_until_recreated() {
     for major in versions_under_test() {
-        let mut m = Mesh::new(major, "CREATE TABLE items(id int PRIMARY KEY, v text)", TABLES);
+        let mut m = Mesh::new(
+            major,
+            "CREATE TABLE items(id int PRIMARY KEY, v text)",
+            TABLES,
+        );
         m.start_sidecars();
-        m.a.cluster.psql("INSERT INTO items VALUES (1, 'before')").unwrap();
-        wait_for(&m.b.cluster, "SELECT count(*) FROM items", "1", "row 1 on b");
+        m.a.cluster
+            .psql("INSERT INTO items VALUES (1, 'before')")
+            .unwrap();
+        wait_for(
+            &m.b.cluster,
+            "SELECT count(*) FROM items",
+            "1",
+            "row 1 on b",
+        );
         // Drop the slot b reads on a (its walsender is terminated first, and again if the
         // sidecar reconnects in between).
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -69,11 +106,25 @@ fn dropped_slot_stops_the_direction_until_recreated() {
         m.a.cluster
             .psql("SELECT pg_create_logical_replication_slot('pgmesh_b', 'pgoutput')")
             .unwrap();
-        m.a.cluster.psql("INSERT INTO items VALUES (2, 'after')").unwrap();
-        wait_for(&m.b.cluster, "SELECT v FROM items WHERE id = 2", "after", "row 2 on b after the slot came back");
+        m.a.cluster
+            .psql("INSERT INTO items VALUES (2, 'after')")
+            .unwrap();
+        wait_for(
+            &m.b.cluster,
+            "SELECT v FROM items WHERE id = 2",
+            "after",
+            "row 2 on b after the slot came back",
+        );
         // The other direction never stopped.
-        m.b.cluster.psql("INSERT INTO items VALUES (3, 'from b')").unwrap();
-        wait_for(&m.a.cluster, "SELECT v FROM items WHERE id = 3", "from b", "row 3 on a");
+        m.b.cluster
+            .psql("INSERT INTO items VALUES (3, 'from b')")
+            .unwrap();
+        wait_for(
+            &m.a.cluster,
+            "SELECT v FROM items WHERE id = 3",
+            "from b",
+            "row 3 on a",
+        );
         m.stop_sidecars();
     }
 }

@@ -189,10 +189,15 @@ impl Resolver<'_> {
             .await?;
         for r in self.client.query(&stmt, &params).await? {
             let ord: i64 = r.get(0);
-            out.insert(
-                usize::try_from(ord - 1).unwrap_or(usize::MAX),
-                (pg_ts(r.get(1)), r.get(2)),
-            );
+            let found: (Option<PgTimestamp>, Option<u32>) = (pg_ts(r.get(1)), r.get(2));
+            // A key tombstone and a whole-table one: the later delete is the one that counts.
+            out.entry(usize::try_from(ord - 1).unwrap_or(usize::MAX))
+                .and_modify(|have: &mut (Option<PgTimestamp>, Option<u32>)| {
+                    if found.0 > have.0 {
+                        *have = found;
+                    }
+                })
+                .or_insert(found);
         }
         Ok(out)
     }

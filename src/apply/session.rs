@@ -197,11 +197,29 @@ impl ApplySession {
         Ok(())
     }
 
-    /// Runs a statement in the open transaction (TRUNCATE and other whole-table work).
-    pub async fn execute_in_txn(&mut self, sql: &str) -> Result<(), ApplyError> {
+    /// Applies a peer's TRUNCATE of `table` that committed at `ts`, last-writer-wins (see
+    /// [`super::sql::truncate_older`]), and leaves a whole-table tombstone. Returns the
+    /// number of rows removed and of newer rows kept.
+    pub async fn truncate(
+        &mut self,
+        table: &LocalTable,
+        ts: PgTimestamp,
+    ) -> Result<(u64, u64), ApplyError> {
         self.begin().await?;
-        self.client.batch_execute(sql).await?;
-        Ok(())
+        let ts = crate::pgtime::rfc3339(ts.0);
+        let removed = self
+            .client
+            .execute(&super::sql::truncate_older(table), &[&ts])
+            .await?;
+        let kept: i64 = self
+            .client
+            .query_one(&format!("SELECT count(*) FROM {}", table.name), &[])
+            .await?
+            .get(0);
+        self.client
+            .execute(super::sql::UPSERT_TABLE_TOMBSTONE, &[&table.name])
+            .await?;
+        Ok((removed, u64::try_from(kept).unwrap_or(0)))
     }
 
     /// Commits the open transaction, recording that the peer's changes up to `end_lsn`

@@ -59,7 +59,8 @@ fn key_array(t: &LocalTable, alias: &str) -> String {
     format!("ARRAY[{parts}]")
 }
 
-/// Tombstones for a list of keys, with the delete's commit time and origin.
+/// Tombstones for a list of keys, with the delete's commit time and origin; a whole-table
+/// tombstone (key `{}`, left by TRUNCATE) matches every key, so a key can have two rows.
 /// Params: $1 table name, then one `text[]` per key column. Columns: ord, ts, roident.
 #[must_use]
 pub fn select_tombstones(t: &LocalTable) -> String {
@@ -67,7 +68,7 @@ pub fn select_tombstones(t: &LocalTable) -> String {
     format!(
         "SELECT u.ord, x.timestamp, x.roident \
            FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
-           JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key = {} \
+           JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key IN ({}, '{{}}') \
            LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
         unnest_params(2, n),
         names("k", n),
@@ -89,6 +90,23 @@ pub fn upsert_tombstones(t: &LocalTable) -> String {
         names("k", n)
     )
 }
+
+/// A remote TRUNCATE, last-writer-wins: removes the rows written before the truncate
+/// committed (or whose time is unknown); rows written here later survive and reach the
+/// peer after its truncate, so both nodes keep them. Param: $1 the truncate's commit time
+/// (text). Returns one row per deleted row.
+#[must_use]
+pub fn truncate_older(t: &LocalTable) -> String {
+    format!(
+        "DELETE FROM {} t WHERE coalesce((pg_xact_commit_timestamp_origin(t.xmin)).timestamp \
+         <= $1::text::timestamptz, true)",
+        t.name
+    )
+}
+
+/// The whole-table tombstone a TRUNCATE leaves (key `{}`). Param: $1 table name.
+pub const UPSERT_TABLE_TOMBSTONE: &str = "INSERT INTO pgmesh.tombstones (table_name, key) \
+    VALUES ($1, '{}') ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now()";
 
 /// Deletes rows by key. Params: key columns.
 #[must_use]
@@ -253,7 +271,7 @@ mod tests {
         let ins = insert_rows(&t, &[0, 1, 2]);
         assert!(ins.contains("ON CONFLICT DO NOTHING RETURNING id"), "{ins}");
         assert!(ins.contains("JOIN i ON i.id = u.v0::bigint"), "{ins}");
-        assert!(select_tombstones(&t).contains("tb.key = ARRAY[u.k0::bigint::text]"));
+        assert!(select_tombstones(&t).contains("tb.key IN (ARRAY[u.k0::bigint::text], '{}')"));
         assert!(select_unique_holder(&t, &[2]).contains("t.email = $1::text::text"));
     }
 }

@@ -19,6 +19,8 @@ pub const MIGRATION_TABLE: &str = "pgmesh.refinery_schema_history";
 
 /// Name of the AFTER DELETE trigger setup installs on every replicated table.
 pub const TOMBSTONE_TRIGGER: &str = "pgmesh_tombstone";
+/// Statement trigger that records a local TRUNCATE as a whole-table tombstone (key `{}`).
+pub const TRUNCATE_TRIGGER: &str = "pgmesh_truncate";
 
 /// Output plugin of every pgmesh slot.
 pub const OUTPUT_PLUGIN: &str = "pgoutput";

@@ -128,12 +128,9 @@ async fn install_triggers(
         .collect();
     for (oid, table, func) in &triggers {
         if !selected.iter().any(|t| i64::from(t.oid) == *oid) {
-            tx.batch_execute(&format!(
-                "DROP TRIGGER {} ON {table}",
-                names::TOMBSTONE_TRIGGER
-            ))
-            .await
-            .map_err(q("dropping a tombstone trigger"))?;
+            tx.batch_execute(&tombstone::drop_triggers_sql(table))
+                .await
+                .map_err(q("dropping a tombstone trigger"))?;
             done.push(format!(
                 "dropped tombstone trigger on {table} (no longer replicated; function {func})"
             ));

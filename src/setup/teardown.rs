@@ -98,10 +98,7 @@ pub async fn teardown_node(
     for r in &triggers {
         let table: String = r.get(0);
         client
-            .batch_execute(&format!(
-                "DROP TRIGGER {} ON {table}",
-                names::TOMBSTONE_TRIGGER
-            ))
+            .batch_execute(&super::tombstone::drop_triggers_sql(&table))
             .await
             .map_err(q("dropping a tombstone trigger"))?;
         change(format!("dropped tombstone trigger on {table}"));

@@ -57,7 +57,7 @@ pub fn function_body(t: &TableFacts) -> String {
         .map(|c| format!("OLD.{}", quote_ident(c)))
         .collect();
     format!(
-        "\nBEGIN\n  IF TG_OP = 'UPDATE' AND ROW({}) IS NOT DISTINCT FROM ROW({}) THEN\n    RETURN NULL;\n  END IF;\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n  RETURN NULL;\nEND\n",
+        "\nBEGIN\n  IF TG_OP = 'TRUNCATE' THEN\n    INSERT INTO pgmesh.tombstones (table_name, key)\n    VALUES ({2}, '{{}}'::text[])\n    ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n    RETURN NULL;\n  END IF;\n  IF TG_OP = 'UPDATE' AND ROW({}) IS NOT DISTINCT FROM ROW({}) THEN\n    RETURN NULL;\n  END IF;\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n  RETURN NULL;\nEND\n",
         old_key.join(", "),
         new_key.join(", "),
         quote_literal(&t.qualified()),
@@ -65,17 +65,33 @@ pub fn function_body(t: &TableFacts) -> String {
     )
 }
 
-/// `CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF <key> ON <table> …`.
+/// `CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF <key> ON <table> …` and the
+/// statement-level `pgmesh_truncate AFTER TRUNCATE` beside it (same function).
 #[must_use]
 pub fn trigger_sql(t: &TableFacts) -> String {
     let key: Vec<String> = t.key_columns().iter().map(|c| quote_ident(c)).collect();
     format!(
-        "CREATE TRIGGER {} AFTER DELETE OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}.{}()",
+        "CREATE TRIGGER {} AFTER DELETE OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}.{}();\n\
+         CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}.{}()",
         names::TOMBSTONE_TRIGGER,
         key.join(", "),
         t.qualified(),
         names::SCHEMA,
+        names::tombstone_function(t.oid),
+        names::TRUNCATE_TRIGGER,
+        t.qualified(),
+        names::SCHEMA,
         names::tombstone_function(t.oid)
+    )
+}
+
+/// Drops both triggers of a table (if there).
+#[must_use]
+pub fn drop_triggers_sql(table: &str) -> String {
+    format!(
+        "DROP TRIGGER IF EXISTS {} ON {table}; DROP TRIGGER IF EXISTS {} ON {table}",
+        names::TOMBSTONE_TRIGGER,
+        names::TRUNCATE_TRIGGER
     )
 }
 
@@ -113,7 +129,8 @@ mod tests {
         );
         assert_eq!(
             trigger_sql(&t),
-            "CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF id, \"when\" ON public.\"Order\" FOR EACH ROW EXECUTE FUNCTION pgmesh.tomb_16390()"
+            "CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF id, \"when\" ON public.\"Order\" FOR EACH ROW EXECUTE FUNCTION pgmesh.tomb_16390();\n\
+             CREATE TRIGGER pgmesh_truncate AFTER TRUNCATE ON public.\"Order\" FOR EACH STATEMENT EXECUTE FUNCTION pgmesh.tomb_16390()"
         );
     }
 }

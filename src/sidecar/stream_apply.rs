@@ -270,43 +270,32 @@ impl Direction<'_> {
                 };
                 let (ts, lsn) = (open.commit_ts, open.commit_lsn);
                 self.flush_chunk().await?;
-                let mut names = Vec::new();
                 for oid in &t.relation_oids {
-                    if let Some((map, _, _)) = self.target(*oid).await? {
-                        names.push(map.local.name.clone());
-                    }
-                }
-                if names.is_empty() {
-                    return Ok(());
-                }
-                let mut sql = format!("TRUNCATE {}", names.join(", "));
-                if t.restart_identity() {
-                    sql.push_str(" RESTART IDENTITY");
-                }
-                if t.cascade() {
-                    sql.push_str(" CASCADE");
-                }
-                self.apply.execute_in_txn(&sql).await?;
-                // A truncate discards every local row of the table, including versions
-                // that never reached the peer: record it.
-                let records: Vec<ConflictRecord> = names
-                    .iter()
-                    .map(|n| ConflictRecord {
+                    let Some((map, _, _)) = self.target(*oid).await? else {
+                        continue;
+                    };
+                    let (removed, kept) = self.apply.truncate(&map.local, ts).await?;
+                    // Recorded: a truncate discards every local version older than it,
+                    // including ones that never reached the peer.
+                    let record = ConflictRecord {
                         kind: "truncate",
-                        table_name: n.clone(),
+                        table_name: map.local.name.clone(),
                         key: serde_json::json!({}),
-                        local_row: None,
+                        local_row: Some(serde_json::json!({
+                            "rows_removed": removed,
+                            "newer_rows_kept": kept,
+                        })),
                         remote_row: None,
                         local_commit_ts: None,
                         remote_commit_ts: Some(crate::apply::ledger::ts_text(ts)),
                         local_origin: None,
                         remote_origin: Some(self.link.peer.clone()),
                         winner: "remote",
-                        resolution: "applied",
+                        resolution: "applied_as_delete",
                         remote_lsn: Some(lsn.to_string()),
-                    })
-                    .collect();
-                self.apply.write_ledger(&records).await?;
+                    };
+                    self.apply.write_ledger(&[record]).await?;
+                }
             }
             // Types are mapped by name on the local side; messages and two-phase are not
             // requested on apply streams.

@@ -435,10 +435,24 @@ impl ReplicationConnection {
         &mut self.wbuf
     }
 
+    /// Writes out everything buffered.
+    ///
+    /// Cancel-safe: bytes leave the write buffer only once written, so a caller that drops
+    /// this future (e.g. in `tokio::select!`) never leaves half a message on the wire; the
+    /// rest goes out with the next flush.
     pub(crate) async fn flush(&mut self) -> Result<(), SourceError> {
-        if !self.wbuf.is_empty() {
-            let buf = self.wbuf.split().freeze();
-            self.io.write_all(&buf).await.map_err(|e| self.io_err(e))?;
+        while !self.wbuf.is_empty() {
+            let n = self
+                .io
+                .write(&self.wbuf)
+                .await
+                .map_err(|e| self.io_err(e))?;
+            if n == 0 {
+                return Err(SourceError::Closed {
+                    target: self.target.clone(),
+                });
+            }
+            bytes::Buf::advance(&mut self.wbuf, n);
         }
         self.io.flush().await.map_err(|e| self.io_err(e))
     }

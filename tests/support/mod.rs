@@ -62,13 +62,20 @@ pub fn tombstone_trigger(table: &str, key_cols: &[&str]) -> String {
            SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC' SET extra_float_digits = 3
            SET IntervalStyle = 'postgres' SET bytea_output = 'hex' AS $f$
          BEGIN
+           IF TG_OP = 'TRUNCATE' THEN
+             INSERT INTO pgmesh.tombstones(table_name, key) VALUES ('{table}', '{{}}')
+               ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();
+             RETURN NULL;
+           END IF;
            IF TG_OP = 'UPDATE' AND ROW({old}) IS NOT DISTINCT FROM ROW({new}) THEN RETURN NULL; END IF;
            INSERT INTO pgmesh.tombstones(table_name, key) VALUES ('{table}', ARRAY[{arr}])
              ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();
-           RETURN OLD;
+           RETURN NULL;
          END $f$;
          CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF {} ON {table}
-           FOR EACH ROW EXECUTE FUNCTION {fname}();",
+           FOR EACH ROW EXECUTE FUNCTION {fname}();
+         CREATE TRIGGER pgmesh_truncate AFTER TRUNCATE ON {table}
+           FOR EACH STATEMENT EXECUTE FUNCTION {fname}();",
         key_cols.join(", ")
     )
 }
