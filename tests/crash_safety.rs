@@ -43,7 +43,10 @@ fn spawn_sidecar(cfg: &Path, node: &'static str, log: &Path) -> Sidecar {
         .args(["run", "-c"])
         .arg(cfg)
         .args(["--node", node])
-        .env("RUST_LOG", "pgmesh=info")
+        .env(
+            "RUST_LOG",
+            std::env::var("PGMESH_CRASH_LOG").unwrap_or_else(|_| "pgmesh=info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -193,12 +196,25 @@ fn killed_sidecars_and_crashed_servers_lose_nothing_and_apply_once() {
             if na == 2 * per_node && nb == 2 * per_node {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "PG{major}: events a={na} b={nb}, want {} each; sidecar log:\n{}",
-                2 * per_node,
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            if Instant::now() > deadline {
+                let ids = |c: &Cluster| -> std::collections::BTreeSet<String> {
+                    c.psql("SELECT id FROM events")
+                        .unwrap_or_default()
+                        .lines()
+                        .map(String::from)
+                        .collect()
+                };
+                let (ia, ib) = (ids(&a), ids(&b));
+                let keep = std::env::temp_dir().join(format!("pgmesh-crash-{major}.log"));
+                let _ = std::fs::copy(&log, &keep);
+                panic!(
+                    "PG{major}: events a={na} b={nb}, want {} each; only on a: {:?}; only on b: {:?}; sidecar log kept in {}",
+                    2 * per_node,
+                    ia.difference(&ib).collect::<Vec<_>>(),
+                    ib.difference(&ia).collect::<Vec<_>>(),
+                    keep.display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         // Each event applied exactly once on the node that did not write it.

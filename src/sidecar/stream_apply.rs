@@ -79,7 +79,10 @@ struct Direction<'l> {
 async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
     let apply =
         ApplySession::connect(&link.local, &link.peer_sql, &link.local_node, &link.peer).await?;
-    let applied = apply.progress(false).await?;
+    // Resume from the *durable* progress (reading it flushes the WAL up to it): a commit a
+    // killed predecessor left unflushed could still vanish in a crash of this node, and
+    // the peer must never be told, even by the start position, that it is done.
+    let applied = apply.durable_progress().await?;
     // Loop prevention: PG16+ drops changes that carry an origin on the server
     // (`origin 'none'`); PG15 has no such option and sends an Origin message instead,
     // dropped by the client-side filter (kept on everywhere as a second guard).
@@ -93,6 +96,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     );
     cfg.status_interval = std::time::Duration::from_secs(1);
     let mut stream = connect_and_start(&link.peer_source, &cfg, applied).await?;
+    stream.set_flushed(applied);
     let major = stream.server_major();
     let proto = crate::source::stream::max_proto_version(major);
     let mut decoder = Decoder::new(proto);
@@ -191,6 +195,10 @@ impl Direction<'_> {
                 // The server does not resend what committed before the start position;
                 // this guards the same rule on our side.
                 let skip = b.final_lsn < self.applied;
+                if skip {
+                    tracing::debug!(peer = %self.link.peer, xid = b.xid, final_lsn = %b.final_lsn,
+                        applied = %self.applied, "reading past a transaction applied before");
+                }
                 self.open = Some(OpenTxn {
                     commit_lsn: b.final_lsn,
                     commit_ts: b.commit_time,
@@ -357,6 +365,7 @@ impl Direction<'_> {
         self.flush_chunk().await?;
         if let Some((end, ts)) = self.pending_commit.take() {
             self.apply.commit(end, ts).await?;
+            tracing::debug!(peer = %self.link.peer, %end, "committed");
             self.applied = self.applied.max(end);
             self.passed = self.passed.max(end);
         }

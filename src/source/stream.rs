@@ -308,7 +308,9 @@ impl ReplicationStream {
             plugin: cfg.plugin.name().to_string(),
             start,
             received: start,
-            flushed: start,
+            // Nothing is acknowledged until the caller says what is durable: the start
+            // position is where to read from, which may be ahead of what is durable.
+            flushed: Lsn::ZERO,
             status_interval: cfg.status_interval,
             idle_timeout: cfg.idle_timeout,
             last_status: now,

@@ -102,6 +102,9 @@ async fn stream_once(
         }),
     );
     let mut stream = ReplicationStream::start(conn, &scfg, *acked).await?;
+    // Everything before the start position was written out by this process (or is the
+    // slot's own confirmed position): acknowledge it.
+    stream.set_flushed(*acked);
     tracing::info!(slot = %args.slot, from = %acked, proto, "streaming");
 
     let mut decoder = Decoder::new(proto);
