@@ -156,7 +156,11 @@ impl ApplySession {
     /// Opens the downstream transaction if none is open.
     pub async fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.in_txn {
-            self.client.batch_execute("BEGIN").await?;
+            // Deferred constraints are checked at statement time, so nothing can fail at
+            // COMMIT (a failing commit after xact_setup would still advance the origin).
+            self.client
+                .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
+                .await?;
             self.in_txn = true;
         }
         Ok(())
@@ -228,19 +232,18 @@ impl ApplySession {
         if !self.in_txn {
             self.begin().await?;
         }
-        let lsn = end_lsn.to_string();
-        let ts = crate::pgtime::rfc3339(commit_ts.0);
-        // pg_current_xact_id() gives the transaction an xid even when every change was
-        // skipped: a transaction without one writes no commit record, and the origin's
-        // progress would not move past what it read.
-        self.client
-            .query(
-                "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2::text::timestamptz), \
-                        pg_current_xact_id()",
-                &[&lsn, &ts],
-            )
-            .await?;
-        self.client.batch_execute("COMMIT").await?;
+        // Both steps go in ONE simple-query message: PostgreSQL advances the session's
+        // origin on abort too once xact_setup ran, so a sidecar killed between the two
+        // (the backend then aborts) would record progress for changes it never committed.
+        // Within one message the backend runs both. pg_current_xact_id() gives the
+        // transaction an xid even when every change was skipped: without one there is no
+        // commit record and the origin would not move. Values are our own LSN and RFC 3339
+        // text, safe to inline.
+        let sql = format!(
+            "SELECT pg_current_xact_id(), pg_replication_origin_xact_setup('{end_lsn}', '{}'); COMMIT",
+            crate::pgtime::rfc3339(commit_ts.0)
+        );
+        self.client.batch_execute(&sql).await?;
         self.in_txn = false;
         Ok(())
     }
