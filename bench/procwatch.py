@@ -38,6 +38,7 @@ def read(pid):
         fields = st[st.rindex(")") + 2:].split()
         cpu = (int(fields[11]) + int(fields[12])) / HZ
         start_ticks = int(fields[19])
+        ppid = int(fields[1])
         rss = hwm = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -45,7 +46,7 @@ def read(pid):
                     rss = int(line.split()[1])
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1])
-        return cpu, rss, hwm, start_ticks
+        return cpu, rss, hwm, start_ticks, ppid
     except (OSError, ValueError, IndexError):
         return None
 
@@ -76,7 +77,7 @@ while not stop:
         r = read(pid)
         if r is None:
             continue
-        cpu, rss, hwm, start_ticks = r
+        cpu, rss, hwm, start_ticks, ppid = r
         key = (pid, start_ticks)
         c = cmdline(pid)
         e = seen.get(key)
@@ -87,7 +88,12 @@ while not stop:
                     role = open(os.path.join(piddir, str(pid))).read().strip()
                 except OSError:
                     pass
-            e = seen[key] = {"pid": pid, "kind": kind, "cmd": c, "role": role, "first_t": now - t_start,
+            node = ""
+            if kind == "postgres":  # which cluster: the postmaster's -D
+                pc = cmdline(ppid).split()
+                if "-D" in pc[:-1]:
+                    node = os.path.basename(pc[pc.index("-D") + 1].rstrip("/"))
+            e = seen[key] = {"pid": pid, "kind": kind, "cmd": c, "role": role, "node": node, "first_t": now - t_start,
                              "cpu_first": cpu, "cpu_last": cpu, "rss_kb_max": rss, "hwm_kb": hwm,
                              "rss_kb_last": rss, "new": len(seen) > 0 and now - t_start > 0.5}
         # keep the most informative postgres title (walsender titles change with state)
@@ -103,7 +109,7 @@ while not stop:
 res = []
 for e in seen.values():
     cpu = e["cpu_last"] - (0 if e["new"] else e["cpu_first"])
-    res.append({k: e[k] for k in ("pid", "kind", "cmd", "role", "first_t", "last_t", "rss_kb_last", "rss_kb_max",
+    res.append({k: e[k] for k in ("pid", "kind", "cmd", "role", "node", "first_t", "last_t", "rss_kb_last", "rss_kb_max",
                                   "hwm_kb")} | {"cpu_s": round(cpu, 2)})
 res.sort(key=lambda e: -e["cpu_s"])
 with open(out, "w") as f:

@@ -56,7 +56,7 @@ def add(res_p, name, log, procs_p, rc, secs, cmd):
     r["pgmesh_procs"] = [{"role": "run --node " + p["role"].split()[-1],
                           "cpu_s": p["cpu_s"], "peak_rss_mb": round(p["hwm_kb"] / 1024, 1),
                           "started_s": round(p["first_t"], 1), "alive_s": round(p["last_t"] - p["first_t"], 1)} for p in mesh]
-    r["postgres_top_cpu"] = [{"cmd": p["cmd"][:90], "cpu_s": p["cpu_s"]}
+    r["postgres_top_cpu"] = [{"node": p.get("node", ""), "cmd": p["cmd"][:90], "cpu_s": p["cpu_s"]}
                              for p in procs if p["kind"] == "postgres"][:6]
     res[name] = r
     save(res_p, res)
