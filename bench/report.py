@@ -135,23 +135,31 @@ def ratio(a, b, scen, key):
 def table(out):
     res = load(out)
     names = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18") if n in res]
-    print("| run | PG | catch-up txn/s | bulk rows/s | converge | pgmesh CPU s (catch-up drain / bulk+converge) | pgmesh peak RSS MB |")
-    print("|---|---|---:|---:|---|---|---:|")
+    print("| run | PG | catch-up txn/s | bulk rows/s | bulk, one big txn, rows/s | converge | "
+          "pgmesh A->B CPU s (catch-up drain / bulk+converge / big txn) | pgmesh peak RSS MB (big txn) |")
+    print("|---|---|---:|---:|---:|---|---|---:|")
     for n in names:
-        r = res[n]
+        r, big = res[n], res.get(n + "_bigtxn", {})
         procs = [p for p in r.get("pgmesh_procs", []) if p["role"].endswith("b")]
-        cpu = " / ".join(str(p["cpu_s"]) for p in procs[1:]) if len(procs) > 1 else "–"
+        bprocs = [p for p in big.get("pgmesh_procs", []) if p["role"].endswith("b")]
+        cpus = [str(p["cpu_s"]) for p in procs[1:]] + [str(p["cpu_s"]) for p in bprocs[1:]]
+        cpu = " / ".join(cpus) if cpus else "–"
         rss = max((p["peak_rss_mb"] for p in r.get("pgmesh_procs", [])), default="–")
+        brss = max((p["peak_rss_mb"] for p in big.get("pgmesh_procs", [])), default=None)
+        if brss is not None:
+            rss = f"{rss} ({brss})"
         print(f"| {n} | {r.get('pg', '?')} | {cell(r, 'catchup', 'txn_per_s')} | {cell(r, 'bulk', 'rows_per_s')} | "
+              f"{cell(big, 'bulk', 'rows_per_s') if big else '–'} | "
               f"{cell(r, 'converge', 'converged')} | {cpu} | {rss} |")
     print()
-    print("| ratio | catch-up | bulk |")
-    print("|---|---:|---:|")
+    print("| ratio | catch-up | bulk | bulk, one big txn |")
+    print("|---|---:|---:|---:|")
     for m in ("pgmesh15", "pgmesh18"):
         for base in ("native18", "pglogical15"):
             if m in res and base in res:
                 print(f"| {m} / {base} | {ratio(res[m], res[base], 'catchup', 'txn_per_s')} | "
-                      f"{ratio(res[m], res[base], 'bulk', 'rows_per_s')} |")
+                      f"{ratio(res[m], res[base], 'bulk', 'rows_per_s')} | "
+                      f"{ratio(res.get(m + '_bigtxn', {}), res.get(base + '_bigtxn', {}), 'bulk', 'rows_per_s')} |")
     if res.get("decoder"):
         print()
         print("| decoder group | bytes/iter | MB/s | Mmsg/s |")

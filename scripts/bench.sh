@@ -11,6 +11,7 @@
 #   BENCH_N               catch-up: single-row upsert txns (default 100000)
 #   BENCH_BULK_TXNS/ROWS  bulk: txns x rows per txn (default 3 x 100000)
 #   BENCH_CONVERGE_N      converge: hot-key upsert txns over both nodes (default 20000)
+#   BENCH_BULK_BIG        rows of the one-big-transaction bulk run, 0 = skip (default 1000000)
 #   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18")
 #   BENCH_SKIP            space-separated subset of "decoder decode_only" to skip
 #   BENCH_OUT             result file (default bench/results/<date>.json)
@@ -34,6 +35,7 @@ N=${BENCH_N:-100000}
 BULK_TXNS=${BENCH_BULK_TXNS:-3}
 BULK_ROWS=${BENCH_BULK_ROWS:-100000}
 CONVERGE_N=${BENCH_CONVERGE_N:-20000}
+BULK_BIG=${BENCH_BULK_BIG:-1000000}
 PEERS=${BENCH_PEERS:-native18 pglogical15 pgmesh15 pgmesh18}
 SKIP=${BENCH_SKIP:-}
 DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
@@ -58,7 +60,7 @@ CONF=$ROOT/bench/pgmesh-peers.toml
 SIZES=(--n "$N" --bulk-txns "$BULK_TXNS" --bulk-rows "$BULK_ROWS" --converge-n "$CONVERGE_N")
 echo "{}" > "$WORK/results.json"
 
-peer_run() { # name, peers.py args...
+peer_run() { # name, peers.py args... (sizes: the SIZES array)
   local name=$1; shift
   local log=$WORK/$name.out
   echo "bench: $name: python3 $PEERS_DIR/peers.py $* ${SIZES[*]}" >&2
@@ -76,19 +78,28 @@ peer_run() { # name, peers.py args...
     "$rc" "$((SECONDS - t0))" "python3 peers.py $*"
 }
 
-for p in $PEERS; do
-  case $p in
-    native18)    peer_run native18 native --ver 18 ;;
-    pglogical15) peer_run pglogical15 pglogical --ver 15 ;;
-    pgmesh15|pgmesh18)
-      v=${p#pgmesh}
-      peer_run "$p" cmd --ver "$v" \
-        --setup "$WRAP setup -c $CONF" \
-        --ab "$WRAP run -c $CONF --node b" \
-        --ba "$WRAP run -c $CONF --node a" ;;
-    *) echo "bench: unknown peer run $p" >&2; exit 2 ;;
-  esac
-done
+run_peers() { # suffix
+  for p in $PEERS; do
+    case $p in
+      native18)    peer_run "native18$1" native --ver 18 ;;
+      pglogical15) peer_run "pglogical15$1" pglogical --ver 15 ;;
+      pgmesh15|pgmesh18)
+        v=${p#pgmesh}
+        peer_run "$p$1" cmd --ver "$v" \
+          --setup "$WRAP setup -c $CONF" \
+          --ab "$WRAP run -c $CONF --node b" \
+          --ba "$WRAP run -c $CONF --node a" ;;
+      *) echo "bench: unknown peer run $p" >&2; exit 2 ;;
+    esac
+  done
+}
+
+run_peers ""
+if [ "$BULK_BIG" != 0 ]; then
+  # One transaction of BULK_BIG rows (fresh clusters): bounded memory while it passes.
+  SIZES=(--only bulk --bulk-txns 1 --bulk-rows "$BULK_BIG")
+  run_peers "_bigtxn"
+fi
 
 if [[ " $SKIP " != *" decoder "* ]]; then
   echo "bench: cargo bench --bench decoder" >&2
