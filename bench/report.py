@@ -36,7 +36,7 @@ def last_json(path, key):
     return found
 
 
-def add(res_p, name, log, procs_p, rc, secs, cmd):
+def add(res_p, name, log, procs_p, rc, secs, cmd, load_p=None):
     res = load(res_p)
     r = last_json(log, '"peer"') or {}
     if not r:  # peers.py died before its summary: keep the per-scenario lines
@@ -47,6 +47,19 @@ def add(res_p, name, log, procs_p, rc, secs, cmd):
     r["exit_code"] = int(rc)
     r["wall_s"] = int(secs)
     r["command"] = cmd
+    if load_p:
+        try:
+            b0, t0, b1, t1, la = open(load_p).read().split()
+            r["machine_busy_pct"] = round(100 * (float(b1) - float(b0)) / (float(t1) - float(t0)), 1)
+            r["loadavg_1m_end"] = float(la)
+        except (OSError, ValueError, ZeroDivisionError):
+            pass
+    # CPU used by processes that are not part of this benchmark (e.g. someone else's build)
+    try:
+        ours = sum(p["cpu_s"] for p in load(procs_p))
+        r["cpu_s_pgmesh_and_postgres"] = round(ours, 1)
+    except (OSError, ValueError):
+        pass
     try:
         procs = load(procs_p)
     except (OSError, ValueError):

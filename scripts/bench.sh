@@ -68,14 +68,18 @@ peer_run() { # name, peers.py args... (sizes: the SIZES array)
   mkdir -p "$watch"
   python3 "$ROOT/bench/procwatch.py" "$watch" "$WORK/$name.procs.json" 0.25 &
   local wpid=$!
-  local t0=$SECONDS rc=0
+  local t0=$SECONDS rc=0 busy0
+  busy0=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
   PGMESH_WATCH_DIR=$watch python3 "$PEERS_DIR/peers.py" "$@" "${SIZES[@]}" | tee "$log" >&2 || rc=$?
   kill -TERM "$wpid"; wait "$wpid" || true
+  # How busy the whole machine was (other users' work shows up here): busy share of all CPUs.
+  local busy1; busy1=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
+  echo "$busy0 $busy1 $(cut -d' ' -f1 /proc/loadavg)" > "$WORK/$name.load"
   # keep the sidecar logs of this run (peers.py appends them to $PGLAB_DIR/{ab,ba}.log)
   local lab=${PGLAB_DIR:-/tmp/pglab}
   for f in ab ba; do [ -f "$lab/$f.log" ] && mv "$lab/$f.log" "$WORK/$name.$f.log"; done
   python3 "$ROOT/bench/report.py" add "$WORK/results.json" "$name" "$log" "$WORK/$name.procs.json" \
-    "$rc" "$((SECONDS - t0))" "python3 peers.py $*"
+    "$rc" "$((SECONDS - t0))" "python3 peers.py $* ${SIZES[*]}" "$WORK/$name.load"
 }
 
 run_peers() { # suffix
