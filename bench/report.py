@@ -149,8 +149,8 @@ def table(out):
     res = load(out)
     names = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18") if n in res]
     print("| run | PG | catch-up txn/s | bulk rows/s | bulk, one big txn, rows/s | converge | "
-          "pgmesh A->B CPU s (catch-up drain / bulk+converge / big txn) | pgmesh peak RSS MB (big txn) |")
-    print("|---|---|---:|---:|---:|---|---|---:|")
+          "pgmesh A->B CPU s (catch-up drain / bulk+converge / big txn) | pgmesh peak RSS MB (big txn) | machine busy % |")
+    print("|---|---|---:|---:|---:|---|---|---:|---:|")
     for n in names:
         r, big = res[n], res.get(n + "_bigtxn", {})
         procs = [p for p in r.get("pgmesh_procs", []) if p["role"].endswith("b")]
@@ -163,7 +163,7 @@ def table(out):
             rss = f"{rss} ({brss})"
         print(f"| {n} | {r.get('pg', '?')} | {cell(r, 'catchup', 'txn_per_s')} | {cell(r, 'bulk', 'rows_per_s')} | "
               f"{cell(big, 'bulk', 'rows_per_s') if big else '–'} | "
-              f"{cell(r, 'converge', 'converged')} | {cpu} | {rss} |")
+              f"{cell(r, 'converge', 'converged')} | {cpu} | {rss} | {r.get('machine_busy_pct', '?')} |")
     print()
     print("| ratio | catch-up | bulk | bulk, one big txn |")
     print("|---|---:|---:|---:|")
