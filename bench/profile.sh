@@ -21,6 +21,7 @@ N=${PROFILE_N:-100000}
 BULKS=${PROFILE_BULK:-3x100000 1x1000000}
 PERF=${PROFILE_PERF:-1}
 OUT=${PROFILE_OUT:-$(mktemp -d /tmp/pgmesh-profile.XXXXXX)}
+mkdir -p "$OUT"
 chmod 755 "$OUT"
 CONF=$ROOT/bench/pgmesh-peers.toml
 WRAP=$ROOT/bench/pgmesh-wrap.sh
@@ -40,8 +41,13 @@ one() { # name, peers.py args...
   for f in ab ba; do [ -f /tmp/pglab/$f.log ] && mv /tmp/pglab/$f.log "$OUT/$name.$f.log"; done
   if [ "$PERF" = 1 ] && [ -f "$OUT/$name.perf.data" ]; then
     # the A->B process that drained (the last one recorded: pause/resume restarts it)
-    perf report -i "$OUT/$name.perf.data" --no-children --sort dso,sym --stdio 2>/dev/null \
-      | grep -v '^$' | head -80 > "$OUT/$name.perf.txt" || true
+    { echo "samples (cpu-clock, 499 Hz => ~2 ms each): $(perf script -i "$OUT/$name.perf.data" -F comm 2>/dev/null | wc -l)"
+      perf report -i "$OUT/$name.perf.data" --no-children --sort dso,sym -g none --stdio 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -40
+      echo; echo "inclusive (children), top 40:"
+      perf report -i "$OUT/$name.perf.data" --children --sort sym -g none --stdio 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -40
+    } > "$OUT/$name.perf.txt" || true
   fi
 }
 
@@ -49,4 +55,13 @@ one catchup --only catchup --n "$N"
 for b in $BULKS; do
   one "bulk$b" --only bulk --bulk-txns "${b%x*}" --bulk-rows "${b#*x}"
 done
+# CPU seconds per process while each scenario ran (pgmesh A->B: see the perf sample counts)
+for f in "$OUT"/*.procs.json; do
+  echo "== $(basename "$f" .procs.json)"
+  python3 - "$f" <<'PY'
+import json, sys
+for p in json.load(open(sys.argv[1]))[:8]:
+    print(f"{p['cpu_s']:6.2f} s  {p['hwm_kb'] // 1024:4d} MB  {p['kind']:8s} {p['node'] or '-':2s} {(p['role'] or p['cmd'])[:80]}")
+PY
+done | tee "$OUT/cpu.txt"
 echo "profile: results in $OUT" >&2
