@@ -132,7 +132,8 @@ def cell(r, scen, key):
     if s is None:
         return "–"
     if "error" in s:
-        return "FAILED"
+        e = s["error"]
+        return "no: timed out (" + e + ")" if "never arrived" in e else "FAILED: " + e[:80]
     if key == "converged":
         return "yes" if s["converged"] else f"NO ({s['rows_differing']} rows differ)"
     return fmt(s.get(key, "?"))
