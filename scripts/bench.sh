@@ -12,7 +12,7 @@
 #   BENCH_BULK_TXNS/ROWS  bulk: txns x rows per txn (default 3 x 100000)
 #   BENCH_CONVERGE_N      converge: hot-key upsert txns over both nodes (default 20000)
 #   BENCH_BULK_BIG        rows of the one-big-transaction bulk run, 0 = skip (default 1000000)
-#   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18")
+#   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18"; "" = none)
 #   BENCH_SKIP            space-separated subset of "decoder decode_only" to skip
 #   BENCH_OUT             result file (default bench/results/<date>.json)
 set -euo pipefail
@@ -36,7 +36,7 @@ BULK_TXNS=${BENCH_BULK_TXNS:-3}
 BULK_ROWS=${BENCH_BULK_ROWS:-100000}
 CONVERGE_N=${BENCH_CONVERGE_N:-20000}
 BULK_BIG=${BENCH_BULK_BIG:-1000000}
-PEERS=${BENCH_PEERS:-native18 pglogical15 pgmesh15 pgmesh18}
+PEERS=${BENCH_PEERS-native18 pglogical15 pgmesh15 pgmesh18}  # empty: none
 SKIP=${BENCH_SKIP:-}
 DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
 OUT=${BENCH_OUT:-bench/results/$DATE.json}
