@@ -148,12 +148,13 @@ def ratio(a, b, scen, key):
 
 def table(out):
     res = load(out)
-    names = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18") if n in res]
+    names = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18")
+             if n in res or n + "_bigtxn" in res]
     print("| run | PG | catch-up txn/s | bulk rows/s | bulk, one big txn, rows/s | converge | "
           "pgmesh A->B CPU s (catch-up drain / bulk+converge / big txn) | pgmesh peak RSS MB (big txn) | machine busy % |")
     print("|---|---|---:|---:|---:|---|---|---:|---:|")
     for n in names:
-        r, big = res[n], res.get(n + "_bigtxn", {})
+        r, big = res.get(n, {}), res.get(n + "_bigtxn", {})
         procs = [p for p in r.get("pgmesh_procs", []) if p["role"].endswith("b")]
         bprocs = [p for p in big.get("pgmesh_procs", []) if p["role"].endswith("b")]
         cpus = [str(p["cpu_s"]) for p in procs[1:]] + [str(p["cpu_s"]) for p in bprocs[1:]]
@@ -174,6 +175,19 @@ def table(out):
                 print(f"| {m} / {base} | {ratio(res[m], res[base], 'catchup', 'txn_per_s')} | "
                       f"{ratio(res[m], res[base], 'bulk', 'rows_per_s')} | "
                       f"{ratio(res.get(m + '_bigtxn', {}), res.get(base + '_bigtxn', {}), 'bulk', 'rows_per_s')} |")
+    dur = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18") if n + "_durable" in res]
+    if dur:
+        print()
+        print("| durable (fsync, synchronous_commit, full_page_writes on) | catch-up txn/s | bulk rows/s |")
+        print("|---|---:|---:|")
+        for n in dur:
+            r = res[n + "_durable"]
+            print(f"| {n} | {cell(r, 'catchup', 'txn_per_s')} | {cell(r, 'bulk', 'rows_per_s')} |")
+        for m in ("pgmesh15", "pgmesh18"):
+            for base in ("native18", "pglogical15"):
+                if m in dur and base in dur:
+                    a, b = res[m + "_durable"], res[base + "_durable"]
+                    print(f"| ratio {m} / {base} | {ratio(a, b, 'catchup', 'txn_per_s')} | {ratio(a, b, 'bulk', 'rows_per_s')} |")
     if res.get("decoder"):
         print()
         print("| decoder group | bytes/iter | MB/s | Mmsg/s |")

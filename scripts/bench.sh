@@ -12,6 +12,9 @@
 #   BENCH_BULK_TXNS/ROWS  bulk: txns x rows per txn (default 3 x 100000)
 #   BENCH_CONVERGE_N      converge: hot-key upsert txns over both nodes (default 20000)
 #   BENCH_BULK_BIG        rows of the one-big-transaction bulk run, 0 = skip (default 1000000)
+#   BENCH_DURABLE         1 = also catch-up and bulk with fsync/synchronous_commit/full_page_writes
+#                         on (peers.py --durable), fresh clusters (default 0)
+#   BENCH_MAIN            0 = skip the main catchup/bulk/converge runs (default 1)
 #   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18"; "" = none)
 #   BENCH_SKIP            space-separated subset of "decoder decode_only" to skip
 #   BENCH_OUT             result file (default bench/results/<date>.json)
@@ -36,6 +39,8 @@ BULK_TXNS=${BENCH_BULK_TXNS:-3}
 BULK_ROWS=${BENCH_BULK_ROWS:-100000}
 CONVERGE_N=${BENCH_CONVERGE_N:-20000}
 BULK_BIG=${BENCH_BULK_BIG:-1000000}
+DURABLE=${BENCH_DURABLE:-0}
+MAIN=${BENCH_MAIN:-1}
 PEERS=${BENCH_PEERS-native18 pglogical15 pgmesh15 pgmesh18}  # empty: none
 SKIP=${BENCH_SKIP:-}
 DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
@@ -98,7 +103,11 @@ run_peers() { # suffix
   done
 }
 
-run_peers ""
+[ "$MAIN" != 0 ] && run_peers ""
+if [ "$DURABLE" != 0 ]; then
+  SIZES=(--only catchup,bulk --durable --n "$N" --bulk-txns "$BULK_TXNS" --bulk-rows "$BULK_ROWS")
+  run_peers "_durable"
+fi
 if [ "$BULK_BIG" != 0 ]; then
   # One transaction of BULK_BIG rows (fresh clusters): bounded memory while it passes.
   SIZES=(--only bulk --bulk-txns 1 --bulk-rows "$BULK_BIG")
