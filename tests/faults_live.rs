@@ -128,3 +128,40 @@ fn dropped_slot_stops_the_direction_until_recreated() {
         m.stop_sidecars();
     }
 }
+
+#[test]
+fn missing_table_stops_the_direction_until_created() {
+    for major in versions_under_test() {
+        let mut m = Mesh::new(
+            major,
+            "CREATE TABLE items(id int PRIMARY KEY, v text)",
+            TABLES,
+        );
+        // A table published on a that b does not have.
+        m.a.cluster
+            .psql("CREATE TABLE other(id int PRIMARY KEY, v text); ALTER PUBLICATION pgmesh ADD TABLE other")
+            .unwrap();
+        m.start_sidecars();
+        m.a.cluster
+            .psql("BEGIN; INSERT INTO other VALUES (1, 'x'); INSERT INTO items VALUES (1, 'held'); COMMIT")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        // Nothing of that transaction is applied half: items waits with it.
+        assert_eq!(
+            m.b.cluster.psql("SELECT count(*) FROM items").unwrap(),
+            "0",
+            "PG{major}"
+        );
+        m.b.cluster
+            .psql("CREATE TABLE other(id int PRIMARY KEY, v text)")
+            .unwrap();
+        wait_for(
+            &m.b.cluster,
+            "SELECT v FROM items WHERE id = 1",
+            "held",
+            "the held transaction on b",
+        );
+        assert_eq!(m.b.cluster.psql("SELECT v FROM other").unwrap(), "x");
+        m.stop_sidecars();
+    }
+}
