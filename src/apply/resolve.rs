@@ -71,6 +71,16 @@ pub struct ApplyStats {
     pub conflicts: u64,
 }
 
+/// Outcome of deciding against the rows that hold an incoming row's unique values.
+enum Holders {
+    /// The incoming row won (losing holders deleted) or nothing holds the values: write it.
+    Cleared,
+    /// A holder won: the incoming row is not written.
+    LocalWins,
+    /// A holder came from the same peer: retry after the rest of the chunk.
+    SameOrigin,
+}
+
 /// What the resolver needs of its surroundings.
 pub struct Resolver<'a> {
     pub client: &'a Client,
@@ -439,9 +449,31 @@ impl Resolver<'_> {
                     self.client
                         .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_update")
                         .await?;
-                    for &one in &group {
-                        self.update_one_resolving_uniques(map, &cols, one, ledger, stats)
-                            .await?;
+                    // Row by row; rows blocked by a row of the same peer wait for the
+                    // others (a value handed from row to row inside the chunk), and the
+                    // last pass decides whatever is left by last-writer-wins.
+                    let mut pending = group;
+                    for pass in 0..3 {
+                        let mut deferred = Vec::new();
+                        for one in pending {
+                            if !self
+                                .update_one_resolving_uniques(
+                                    map,
+                                    &cols,
+                                    one,
+                                    ledger,
+                                    stats,
+                                    pass < 2,
+                                )
+                                .await?
+                            {
+                                deferred.push(one);
+                            }
+                        }
+                        if deferred.is_empty() {
+                            break;
+                        }
+                        pending = deferred;
                     }
                 }
                 Err(e) => return Err(e),
@@ -475,7 +507,8 @@ impl Resolver<'_> {
     }
 
     /// One update that violated another unique constraint: decide against the row that
-    /// holds the value, then retry or skip.
+    /// holds the value, then retry or skip. Returns false when deferred (a holder from the
+    /// same peer, with `defer_same_origin`).
     async fn update_one_resolving_uniques(
         &mut self,
         map: &TableMap,
@@ -483,7 +516,8 @@ impl Resolver<'_> {
         (key, row, p): (&Key, &Row, &Pending),
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
-    ) -> Result<(), ApplyError> {
+        defer_same_origin: bool,
+    ) -> Result<bool, ApplyError> {
         for attempt in 0..3 {
             self.client.batch_execute("SAVEPOINT pgmesh_row").await?;
             match self.update_group(map, cols, &[(key, row, p)]).await {
@@ -492,26 +526,36 @@ impl Resolver<'_> {
                         .batch_execute("RELEASE SAVEPOINT pgmesh_row")
                         .await?;
                     stats.updated += 1;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) if e.sqlstate() == Some("23505") && attempt < 2 => {
                     self.client
                         .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_row")
                         .await?;
-                    if !self
-                        .resolve_unique_holders(map, key, row, p, ledger, stats)
+                    match self
+                        .resolve_unique_holders(
+                            map,
+                            (key, row, p),
+                            ledger,
+                            stats,
+                            defer_same_origin,
+                        )
                         .await?
                     {
-                        // The updated row lost to the row holding its new value. The peer,
-                        // deciding the same two versions, deletes this row as the losing
-                        // holder; delete it here too so both nodes end alike.
-                        self.delete(map, &[key]).await?;
-                        self.write_tombstones(map, &[key]).await?;
-                        if let Some(last) = ledger.last_mut() {
-                            last.resolution = "remote_row_deleted";
+                        Holders::Cleared => {}
+                        Holders::SameOrigin => return Ok(false),
+                        Holders::LocalWins => {
+                            // The updated row lost to the row holding its new value. The
+                            // peer, deciding the same two versions, deletes this row as the
+                            // losing holder; delete it here too so both nodes end alike.
+                            self.delete(map, &[key]).await?;
+                            self.write_tombstones(map, &[key]).await?;
+                            if let Some(last) = ledger.last_mut() {
+                                last.resolution = "remote_row_deleted";
+                            }
+                            stats.deleted += 1;
+                            return Ok(true);
                         }
-                        stats.deleted += 1;
-                        return Ok(());
                     }
                 }
                 Err(e) => {
@@ -523,7 +567,7 @@ impl Resolver<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Inserts grouped by column set; rows skipped by `ON CONFLICT DO NOTHING` are
@@ -652,13 +696,12 @@ impl Resolver<'_> {
                 continue;
             }
             // Another row holds one of this row's unique values.
-            if self
-                .resolve_unique_holders(map, key, row, p, ledger, stats)
+            match self
+                .resolve_unique_holders(map, (key, row, p), ledger, stats, depth < 2)
                 .await?
             {
-                retry.push((key, row, p));
-            } else {
-                stats.skipped += 1;
+                Holders::Cleared | Holders::SameOrigin => retry.push((key, row, p)),
+                Holders::LocalWins => stats.skipped += 1,
             }
         }
         self.update(map, &updates, ledger, stats).await?;
@@ -666,17 +709,17 @@ impl Resolver<'_> {
     }
 
     /// Decides between the incoming row and each local row holding one of its unique
-    /// values. Returns whether the incoming row won against all of them (and the holders
-    /// were deleted), so it should be inserted.
+    /// values. With `defer_same_origin`, a holder last written by the same peer is not a
+    /// conflict but an ordering artifact of the chunk (the peer had both rows consistent):
+    /// the caller retries after the chunk's other rows.
     async fn resolve_unique_holders(
         &mut self,
         map: &TableMap,
-        key: &Key,
-        row: &Row,
-        p: &Pending,
+        (key, row, p): (&Key, &Row, &Pending),
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
-    ) -> Result<bool, ApplyError> {
+        defer_same_origin: bool,
+    ) -> Result<Holders, ApplyError> {
         let t = &map.local;
         let mut losers: Vec<Key> = Vec::new();
         for unique in &t.uniques {
@@ -707,6 +750,9 @@ impl Resolver<'_> {
                 let json: String = h.get(npk);
                 let ts = pg_ts(h.get(npk + 1));
                 let node = self.origins.node_of(h.get(npk + 2)).to_string();
+                if defer_same_origin && node == self.peer {
+                    return Ok(Holders::SameOrigin);
+                }
                 let remote = RemoteVersion {
                     op: RemoteOp::Insert,
                     commit_ts: p.commit_ts,
@@ -726,19 +772,19 @@ impl Resolver<'_> {
                 ));
                 stats.conflicts += 1;
                 if winner == Winner::Local {
-                    return Ok(false);
+                    return Ok(Holders::LocalWins);
                 }
                 losers.push(hkey);
             }
         }
         if losers.is_empty() {
             // Nothing holds its values any more (the holder went away meanwhile): retry.
-            return Ok(true);
+            return Ok(Holders::Cleared);
         }
         let refs: Vec<&Key> = losers.iter().collect();
         self.delete(map, &refs).await?;
         self.write_tombstones(map, &refs).await?;
         stats.deleted += refs.len() as u64;
-        Ok(true)
+        Ok(Holders::Cleared)
     }
 }
