@@ -43,10 +43,11 @@ impl Rng {
 }
 
 /// Whether the workload includes the table with two extra unique constraints.
-/// KNOWN ISSUE: under heavy concurrency that table can still end different on the two
-/// nodes (seen in about one run in ten); it stays out of the default run until fixed and is
-/// exercised with `PGMESH_RANDOM_UNIQUE=1`. Deterministic two-unique conflicts are covered
-/// by tests/conflicts_live.rs.
+/// KNOWN ISSUE (issue 4, open): with many concurrent writers that table can still end with
+/// a row different on the two nodes (rows handing unique values to each other across
+/// chunks); it stays out of the default run until fixed and is exercised with
+/// `PGMESH_RANDOM_UNIQUE=1`. Deterministic two-unique conflicts are covered by
+/// tests/conflicts_live.rs.
 fn with_unique_table() -> bool {
     std::env::var("PGMESH_RANDOM_UNIQUE").is_ok_and(|v| v == "1")
 }
@@ -113,13 +114,7 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-// KNOWN ISSUE (issue 4, open): about one seed in five still ends with one row different on
-// the two nodes under this concurrency (seen on kv after a hot-key race, and on uniq), so
-// the test does not gate CI until that is fixed. Run it with
-// `cargo test --test converge_random -- --ignored` (PGMESH_SEEDS, PGMESH_SOAK_OPS,
-// PGMESH_RANDOM_UNIQUE=1).
 #[test]
-#[ignore = "known rare divergence under concurrent hot-key writes; see the comment above"]
 fn random_concurrent_workloads_converge() {
     let seeds = env_num("PGMESH_SEEDS", 2);
     let ops = env_num("PGMESH_SOAK_OPS", 150) as usize;

@@ -35,11 +35,16 @@ fn names(prefix: &str, count: usize) -> String {
 #[must_use]
 pub fn select_rows(t: &LocalTable) -> String {
     let n = t.pk.len();
+    // The commit time and origin are computed in the target list, not in a LATERAL join:
+    // when FOR UPDATE waits for a concurrent local write, PostgreSQL re-evaluates the row
+    // (EvalPlanQual) with the new version of t but reuses a joined function's old output,
+    // which would pair the new row with the previous writer's time and origin.
     format!(
-        "SELECT u.ord, to_jsonb(t.*)::text, x.timestamp, x.roident \
+        "SELECT u.ord, to_jsonb(t.*)::text, \
+                (pg_xact_commit_timestamp_origin(t.xmin)).timestamp, \
+                (pg_xact_commit_timestamp_origin(t.xmin)).roident \
            FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
            JOIN {} t ON {} \
-           LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(t.xmin) x ON true \
           FOR UPDATE OF t",
         unnest_params(1, n),
         names("k", n),
@@ -214,9 +219,10 @@ pub fn select_unique_holder(t: &LocalTable, unique: &[usize]) -> String {
         .collect::<Vec<_>>()
         .join(" AND ");
     format!(
-        "SELECT {keys}, to_jsonb(t.*)::text, x.timestamp, x.roident FROM {} t \
-         LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(t.xmin) x ON true \
-         WHERE {cond} FOR UPDATE OF t",
+        "SELECT {keys}, to_jsonb(t.*)::text, \
+                (pg_xact_commit_timestamp_origin(t.xmin)).timestamp, \
+                (pg_xact_commit_timestamp_origin(t.xmin)).roident \
+           FROM {} t WHERE {cond} FOR UPDATE OF t",
         t.name
     )
 }
