@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use super::row::{Key, Val};
@@ -69,46 +68,9 @@ impl PeerReader {
         cols: &[usize],
         keys: &[&Key],
     ) -> Result<HashMap<usize, Vec<Val>>, ApplyError> {
-        let n = t.pk.len();
-        let select = cols
-            .iter()
-            .map(|&c| format!("t.{}::text", t.columns[c].quoted))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let join =
-            t.pk.iter()
-                .enumerate()
-                .map(|(i, &c)| {
-                    format!(
-                        "t.{} = u.k{i}::{}",
-                        t.columns[c].quoted, t.columns[c].type_sql
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" AND ");
-        let params_sql = (1..=n)
-            .map(|p| format!("${p}::text[]"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let aliases = (0..n)
-            .map(|i| format!("k{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT u.ord, {select} FROM unnest({params_sql}) WITH ORDINALITY AS u({aliases}, ord) \
-             JOIN {} t ON {join}",
-            t.name
-        );
-        let mut cols_params: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(keys.len()); n];
-        for k in keys {
-            for (c, v) in cols_params.iter_mut().zip(&k.0) {
-                c.push(std::str::from_utf8(v).ok());
-            }
-        }
-        let params: Vec<&(dyn ToSql + Sync)> = cols_params
-            .iter()
-            .map(|c| c as &(dyn ToSql + Sync))
-            .collect();
+        let sql = super::sql::select_columns(t, cols);
+        let key_cols = super::resolve::key_params(keys, t.pk.len())?;
+        let params = super::resolve::as_params(&key_cols);
         let client = self.client().await?;
         let rows = client.query(&sql, &params).await?;
         let mut out = HashMap::with_capacity(rows.len());

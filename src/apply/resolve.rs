@@ -103,7 +103,10 @@ fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
 }
 
 /// One text[] parameter per key column, for `keys`.
-fn key_params<'k>(keys: &[&'k Key], ncols: usize) -> Result<Vec<Vec<Option<&'k str>>>, ApplyError> {
+pub(super) fn key_params<'k>(
+    keys: &[&'k Key],
+    ncols: usize,
+) -> Result<Vec<Vec<Option<&'k str>>>, ApplyError> {
     let mut cols = vec![Vec::with_capacity(keys.len()); ncols];
     for k in keys {
         for (c, v) in cols.iter_mut().zip(&k.0) {
@@ -115,7 +118,7 @@ fn key_params<'k>(keys: &[&'k Key], ncols: usize) -> Result<Vec<Vec<Option<&'k s
     Ok(cols)
 }
 
-fn as_params<'p>(cols: &'p [Vec<Option<&str>>]) -> Vec<&'p (dyn ToSql + Sync)> {
+pub(super) fn as_params<'p>(cols: &'p [Vec<Option<&str>>]) -> Vec<&'p (dyn ToSql + Sync)> {
     cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
 }
 

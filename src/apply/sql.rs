@@ -53,6 +53,25 @@ pub fn select_rows(t: &LocalTable) -> String {
     )
 }
 
+/// Text values of `cols` for a list of keys (unlocked; used on the peer to complete
+/// partial images). Params: one `text[]` per key column. Columns: ord, then `cols`.
+#[must_use]
+pub fn select_columns(t: &LocalTable, cols: &[usize]) -> String {
+    let n = t.pk.len();
+    let select = cols
+        .iter()
+        .map(|&c| format!("t.{}::text", t.columns[c].quoted))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT u.ord, {select} FROM unnest({}) WITH ORDINALITY AS u({}, ord) JOIN {} t ON {}",
+        unnest_params(1, n),
+        names("k", n),
+        t.name,
+        key_join(t, "u", "k")
+    )
+}
+
 /// The canonical text array of a key, as tombstones store it.
 fn key_array(t: &LocalTable, alias: &str) -> String {
     let parts =
