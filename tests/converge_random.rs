@@ -18,6 +18,23 @@ CREATE TABLE kv(id int PRIMARY KEY, v text, n int);
 CREATE TABLE big(id int PRIMARY KEY, small int, doc text);
 CREATE TABLE uniq(id int PRIMARY KEY, email text UNIQUE, code int UNIQUE, v int);
 ";
+/// Every write to `uniq` on a node, local or applied, for the story of a divergence
+/// (not published: each node keeps its own).
+const AUDIT: &str = "
+CREATE TABLE audit(seq bigserial PRIMARY KEY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  applied bool NOT NULL, op text NOT NULL, old_row jsonb, new_row jsonb);
+CREATE FUNCTION audit_uniq() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  INSERT INTO audit(applied, op, old_row, new_row) VALUES (
+    current_setting('session_replication_role') = 'replica', TG_OP,
+    CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+    CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+  RETURN NULL;
+END $f$;
+CREATE TRIGGER audit_uniq AFTER INSERT OR UPDATE OR DELETE ON uniq
+  FOR EACH ROW EXECUTE FUNCTION audit_uniq();
+ALTER TABLE uniq ENABLE ALWAYS TRIGGER audit_uniq;
+";
 const TABLES: &[(&str, &[&str])] = &[
     ("public.kv", &["id"]),
     ("public.big", &["id"]),
@@ -121,7 +138,8 @@ fn random_concurrent_workloads_converge() {
     for major in versions_under_test() {
         for s in 0..seeds {
             let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(s + 1) ^ u64::from(major);
-            let mut m = Mesh::new(major, DDL, TABLES);
+            let ddl = format!("{DDL}{}", if with_unique_table() { AUDIT } else { "" });
+            let mut m = Mesh::new(major, &ddl, TABLES);
             m.start_sidecars();
             let (da, db) = (m.a.cluster.dsn(), m.b.cluster.dsn());
             m.rt.block_on(async {

@@ -235,7 +235,8 @@ impl Mesh {
                             let q = format!(
                                 "SELECT id, kind, key, winner, resolution, local_origin, \
                                  local_commit_ts, remote_commit_ts, left(remote_row::text, 80) \
-                                 FROM pgmesh.conflicts WHERE key->>'id' IN ({}) ORDER BY id",
+                                 FROM pgmesh.conflicts WHERE key->>'id' IN ({}) \
+                                 AND table_name = 'public.{t}' ORDER BY id",
                                 ids.join(",")
                             );
                             if let Ok(rows) = c.psql(&q) {
@@ -244,6 +245,7 @@ impl Mesh {
                                 }
                             }
                         }
+                        msg.push_str(&audit_story(self, t, &ids));
                     }
                 }
                 panic!("{msg}");
@@ -267,6 +269,49 @@ impl Drop for Mesh {
     fn drop(&mut self) {
         self.kill_sidecars();
     }
+}
+
+/// When the test keeps an `audit` table of `table`'s writes (see converge_random.rs): every
+/// write on either node, in commit-time order, that touched the keys `ids` or any unique
+/// value those rows ever held.
+fn audit_story(m: &Mesh, table: &str, ids: &[String]) -> String {
+    let exists = m
+        .a
+        .cluster
+        .psql("SELECT to_regclass('public.audit') IS NOT NULL")
+        .unwrap_or_default();
+    if exists != "t" || ids.is_empty() || table != "uniq" {
+        return String::new();
+    }
+    let rows_of = |c: &Cluster| {
+        c.psql(&format!(
+            "WITH a AS (SELECT seq, applied, op, old_row, new_row,
+                    pg_xact_commit_timestamp(xid::text::xid) AS ts, xid FROM audit),
+                  touched AS (SELECT coalesce(new_row, old_row) AS r FROM a
+                    WHERE coalesce(new_row->>'id', old_row->>'id') IN ({ids})
+                       OR old_row->>'id' IN ({ids})),
+                  vals AS (SELECT r->>'email' AS email, r->>'code' AS code FROM touched
+                    UNION SELECT old_row->>'email', old_row->>'code' FROM a
+                    WHERE old_row->>'id' IN ({ids}))
+             SELECT to_char(ts, 'MI:SS.US'), xid, seq, CASE WHEN applied THEN 'APPLIED' ELSE 'local' END,
+                    op, old_row::text, new_row::text FROM a
+              WHERE coalesce(new_row->>'id', old_row->>'id') IN ({ids}) OR old_row->>'id' IN ({ids})
+                 OR coalesce(new_row->>'email', '') IN (SELECT email FROM vals)
+                 OR coalesce(new_row->>'code', '') IN (SELECT code FROM vals)
+                 OR coalesce(old_row->>'email', '') IN (SELECT email FROM vals)
+                 OR coalesce(old_row->>'code', '') IN (SELECT code FROM vals)
+              ORDER BY ts, seq",
+            ids = ids.join(",")
+        ))
+        .unwrap_or_else(|e| format!("<audit error {e}>"))
+    };
+    let mut out = format!("  audit of {table} (commit time, xid, seq, how, op, old, new):\n");
+    for (n, c) in [("a", &m.a.cluster), ("b", &m.b.cluster)] {
+        for l in rows_of(c).lines() {
+            out.push_str(&format!("  {n}: {l}\n"));
+        }
+    }
+    out
 }
 
 /// A table's rows in key order, as one comparable string.
