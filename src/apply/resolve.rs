@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use super::kill::{Kill, Version};
 use super::ledger::{record, ConflictRecord};
 use super::row::{Key, Row, Val};
 use super::sql;
@@ -75,8 +76,8 @@ pub struct ApplyStats {
 enum Holders {
     /// The incoming row won (losing holders deleted) or nothing holds the values: write it.
     Cleared,
-    /// A holder won: the incoming row is not written.
-    LocalWins,
+    /// A holder won (this version): the incoming row is not written.
+    LocalWins(Version),
     /// A holder came from the same peer: retry after the rest of the chunk.
     SameOrigin,
 }
@@ -90,15 +91,17 @@ pub struct Resolver<'a> {
     pub peer: &'a str,
     /// SQL access to the peer, for values pgoutput leaves out (unchanged TOAST).
     pub peer_reader: &'a mut super::peer_read::PeerReader,
+    /// Rows removed by unique-constraint decisions, for the peer (see [`super::kill`]).
+    pub kills: &'a mut Vec<Kill>,
 }
 
-struct LocalRow {
-    json: String,
-    ts: Option<PgTimestamp>,
-    roident: Option<u32>,
+pub(super) struct LocalRow {
+    pub(super) json: String,
+    pub(super) ts: Option<PgTimestamp>,
+    pub(super) roident: Option<u32>,
 }
 
-fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
+pub(super) fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
     t.and_then(PgTimestamp::from_system_time)
 }
 
@@ -156,12 +159,11 @@ impl Resolver<'_> {
         Ok(())
     }
 
-    async fn local_rows(
+    pub(super) async fn local_rows(
         &mut self,
-        map: &TableMap,
+        t: &LocalTable,
         keys: &[&Key],
     ) -> Result<HashMap<usize, LocalRow>, ApplyError> {
-        let t = &map.local;
         let params = key_params(keys, t.pk.len())?;
         let stmt = self
             .statements
@@ -183,16 +185,15 @@ impl Resolver<'_> {
         Ok(out)
     }
 
-    async fn tombstones(
+    pub(super) async fn tombstones(
         &mut self,
-        map: &TableMap,
+        t: &LocalTable,
         keys: &[&Key],
-    ) -> Result<HashMap<usize, (Option<PgTimestamp>, Option<u32>)>, ApplyError> {
+    ) -> Result<HashMap<usize, (Option<PgTimestamp>, String)>, ApplyError> {
         let mut out = HashMap::new();
         if keys.is_empty() {
             return Ok(out);
         }
-        let t = &map.local;
         let cols = key_params(keys, t.pk.len())?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
         params.extend(as_params(&cols));
@@ -202,15 +203,17 @@ impl Resolver<'_> {
             .await?;
         for r in self.client.query(&stmt, &params).await? {
             let ord: i64 = r.get(0);
-            let found: (Option<PgTimestamp>, Option<u32>) = (pg_ts(r.get(1)), r.get(2));
+            let decided: Option<String> = r.get(3);
+            let node = decided.unwrap_or_else(|| self.origins.node_of(r.get(2)).to_string());
+            let found = (pg_ts(r.get(1)), node);
             // A key tombstone and a whole-table one: the later delete is the one that counts.
-            out.entry(usize::try_from(ord - 1).unwrap_or(usize::MAX))
-                .and_modify(|have: &mut (Option<PgTimestamp>, Option<u32>)| {
-                    if found.0 > have.0 {
-                        *have = found;
-                    }
-                })
-                .or_insert(found);
+            let slot = usize::try_from(ord - 1).unwrap_or(usize::MAX);
+            match out.get(&slot) {
+                Some(have) if have.0 >= found.0 => {}
+                _ => {
+                    out.insert(slot, found);
+                }
+            }
         }
         Ok(out)
     }
@@ -224,10 +227,10 @@ impl Resolver<'_> {
         let map = &*tc.map;
         let t = &map.local;
         let keys: Vec<&Key> = tc.order.iter().collect();
-        let rows = self.local_rows(map, &keys).await?;
+        let rows = self.local_rows(&map.local, &keys).await?;
         let missing: Vec<usize> = (0..keys.len()).filter(|i| !rows.contains_key(i)).collect();
         let missing_keys: Vec<&Key> = missing.iter().map(|&i| keys[i]).collect();
-        let tomb_sub = self.tombstones(map, &missing_keys).await?;
+        let tomb_sub = self.tombstones(&map.local, &missing_keys).await?;
         let tombs: HashMap<usize, _> = tomb_sub.into_iter().map(|(j, v)| (missing[j], v)).collect();
 
         let mut deletes: Vec<&Key> = Vec::new();
@@ -244,9 +247,9 @@ impl Resolver<'_> {
                     commit_ts: r.ts,
                     node: self.origins.node_of(r.roident),
                 },
-                (None, Some((ts, ro))) => LocalVersion::Deleted {
+                (None, Some((ts, node))) => LocalVersion::Deleted {
                     commit_ts: *ts,
-                    node: self.origins.node_of(*ro),
+                    node,
                 },
                 (None, None) => LocalVersion::Absent,
             };
@@ -274,7 +277,7 @@ impl Resolver<'_> {
                     .or_else(|| {
                         tombs
                             .get(&i)
-                            .map(|(ts, ro)| (None, *ts, self.origins.node_of(*ro).to_string()))
+                            .map(|(ts, node)| (None, *ts, node.clone()))
                     });
                 ledger.push(record(
                     kind,
@@ -326,7 +329,7 @@ impl Resolver<'_> {
                 _ => updates.extend(p.row.as_ref().map(|r| (*key, r, *p))),
             }
         }
-        self.delete(map, &deletes).await?;
+        self.delete(&map.local, &deletes).await?;
         stats.deleted += deletes.len() as u64;
         self.write_tombstones(map, &tomb_keys).await?;
         self.update(map, &updates, ledger, stats).await?;
@@ -381,14 +384,14 @@ impl Resolver<'_> {
         Ok(out)
     }
 
-    async fn delete(&mut self, map: &TableMap, keys: &[&Key]) -> Result<(), ApplyError> {
+    pub(super) async fn delete(&mut self, t: &LocalTable, keys: &[&Key]) -> Result<(), ApplyError> {
         if keys.is_empty() {
             return Ok(());
         }
-        let params = key_params(keys, map.local.pk.len())?;
+        let params = key_params(keys, t.pk.len())?;
         let stmt = self
             .statements
-            .get(self.client, &sql::delete_rows(&map.local))
+            .get(self.client, &sql::delete_rows(t))
             .await?;
         self.client.execute(&stmt, &as_params(&params)).await?;
         Ok(())
@@ -547,12 +550,13 @@ impl Resolver<'_> {
                     {
                         Holders::Cleared => {}
                         Holders::SameOrigin => return Ok(false),
-                        Holders::LocalWins => {
-                            // The updated row lost to the row holding its new value. The
-                            // peer, deciding the same two versions, deletes this row as the
-                            // losing holder; delete it here too so both nodes end alike.
-                            self.delete(map, &[key]).await?;
-                            self.write_tombstones(map, &[key]).await?;
+                        Holders::LocalWins(winner) => {
+                            // The updated row lost to the row holding its new value: it is
+                            // removed here, and the peer (which has the newer image) is
+                            // told so it removes it too.
+                            self.delete(&map.local, &[key]).await?;
+                            let loser = Version::new(Some(p.commit_ts), self.peer);
+                            self.decided_removal(&map.local, key, loser, &winner).await?;
                             if let Some(last) = ledger.last_mut() {
                                 last.resolution = "remote_row_deleted";
                             }
@@ -659,7 +663,7 @@ impl Resolver<'_> {
     ) -> Result<(), ApplyError> {
         let t = &map.local;
         let keys: Vec<&Key> = not_inserted.iter().map(|&i| rows[i].0).collect();
-        let now_there = self.local_rows(map, &keys).await?;
+        let now_there = self.local_rows(&map.local, &keys).await?;
         let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
         let mut retry: Vec<(&Key, &Row, &Pending)> = Vec::new();
         for (j, &i) in not_inserted.iter().enumerate() {
@@ -704,7 +708,12 @@ impl Resolver<'_> {
                 .await?
             {
                 Holders::Cleared | Holders::SameOrigin => retry.push((key, row, p)),
-                Holders::LocalWins => stats.skipped += 1,
+                Holders::LocalWins(winner) => {
+                    // Never written here; the peer has it and is told to remove it.
+                    let loser = Version::new(Some(p.commit_ts), self.peer);
+                    self.decided_removal(t, key, loser, &winner).await?;
+                    stats.skipped += 1;
+                }
             }
         }
         self.update(map, &updates, ledger, stats).await?;
@@ -724,7 +733,7 @@ impl Resolver<'_> {
         defer_same_origin: bool,
     ) -> Result<Holders, ApplyError> {
         let t = &map.local;
-        let mut losers: Vec<Key> = Vec::new();
+        let mut losers: Vec<(Key, Version)> = Vec::new();
         for unique in &t.uniques {
             let mut vals: Vec<&str> = Vec::with_capacity(unique.len());
             for &c in unique {
@@ -762,6 +771,7 @@ impl Resolver<'_> {
                     node: self.peer,
                 };
                 let winner = newer(ts, &node, &remote);
+                let holder = Version::new(ts, &node);
                 ledger.push(record(
                     ConflictKind::UniqueExists,
                     winner,
@@ -775,19 +785,71 @@ impl Resolver<'_> {
                 ));
                 stats.conflicts += 1;
                 if winner == Winner::Local {
-                    return Ok(Holders::LocalWins);
+                    return Ok(Holders::LocalWins(holder));
                 }
-                losers.push(hkey);
+                losers.push((hkey, holder));
             }
         }
         if losers.is_empty() {
             // Nothing holds its values any more (the holder went away meanwhile): retry.
             return Ok(Holders::Cleared);
         }
-        let refs: Vec<&Key> = losers.iter().collect();
-        self.delete(map, &refs).await?;
-        self.write_tombstones(map, &refs).await?;
+        let refs: Vec<&Key> = losers.iter().map(|(k, _)| k).collect();
+        self.delete(&map.local, &refs).await?;
         stats.deleted += refs.len() as u64;
+        let winner = Version::new(Some(p.commit_ts), self.peer);
+        for (k, holder) in losers {
+            self.decided_removal(t, &k, holder, &winner).await?;
+        }
         Ok(Holders::Cleared)
     }
+
+    /// Records that `key` lost a unique-constraint decision to `winner`: a tombstone dated
+    /// by the winning write, and a kill for the peer. The row itself is already gone (or
+    /// was never written).
+    async fn decided_removal(
+        &mut self,
+        t: &LocalTable,
+        key: &Key,
+        loser: Version,
+        winner: &Version,
+    ) -> Result<(), ApplyError> {
+        write_decided_tombstone(self.client, self.statements, t, key, winner).await?;
+        let mut texts = Vec::with_capacity(key.0.len());
+        for b in &key.0 {
+            texts.push(
+                std::str::from_utf8(b)
+                    .map_err(|_| ApplyError::Protocol("key value is not valid UTF-8".into()))?
+                    .to_string(),
+            );
+        }
+        self.kills.push(Kill {
+            schema: t.schema.clone(),
+            table: t.relname.clone(),
+            key: texts,
+            loser,
+            winner: winner.clone(),
+            decider: self.origins.local_node.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// Upserts the tombstone of `key` dated by `winner` (a unique-constraint decision).
+pub(super) async fn write_decided_tombstone(
+    client: &Client,
+    statements: &mut Statements,
+    t: &LocalTable,
+    key: &Key,
+    winner: &Version,
+) -> Result<(), ApplyError> {
+    let cols = key_params(&[key], t.pk.len())?;
+    let ts = winner.timestamp().map(crate::apply::ledger::ts_text);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name, &ts, &winner.node];
+    params.extend(as_params(&cols));
+    let stmt = statements
+        .get(client, &sql::upsert_decided_tombstones(t))
+        .await?;
+    client.execute(&stmt, &params).await?;
+    Ok(())
 }

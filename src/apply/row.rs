@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::table::TableMap;
+use super::table::{LocalTable, TableMap};
 use super::ApplyError;
 use crate::protocol::pgoutput::{Column, Tuple};
 
@@ -137,10 +137,16 @@ impl Key {
     /// `{"col": "value"}` for the ledger.
     #[must_use]
     pub fn to_json(&self, map: &TableMap) -> serde_json::Value {
+        self.to_json_in(&map.local)
+    }
+
+    /// `{"col": "value"}` with the names of `table`'s key columns.
+    #[must_use]
+    pub fn to_json_in(&self, table: &LocalTable) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        for (b, &i) in self.0.iter().zip(&map.local.pk) {
+        for (b, &i) in self.0.iter().zip(&table.pk) {
             m.insert(
-                map.local.columns[i].name.clone(),
+                table.columns[i].name.clone(),
                 serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
             );
         }

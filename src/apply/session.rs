@@ -8,10 +8,11 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls};
 
+use super::kill::{Kill, KILL_PREFIX};
 use super::ledger::ConflictRecord;
 use super::peer_read::PeerReader;
 use super::resolve::{ApplyStats, Origins, Resolver, Statements};
-use super::sql::INSERT_CONFLICTS;
+use super::sql::{FLUSH_OUTBOX, INSERT_CONFLICTS, INSERT_OUTBOX};
 use super::table::LocalTable;
 use super::ApplyError;
 use crate::batch::Chunk;
@@ -37,6 +38,8 @@ pub struct ApplySession {
     origin_name: String,
     peer: String,
     in_txn: bool,
+    /// The open transaction queued messages for the peer (sent after it commits).
+    outbox_pending: bool,
     tables: HashMap<(String, String), std::sync::Arc<LocalTable>>,
     conn_task: tokio::task::JoinHandle<()>,
     peer_reader: PeerReader,
@@ -65,6 +68,8 @@ impl ApplySession {
             }
         });
         client.batch_execute(SESSION_SETUP).await?;
+        // Decisions a killed predecessor committed but did not get to send.
+        flush_outbox(&client).await?;
         let origin_name = format!("pgmesh_{peer}");
         client
             .query(
@@ -82,6 +87,7 @@ impl ApplySession {
             origin_name,
             peer: peer.to_string(),
             in_txn: false,
+            outbox_pending: false,
             tables: HashMap::new(),
             conn_task,
             peer_reader: PeerReader::new(peer_sql.clone()),
@@ -171,12 +177,14 @@ impl ApplySession {
         self.begin().await?;
         let mut ledger: Vec<ConflictRecord> = Vec::new();
         let mut stats = ApplyStats::default();
+        let mut kills: Vec<Kill> = Vec::new();
         let mut resolver = Resolver {
             client: &self.client,
             statements: &mut self.statements,
             origins: &self.origins,
             peer: &self.peer,
             peer_reader: &mut self.peer_reader,
+            kills: &mut kills,
         };
         let result = resolver.apply(chunk, &mut ledger, &mut stats).await;
         if let Err(ApplyError::Db(_)) = &result {
@@ -186,7 +194,44 @@ impl ApplySession {
         }
         result?;
         self.write_ledger(&ledger).await?;
+        self.queue_kills(&kills).await?;
         Ok(stats)
+    }
+
+    /// Applies a peer's unique-constraint decision (a `pgmesh.kill` message read at
+    /// `lsn`) inside the open transaction.
+    pub async fn apply_kill(&mut self, kill: &Kill, lsn: Lsn) -> Result<ApplyStats, ApplyError> {
+        self.begin().await?;
+        let table = self.local_table(&kill.schema, &kill.table).await?;
+        let mut ledger: Vec<ConflictRecord> = Vec::new();
+        let mut stats = ApplyStats::default();
+        let mut kills: Vec<Kill> = Vec::new();
+        let mut resolver = Resolver {
+            client: &self.client,
+            statements: &mut self.statements,
+            origins: &self.origins,
+            peer: &self.peer,
+            peer_reader: &mut self.peer_reader,
+            kills: &mut kills,
+        };
+        resolver
+            .apply_kill(&table, kill, lsn, &mut ledger, &mut stats)
+            .await?;
+        self.write_ledger(&ledger).await?;
+        Ok(stats)
+    }
+
+    /// Queues this transaction's unique-constraint decisions for the peer.
+    async fn queue_kills(&mut self, kills: &[Kill]) -> Result<(), ApplyError> {
+        if kills.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(kills)
+            .map_err(|e| ApplyError::Protocol(format!("kill encoding: {e}")))?;
+        let stmt = self.statements.get(&self.client, INSERT_OUTBOX).await?;
+        self.client.execute(&stmt, &[&KILL_PREFIX, &json]).await?;
+        self.outbox_pending = true;
+        Ok(())
     }
 
     /// Writes ledger records in the open transaction.
@@ -245,6 +290,20 @@ impl ApplySession {
         );
         self.client.batch_execute(&sql).await?;
         self.in_txn = false;
+        if std::mem::take(&mut self.outbox_pending) {
+            // Sent from a transaction without the peer's origin, so it reaches the peer;
+            // if this fails the rows stay queued and the next session sends them.
+            self.client
+                .batch_execute("SELECT pg_replication_origin_session_reset()")
+                .await?;
+            flush_outbox(&self.client).await?;
+            self.client
+                .query(
+                    "SELECT pg_replication_origin_session_setup($1)",
+                    &[&self.origin_name],
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -253,8 +312,27 @@ impl ApplySession {
     pub async fn rollback(&mut self) -> Result<(), ApplyError> {
         if self.in_txn {
             self.in_txn = false;
+            self.outbox_pending = false;
             self.client.batch_execute("ROLLBACK").await?;
         }
         Ok(())
     }
+}
+
+/// Sends every queued message to the peer (see migrations/V2), in a transaction of its
+/// own; the session must have no replication origin set up.
+async fn flush_outbox(client: &Client) -> Result<u64, ApplyError> {
+    client.batch_execute("BEGIN").await?;
+    let sent = match client.query_one(FLUSH_OUTBOX, &[]).await {
+        Ok(row) => row.get::<_, i64>(0),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+    };
+    client.batch_execute("COMMIT").await?;
+    if sent > 0 {
+        tracing::debug!(sent, "unique-constraint decisions sent to the peer");
+    }
+    Ok(u64::try_from(sent).unwrap_or(0))
 }

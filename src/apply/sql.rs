@@ -85,12 +85,15 @@ fn key_array(t: &LocalTable, alias: &str) -> String {
 
 /// Tombstones for a list of keys, with the delete's commit time and origin; a whole-table
 /// tombstone (key `{}`, left by TRUNCATE) matches every key, so a key can have two rows.
-/// Params: $1 table name, then one `text[]` per key column. Columns: ord, ts, roident.
+/// A tombstone left by a unique-constraint decision carries its version explicitly
+/// (`decided_ts`, `decided_node`); others take it from the tombstone row's xmin.
+/// Params: $1 table name, then one `text[]` per key column. Columns: ord, ts, roident,
+/// decided node (NULL unless decided).
 #[must_use]
 pub fn select_tombstones(t: &LocalTable) -> String {
     let n = t.pk.len();
     format!(
-        "SELECT u.ord, x.timestamp, x.roident \
+        "SELECT u.ord, coalesce(tb.decided_ts, x.timestamp), x.roident, tb.decided_node \
            FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
            JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key IN ({}, '{{}}') \
            LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
@@ -108,12 +111,40 @@ pub fn upsert_tombstones(t: &LocalTable) -> String {
     format!(
         "INSERT INTO pgmesh.tombstones (table_name, key) \
          SELECT $1, {} FROM unnest({}) AS u({}) \
-         ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now()",
+         ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL",
         key_array(t, "u"),
         unnest_params(2, n),
         names("k", n)
     )
 }
+
+/// Tombstones of rows removed by a unique-constraint decision, dated by the winning
+/// write. Params: $1 table name, $2 winner's commit time (text), $3 winner's node, then
+/// key columns.
+#[must_use]
+pub fn upsert_decided_tombstones(t: &LocalTable) -> String {
+    let n = t.pk.len();
+    format!(
+        "INSERT INTO pgmesh.tombstones (table_name, key, decided_ts, decided_node) \
+         SELECT $1, {}, $2::text::timestamptz, $3 FROM unnest({}) AS u({}) \
+         ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), \
+           decided_ts = excluded.decided_ts, decided_node = excluded.decided_node",
+        key_array(t, "u"),
+        unnest_params(4, n),
+        names("k", n)
+    )
+}
+
+/// Queues messages for the peer (see migrations/V2). Params: $1 prefix, $2 JSON array of
+/// bodies (text).
+pub const INSERT_OUTBOX: &str = "INSERT INTO pgmesh.outbox (prefix, body) \
+    SELECT $1, b FROM jsonb_array_elements($2::text::jsonb) b";
+
+/// Moves every queued message into the WAL as a transactional logical message, in queue
+/// order, and returns how many. Run in a transaction without a replication origin.
+pub const FLUSH_OUTBOX: &str = "WITH m AS (DELETE FROM pgmesh.outbox RETURNING id, prefix, body) \
+    SELECT count(pg_logical_emit_message(true, prefix, body::text)) \
+      FROM (SELECT * FROM m ORDER BY id) o";
 
 /// A remote TRUNCATE, last-writer-wins: removes the rows written before the truncate
 /// committed (or whose time is unknown); rows written here later survive and reach the
@@ -130,7 +161,7 @@ pub fn truncate_older(t: &LocalTable) -> String {
 
 /// The whole-table tombstone a TRUNCATE leaves (key `{}`). Param: $1 table name.
 pub const UPSERT_TABLE_TOMBSTONE: &str = "INSERT INTO pgmesh.tombstones (table_name, key) \
-    VALUES ($1, '{}') ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now()";
+    VALUES ($1, '{}') ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL";
 
 /// Deletes rows by key. Params: key columns.
 #[must_use]
@@ -271,6 +302,8 @@ mod tests {
         };
         LocalTable {
             name: "public.t".into(),
+            schema: "public".into(),
+            relname: "t".into(),
             columns: vec![
                 col("id", "bigint"),
                 col("body", "text"),

@@ -24,6 +24,9 @@ pub struct LocalTable {
     /// `schema.table`, each part quoted where needed: the name used in SQL, in the
     /// ledger and in tombstones.
     pub name: String,
+    /// The schema and table names as they are (unquoted), to find the table again.
+    pub schema: String,
+    pub relname: String,
     pub columns: Vec<LocalColumn>,
     /// Indices into `columns` of the primary key, in key order.
     pub pk: Vec<usize>,
@@ -106,6 +109,8 @@ impl LocalTable {
         }
         Ok(LocalTable {
             name,
+            schema: schema.to_string(),
+            relname: table.to_string(),
             columns,
             pk,
             uniques,

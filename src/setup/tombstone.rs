@@ -57,7 +57,7 @@ pub fn function_body(t: &TableFacts) -> String {
         .map(|c| format!("OLD.{}", quote_ident(c)))
         .collect();
     format!(
-        "\nBEGIN\n  IF TG_OP = 'TRUNCATE' THEN\n    INSERT INTO pgmesh.tombstones (table_name, key)\n    VALUES ({2}, '{{}}'::text[])\n    ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n    RETURN NULL;\n  END IF;\n  IF TG_OP = 'UPDATE' AND ROW({}) IS NOT DISTINCT FROM ROW({}) THEN\n    RETURN NULL;\n  END IF;\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();\n  RETURN NULL;\nEND\n",
+        "\nBEGIN\n  IF TG_OP = 'TRUNCATE' THEN\n    INSERT INTO pgmesh.tombstones (table_name, key)\n    VALUES ({2}, '{{}}'::text[])\n    ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;\n    RETURN NULL;\n  END IF;\n  IF TG_OP = 'UPDATE' AND ROW({}) IS NOT DISTINCT FROM ROW({}) THEN\n    RETURN NULL;\n  END IF;\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;\n  RETURN NULL;\nEND\n",
         old_key.join(", "),
         new_key.join(", "),
         quote_literal(&t.qualified()),

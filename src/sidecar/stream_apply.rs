@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio::sync::watch;
 
 use super::link::{PeerLink, SidecarError};
+use crate::apply::kill::{Kill, KILL_PREFIX};
 use crate::apply::ledger::ConflictRecord;
 use crate::apply::row::Row;
 use crate::apply::table::TableMap;
@@ -57,6 +58,8 @@ struct OpenTxn {
     commit_ts: PgTimestamp,
     /// Already applied before (resent after a reconnect): read past it.
     skip: bool,
+    /// It wrote a table with unique constraints besides the key.
+    touches_uniques: bool,
 }
 
 struct Direction<'l> {
@@ -91,6 +94,8 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
         OutputPlugin::Pgoutput(PgoutputOptions {
             publications: vec![link.publication.clone()],
             origin_none: true,
+            // Unique-constraint decisions of the peer's sidecar (apply::kill).
+            messages: true,
             ..PgoutputOptions::default()
         }),
     );
@@ -203,6 +208,7 @@ impl Direction<'_> {
                     commit_lsn: b.final_lsn,
                     commit_ts: b.commit_time,
                     skip,
+                    touches_uniques: false,
                 });
             }
             Message::Relation(r) => {
@@ -220,7 +226,12 @@ impl Direction<'_> {
                 self.pending_commit = Some((c.end_lsn, c.commit_time));
                 let started = *self.batch_started.get_or_insert_with(Instant::now);
                 let l = &self.link.limits;
-                if self.chunk.rows() >= l.max_rows
+                // Rows keep the downstream commit's time, which is the last upstream
+                // commit of the batch. Rows of tables with other unique constraints are
+                // compared with *other* rows' times (which row holds a value), so they
+                // must keep their own: such a transaction ends its batch.
+                if open.is_some_and(|o| o.touches_uniques)
+                    || self.chunk.rows() >= l.max_rows
                     || self.chunk.bytes() >= l.max_bytes
                     || started.elapsed() >= l.max_delay
                 {
@@ -305,8 +316,23 @@ impl Direction<'_> {
                     self.apply.write_ledger(&[record]).await?;
                 }
             }
-            // Types are mapped by name on the local side; messages and two-phase are not
-            // requested on apply streams.
+            Message::Message(m) if m.prefix == KILL_PREFIX && m.transactional() => {
+                if origin_dropped || self.open.as_ref().is_none_or(|o| o.skip) {
+                    return Ok(());
+                }
+                let kill = Kill::parse(&m.content).map_err(|e| {
+                    ApplyError::Protocol(format!(
+                        "unreadable unique-constraint decision from {} at {}: {e}",
+                        self.link.peer, m.lsn
+                    ))
+                })?;
+                // In stream order: what came before it is written first.
+                self.flush_chunk().await?;
+                let stats = self.apply.apply_kill(&kill, m.lsn).await?;
+                tracing::debug!(peer = %self.link.peer, ?kill, ?stats, "applied a peer's unique-constraint decision");
+            }
+            // Types are mapped by name on the local side; other messages belong to
+            // applications; two-phase is not requested on apply streams.
             _ => {}
         }
         Ok(())
@@ -318,7 +344,7 @@ impl Direction<'_> {
         &mut self,
         oid: Oid,
     ) -> Result<Option<(Arc<TableMap>, PgTimestamp, Lsn)>, SidecarError> {
-        let Some(open) = self.open.as_ref() else {
+        let Some(open) = self.open.as_mut() else {
             return Err(ApplyError::Protocol("row change outside a transaction".into()).into());
         };
         if open.skip {
@@ -326,6 +352,7 @@ impl Direction<'_> {
         }
         let (ts, lsn) = (open.commit_ts, open.commit_lsn);
         if let Some(m) = self.maps.get(&oid) {
+            open.touches_uniques |= !m.local.uniques.is_empty();
             return Ok(Some((m.clone(), ts, lsn)));
         }
         let rel = self.relations.get(&oid).ok_or_else(|| {
@@ -336,6 +363,9 @@ impl Direction<'_> {
         let local = self.apply.local_table(rel.schema(), &rel.name).await?;
         let map = Arc::new(TableMap::new(local, rel, &self.link.local_node)?);
         self.maps.insert(oid, map.clone());
+        if let Some(open) = self.open.as_mut() {
+            open.touches_uniques |= !map.local.uniques.is_empty();
+        }
         Ok(Some((map, ts, lsn)))
     }
 

@@ -22,7 +22,9 @@ CREATE TABLE IF NOT EXISTS pgmesh.conflicts (
   remote_lsn pg_lsn);
 CREATE TABLE IF NOT EXISTS pgmesh.tombstones (
   table_name text NOT NULL, key text[] NOT NULL, deleted_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (table_name, key));
+  decided_ts timestamptz, decided_node text, PRIMARY KEY (table_name, key));
+CREATE TABLE IF NOT EXISTS pgmesh.outbox (
+  id bigserial PRIMARY KEY, prefix text NOT NULL, body jsonb NOT NULL);
 ";
 
 pub struct Node {
@@ -64,12 +66,12 @@ pub fn tombstone_trigger(table: &str, key_cols: &[&str]) -> String {
          BEGIN
            IF TG_OP = 'TRUNCATE' THEN
              INSERT INTO pgmesh.tombstones(table_name, key) VALUES ('{table}', '{{}}')
-               ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();
+               ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;
              RETURN NULL;
            END IF;
            IF TG_OP = 'UPDATE' AND ROW({old}) IS NOT DISTINCT FROM ROW({new}) THEN RETURN NULL; END IF;
            INSERT INTO pgmesh.tombstones(table_name, key) VALUES ('{table}', ARRAY[{arr}])
-             ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now();
+             ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;
            RETURN NULL;
          END $f$;
          CREATE TRIGGER pgmesh_tombstone AFTER DELETE OR UPDATE OF {} ON {table}
