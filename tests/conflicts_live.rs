@@ -308,3 +308,48 @@ fn every_conflict_kind_converges_and_is_recorded() {
         m.stop_sidecars();
     }
 }
+
+/// A unique-constraint decision that only one node can make: b's row 26 is displaced on b
+/// by a's later row 4, which a had deleted again before row 26 reached it, so a never
+/// holds both rows. a learns the decision from b's `pgmesh.kill` message and removes row 26
+/// too.
+#[test]
+fn a_unique_decision_reaches_the_node_that_never_saw_the_conflict() {
+    for major in versions_under_test() {
+        let mut m = Mesh::new(major, DDL, TABLES);
+        m.b.cluster
+            .psql("INSERT INTO users VALUES (26, 'u@x', 1)")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        m.a.cluster
+            .psql("INSERT INTO users VALUES (4, 'u@x', 2)")
+            .unwrap();
+        m.a.cluster.psql("DELETE FROM users WHERE id = 4").unwrap();
+        // a → b first: row 4 wins on b (later) and removes row 26; then a's delete.
+        m.start_direction("b");
+        let deadline = std::time::Instant::now() + WAIT;
+        while m.b.cluster.psql("SELECT count(*) FROM users").unwrap() != "0" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "b never applied a's writes"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // b → a: row 26 arrives where nothing holds its value any more; the decision
+        // that follows it removes it.
+        m.start_direction("a");
+        m.wait_converged(NAMES, WAIT);
+        for c in [&m.a.cluster, &m.b.cluster] {
+            assert_eq!(c.psql("SELECT count(*) FROM users").unwrap(), "0");
+        }
+        assert_eq!(
+            ledger(&m.b.cluster, "users", 26),
+            "unique_exists|remote|local_row_deleted"
+        );
+        assert_eq!(
+            ledger(&m.a.cluster, "users", 26),
+            "unique_exists|remote|removed_by_peer_decision"
+        );
+        m.stop_sidecars();
+    }
+}

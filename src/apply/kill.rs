@@ -111,7 +111,11 @@ impl Resolver<'_> {
                 t.pk.len()
             )));
         }
-        let key = Key(kill.key.iter().map(|k| bytes::Bytes::from(k.clone())).collect());
+        let key = Key(kill
+            .key
+            .iter()
+            .map(|k| bytes::Bytes::from(k.clone()))
+            .collect());
         let rows = self.local_rows(t, &[&key]).await?;
         if let Some(row) = rows.get(&0) {
             let local = Version::new(row.ts, self.origins.node_of(row.roident));

@@ -274,11 +274,7 @@ impl Resolver<'_> {
                             self.origins.node_of(r.roident).to_string(),
                         )
                     })
-                    .or_else(|| {
-                        tombs
-                            .get(&i)
-                            .map(|(ts, node)| (None, *ts, node.clone()))
-                    });
+                    .or_else(|| tombs.get(&i).map(|(ts, node)| (None, *ts, node.clone())));
                 ledger.push(record(
                     kind,
                     winner,
@@ -556,7 +552,8 @@ impl Resolver<'_> {
                             // told so it removes it too.
                             self.delete(&map.local, &[key]).await?;
                             let loser = Version::new(Some(p.commit_ts), self.peer);
-                            self.decided_removal(&map.local, key, loser, &winner).await?;
+                            self.decided_removal(&map.local, key, loser, &winner)
+                                .await?;
                             if let Some(last) = ledger.last_mut() {
                                 last.resolution = "remote_row_deleted";
                             }

@@ -138,22 +138,32 @@ impl Mesh {
 
     /// Starts both directions.
     pub fn start_sidecars(&mut self) {
-        let (tx, rx) = watch::channel(false);
-        for (local, peer) in [(&self.b, &self.a), (&self.a, &self.b)] {
-            let link = PeerLink {
-                local_node: local.name.to_string(),
-                peer: peer.name.to_string(),
-                local: local.cluster.dsn().parse().unwrap(),
-                peer_source: SourceConfig::from_dsn(&peer.cluster.dsn()).unwrap(),
-                peer_sql: peer.cluster.dsn().parse().unwrap(),
-                slot: format!("pgmesh_{}", local.name),
-                publication: "pgmesh".to_string(),
-                limits: self.limits,
-            };
-            let rx = rx.clone();
-            self.tasks.push(self.rt.spawn(run_peer(link, rx)));
-        }
-        self.stop = Some(tx);
+        self.start_direction("b");
+        self.start_direction("a");
+    }
+
+    /// Starts the direction that applies into node `into` ("a" or "b").
+    pub fn start_direction(&mut self, into: &str) {
+        let (local, peer) = if into == "a" {
+            (&self.a, &self.b)
+        } else {
+            (&self.b, &self.a)
+        };
+        let link = PeerLink {
+            local_node: local.name.to_string(),
+            peer: peer.name.to_string(),
+            local: local.cluster.dsn().parse().unwrap(),
+            peer_source: SourceConfig::from_dsn(&peer.cluster.dsn()).unwrap(),
+            peer_sql: peer.cluster.dsn().parse().unwrap(),
+            slot: format!("pgmesh_{}", local.name),
+            publication: "pgmesh".to_string(),
+            limits: self.limits,
+        };
+        let rx = self
+            .stop
+            .get_or_insert_with(|| watch::channel(false).0)
+            .subscribe();
+        self.tasks.push(self.rt.spawn(run_peer(link, rx)));
     }
 
     /// Stops both directions cleanly and waits for them.
@@ -277,11 +287,10 @@ impl Drop for Mesh {
 /// write on either node, in commit-time order, that touched the keys `ids` or any unique
 /// value those rows ever held.
 fn audit_story(m: &Mesh, table: &str, ids: &[String]) -> String {
-    let exists = m
-        .a
-        .cluster
-        .psql("SELECT to_regclass('public.audit') IS NOT NULL")
-        .unwrap_or_default();
+    let exists =
+        m.a.cluster
+            .psql("SELECT to_regclass('public.audit') IS NOT NULL")
+            .unwrap_or_default();
     if exists != "t" || ids.is_empty() || table != "uniq" {
         return String::new();
     }
