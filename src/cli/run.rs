@@ -26,7 +26,7 @@ pub struct RunArgs {
 /// The directions into `node`, one per peer, from the config.
 pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
     let me = cfg.node(node)?;
-    let local = me.pg_config()?;
+    let local = me.sql_config()?;
     let limits = BatchLimits {
         max_rows: cfg.apply.batch_max_rows,
         max_bytes: usize::try_from(cfg.apply.batch_max_bytes.0).unwrap_or(usize::MAX),
@@ -38,7 +38,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             .with_context(|| format!("dsn of node {}", peer.name))?;
         if source.password.is_none() {
             // Same lookup as the SQL connection (password_file, PGPASSWORD, .pgpass).
-            if let Some(pw) = peer.pg_config()?.get_password() {
+            if let Some(pw) = peer.sql_config()?.pg.get_password() {
                 source.password = Some(Password::new(String::from_utf8_lossy(pw).into_owned()));
             }
         }
@@ -47,7 +47,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             peer: peer.name.clone(),
             local: local.clone(),
             peer_source: source,
-            peer_sql: peer.pg_config()?,
+            peer_sql: peer.sql_config()?,
             slot: names::slot_name(node),
             publication: names::PUBLICATION.to_string(),
             limits,

@@ -214,7 +214,7 @@ fn dsn_errors_do_not_leak_the_dsn() {
         &[("PW_A", "s3cret")],
     )
     .unwrap();
-    let e = c.node("a").unwrap().pg_config().unwrap_err().to_string();
+    let e = c.node("a").unwrap().sql_config().unwrap_err().to_string();
     assert!(e.contains("node a") && !e.contains("s3cret"), "{e}");
 }
 
@@ -228,14 +228,14 @@ fn password_file_is_read_and_trimmed() {
         dsn: Dsn::new("host=h user=u"),
         password_file: Some(pw),
     };
-    let cfg = node.pg_config().unwrap();
-    assert_eq!(cfg.get_password(), Some(&b"file-secret"[..]));
+    let cfg = node.sql_config().unwrap();
+    assert_eq!(cfg.pg.get_password(), Some(&b"file-secret"[..]));
     let missing = NodeConfig {
         password_file: Some(dir.path().join("nope")),
         ..node
     };
     assert!(missing
-        .pg_config()
+        .sql_config()
         .unwrap_err()
         .to_string()
         .contains("password file"));
