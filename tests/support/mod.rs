@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::time::{Duration, Instant};
 
 use pgmesh::sidecar::{run_peer, BatchLimits, PeerLink};
