@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::config::{names, Config};
+use crate::config::{names, Config, ConfigFlags};
 use crate::sidecar::{run_peer, BatchLimits, PeerLink};
 use crate::source::{Password, SourceConfig};
 
@@ -21,6 +21,8 @@ pub struct RunArgs {
     /// The node this sidecar runs next to (a name under [nodes]).
     #[arg(long, env = "PGMESH_NODE")]
     pub node: String,
+    #[command(flatten)]
+    pub overrides: ConfigFlags,
 }
 
 /// The directions into `node`, one per peer, from the config.
@@ -57,7 +59,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::load(&args.config) {
+    let cfg = match Config::load_with(&args.config, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgmesh: {e}");
