@@ -250,8 +250,14 @@ fn setup_and_replicate_over_verify_full() {
         let a = Cluster::start(major).unwrap();
         let b = Cluster::start(major).unwrap();
         for c in [&a, &b] {
-            c.psql("CREATE TABLE items (id int PRIMARY KEY, v text)")
-                .unwrap();
+            // docs.doc is stored out of line uncompressed, so an update that leaves it alone
+            // sends it as unchanged TOAST.
+            c.psql(
+                "CREATE TABLE items (id int PRIMARY KEY, v text);
+                 CREATE TABLE docs (id int PRIMARY KEY, small int, doc text);
+                 ALTER TABLE docs ALTER COLUMN doc SET STORAGE EXTERNAL",
+            )
+            .unwrap();
             enable_tls(c, &certs, true, &[]);
         }
         let dsn = |c: &Cluster, ca: &Path| {
@@ -290,8 +296,20 @@ fn setup_and_replicate_over_verify_full() {
             .unwrap();
         wait_for(&a, all, "1=changed on b,2=from b");
 
-        // Every pgmesh session on each node is encrypted: the apply session (SQL) and the
-        // peer's walsender (replication connection).
+        // Peer reads: a row last written here gets an update that leaves doc out
+        // (unchanged TOAST), so the apply completes doc from the peer over a SQL session:
+        // a reads from b at the second step, b from a at the third.
+        let doc = "SELECT small || ':' || (doc = repeat('x', 10000)) FROM docs WHERE id = 1";
+        a.psql("INSERT INTO docs VALUES (1, 1, repeat('x', 10000))")
+            .unwrap();
+        wait_for(&b, doc, "1:true");
+        b.psql("UPDATE docs SET small = 2 WHERE id = 1").unwrap();
+        wait_for(&a, doc, "2:true");
+        a.psql("UPDATE docs SET small = 3 WHERE id = 1").unwrap();
+        wait_for(&b, doc, "3:true");
+
+        // Every pgmesh session on each node is encrypted: the apply session (SQL), the
+        // peer's walsender (replication connection) and the peer's peer read session (SQL).
         for c in [&a, &b] {
             assert_eq!(
                 c.psql(
@@ -301,7 +319,7 @@ fn setup_and_replicate_over_verify_full() {
                      WHERE a.application_name LIKE 'pgmesh%'"
                 )
                 .unwrap(),
-                "pgmesh:true,pgmesh apply:true",
+                "pgmesh:true,pgmesh apply:true,pgmesh peer read:true",
                 "PG{major}"
             );
         }
