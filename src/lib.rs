@@ -1,7 +1,8 @@
 //! pgmesh: active-active replication between stock PostgreSQL 15–18 primaries.
 //!
 //! The modules mirror the data path of one direction (see README "Architecture"):
-//! `source` (replication connection) → `protocol` (pure pgoutput / wal2json decoding)
+//! `source` (replication connection; `sqlconn` opens the plain SQL sessions with the same
+//! TLS rules) → `protocol` (pure pgoutput / wal2json decoding)
 //! → `filter` (origin filter) → `batch` (per-key collapse into chunks) → `apply`
 //! (set-based writes, ledger, origin progress) with `conflict` (pure last-writer-wins
 //! decisions); `sidecar` runs that path per peer. `config` and `setup` are the
@@ -21,6 +22,7 @@ pub mod protocol;
 pub mod setup;
 pub mod sidecar;
 pub mod source;
+pub mod sqlconn;
 pub mod testkit;
 pub mod txn;
 

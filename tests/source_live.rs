@@ -5,14 +5,15 @@
 //! Tests hold a process-wide lock so at most one test (and at most two clusters) runs at a
 //! time: the machines are small and shared.
 
-use std::path::Path;
-use std::process::Command;
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use pgmesh::source::*;
 use pgmesh::testkit::{versions_under_test, Cluster};
 use pgmesh::Lsn;
+use support::tls::{enable_tls, Certs};
 
 /// Each test has its own runtime; tokio's mutex works across them and does not poison.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -297,72 +298,6 @@ async fn scram_and_md5_authentication() {
     }
 }
 
-/// A CA and a server certificate for `db.pgmesh.test` and 127.0.0.1, made with openssl.
-fn make_certs(dir: &Path, ca_name: &str) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl CLI");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:db.pgmesh.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    let mut ca = vec!["req", "-x509", "-nodes", "-days", "2"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        ca_name,
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    run(&ca);
-    let mut csr = vec!["req", "-nodes"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=db.pgmesh.test",
-    ]);
-    run(&csr);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-}
-
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !f() {
@@ -374,12 +309,10 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test]
 async fn tls_per_sslmode() {
     let _g = SERIAL.lock().await;
-    let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path(), "/CN=pgmesh test CA");
-    let other = tempfile::tempdir().unwrap();
-    make_certs(other.path(), "/CN=some other CA");
-    let ca = certs.path().join("ca.crt");
-    let other_ca = other.path().join("ca.crt");
+    let certs = Certs::new("/CN=pgmesh test CA");
+    let other = Certs::new("/CN=some other CA");
+    let ca = certs.ca();
+    let other_ca = other.ca();
 
     for major in versions_under_test() {
         let c = Cluster::builder(major)
@@ -407,13 +340,7 @@ async fn tls_per_sslmode() {
         assert_eq!(e.kind(), ErrorKind::NeedsOperator);
         assert!(!connect(&base).await.unwrap().is_tls());
 
-        for f in ["server.crt", "server.key"] {
-            c.write_file(f, &std::fs::read(certs.path().join(f)).unwrap(), 0o600)
-                .unwrap();
-        }
-        c.psql("ALTER SYSTEM SET ssl = on").unwrap();
-        c.reload().unwrap();
-        wait_for("ssl = on", || c.psql("SHOW ssl").unwrap() == "on");
+        enable_tls(&c, &certs, false, &[]);
 
         for mode in ["prefer", "require"] {
             let conn = connect(&format!("{base} sslmode={mode}"))

@@ -22,6 +22,9 @@ pub use session::ApplySession;
 pub enum ApplyError {
     #[error("database error: {}", describe_db_error(.0))]
     Db(#[from] tokio_postgres::Error),
+    /// The apply session or the peer read session did not open (TLS errors included).
+    #[error(transparent)]
+    Connect(#[from] crate::sqlconn::SqlConnectError),
     #[error("table {table} does not exist on this node: create it with the same columns as on the peer (pgmesh setup --check compares them)")]
     MissingTable { table: String },
     #[error("column {column} of table {table} is missing on node {node}: add it (ALTER TABLE {table} ADD COLUMN …) with the peer's type; replication resumes by itself")]
@@ -48,6 +51,7 @@ impl ApplyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Db(e) => db_error_is_transient(e),
+            ApplyError::Connect(e) => e.kind() == crate::source::ErrorKind::Transient,
             _ => false,
         }
     }

@@ -9,15 +9,16 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::row::{Key, Val};
 use super::table::LocalTable;
 use super::ApplyError;
+use crate::sqlconn::{connect_sql, SqlConfig};
 
 /// A lazily opened SQL connection to the peer.
 pub struct PeerReader {
-    config: tokio_postgres::Config,
+    config: SqlConfig,
     client: Option<(Client, tokio::task::JoinHandle<()>)>,
 }
 
@@ -31,7 +32,7 @@ impl Drop for PeerReader {
 
 impl PeerReader {
     #[must_use]
-    pub fn new(config: tokio_postgres::Config) -> PeerReader {
+    pub fn new(config: SqlConfig) -> PeerReader {
         PeerReader {
             config,
             client: None,
@@ -43,10 +44,7 @@ impl PeerReader {
             self.client = None;
         }
         if self.client.is_none() {
-            let (client, conn) = self.config.connect(NoTls).await?;
-            let task = tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let (client, task) = connect_sql(&self.config).await?;
             client
                 .batch_execute(
                     "SET application_name = 'pgmesh peer read'; SET bytea_output = 'hex'",

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::kill::{Kill, KILL_PREFIX};
 use super::ledger::ConflictRecord;
@@ -17,6 +17,7 @@ use super::table::LocalTable;
 use super::ApplyError;
 use crate::batch::Chunk;
 use crate::protocol::pgoutput::PgTimestamp;
+use crate::sqlconn::{connect_sql, SqlConfig};
 use crate::Lsn;
 
 /// Settings that make text forms canonical on this session: key text written to and
@@ -54,19 +55,14 @@ impl Drop for ApplySession {
 impl ApplySession {
     /// Connects to the local node and binds the session to origin `pgmesh_<peer>`.
     /// `peer_sql` reaches the peer over plain SQL (opened only when a partial update must
-    /// be completed with the peer's values).
+    /// be completed with the peer's values). Both use their dsn's sslmode.
     pub async fn connect(
-        config: &tokio_postgres::Config,
-        peer_sql: &tokio_postgres::Config,
+        config: &SqlConfig,
+        peer_sql: &SqlConfig,
         local_node: &str,
         peer: &str,
     ) -> Result<ApplySession, ApplyError> {
-        let (client, connection) = config.connect(NoTls).await?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "apply connection ended");
-            }
-        });
+        let (client, conn_task) = connect_sql(config).await?;
         client.batch_execute(SESSION_SETUP).await?;
         // Decisions a killed predecessor committed but did not get to send.
         flush_outbox(&client).await?;

@@ -94,3 +94,30 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_flags_parse_on_run_setup_and_teardown() {
+        let flags = ["--batch-max-rows", "5", "--http-listen", "127.0.0.1:1"];
+        for cmd in [
+            &["run", "--node", "a"][..],
+            &["setup"],
+            &["teardown", "--yes"],
+        ] {
+            let argv = ["pgmesh"].iter().chain(cmd).chain(&flags);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let o = match cli.command {
+                Command::Run(a) => a.overrides,
+                Command::Setup(a) => a.overrides,
+                Command::Teardown(a) => a.overrides,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(o.batch_max_rows.as_deref(), Some("5"), "{cmd:?}");
+            assert_eq!(o.http_listen.as_deref(), Some("127.0.0.1:1"), "{cmd:?}");
+            assert_eq!(o.batch_max_bytes, None);
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::config::{names, Config};
+use crate::config::{names, Config, ConfigFlags};
 use crate::sidecar::{run_peer, BatchLimits, PeerLink};
 use crate::source::{Password, SourceConfig};
 
@@ -21,12 +21,14 @@ pub struct RunArgs {
     /// The node this sidecar runs next to (a name under [nodes]).
     #[arg(long, env = "PGMESH_NODE")]
     pub node: String,
+    #[command(flatten)]
+    pub overrides: ConfigFlags,
 }
 
 /// The directions into `node`, one per peer, from the config.
 pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
     let me = cfg.node(node)?;
-    let local = me.pg_config()?;
+    let local = me.sql_config()?;
     let limits = BatchLimits {
         max_rows: cfg.apply.batch_max_rows,
         max_bytes: usize::try_from(cfg.apply.batch_max_bytes.0).unwrap_or(usize::MAX),
@@ -38,7 +40,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             .with_context(|| format!("dsn of node {}", peer.name))?;
         if source.password.is_none() {
             // Same lookup as the SQL connection (password_file, PGPASSWORD, .pgpass).
-            if let Some(pw) = peer.pg_config()?.get_password() {
+            if let Some(pw) = peer.sql_config()?.pg.get_password() {
                 source.password = Some(Password::new(String::from_utf8_lossy(pw).into_owned()));
             }
         }
@@ -47,7 +49,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             peer: peer.name.clone(),
             local: local.clone(),
             peer_source: source,
-            peer_sql: peer.pg_config()?,
+            peer_sql: peer.sql_config()?,
             slot: names::slot_name(node),
             publication: names::PUBLICATION.to_string(),
             limits,
@@ -57,7 +59,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::load(&args.config) {
+    let cfg = match Config::load_with(&args.config, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgmesh: {e}");

@@ -3,7 +3,7 @@
 //! Exit codes: 0 no errors (warnings allowed), 1 preflight or setup errors (including an
 //! unreachable node), 2 usage or config errors.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigFlags};
 use crate::setup::{self, error_count, OutputPlugin};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,10 +19,12 @@ pub struct SetupArgs {
     /// Print findings (and changes) as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub overrides: ConfigFlags,
 }
 
 pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::load(&args.config) {
+    let cfg = match Config::load_with(&args.config, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -3,7 +3,7 @@
 //! Asks on a terminal; without a terminal it refuses unless `--yes` (a script must say so
 //! explicitly). Exit codes: 0 done, 1 a node failed, 2 usage/config error or not confirmed.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigFlags};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,10 +16,12 @@ pub struct TeardownArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub overrides: ConfigFlags,
 }
 
 pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::load(&args.config) {
+    let cfg = match Config::load_with(&args.config, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -27,6 +27,9 @@ pub enum ConfigError {
     /// An environment variable override that does not name a known key or does not parse.
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    /// A command-line override that does not parse.
+    #[error("{flag}: {message}")]
+    Flag { flag: String, message: String },
     #[error("cannot read password file {path} for node {node}: {source}")]
     PasswordFile {
         node: String,

@@ -19,12 +19,14 @@
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently mean "default"). Values can be
-//! overridden from the environment (see [`env`] for the rule), and `${VAR}` inside a dsn is
-//! replaced by that variable. Passwords never appear in `Debug`/`Display` output.
+//! overridden from the environment (see [`env`] for the rule) and, winning over both, from
+//! command-line flags ([`ConfigFlags`]); `${VAR}` inside a dsn is replaced by that
+//! variable. Passwords never appear in `Debug`/`Display` output.
 
 mod dsn;
 pub mod env;
 mod error;
+mod flags;
 pub mod names;
 mod password;
 mod pattern;
@@ -33,6 +35,7 @@ mod size;
 pub use dsn::{interpolate, mask, Dsn};
 pub use env::Env;
 pub use error::ConfigError;
+pub use flags::ConfigFlags;
 pub use pattern::TablePattern;
 pub use size::ByteSize;
 
@@ -161,15 +164,35 @@ struct RawHttp {
 impl Config {
     /// Reads `path`, applies environment overrides from the process and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &ConfigFlags::default())
+    }
+
+    /// Like [`Config::load`], then `flags` on top (flag > environment > file).
+    pub fn load_with(path: &Path, flags: &ConfigFlags) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string(), &Env::from_process())
+        Config::parse_with(
+            &text,
+            &path.display().to_string(),
+            &Env::from_process(),
+            flags,
+        )
     }
 
     /// Parses TOML `text` (named `source` in messages) with overrides from `env`.
     pub fn parse(text: &str, source: &str, env: &Env) -> Result<Config, ConfigError> {
+        Config::parse_with(text, source, env, &ConfigFlags::default())
+    }
+
+    /// Parses TOML `text` with overrides from `env`, then from `flags` (they win).
+    pub fn parse_with(
+        text: &str,
+        source: &str,
+        env: &Env,
+        flags: &ConfigFlags,
+    ) -> Result<Config, ConfigError> {
         let parse_err = |message: String| ConfigError::Parse {
             file: source.to_string(),
             message,
@@ -177,11 +200,17 @@ impl Config {
         let mut root: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
-        env::apply_overrides(&mut root, env)?;
+        let mut origins = env::Origins::new();
+        env::apply_overrides(&mut root, env, &mut origins)?;
+        flags.apply(&mut root, &mut origins)?;
         let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(root))
             .map_err(|e| parse_err(e.to_string()))?;
+        // A bad value from a flag or variable names it, not the file.
         let invalid = |key: &str, message: String| ConfigError::Invalid {
-            file: source.to_string(),
+            file: match origins.get(key) {
+                Some(origin) => format!("{source} (value from {origin})"),
+                None => source.to_string(),
+            },
             key: key.to_string(),
             message,
         };

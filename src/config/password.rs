@@ -1,27 +1,30 @@
-//! Turning a node's DSN into a driver config, with the password found the libpq way.
+//! Turning a node's DSN into a SQL connection config, with the password found the libpq
+//! way.
 //!
 //! tokio-postgres reads neither `PGPASSWORD` nor `~/.pgpass`, so the lookup order libpq
 //! users expect is done here: a password in the DSN, else `password_file` from the config,
-//! else `PGPASSWORD`, else the first matching line of `PGPASSFILE` / `~/.pgpass`.
+//! else `PGPASSWORD`, else the first matching line of the DSN's `passfile`, `PGPASSFILE`
+//! or `~/.pgpass`.
 
 use super::{ConfigError, NodeConfig};
+use crate::sqlconn::{SqlConfig, SqlConnectError};
 use std::path::PathBuf;
-use std::str::FromStr;
 use tokio_postgres::config::Host;
 
 impl NodeConfig {
-    /// The driver config for this node, password resolved. Errors never contain the DSN.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        let mut cfg =
-            tokio_postgres::Config::from_str(self.dsn.expose()).map_err(|e| ConfigError::Dsn {
+    /// The SQL connection config for this node (sslmode and sslrootcert included),
+    /// password resolved. Errors never contain the DSN.
+    pub fn sql_config(&self) -> Result<SqlConfig, ConfigError> {
+        let mut sql = SqlConfig::from_dsn(&self.name, self.dsn.expose()).map_err(|e| match e {
+            SqlConnectError::Config { node, message } => ConfigError::Dsn { node, message },
+            other => ConfigError::Dsn {
                 node: self.name.clone(),
-                message: e.to_string(),
-            })?;
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("pgmesh");
-        }
+                message: other.to_string(),
+            },
+        })?;
+        let cfg = &mut sql.pg;
         if cfg.get_password().is_some() {
-            return Ok(cfg);
+            return Ok(sql);
         }
         if let Some(path) = &self.password_file {
             let text =
@@ -31,14 +34,16 @@ impl NodeConfig {
                     source,
                 })?;
             cfg.password(text.trim_end_matches(['\n', '\r']));
-            return Ok(cfg);
+            return Ok(sql);
         }
         if let Ok(pw) = std::env::var("PGPASSWORD") {
             cfg.password(pw);
-            return Ok(cfg);
+            return Ok(sql);
         }
-        let pgpass = std::env::var_os("PGPASSFILE")
-            .map(PathBuf::from)
+        let pgpass = sql
+            .passfile
+            .clone()
+            .or_else(|| std::env::var_os("PGPASSFILE").map(PathBuf::from))
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")));
         if let Some(text) = pgpass.and_then(|p| std::fs::read_to_string(p).ok()) {
             let host = match cfg.get_hosts().first() {
@@ -52,6 +57,6 @@ impl NodeConfig {
                 cfg.password(pw);
             }
         }
-        Ok(cfg)
+        Ok(sql)
     }
 }

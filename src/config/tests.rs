@@ -214,7 +214,7 @@ fn dsn_errors_do_not_leak_the_dsn() {
         &[("PW_A", "s3cret")],
     )
     .unwrap();
-    let e = c.node("a").unwrap().pg_config().unwrap_err().to_string();
+    let e = c.node("a").unwrap().sql_config().unwrap_err().to_string();
     assert!(e.contains("node a") && !e.contains("s3cret"), "{e}");
 }
 
@@ -228,15 +228,173 @@ fn password_file_is_read_and_trimmed() {
         dsn: Dsn::new("host=h user=u"),
         password_file: Some(pw),
     };
-    let cfg = node.pg_config().unwrap();
-    assert_eq!(cfg.get_password(), Some(&b"file-secret"[..]));
+    let cfg = node.sql_config().unwrap();
+    assert_eq!(cfg.pg.get_password(), Some(&b"file-secret"[..]));
     let missing = NodeConfig {
         password_file: Some(dir.path().join("nope")),
         ..node
     };
     assert!(missing
-        .pg_config()
+        .sql_config()
         .unwrap_err()
         .to_string()
         .contains("password file"));
+}
+
+fn parse_flags(text: &str, e: &[(&str, &str)], flags: &ConfigFlags) -> Result<Config, ConfigError> {
+    Config::parse_with(text, "pgmesh.toml", &env(e), flags)
+}
+
+#[test]
+fn flags_win_over_env_which_wins_over_the_file() {
+    let file = format!(
+        "{GOOD}\n[apply]\nbatch_max_rows = 10\nbatch_max_bytes = \"1MB\"\nbatch_max_delay_ms = 50\n[http]\nlisten = \"127.0.0.1:1\"\n"
+    );
+    let all_env = [
+        ("PW_A", "x"),
+        ("PGMESH_APPLY_BATCH_MAX_ROWS", "20"),
+        ("PGMESH_APPLY_BATCH_MAX_BYTES", "2MB"),
+        ("PGMESH_APPLY_BATCH_MAX_DELAY_MS", "60"),
+        ("PGMESH_HTTP_LISTEN", "127.0.0.1:2"),
+    ];
+    let all_flags = ConfigFlags {
+        batch_max_rows: Some("30".into()),
+        batch_max_bytes: Some("3MB".into()),
+        batch_max_delay_ms: Some("70".into()),
+        http_listen: Some("127.0.0.1:3".into()),
+    };
+    let seen = |c: Config| {
+        (
+            c.apply.batch_max_rows,
+            c.apply.batch_max_bytes.0 >> 20,
+            c.apply.batch_max_delay.as_millis(),
+            c.http.map(|h| h.listen.port()),
+        )
+    };
+    let none = ConfigFlags::default();
+    // Each layer alone, then each pair: the higher one wins, key by key.
+    type Seen = (usize, u64, u128, Option<u16>);
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Vars, &ConfigFlags, Seen)] = &[
+        (&all_env[..1], &none, (10, 1, 50, Some(1))),
+        (&all_env, &none, (20, 2, 60, Some(2))),
+        (&all_env[..1], &all_flags, (30, 3, 70, Some(3))),
+        (&all_env, &all_flags, (30, 3, 70, Some(3))),
+    ];
+    for (e, flags, want) in cases {
+        assert_eq!(
+            seen(parse_flags(&file, e, flags).unwrap()),
+            *want,
+            "{e:?} {flags:?}"
+        );
+    }
+    // One flag overrides only its key; the others keep the environment's value.
+    let one = ConfigFlags {
+        batch_max_delay_ms: Some("5".into()),
+        ..ConfigFlags::default()
+    };
+    assert_eq!(
+        seen(parse_flags(&file, &all_env, &one).unwrap()),
+        (20, 2, 5, Some(2))
+    );
+}
+
+#[test]
+fn a_flag_can_set_what_the_file_lacks() {
+    let flags = ConfigFlags {
+        http_listen: Some("0.0.0.0:9187".into()),
+        batch_max_rows: Some("7".into()),
+        ..ConfigFlags::default()
+    };
+    let c = parse_flags(GOOD, &[("PW_A", "x")], &flags).unwrap();
+    assert_eq!(c.http.unwrap().listen.port(), 9187);
+    assert_eq!(c.apply.batch_max_rows, 7);
+    assert_eq!(
+        c.apply.batch_max_bytes,
+        ApplyConfig::default().batch_max_bytes
+    );
+}
+
+#[test]
+fn bad_values_name_their_flag_or_variable() {
+    let flag = |f: ConfigFlags| {
+        parse_flags(GOOD, &[("PW_A", "x")], &f)
+            .unwrap_err()
+            .to_string()
+    };
+    let cases = [
+        (
+            flag(ConfigFlags {
+                batch_max_rows: Some("lots".into()),
+                ..ConfigFlags::default()
+            }),
+            &["--batch-max-rows", "not an integer"][..],
+        ),
+        (
+            flag(ConfigFlags {
+                batch_max_rows: Some("-1".into()),
+                ..ConfigFlags::default()
+            }),
+            &["--batch-max-rows", "not an integer"],
+        ),
+        (
+            flag(ConfigFlags {
+                batch_max_rows: Some("0".into()),
+                ..ConfigFlags::default()
+            }),
+            &[
+                "value from --batch-max-rows",
+                "apply.batch_max_rows",
+                "at least 1",
+            ],
+        ),
+        (
+            flag(ConfigFlags {
+                batch_max_bytes: Some("3XB".into()),
+                ..ConfigFlags::default()
+            }),
+            &["--batch-max-bytes", "unknown size unit"],
+        ),
+        (
+            flag(ConfigFlags {
+                http_listen: Some("nowhere".into()),
+                ..ConfigFlags::default()
+            }),
+            &["value from --http-listen", "http.listen", "not an address"],
+        ),
+        (
+            parse(
+                GOOD,
+                &[("PW_A", "x"), ("PGMESH_APPLY_BATCH_MAX_BYTES", "0")],
+            )
+            .unwrap_err()
+            .to_string(),
+            &[
+                "value from environment variable PGMESH_APPLY_BATCH_MAX_BYTES",
+                "more than 0",
+            ],
+        ),
+        (
+            parse(
+                GOOD,
+                &[("PW_A", "x"), ("PGMESH_APPLY_BATCH_MAX_BYTES", "big")],
+            )
+            .unwrap_err()
+            .to_string(),
+            &["PGMESH_APPLY_BATCH_MAX_BYTES", "not a size"],
+        ),
+    ];
+    for (e, needles) in cases {
+        for n in needles {
+            assert!(e.contains(n), "{n:?} not in {e:?}");
+        }
+    }
+    // A value in the file is still blamed on the file.
+    let e = parse(
+        &format!("{GOOD}\n[apply]\nbatch_max_rows = 0\n"),
+        &[("PW_A", "x")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("pgmesh.toml: apply.batch_max_rows"), "{e}");
 }

@@ -2,6 +2,7 @@
 //! each names the node and what to do.
 
 use crate::config::ConfigError;
+use crate::sqlconn::SqlConnectError;
 
 /// Why setup or teardown stopped.
 #[derive(Debug, thiserror::Error)]
@@ -9,14 +10,10 @@ use crate::config::ConfigError;
 pub enum SetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The node could not be reached or refused the login. `target` is host:port/dbname,
-    /// never the DSN (it may hold a password).
-    #[error("cannot connect to node {node} ({target}): {message}")]
-    Connect {
-        node: String,
-        target: String,
-        message: String,
-    },
+    /// The node could not be reached, refused the login or failed TLS. The message names
+    /// the node and host:port/dbname, never the DSN (it may hold a password).
+    #[error(transparent)]
+    Connect(#[from] SqlConnectError),
     /// A statement failed; `what` says which step.
     #[error("node {node}: {what}: {message}")]
     Query {
@@ -31,28 +28,7 @@ pub enum SetupError {
     Conflict { node: String, message: String },
 }
 
-/// The useful text of a driver error: the server's message, detail and hint for database
-/// errors, the cause chain otherwise (tokio-postgres's own Display is often just "db error").
-#[must_use]
-pub fn pg_message(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut m = format!("{} ({})", db.message(), db.code().code());
-        if let Some(d) = db.detail() {
-            m.push_str(&format!("; detail: {d}"));
-        }
-        if let Some(h) = db.hint() {
-            m.push_str(&format!("; hint: {h}"));
-        }
-        return m;
-    }
-    let mut m = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        m.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    m
-}
+pub use crate::sqlconn::pg_message;
 
 /// Wraps a driver error of step `what` on `node`.
 pub(crate) fn query_err(

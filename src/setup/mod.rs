@@ -16,7 +16,7 @@ pub mod tombstone;
 
 pub use catalog::NodeFacts;
 pub use checks::{check_all, OutputPlugin};
-pub use connect::{connect, target};
+pub use connect::connect;
 pub use error::{pg_message, SetupError};
 pub use finding::{error_count, Finding, Severity};
 pub use install::Change;
@@ -43,11 +43,15 @@ async fn connect_all(cfg: &Config) -> (Vec<(String, Client)>, Vec<Finding>) {
     for node in cfg.nodes.values() {
         match connect(node).await {
             Ok(c) => clients.push((node.name.clone(), c)),
-            Err(e) => findings.push(Finding::error(
-                &node.name,
-                e.to_string(),
-                "check that the server runs and that the dsn (host, port, user, dbname, password) is right",
-            )),
+            Err(e) => {
+                let fix = match &e {
+                    SetupError::Connect(c) if c.is_tls() => {
+                        "fix the TLS settings as the message says (sslmode and sslrootcert in the dsn, or ssl on the server)"
+                    }
+                    _ => "check that the server runs and that the dsn (host, port, user, dbname, password) is right",
+                };
+                findings.push(Finding::error(&node.name, e.to_string(), fix));
+            }
         }
     }
     (clients, findings)

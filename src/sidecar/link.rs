@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::apply::ApplyError;
 use crate::protocol::pgoutput::DecodeError;
 use crate::source::{SourceConfig, SourceError};
+use crate::sqlconn::SqlConfig;
 
 /// Bounds of one downstream transaction (and of memory held for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +34,11 @@ pub struct PeerLink {
     pub local_node: String,
     pub peer: String,
     /// Connection to the local node (password resolved).
-    pub local: tokio_postgres::Config,
+    pub local: SqlConfig,
     /// Replication connection to the peer.
     pub peer_source: SourceConfig,
     /// Plain SQL connection to the peer (values pgoutput leaves out).
-    pub peer_sql: tokio_postgres::Config,
+    pub peer_sql: SqlConfig,
     /// Slot on the peer that this node reads (`pgmesh_<local_node>`).
     pub slot: String,
     pub publication: String,

@@ -130,21 +130,12 @@ impl SourceConfig {
         dsn: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<SourceConfig, SourceError> {
-        let (rest, own) = split_own_options(dsn)?;
-        let pg: tokio_postgres::Config = rest
-            .parse()
-            .map_err(|e| SourceError::Config(format!("{e}")))?;
-        let mut sslmode = SslMode::Prefer;
-        let mut sslrootcert = None;
-        let mut passfile = None;
-        for (k, v) in own {
-            match k.as_str() {
-                "sslmode" => sslmode = SslMode::parse(&v)?,
-                "sslrootcert" => sslrootcert = Some(PathBuf::from(v)),
-                "passfile" => passfile = Some(PathBuf::from(v)),
-                _ => {}
-            }
-        }
+        let (pg, own) = parse_dsn(dsn)?;
+        let OwnOptions {
+            sslmode,
+            sslrootcert,
+            passfile,
+        } = own;
 
         let ports = pg.get_ports();
         let port_at = |i: usize| -> u16 {
@@ -269,6 +260,34 @@ impl fmt::Display for SourceConfig {
         }
         Ok(())
     }
+}
+
+/// The DSN options tokio-postgres does not know (or only partly), parsed by us.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnOptions {
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    pub passfile: Option<PathBuf>,
+}
+
+/// Splits a DSN into the driver's config (every option tokio-postgres knows, with its
+/// quoting and URL rules) and our own options. The driver config keeps tokio-postgres's
+/// default sslmode: callers that connect through it map [`OwnOptions::sslmode`] onto it.
+pub fn parse_dsn(dsn: &str) -> Result<(tokio_postgres::Config, OwnOptions), SourceError> {
+    let (rest, own) = split_own_options(dsn)?;
+    let pg: tokio_postgres::Config = rest
+        .parse()
+        .map_err(|e| SourceError::Config(format!("{e}")))?;
+    let mut out = OwnOptions::default();
+    for (k, v) in own {
+        match k.as_str() {
+            "sslmode" => out.sslmode = SslMode::parse(&v)?,
+            "sslrootcert" => out.sslrootcert = Some(PathBuf::from(v)),
+            "passfile" => out.passfile = Some(PathBuf::from(v)),
+            _ => {}
+        }
+    }
+    Ok((pg, out))
 }
 
 /// Options tokio-postgres does not know (or only partly): pulled out of the DSN.

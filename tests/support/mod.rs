@@ -3,10 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::time::{Duration, Instant};
 
 use pgmesh::sidecar::{run_peer, BatchLimits, PeerLink};
 use pgmesh::source::SourceConfig;
+use pgmesh::sqlconn::SqlConfig;
 use pgmesh::testkit::Cluster;
 use tokio::sync::watch;
 
@@ -152,9 +155,9 @@ impl Mesh {
         let link = PeerLink {
             local_node: local.name.to_string(),
             peer: peer.name.to_string(),
-            local: local.cluster.dsn().parse().unwrap(),
+            local: SqlConfig::from_dsn(local.name, &local.cluster.dsn()).unwrap(),
             peer_source: SourceConfig::from_dsn(&peer.cluster.dsn()).unwrap(),
-            peer_sql: peer.cluster.dsn().parse().unwrap(),
+            peer_sql: SqlConfig::from_dsn(peer.name, &peer.cluster.dsn()).unwrap(),
             slot: format!("pgmesh_{}", local.name),
             publication: "pgmesh".to_string(),
             limits: self.limits,
