@@ -118,16 +118,7 @@ impl ApplySession {
 
     /// The origin's progress including commits not yet flushed (where to resume reading).
     pub async fn progress(&self, flushed: bool) -> Result<Lsn, ApplyError> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT coalesce(pg_replication_origin_progress($1, $2), '0/0')::text",
-                &[&self.origin_name, &flushed],
-            )
-            .await?;
-        let text: String = row.get(0);
-        text.parse()
-            .map_err(|e| ApplyError::Protocol(format!("origin progress {text:?}: {e}")))
+        origin_progress(&self.client, &self.origin_name, flushed).await
     }
 
     /// The local table for a peer relation (cached; [`ApplySession::forget_tables`]
@@ -331,4 +322,22 @@ async fn flush_outbox(client: &Client) -> Result<u64, ApplyError> {
         tracing::debug!(sent, "unique-constraint decisions sent to the peer");
     }
     Ok(u64::try_from(sent).unwrap_or(0))
+}
+
+/// Progress of replication origin `origin` (any session may read it); with `flushed`, only
+/// what is on disk (reading it flushes the WAL up to it).
+pub async fn origin_progress(
+    client: &Client,
+    origin: &str,
+    flushed: bool,
+) -> Result<Lsn, ApplyError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(pg_replication_origin_progress($1, $2), '0/0')::text",
+            &[&origin, &flushed],
+        )
+        .await?;
+    let text: String = row.get(0);
+    text.parse()
+        .map_err(|e| ApplyError::Protocol(format!("origin progress {text:?}: {e}")))
 }

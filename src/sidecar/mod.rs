@@ -1,5 +1,6 @@
 //! The sidecar: one task per peer streams that peer's slot and applies into this node.
 
+mod applier;
 pub mod link;
 mod stream_apply;
 

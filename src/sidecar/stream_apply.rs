@@ -1,6 +1,7 @@
 //! The loop of one direction: stream the peer's slot, decode, drop what has an origin,
-//! collect changes into chunks, apply them in coalesced transactions bound to the peer's
-//! origin, and acknowledge to the peer only what is durably applied.
+//! collect changes into chunks and hand them to the writing half ([`super::applier`]),
+//! which applies them in coalesced transactions bound to the peer's origin while this
+//! half reads on; acknowledge to the peer only what is durably applied.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,10 +10,11 @@ use tokio::time::Instant;
 use tokio::sync::watch;
 
 use super::link::{PeerLink, SidecarError};
+use super::applier::{Applier, Work};
 use crate::apply::kill::{Kill, KILL_PREFIX};
-use crate::apply::ledger::ConflictRecord;
 use crate::apply::row::Row;
-use crate::apply::table::TableMap;
+use crate::apply::session::origin_progress;
+use crate::apply::table::{LocalTable, TableMap};
 use crate::apply::{ApplyError, ApplySession};
 use crate::batch::{ChangeOp, Chunk};
 use crate::filter::{OriginFilter, Verdict};
@@ -64,7 +66,11 @@ struct OpenTxn {
 
 struct Direction<'l> {
     link: &'l PeerLink,
-    apply: ApplySession,
+    applier: Applier,
+    /// A plain session on the local node: table definitions and origin progress.
+    catalog: tokio_postgres::Client,
+    _catalog_task: DropAbort,
+    origin: String,
     relations: HashMap<Oid, Relation>,
     maps: HashMap<Oid, Arc<TableMap>>,
     chunk: Chunk,
@@ -72,8 +78,8 @@ struct Direction<'l> {
     /// Last upstream commit folded into the open downstream transaction.
     pending_commit: Option<(Lsn, PgTimestamp)>,
     batch_started: Option<Instant>,
-    /// Everything up to here is committed locally.
-    applied: Lsn,
+    /// The last commit handed to the writer.
+    sent_commit: Lsn,
     /// Everything up to here was read and needs nothing more: applied, or skipped (an
     /// origin-filtered transaction, a keepalive while idle).
     passed: Lsn,
@@ -86,6 +92,9 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     // killed predecessor left unflushed could still vanish in a crash of this node, and
     // the peer must never be told, even by the start position, that it is done.
     let applied = apply.durable_progress().await?;
+    let (catalog, catalog_task) = crate::sqlconn::connect_sql(&link.local)
+        .await
+        .map_err(ApplyError::from)?;
     // Loop prevention: PG16+ drops changes that carry an origin on the server
     // (`origin 'none'`); PG15 has no such option and sends an Origin message instead,
     // dropped by the client-side filter (kept on everywhere as a second guard).
@@ -109,14 +118,17 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     tracing::info!(peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
     let mut d = Direction {
         link,
-        apply,
+        applier: Applier::spawn(apply, link.peer.clone(), applied),
+        catalog,
+        _catalog_task: DropAbort(catalog_task),
+        origin: format!("pgmesh_{}", link.peer),
         relations: HashMap::new(),
         maps: HashMap::new(),
         chunk: Chunk::default(),
         open: None,
         pending_commit: None,
         batch_started: None,
-        applied,
+        sent_commit: applied,
         passed: applied,
     };
     let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
@@ -151,19 +163,21 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
             }
             _ = ack_tick.tick() => {
                 let ack = d.acknowledgeable().await?;
-                tracing::trace!(peer = %link.peer, %ack, applied = %d.applied, passed = %d.passed, idle = d.idle(), "acknowledging");
+                tracing::trace!(peer = %link.peer, %ack, applied = %d.applier.applied(), passed = %d.passed, idle = d.idle(), "acknowledging");
                 stream.set_flushed(ack);
             }
+            e = d.applier.failure() => return Err(e),
             _ = stop.changed() => {
+                // A complete batch is committed; a transaction still being read is not
+                // (the writer rolls back what follows its last commit).
                 if d.open.is_none() && d.pending_commit.is_some() {
                     d.commit_batch().await?;
-                } else {
-                    d.apply.rollback().await?;
                 }
-                let durable = d.apply.durable_progress().await?;
+                d.applier.finish().await?;
+                let durable = d.durable_progress().await?;
                 stream.set_flushed(durable);
                 let _ = stream.shutdown().await;
-                tracing::info!(peer = %link.peer, applied = %d.applied, acknowledged = %durable, "stream from peer stopped");
+                tracing::info!(peer = %link.peer, applied = %d.applier.applied(), acknowledged = %durable, "stream from peer stopped");
                 return Ok(());
             }
         }
@@ -179,15 +193,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Direction<'_> {
     fn idle(&self) -> bool {
-        self.open.is_none() && self.pending_commit.is_none() && !self.apply.in_transaction()
+        self.open.is_none()
+            && self.pending_commit.is_none()
+            && self.chunk.is_empty()
+            && self.applier.applied() >= self.sent_commit
+    }
+
+    async fn durable_progress(&self) -> Result<Lsn, SidecarError> {
+        Ok(origin_progress(&self.catalog, &self.origin, true).await?)
     }
 
     /// What the peer may forget: the durable origin progress; and when nothing is in
     /// flight and every local commit is on disk, also what was read past (skipped
     /// transactions, idle WAL), so an idle or loop-filtered direction retains no WAL.
     async fn acknowledgeable(&self) -> Result<Lsn, SidecarError> {
-        let durable = self.apply.durable_progress().await?;
-        if self.idle() && durable >= self.applied {
+        let durable = self.durable_progress().await?;
+        if self.idle() && durable >= self.applier.applied() {
             Ok(durable.max(self.passed))
         } else {
             Ok(durable)
@@ -199,10 +220,10 @@ impl Direction<'_> {
             Message::Begin(b) => {
                 // The server does not resend what committed before the start position;
                 // this guards the same rule on our side.
-                let skip = b.final_lsn < self.applied;
+                let skip = b.final_lsn < self.sent_commit;
                 if skip {
                     tracing::debug!(peer = %self.link.peer, xid = b.xid, final_lsn = %b.final_lsn,
-                        applied = %self.applied, "reading past a transaction applied before");
+                        applied = %self.sent_commit, "reading past a transaction applied before");
                 }
                 self.open = Some(OpenTxn {
                     commit_lsn: b.final_lsn,
@@ -213,7 +234,8 @@ impl Direction<'_> {
             }
             Message::Relation(r) => {
                 self.maps.remove(&r.oid);
-                self.apply.forget_tables();
+                // Queued chunks carry their own table maps; this is for later lookups.
+                self.applier.send(Work::ForgetTables).await?;
                 self.relations.insert(r.oid, r);
             }
             Message::Commit(c) => {
@@ -293,27 +315,7 @@ impl Direction<'_> {
                     let Some((map, _, _)) = self.target(*oid).await? else {
                         continue;
                     };
-                    let (removed, kept) = self.apply.truncate(&map.local, ts).await?;
-                    // Recorded: a truncate discards every local version older than it,
-                    // including ones that never reached the peer.
-                    let record = ConflictRecord {
-                        kind: "truncate",
-                        table_name: map.local.name.clone(),
-                        key: serde_json::json!({}),
-                        local_row: Some(serde_json::json!({
-                            "rows_removed": removed,
-                            "newer_rows_kept": kept,
-                        })),
-                        remote_row: None,
-                        local_commit_ts: None,
-                        remote_commit_ts: Some(crate::apply::ledger::ts_text(ts)),
-                        local_origin: None,
-                        remote_origin: Some(self.link.peer.clone()),
-                        winner: "remote",
-                        resolution: "applied_as_delete",
-                        remote_lsn: Some(lsn.to_string()),
-                    };
-                    self.apply.write_ledger(&[record]).await?;
+                    self.applier.send(Work::Truncate { map, ts, lsn }).await?;
                 }
             }
             Message::Message(m) if m.prefix == KILL_PREFIX && m.transactional() => {
@@ -328,8 +330,7 @@ impl Direction<'_> {
                 })?;
                 // In stream order: what came before it is written first.
                 self.flush_chunk().await?;
-                let stats = self.apply.apply_kill(&kill, m.lsn).await?;
-                tracing::debug!(peer = %self.link.peer, ?kill, ?stats, "applied a peer's unique-constraint decision");
+                self.applier.send(Work::Kill { kill, lsn: m.lsn }).await?;
             }
             // Types are mapped by name on the local side; other messages belong to
             // applications; two-phase is not requested on apply streams.
@@ -360,7 +361,7 @@ impl Direction<'_> {
                 "change for relation {oid} before its Relation message"
             ))
         })?;
-        let local = self.apply.local_table(rel.schema(), &rel.name).await?;
+        let local = Arc::new(LocalTable::load(&self.catalog, rel.schema(), &rel.name).await?);
         let map = Arc::new(TableMap::new(local, rel, &self.link.local_node)?);
         self.maps.insert(oid, map.clone());
         if let Some(open) = self.open.as_mut() {
@@ -384,9 +385,7 @@ impl Direction<'_> {
             return Ok(());
         }
         let chunk = self.chunk.take();
-        let stats = self.apply.apply(&chunk).await?;
-        tracing::debug!(peer = %self.link.peer, rows = chunk.rows(), ?stats, "chunk applied");
-        Ok(())
+        self.applier.send(Work::Chunk(chunk)).await
     }
 
     /// Writes what is pending and commits the downstream transaction with the last
@@ -394,12 +393,20 @@ impl Direction<'_> {
     async fn commit_batch(&mut self) -> Result<(), SidecarError> {
         self.flush_chunk().await?;
         if let Some((end, ts)) = self.pending_commit.take() {
-            self.apply.commit(end, ts).await?;
-            tracing::debug!(peer = %self.link.peer, %end, "committed");
-            self.applied = self.applied.max(end);
+            self.applier.send(Work::Commit { end, ts }).await?;
+            self.sent_commit = self.sent_commit.max(end);
             self.passed = self.passed.max(end);
         }
         self.batch_started = None;
         Ok(())
+    }
+}
+
+/// Aborts a connection task when dropped (the session ends with the direction).
+struct DropAbort(tokio::task::JoinHandle<()>);
+
+impl Drop for DropAbort {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

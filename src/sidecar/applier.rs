@@ -1,0 +1,168 @@
+//! The writing half of a direction, in a task of its own: while it writes one chunk into
+//! the local node, the reading half (stream_apply.rs) keeps reading the peer's stream and
+//! builds the next one, so neither the local apply backend nor the stream waits for the
+//! other. Work arrives in stream order through a small bounded queue (memory stays bounded:
+//! the chunk being built, the queued ones and the one being written).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::link::SidecarError;
+use crate::apply::kill::Kill;
+use crate::apply::ledger::ConflictRecord;
+use crate::apply::table::TableMap;
+use crate::apply::ApplySession;
+use crate::batch::Chunk;
+use crate::protocol::pgoutput::PgTimestamp;
+use crate::Lsn;
+
+/// Chunks that may wait while one is written.
+const QUEUE_DEPTH: usize = 2;
+
+/// One step for the writing half, in stream order.
+#[derive(Debug)]
+pub enum Work {
+    /// Changes to write in the open downstream transaction.
+    Chunk(Chunk),
+    /// A peer's TRUNCATE of one table, committed there at `ts`.
+    Truncate {
+        map: Arc<TableMap>,
+        ts: PgTimestamp,
+        lsn: Lsn,
+    },
+    /// A peer's unique-constraint decision.
+    Kill { kill: Kill, lsn: Lsn },
+    /// Commit the downstream transaction: the peer's changes up to `end` are applied.
+    Commit { end: Lsn, ts: PgTimestamp },
+    /// The peer re-described a relation: drop cached table definitions.
+    ForgetTables,
+}
+
+/// Handle on the writing task.
+pub struct Applier {
+    /// `None` once [`Applier::finish`] closed the queue.
+    tx: Option<mpsc::Sender<Work>>,
+    applied: watch::Receiver<Lsn>,
+    task: JoinHandle<Result<(), SidecarError>>,
+}
+
+impl Applier {
+    /// Starts writing with `apply`; `applied` is what is committed locally already.
+    pub fn spawn(apply: ApplySession, peer: String, applied: Lsn) -> Applier {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (applied_tx, applied_rx) = watch::channel(applied);
+        let task = tokio::spawn(run(apply, rx, applied_tx, peer));
+        Applier {
+            tx: Some(tx),
+            applied: applied_rx,
+            task,
+        }
+    }
+
+    /// Queues `work`, waiting while the queue is full. When the writer has failed, its
+    /// error is returned instead.
+    pub async fn send(&mut self, work: Work) -> Result<(), SidecarError> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(work).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.failure().await)
+        }
+    }
+
+    /// Everything up to here is committed locally.
+    #[must_use]
+    pub fn applied(&self) -> Lsn {
+        *self.applied.borrow()
+    }
+
+    /// Resolves when the writer stops on its own, which only happens on an error.
+    pub async fn failure(&mut self) -> SidecarError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => SidecarError::Apply(crate::apply::ApplyError::Protocol(
+                "the apply task ended while the stream was running".into(),
+            )),
+            Err(join) => SidecarError::Apply(crate::apply::ApplyError::Protocol(format!(
+                "the apply task failed: {join}"
+            ))),
+        }
+    }
+
+    /// Lets the writer finish what is queued (work after the last commit is rolled back)
+    /// and waits for it.
+    pub async fn finish(&mut self) -> Result<(), SidecarError> {
+        self.tx = None;
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(join) => Err(SidecarError::Apply(crate::apply::ApplyError::Protocol(
+                format!("the apply task failed: {join}"),
+            ))),
+        }
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // Dropping the session closes its connection: the server rolls back whatever was
+        // not committed, and the origin keeps the last committed position.
+        self.task.abort();
+    }
+}
+
+async fn run(
+    mut apply: ApplySession,
+    mut rx: mpsc::Receiver<Work>,
+    applied: watch::Sender<Lsn>,
+    peer: String,
+) -> Result<(), SidecarError> {
+    while let Some(work) = rx.recv().await {
+        match work {
+            Work::Chunk(chunk) => {
+                let stats = apply.apply(&chunk).await?;
+                tracing::debug!(%peer, rows = chunk.rows(), ?stats, "chunk applied");
+            }
+            Work::Truncate { map, ts, lsn } => {
+                let (removed, kept) = apply.truncate(&map.local, ts).await?;
+                // Recorded: a truncate discards every local version older than it,
+                // including ones that never reached the peer.
+                let record = ConflictRecord {
+                    kind: "truncate",
+                    table_name: map.local.name.clone(),
+                    key: serde_json::json!({}),
+                    local_row: Some(serde_json::json!({
+                        "rows_removed": removed,
+                        "newer_rows_kept": kept,
+                    })),
+                    remote_row: None,
+                    local_commit_ts: None,
+                    remote_commit_ts: Some(crate::apply::ledger::ts_text(ts)),
+                    local_origin: None,
+                    remote_origin: Some(peer.clone()),
+                    winner: "remote",
+                    resolution: "applied_as_delete",
+                    remote_lsn: Some(lsn.to_string()),
+                };
+                apply.write_ledger(&[record]).await?;
+            }
+            Work::Kill { kill, lsn } => {
+                let stats = apply.apply_kill(&kill, lsn).await?;
+                tracing::debug!(%peer, ?kill, ?stats, "applied a peer's unique-constraint decision");
+            }
+            Work::Commit { end, ts } => {
+                apply.commit(end, ts).await?;
+                tracing::debug!(%peer, %end, "committed");
+                applied.send_replace(end);
+            }
+            Work::ForgetTables => apply.forget_tables(),
+        }
+    }
+    // The reader stopped: nothing after the last commit is kept.
+    apply.rollback().await?;
+    Ok(())
+}
