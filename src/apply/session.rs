@@ -21,9 +21,14 @@ use crate::sqlconn::{connect_sql, SqlConfig};
 use crate::Lsn;
 
 /// Settings that make text forms canonical on this session: key text written to and
-/// compared with tombstones must not depend on who wrote it.
+/// compared with tombstones must not depend on who wrote it. `plan_cache_mode`: every
+/// statement is planned with its actual arrays (PostgreSQL estimates `unnest` of a known
+/// array by its length) and the table's current size; a generic plan, cached once the
+/// table was small, kept hash-joining a sequential scan of the whole table for every
+/// chunk as the table grew.
 const SESSION_SETUP: &str = "SET session_replication_role = replica;
 SET synchronous_commit = off;
+SET plan_cache_mode = force_custom_plan;
 SET DateStyle = 'ISO, MDY';
 SET TimeZone = 'UTC';
 SET IntervalStyle = 'postgres';

@@ -89,17 +89,27 @@ fn key_array(t: &LocalTable, alias: &str) -> String {
 /// (`decided_ts`, `decided_node`); others take it from the tombstone row's xmin.
 /// Params: $1 table name, then one `text[]` per key column. Columns: ord, ts, roident,
 /// decided node (NULL unless decided).
+///
+/// Two branches on purpose: one join condition `key IN (ARRAY[…], '{}')` cannot use the
+/// primary-key index, so PostgreSQL compared every key with every tombstone of the table
+/// (quadratic as tombstones accumulate).
 #[must_use]
 pub fn select_tombstones(t: &LocalTable) -> String {
     let n = t.pk.len();
+    let branch = |key: &str| {
+        format!(
+            "SELECT u.ord, coalesce(tb.decided_ts, x.timestamp), x.roident, tb.decided_node \
+               FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
+               JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key = {key} \
+               LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
+            unnest_params(2, n),
+            names("k", n),
+        )
+    };
     format!(
-        "SELECT u.ord, coalesce(tb.decided_ts, x.timestamp), x.roident, tb.decided_node \
-           FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
-           JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key IN ({}, '{{}}') \
-           LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
-        unnest_params(2, n),
-        names("k", n),
-        key_array(t, "u")
+        "{} UNION ALL {}",
+        branch(&key_array(t, "u")),
+        branch("'{}'::text[]")
     )
 }
 
@@ -329,7 +339,9 @@ mod tests {
         let ins = insert_rows(&t, &[0, 1, 2]);
         assert!(ins.contains("ON CONFLICT DO NOTHING RETURNING id"), "{ins}");
         assert!(ins.contains("JOIN i ON i.id = u.v0::bigint"), "{ins}");
-        assert!(select_tombstones(&t).contains("tb.key IN (ARRAY[u.k0::bigint::text], '{}')"));
+        let tombs = select_tombstones(&t);
+        assert!(tombs.contains("tb.key = ARRAY[u.k0::bigint::text]"));
+        assert!(tombs.contains("UNION ALL") && tombs.contains("tb.key = '{}'::text[]"));
         assert!(select_unique_holder(&t, &[2]).contains("t.email = $1::text::text"));
     }
 }
