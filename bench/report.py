@@ -42,7 +42,7 @@ def add(res_p, name, log, procs_p, rc, secs, cmd, load_p=None):
     if not r:  # peers.py died before its summary: keep the per-scenario lines
         for line in open(log):
             k, _, rest = line.partition(" ")
-            if k in ("catchup", "bulk", "converge") and rest.startswith("{"):
+            if k in ("catchup", "bulk", "converge", "lag") and rest.startswith("{"):
                 r[k] = json.loads(rest)
     r["exit_code"] = int(rc)
     r["wall_s"] = int(secs)
@@ -188,6 +188,20 @@ def table(out):
                 if m in dur and base in dur:
                     a, b = res[m + "_durable"], res[base + "_durable"]
                     print(f"| ratio {m} / {base} | {ratio(a, b, 'catchup', 'txn_per_s')} | {ratio(a, b, 'bulk', 'rows_per_s')} |")
+    lag = [(n, s) for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18")
+           for s in ("_lag", "_lag_durable") if n + s in res]
+    if lag:
+        print()
+        print("| steady lag (commit on A to visible on B) | offered / achieved txn/s | p50 ms | p90 ms | p99 ms | max ms |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for n, suf in lag:
+            r = res[n + suf].get("lag", {})
+            label = n + (" (durable)" if suf == "_lag_durable" else "")
+            if "error" in r:
+                print(f"| {label} | FAILED: {r['error'][:80]} | | | | |")
+                continue
+            print(f"| {label} | {fmt(r.get('offered_txn_per_s'))} / {fmt(r.get('achieved_txn_per_s'))} | "
+                  f"{r.get('lag_ms_p50')} | {r.get('lag_ms_p90')} | {r.get('lag_ms_p99')} | {r.get('lag_ms_max')} |")
     if res.get("decoder"):
         print()
         print("| decoder group | bytes/iter | MB/s | Mmsg/s |")

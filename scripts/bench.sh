@@ -17,6 +17,9 @@
 #   BENCH_MAIN            0 = skip the main catchup/bulk/converge runs (default 1)
 #   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18"; "" = none)
 #   BENCH_SKIP            space-separated subset of "decoder decode_only" to skip
+#   BENCH_LAG             1 = steady-state lag at a fixed rate (bench/lag.py + examples/lagprobe),
+#                         plain and durable, for every peer (default 1)
+#   BENCH_LAG_RATE/SECONDS  offered txn/s and duration of the lag runs (default 5000, 15)
 #   BENCH_OUT             result file (default bench/results/<date>.json)
 set -euo pipefail
 
@@ -43,6 +46,9 @@ DURABLE=${BENCH_DURABLE:-0}
 MAIN=${BENCH_MAIN:-1}
 PEERS=${BENCH_PEERS-native18 pglogical15 pgmesh15 pgmesh18}  # empty: none
 SKIP=${BENCH_SKIP:-}
+LAG=${BENCH_LAG:-1}
+LAG_RATE=${BENCH_LAG_RATE:-5000}
+LAG_SECONDS=${BENCH_LAG_SECONDS:-15}
 DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
 OUT=${BENCH_OUT:-bench/results/$DATE.json}
 WORK=$(mktemp -d /tmp/pgmesh-bench.XXXXXX)
@@ -57,25 +63,27 @@ export PGPEERS_CACHE=${PGPEERS_CACHE:-${PGMESH_PG_CACHE:-/var/cache/pgmesh}}
 command -v psql >/dev/null || export PATH=/usr/lib/postgresql/15/bin:$PATH
 
 echo "bench: building pgmesh (release)" >&2
-$CARGO build --release --locked --bin pgmesh
+$CARGO build --release --locked --bin pgmesh --example lagprobe
 export PGMESH_BIN=$CARGO_TARGET_DIR/release/pgmesh
+PROBE=$CARGO_TARGET_DIR/release/examples/lagprobe
 WRAP=$ROOT/bench/pgmesh-wrap.sh
 CONF=$ROOT/bench/pgmesh-peers.toml
 
 SIZES=(--n "$N" --bulk-txns "$BULK_TXNS" --bulk-rows "$BULK_ROWS" --converge-n "$CONVERGE_N")
+HARNESS=$PEERS_DIR/peers.py  # bench/lag.py for the lag runs (same peers, same setups)
 echo "{}" > "$WORK/results.json"
 
 peer_run() { # name, peers.py args... (sizes: the SIZES array)
   local name=$1; shift
   local log=$WORK/$name.out
-  echo "bench: $name: python3 $PEERS_DIR/peers.py $* ${SIZES[*]}" >&2
+  echo "bench: $name: python3 $HARNESS $* ${SIZES[*]}" >&2
   local watch=$WORK/$name.pids
   mkdir -p "$watch"
   python3 "$ROOT/bench/procwatch.py" "$watch" "$WORK/$name.procs.json" 0.25 &
   local wpid=$!
   local t0=$SECONDS rc=0 busy0
   busy0=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
-  PGMESH_WATCH_DIR=$watch python3 "$PEERS_DIR/peers.py" "$@" "${SIZES[@]}" | tee "$log" >&2 || rc=$?
+  PGMESH_WATCH_DIR=$watch python3 "$HARNESS" "$@" "${SIZES[@]}" | tee "$log" >&2 || rc=$?
   kill -TERM "$wpid"; wait "$wpid" || true
   # How busy the whole machine was (other users' work shows up here): busy share of all CPUs.
   local busy1; busy1=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
@@ -84,7 +92,7 @@ peer_run() { # name, peers.py args... (sizes: the SIZES array)
   local lab=${PGLAB_DIR:-/tmp/pglab}
   for f in ab ba; do [ -f "$lab/$f.log" ] && mv "$lab/$f.log" "$WORK/$name.$f.log"; done
   python3 "$ROOT/bench/report.py" add "$WORK/results.json" "$name" "$log" "$WORK/$name.procs.json" \
-    "$rc" "$((SECONDS - t0))" "python3 peers.py $* ${SIZES[*]}" "$WORK/$name.load"
+    "$rc" "$((SECONDS - t0))" "python3 $(basename "$HARNESS") $* ${SIZES[*]}" "$WORK/$name.load"
 }
 
 run_peers() { # suffix
@@ -112,6 +120,16 @@ if [ "$BULK_BIG" != 0 ]; then
   # One transaction of BULK_BIG rows (fresh clusters): bounded memory while it passes.
   SIZES=(--only bulk --bulk-txns 1 --bulk-rows "$BULK_BIG")
   run_peers "_bigtxn"
+fi
+
+if [ "$LAG" != 0 ]; then
+  # Steady state: open-loop writes on A at LAG_RATE txn/s, per-change lag to B.
+  HARNESS=$ROOT/bench/lag.py
+  SIZES=(--probe "$PROBE" --peers-dir "$PEERS_DIR" --rate "$LAG_RATE" --seconds "$LAG_SECONDS")
+  run_peers "_lag"
+  SIZES+=(--durable)
+  run_peers "_lag_durable"
+  HARNESS=$PEERS_DIR/peers.py
 fi
 
 if [[ " $SKIP " != *" decoder "* ]]; then
