@@ -255,6 +255,7 @@ fn a_peer_down_past_the_backoff_cap_catches_up_by_itself() {
         // The log: one numbered warning per retry with its delay, growing to the cap and
         // staying there; no errors, no panics; streaming announced again afterwards.
         let log = logs.take();
+        // To read what an operator would see: PGMESH_PEER_DOWN_LOG=/tmp/log keeps it.
         if let Ok(path) = std::env::var("PGMESH_PEER_DOWN_LOG") {
             let _ = std::fs::write(format!("{path}.pg{major}"), &log);
         }
