@@ -101,6 +101,13 @@ fn describe_db_error(e: &tokio_postgres::Error) -> String {
             if let Some(h) = db.hint() {
                 s.push_str(&format!(" (hint: {h})"));
             }
+            if db.code().code() == "42501" {
+                // The sidecar may run as a least-privilege role: say where the list is.
+                s.push_str(
+                    " (fix: as a superuser, run the statements `pgmesh setup --print-grants \
+                     <role>` prints on every node; see docs/setup.md, Privileges)",
+                );
+            }
             s
         }
         None => e.to_string(),

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::{names, Config, ConfigFlags};
 use crate::sidecar::{run_peer, BatchLimits, PeerLink};
-use crate::source::{Password, SourceConfig};
+use crate::source::{BackoffPolicy, Password, SourceConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -53,6 +53,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             slot: names::slot_name(node),
             publication: names::PUBLICATION.to_string(),
             limits,
+            reconnect: BackoffPolicy::default(),
         });
     }
     Ok(out)

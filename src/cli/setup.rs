@@ -19,11 +19,28 @@ pub struct SetupArgs {
     /// Print findings (and changes) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print the GRANT statements that let ROLE (not a superuser) run `pgmesh run`, and
+    /// exit. Run them as a superuser on every node after setup.
+    #[arg(long, value_name = "ROLE", conflicts_with_all = ["check", "json"])]
+    pub print_grants: Option<String>,
     #[command(flatten)]
     pub overrides: ConfigFlags,
 }
 
 pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
+    if let Some(role) = &args.print_grants {
+        // Needs no config and no connection: the script finds the tables itself.
+        return Ok(match setup::grants::grants_sql(role) {
+            Ok(sql) => {
+                print!("{sql}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: --print-grants: {e}");
+                ExitCode::from(2)
+            }
+        });
+    }
     let cfg = match Config::load_with(&args.config, &args.overrides) {
         Ok(c) => c,
         Err(e) => {

@@ -11,6 +11,7 @@ mod connect;
 mod error;
 pub mod facts;
 pub mod finding;
+pub mod grants;
 pub mod migrate;
 pub mod tombstone;
 

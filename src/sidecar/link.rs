@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::apply::ApplyError;
 use crate::protocol::pgoutput::DecodeError;
-use crate::source::{SourceConfig, SourceError};
+use crate::source::{BackoffPolicy, SourceConfig, SourceError};
 use crate::sqlconn::SqlConfig;
 
 /// Bounds of one downstream transaction (and of memory held for it).
@@ -43,6 +43,10 @@ pub struct PeerLink {
     pub slot: String,
     pub publication: String,
     pub limits: BatchLimits,
+    /// How long to wait between attempts while the peer or the local node is unreachable
+    /// (`BackoffPolicy::default()`: 100 ms doubling to 30 s). Tests shorten the cap to
+    /// reach it in seconds instead of minutes.
+    pub reconnect: BackoffPolicy,
 }
 
 /// Why a peer stream stopped.

@@ -20,8 +20,7 @@ use crate::batch::{ChangeOp, Chunk};
 use crate::filter::{OriginFilter, Verdict};
 use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation};
 use crate::source::{
-    connect_and_start, Backoff, BackoffPolicy, OutputPlugin, PgoutputOptions, ReplicationEvent,
-    StreamConfig,
+    connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, StreamConfig,
 };
 use crate::Lsn;
 
@@ -29,7 +28,7 @@ use crate::Lsn;
 /// origin progress after a backoff, others are logged with their fix and retried slowly
 /// (so the stream resumes by itself once the cause is fixed). Nothing is ever skipped.
 pub async fn run_peer(link: PeerLink, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(BackoffPolicy::default());
+    let mut backoff = Backoff::new(link.reconnect);
     loop {
         if *stop.borrow() {
             return;
@@ -39,11 +38,14 @@ pub async fn run_peer(link: PeerLink, mut stop: watch::Receiver<bool>) {
             Ok(()) => return,
             Err(e) => {
                 let mut delay = backoff.next_delay(Instant::now());
+                // One line per attempt, with the attempt number and the wait, so an
+                // operator sees a peer that stays down (and for how long) at a glance.
+                let attempt = backoff.failures();
                 if e.is_transient() {
-                    tracing::warn!(peer = %link.peer, error = %e, ?delay, "stream from peer interrupted; resuming from the applied position");
+                    tracing::warn!(node = %link.local_node, peer = %link.peer, error = %e, ?delay, attempt, "stream from peer interrupted; retrying after `delay` from the applied position");
                 } else {
                     delay = delay.max(std::time::Duration::from_secs(5));
-                    tracing::error!(peer = %link.peer, error = %e, ?delay, "stream from peer stopped; position kept, retrying until the cause is fixed");
+                    tracing::error!(node = %link.local_node, peer = %link.peer, error = %e, ?delay, attempt, "stream from peer stopped; position kept, retrying until the cause is fixed");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -115,7 +117,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     let proto = crate::source::stream::max_proto_version(major);
     let mut decoder = Decoder::new(proto);
     let mut filter = OriginFilter::new(true);
-    tracing::info!(peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
+    tracing::info!(node = %link.local_node, peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
     let mut d = Direction {
         link,
         applier: Applier::spawn(apply, link.peer.clone(), applied),

@@ -8,7 +8,7 @@ pub mod tls;
 use std::time::{Duration, Instant};
 
 use pgmesh::sidecar::{run_peer, BatchLimits, PeerLink};
-use pgmesh::source::SourceConfig;
+use pgmesh::source::{BackoffPolicy, SourceConfig};
 use pgmesh::sqlconn::SqlConfig;
 use pgmesh::testkit::Cluster;
 use tokio::sync::watch;
@@ -42,6 +42,8 @@ pub struct Mesh {
     stop: Option<watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub limits: BatchLimits,
+    /// Backoff of the directions started from now on.
+    pub reconnect: BackoffPolicy,
 }
 
 /// A tombstone trigger for `table` keyed by `key_cols` (what setup installs).
@@ -136,6 +138,7 @@ impl Mesh {
             stop: None,
             tasks: Vec::new(),
             limits: BatchLimits::default(),
+            reconnect: BackoffPolicy::default(),
         }
     }
 
@@ -161,6 +164,7 @@ impl Mesh {
             slot: format!("pgmesh_{}", local.name),
             publication: "pgmesh".to_string(),
             limits: self.limits,
+            reconnect: self.reconnect,
         };
         let rx = self
             .stop
@@ -179,6 +183,11 @@ impl Mesh {
                 .rt
                 .block_on(async { tokio::time::timeout(Duration::from_secs(20), t).await });
         }
+    }
+
+    /// How many started directions are still running (a panicked or returned task is not).
+    pub fn running(&self) -> usize {
+        self.tasks.iter().filter(|t| !t.is_finished()).count()
     }
 
     /// Aborts both directions at once (as a crash of the sidecar process would).
