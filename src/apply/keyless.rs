@@ -12,7 +12,15 @@
 //!
 //! So an update on each node of the same row leaves both new images on both nodes, and
 //! an update racing a delete leaves the updated row on both: the nodes end with the same
-//! multiset, not necessarily the one either writer meant. Changes stay in stream order
+//! multiset, not necessarily the one either writer meant. An update that leaves the row
+//! as it was changes nothing and is skipped.
+//!
+//! The limit of content as identity: when one node re-creates a row content (deletes a
+//! row and inserts an identical one, or updates a row back to an earlier content) while
+//! the other node concurrently changes the earlier identical row, the peer's change may
+//! land on the new copy on one node and find nothing on the other, and the nodes differ.
+//! The ledger then shows `update_missing` / `delete_missing` on one side. Give such rows
+//! a key (or a distinguishing column) if that can happen. Changes stay in stream order
 //! (nothing collapses per key) and run row at a time, each statement prepared once per
 //! shape; such tables are expected to be rare and small-volume.
 
@@ -119,6 +127,14 @@ impl Resolver<'_> {
                 })?;
                 // Unchanged TOAST in the new image: the old image has the value.
                 new.fill_unchanged_from(old);
+                if new == *old {
+                    // Replacing a row by itself leaves the multiset as it is, whether or
+                    // not the row is here. Applying it could only hurt: where a concurrent
+                    // delete removed the row, "update_missing → insert" would bring it
+                    // back on this node alone.
+                    stats.skipped += 1;
+                    return Ok(());
+                }
                 let match_cols = valued(old);
                 let set_cols = valued(&new);
                 let mut vals = values(old, &match_cols)?;

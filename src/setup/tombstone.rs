@@ -131,7 +131,10 @@ mod tests {
             columns: vec![("a".into(), "integer".into()), ("d".into(), "text".into())],
         };
         let body = function_body(&t);
-        assert!(body.contains("VALUES ('public.log', '{}'::text[])"), "{body}");
+        assert!(
+            body.contains("VALUES ('public.log', '{}'::text[])"),
+            "{body}"
+        );
         assert!(!body.contains("OLD."), "{body}");
     }
 
