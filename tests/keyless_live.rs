@@ -434,3 +434,39 @@ fn random_keyless_workloads_converge() {
         }
     }
 }
+
+/// A table without a primary key but with a unique index is refused with the fix: with
+/// no key there is nothing to decide a collision of two rows by.
+#[test]
+fn keyless_table_with_a_unique_index_is_refused_with_the_fix() {
+    let major = versions_under_test()[0];
+    let c = Cluster::start(major).unwrap();
+    q(
+        &c,
+        "CREATE TABLE u(a int, b text); CREATE UNIQUE INDEX u_b ON u (lower(b));
+         CREATE TABLE ok(a int, b text);",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&c.dsn(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let err = pgmesh::apply::table::LocalTable::load(&client, "public", "u")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("public.u has no primary key but a unique index u_b")
+                && err.contains("ADD PRIMARY KEY USING INDEX u_b"),
+            "{err}"
+        );
+        let ok = pgmesh::apply::table::LocalTable::load(&client, "public", "ok")
+            .await
+            .unwrap();
+        assert!(ok.is_keyless());
+    });
+}
