@@ -2,6 +2,8 @@
 //! conflict by last-writer-wins and recording it in the ledger, in one transaction bound
 //! to the peer's replication origin (so progress moves atomically with the data).
 
+pub mod keyless;
+pub mod keyless_sql;
 pub mod kill;
 pub mod ledger;
 pub mod peer_read;
@@ -33,8 +35,10 @@ pub enum ApplyError {
         column: String,
         node: String,
     },
-    #[error("table {table} has no primary key on this node: add one (pgmesh needs a key to resolve conflicts)")]
-    NoPrimaryKey { table: String },
+    #[error("table {table} has no primary key but a unique index {index}: without a key pgmesh cannot decide which of two rows holding the same value wins. Make it the key (ALTER TABLE {table} ADD PRIMARY KEY USING INDEX {index}, if its columns are NOT NULL) or drop the index")]
+    KeylessUnique { table: String, index: String },
+    #[error("table {table} has no primary key on this node but the peer sent {what}: set REPLICA IDENTITY FULL on the peer and give the table the same primary key (or none) on every node")]
+    KeylessWithoutFullImage { table: String, what: &'static str },
     #[error("unexpected replication data: {0}")]
     Protocol(String),
     #[error("could not apply a change to {table} key {key}: {detail}")]

@@ -154,7 +154,11 @@ impl Resolver<'_> {
         stats: &mut ApplyStats,
     ) -> Result<(), ApplyError> {
         for tc in &chunk.tables {
-            self.apply_table(tc, ledger, stats).await?;
+            if tc.map.local.is_keyless() {
+                self.apply_keyless(tc, ledger, stats).await?;
+            } else {
+                self.apply_table(tc, ledger, stats).await?;
+            }
         }
         Ok(())
     }

@@ -28,7 +28,8 @@ pub struct LocalTable {
     pub schema: String,
     pub relname: String,
     pub columns: Vec<LocalColumn>,
-    /// Indices into `columns` of the primary key, in key order.
+    /// Indices into `columns` of the primary key, in key order; empty for a table
+    /// without one (REPLICA IDENTITY FULL, see [`super::keyless`]).
     pub pk: Vec<usize>,
     /// Other unique constraints / unique indexes (column indices), for resolving a
     /// conflict on a value that another row holds.
@@ -105,7 +106,7 @@ impl LocalTable {
             }
         }
         if pk.is_empty() {
-            return Err(ApplyError::NoPrimaryKey { table: name });
+            refuse_keyless_unique(client, oid, &name).await?;
         }
         Ok(LocalTable {
             name,
@@ -115,6 +116,35 @@ impl LocalTable {
             pk,
             uniques,
         })
+    }
+}
+
+impl LocalTable {
+    /// A table without a primary key: rows are identified by their whole content.
+    #[must_use]
+    pub fn is_keyless(&self) -> bool {
+        self.pk.is_empty()
+    }
+}
+
+/// A table without a primary key must have no unique index either (partial and
+/// expression indexes included): with no key there is no row version to decide a
+/// collision by, so two nodes inserting the same value would stop replication only after
+/// the nodes had diverged. Refusing up front says so before any change is applied.
+async fn refuse_keyless_unique(client: &Client, oid: u32, table: &str) -> Result<(), ApplyError> {
+    let rows = client
+        .query(
+            "SELECT quote_ident(i.relname) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+              WHERE x.indrelid = $1 AND x.indisunique ORDER BY 1 LIMIT 1",
+            &[&oid],
+        )
+        .await?;
+    match rows.first() {
+        Some(r) => Err(ApplyError::KeylessUnique {
+            table: table.to_string(),
+            index: r.get(0),
+        }),
+        None => Ok(()),
     }
 }
 

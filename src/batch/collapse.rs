@@ -1,4 +1,5 @@
-//! Per-key collapse of row changes.
+//! Per-key collapse of row changes (tables with a primary key), and changes kept in
+//! order (tables without one).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,12 +32,28 @@ pub struct Pending {
     pub born_in_chunk: bool,
 }
 
-/// Pending changes of one table, in first-touch order.
+/// One change to a table without a primary key (REPLICA IDENTITY FULL). A row of such a
+/// table has no identity but its content, so its changes cannot collapse per key: they
+/// are kept as they came and applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeylessChange {
+    pub op: ChangeOp,
+    /// The full old image (updates and deletes).
+    pub old: Option<Row>,
+    /// The new image (inserts and updates).
+    pub new: Option<Row>,
+    pub commit_ts: PgTimestamp,
+    pub lsn: Lsn,
+}
+
+/// Pending changes of one table: per key in first-touch order, or (for a table without a
+/// primary key) in stream order in `keyless`.
 #[derive(Debug, Clone)]
 pub struct TableChunk {
     pub map: Arc<TableMap>,
     pub order: Vec<Key>,
     pub changes: HashMap<Key, Pending>,
+    pub keyless: Vec<KeylessChange>,
 }
 
 /// Everything pending for the open downstream transaction, by table.
@@ -82,22 +99,7 @@ impl Chunk {
     ) {
         self.rows += 1;
         self.bytes += row.as_ref().map_or(0, Row::weight) + 64;
-        let table = match self
-            .tables
-            .iter_mut()
-            .position(|t| Arc::ptr_eq(&t.map, map) || t.map.local.name == map.local.name)
-        {
-            Some(i) => &mut self.tables[i],
-            None => {
-                self.tables.push(TableChunk {
-                    map: Arc::clone(map),
-                    order: Vec::new(),
-                    changes: HashMap::new(),
-                });
-                let last = self.tables.len() - 1;
-                &mut self.tables[last]
-            }
-        };
+        let table = self.table_mut(map);
         let incoming = Pending {
             op,
             row,
@@ -111,6 +113,37 @@ impl Chunk {
                 table.changes.insert(key, incoming);
             }
             Some(existing) => *existing = collapse(existing, incoming),
+        }
+    }
+
+    /// Adds one change to a table without a primary key, after the ones before it.
+    pub fn push_keyless(&mut self, map: &Arc<TableMap>, change: KeylessChange) {
+        self.rows += 1;
+        self.bytes += [&change.old, &change.new]
+            .iter()
+            .map(|r| r.as_ref().map_or(0, Row::weight))
+            .sum::<usize>()
+            + 64;
+        self.table_mut(map).keyless.push(change);
+    }
+
+    fn table_mut(&mut self, map: &Arc<TableMap>) -> &mut TableChunk {
+        match self
+            .tables
+            .iter()
+            .position(|t| Arc::ptr_eq(&t.map, map) || t.map.local.name == map.local.name)
+        {
+            Some(i) => &mut self.tables[i],
+            None => {
+                self.tables.push(TableChunk {
+                    map: Arc::clone(map),
+                    order: Vec::new(),
+                    changes: HashMap::new(),
+                    keyless: Vec::new(),
+                });
+                let last = self.tables.len() - 1;
+                &mut self.tables[last]
+            }
         }
     }
 }
@@ -188,6 +221,55 @@ mod tests {
         let upd = p(ChangeOp::Update, Some(vec![t("1")]), 1);
         let c = collapse(&upd, p(ChangeOp::Delete, None, 3));
         assert!(!c.born_in_chunk);
+    }
+
+    #[test]
+    fn keyless_changes_stay_in_order_and_never_collapse() {
+        use crate::apply::table::{LocalColumn, LocalTable};
+        let local = Arc::new(LocalTable {
+            name: "public.log".into(),
+            schema: "public".into(),
+            relname: "log".into(),
+            columns: vec![LocalColumn {
+                name: "a".into(),
+                quoted: "a".into(),
+                type_sql: "integer".into(),
+            }],
+            pk: vec![],
+            uniques: vec![],
+        });
+        let map = Arc::new(TableMap {
+            local,
+            remote_to_local: vec![0],
+            local_only: vec![],
+        });
+        let ch = |op, old: Option<&str>, new: Option<&str>| KeylessChange {
+            op,
+            old: old.map(|v| Row(vec![t(v)])),
+            new: new.map(|v| Row(vec![t(v)])),
+            commit_ts: PgTimestamp(1),
+            lsn: Lsn(1),
+        };
+        let mut c = Chunk::default();
+        // The same row twice, then one copy updated and one deleted: four changes, none
+        // merged (a per-key collapse would see one empty key and keep only the last).
+        c.push_keyless(&map, ch(ChangeOp::Insert, None, Some("1")));
+        c.push_keyless(&map, ch(ChangeOp::Insert, None, Some("1")));
+        c.push_keyless(&map, ch(ChangeOp::Update, Some("1"), Some("2")));
+        c.push_keyless(&map, ch(ChangeOp::Delete, Some("1"), None));
+        assert_eq!(c.rows(), 4);
+        assert_eq!(c.tables.len(), 1);
+        let ops: Vec<ChangeOp> = c.tables[0].keyless.iter().map(|k| k.op).collect();
+        assert_eq!(
+            ops,
+            [
+                ChangeOp::Insert,
+                ChangeOp::Insert,
+                ChangeOp::Update,
+                ChangeOp::Delete
+            ]
+        );
+        assert!(c.tables[0].changes.is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Several changes to one key inside a chunk collapse to their net effect, carrying the
 //! last change's own commit time (each row keeps its own remote timestamp, so
 //! last-writer-wins stays exact however many upstream transactions a chunk spans).
+//! Tables without a primary key have no key to collapse on: their changes stay in stream
+//! order ([`KeylessChange`]).
 
 mod collapse;
 
-pub use collapse::{ChangeOp, Chunk, Pending, TableChunk};
+pub use collapse::{ChangeOp, Chunk, KeylessChange, Pending, TableChunk};

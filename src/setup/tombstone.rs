@@ -19,6 +19,9 @@
 //! schema to delete rows. The trigger is ENABLEd normally: it fires for local sessions and
 //! not for the sidecar's apply session (`session_replication_role = replica`), which writes
 //! tombstones for remote deletes itself.
+//!
+//! A table without a primary key gets only whole-table (TRUNCATE) tombstones; see
+//! [`keyless_function_body`].
 
 use super::catalog::TableFacts;
 use crate::config::names::{self, quote_ident, quote_literal};
@@ -41,6 +44,9 @@ pub fn function_sql(t: &TableFacts) -> String {
 /// The PL/pgSQL body; compared with `pg_proc.prosrc` to decide whether to replace.
 #[must_use]
 pub fn function_body(t: &TableFacts) -> String {
+    if t.primary_key.is_empty() {
+        return keyless_function_body(t);
+    }
     let key: Vec<String> = t
         .key_columns()
         .iter()
@@ -62,6 +68,21 @@ pub fn function_body(t: &TableFacts) -> String {
         new_key.join(", "),
         quote_literal(&t.qualified()),
         key.join(", ")
+    )
+}
+
+/// A table without a primary key (REPLICA IDENTITY FULL) keeps only the whole-table
+/// tombstone of a TRUNCATE. Its rows are identified by their whole content and applied as
+/// a multiset (`apply::keyless`), which never reads a row tombstone; writing one per
+/// deleted row would grow `pgmesh.tombstones` for nothing, and a row whose text passes
+/// the btree limit (~2.7 kB) would make the application's own DELETE or UPDATE fail on
+/// the tombstone's key index. The row trigger stays (doing nothing) so that setup, which
+/// recognises an installed table by it, replaces the function of an older install in
+/// place.
+fn keyless_function_body(t: &TableFacts) -> String {
+    format!(
+        "\nBEGIN\n  IF TG_OP = 'TRUNCATE' THEN\n    INSERT INTO pgmesh.tombstones (table_name, key)\n    VALUES ({}, '{{}}'::text[])\n    ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;\n  END IF;\n  RETURN NULL;\nEND\n",
+        quote_literal(&t.qualified())
     )
 }
 
@@ -98,6 +119,24 @@ pub fn drop_triggers_sql(table: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyless_tables_keep_only_truncate_tombstones() {
+        let t = TableFacts {
+            oid: 16400,
+            schema: "public".into(),
+            name: "log".into(),
+            replica_identity: 'f',
+            primary_key: vec![],
+            columns: vec![("a".into(), "integer".into()), ("d".into(), "text".into())],
+        };
+        let body = function_body(&t);
+        assert!(
+            body.contains("VALUES ('public.log', '{}'::text[])"),
+            "{body}"
+        );
+        assert!(!body.contains("OLD."), "{body}");
+    }
 
     #[test]
     fn generates_canonical_key_function() {

@@ -16,7 +16,7 @@ use crate::apply::row::Row;
 use crate::apply::session::origin_progress;
 use crate::apply::table::{LocalTable, TableMap};
 use crate::apply::{ApplyError, ApplySession};
-use crate::batch::{ChangeOp, Chunk};
+use crate::batch::{ChangeOp, Chunk, KeylessChange};
 use crate::filter::{OriginFilter, Verdict};
 use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation};
 use crate::source::{
@@ -186,6 +186,23 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     }
 }
 
+/// The old image of a change to a key-less table: only a full one ('O') names its row;
+/// a key-only one means the peer's table has a key (or another identity) that this
+/// node's lacks.
+fn keyless_old(map: &TableMap, old: Option<&OldTuple>) -> Result<Option<Row>, ApplyError> {
+    match old {
+        Some(OldTuple::Full(t)) => Ok(Some(Row::from_tuple(map, t)?)),
+        Some(OldTuple::Key(_)) => Err(ApplyError::KeylessWithoutFullImage {
+            table: map.local.name.clone(),
+            what: "only the key of the old row",
+        }),
+        None => Err(ApplyError::KeylessWithoutFullImage {
+            table: map.local.name.clone(),
+            what: "a change without the old row",
+        }),
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -267,6 +284,11 @@ impl Direction<'_> {
                     return Ok(());
                 };
                 let row = Row::from_tuple(&map, &i.new)?;
+                if map.local.is_keyless() {
+                    self.push_keyless(&map, ChangeOp::Insert, None, Some(row), ts, lsn)
+                        .await?;
+                    return Ok(());
+                }
                 let key = row.key(&map)?;
                 self.chunk
                     .push(&map, ChangeOp::Insert, key, Some(row), ts, lsn);
@@ -277,6 +299,12 @@ impl Direction<'_> {
                     return Ok(());
                 };
                 let row = Row::from_tuple(&map, &u.new)?;
+                if map.local.is_keyless() {
+                    let old = keyless_old(&map, u.old.as_ref())?;
+                    self.push_keyless(&map, ChangeOp::Update, old, Some(row), ts, lsn)
+                        .await?;
+                    return Ok(());
+                }
                 let key = row.key(&map)?;
                 if let Some(OldTuple::Key(old) | OldTuple::Full(old)) = &u.old {
                     let old_key = Row::from_tuple(&map, old)?.key(&map)?;
@@ -303,6 +331,12 @@ impl Direction<'_> {
                 let Some((map, ts, lsn)) = self.target(del.relation_oid).await? else {
                     return Ok(());
                 };
+                if map.local.is_keyless() {
+                    let old = keyless_old(&map, Some(&del.old))?;
+                    self.push_keyless(&map, ChangeOp::Delete, old, None, ts, lsn)
+                        .await?;
+                    return Ok(());
+                }
                 let key = Row::from_tuple(&map, del.old.tuple())?.key(&map)?;
                 self.chunk.push(&map, ChangeOp::Delete, key, None, ts, lsn);
                 self.maybe_flush().await?;
@@ -370,6 +404,30 @@ impl Direction<'_> {
             open.touches_uniques |= !map.local.uniques.is_empty();
         }
         Ok(Some((map, ts, lsn)))
+    }
+
+    /// Queues a change to a table without a primary key: kept in order, never collapsed
+    /// (rows have no key; see [`crate::apply::keyless`]).
+    async fn push_keyless(
+        &mut self,
+        map: &Arc<TableMap>,
+        op: ChangeOp,
+        old: Option<Row>,
+        new: Option<Row>,
+        commit_ts: PgTimestamp,
+        lsn: Lsn,
+    ) -> Result<(), SidecarError> {
+        self.chunk.push_keyless(
+            map,
+            KeylessChange {
+                op,
+                old,
+                new,
+                commit_ts,
+                lsn,
+            },
+        );
+        self.maybe_flush().await
     }
 
     /// Writes the chunk (without committing) once it reaches its bounds, so a large

@@ -46,9 +46,22 @@ pub struct Mesh {
     pub reconnect: BackoffPolicy,
 }
 
-/// A tombstone trigger for `table` keyed by `key_cols` (what setup installs).
+/// A tombstone trigger for `table` keyed by `key_cols` (what setup installs); without
+/// key columns (a table without a primary key) only the TRUNCATE tombstone.
 pub fn tombstone_trigger(table: &str, key_cols: &[&str]) -> String {
     let fname = format!("pgmesh.tomb_{}", table.replace('.', "_"));
+    if key_cols.is_empty() {
+        return format!(
+            "CREATE OR REPLACE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN
+               INSERT INTO pgmesh.tombstones(table_name, key) VALUES ('{table}', '{{}}')
+                 ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;
+               RETURN NULL;
+             END $f$;
+             CREATE TRIGGER pgmesh_truncate AFTER TRUNCATE ON {table}
+               FOR EACH STATEMENT EXECUTE FUNCTION {fname}();"
+        );
+    }
     let arr = key_cols
         .iter()
         .map(|c| format!("OLD.{c}::text"))
