@@ -42,7 +42,11 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
+        let num = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
             "--a" => args.a = value.clone(),
             "--b" => args.b = value.clone(),
@@ -53,7 +57,9 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if args.a.is_empty() || args.b.is_empty() {
-        return Err("usage: lagprobe --a DSN --b DSN [--rate N] [--seconds N] [--clients N]".into());
+        return Err(
+            "usage: lagprobe --a DSN --b DSN [--rate N] [--seconds N] [--clients N]".into(),
+        );
     }
     Ok(args)
 }
@@ -114,13 +120,17 @@ async fn writer(
         let k = K_BASE + seq.fetch_add(1, Ordering::Relaxed) as i64;
         if roll < 6 || mine.is_empty() {
             let row = ID_BASE + k - K_BASE;
-            c.execute(&ins, &[&row, &k]).await.map_err(|e| e.to_string())?;
+            c.execute(&ins, &[&row, &k])
+                .await
+                .map_err(|e| e.to_string())?;
             mine.push(row);
         } else {
             // Recent rows: the hot end of a real table.
             let pick = mine.len() - 1 - (xorshift(&mut rng) as usize % mine.len().min(200));
             if roll < 9 {
-                c.execute(&upd, &[&mine[pick], &k]).await.map_err(|e| e.to_string())?;
+                c.execute(&upd, &[&mine[pick], &k])
+                    .await
+                    .map_err(|e| e.to_string())?;
             } else {
                 let row = mine.swap_remove(pick);
                 c.execute(&del, &[&row]).await.map_err(|e| e.to_string())?;

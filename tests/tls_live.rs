@@ -308,8 +308,8 @@ fn setup_and_replicate_over_verify_full() {
         a.psql("UPDATE docs SET small = 3 WHERE id = 1").unwrap();
         wait_for(&b, doc, "3:true");
 
-        // Every pgmesh session on each node is encrypted: the apply session (SQL), the
-        // peer's walsender (replication connection) and the peer's peer read session (SQL).
+        // Every pgmesh session on each node is encrypted: the apply and catalog sessions
+        // (SQL), the peer's walsender (replication connection) and the peer's peer read session (SQL).
         for c in [&a, &b] {
             assert_eq!(
                 c.psql(
@@ -319,7 +319,7 @@ fn setup_and_replicate_over_verify_full() {
                      WHERE a.application_name LIKE 'pgmesh%'"
                 )
                 .unwrap(),
-                "pgmesh:true,pgmesh apply:true,pgmesh peer read:true",
+                "pgmesh:true,pgmesh apply:true,pgmesh catalog:true,pgmesh peer read:true",
                 "PG{major}"
             );
         }

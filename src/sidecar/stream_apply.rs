@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use tokio::sync::watch;
 
-use super::link::{PeerLink, SidecarError};
 use super::applier::{Applier, Work};
+use super::link::{PeerLink, SidecarError};
 use crate::apply::kill::{Kill, KILL_PREFIX};
 use crate::apply::row::Row;
 use crate::apply::session::origin_progress;
@@ -95,6 +95,10 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     // the peer must never be told, even by the start position, that it is done.
     let applied = apply.durable_progress().await?;
     let (catalog, catalog_task) = crate::sqlconn::connect_sql(&link.local)
+        .await
+        .map_err(ApplyError::from)?;
+    catalog
+        .batch_execute("SET application_name = 'pgmesh catalog'")
         .await
         .map_err(ApplyError::from)?;
     // Loop prevention: PG16+ drops changes that carry an origin on the server
