@@ -4,7 +4,8 @@
 //! Writers on A run an open-loop schedule of single-statement transactions at `--rate`
 //! per second: 60 % inserts of new rows, 30 % updates of recent rows, 10 % deletes. Every
 //! insert and update stamps the row with a global sequence number (`k`) and its write
-//! time (`ts = clock_timestamp()`, i.e. just before its commit). A poller on B reads the rows
+//! time (`ts = clock_timestamp()`, i.e. just before its commit, which is synchronous so
+//! the walsender may send it at once). A poller on B reads the rows
 //! whose `k` it has not seen yet, about every millisecond, and records for each one the
 //! time from its write on A to the moment it was seen on B (same machine, same clock).
 //! Prints one JSON line: offered and achieved rate, samples, lag p50/p90/p99/max in ms.
@@ -96,6 +97,13 @@ async fn writer(
     done: Arc<AtomicU64>,
 ) -> Result<(), String> {
     let c = connect(&dsn).await?;
+    // A logical walsender sends only WAL that is flushed. With asynchronous commit (the
+    // harness's clusters default to it) a commit waits for the WAL writer, up to
+    // wal_writer_delay (200 ms), before any engine can see it; that would dominate every
+    // engine's lag. Committing synchronously is what OLTP applications do anyway.
+    c.batch_execute("SET synchronous_commit = on")
+        .await
+        .map_err(|e| e.to_string())?;
     let ins = c
         .prepare("INSERT INTO bench(id, k, v, node, ts) VALUES ($1::int8, $2::int8, md5($2::int8::text), 'a', clock_timestamp())")
         .await

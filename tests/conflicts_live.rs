@@ -353,3 +353,45 @@ fn a_unique_decision_reaches_the_node_that_never_saw_the_conflict() {
         m.stop_sidecars();
     }
 }
+
+/// A sidecar killed between committing a unique-constraint decision and sending it leaves
+/// the decision queued in `pgmesh.outbox`; the next apply session sends it first thing.
+#[test]
+fn a_queued_unique_decision_is_sent_by_the_next_session() {
+    for major in versions_under_test() {
+        let mut m = Mesh::new(major, DDL, TABLES);
+        m.start_sidecars();
+        m.b.cluster
+            .psql("INSERT INTO users VALUES (26, 'q@x', 1)")
+            .unwrap();
+        m.wait_converged(NAMES, WAIT);
+        m.stop_sidecars();
+        // What b's apply transaction committed before the crash: the row removed (without
+        // replicating it) and the decision queued.
+        silently(&m.b.cluster, "DELETE FROM users WHERE id = 26");
+        m.b.cluster
+            .psql(
+                r#"INSERT INTO pgmesh.outbox (prefix, body) VALUES ('pgmesh.kill',
+                     '{"schema": "public", "table": "users", "key": ["26"],
+                       "loser": {"ts": 9000000000000000, "node": "b"},
+                       "winner": {"ts": 9000000000000001, "node": "a"}, "decider": "b"}')"#,
+            )
+            .unwrap();
+        m.start_sidecars();
+        m.wait_converged(NAMES, WAIT);
+        for c in [&m.a.cluster, &m.b.cluster] {
+            assert_eq!(c.psql("SELECT count(*) FROM users").unwrap(), "0");
+        }
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.outbox")
+                .unwrap(),
+            "0"
+        );
+        assert_eq!(
+            ledger(&m.a.cluster, "users", 26),
+            "unique_exists|remote|removed_by_peer_decision"
+        );
+        m.stop_sidecars();
+    }
+}

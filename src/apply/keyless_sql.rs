@@ -91,11 +91,7 @@ pub fn insert_one(t: &LocalTable, cols: &[usize]) -> String {
     if cols.is_empty() {
         return format!("INSERT INTO {} DEFAULT VALUES", t.name);
     }
-    let target = cols
-        .iter()
-        .map(|&c| t.columns[c].quoted.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let target = super::sql::column_list(t, cols);
     let values = cols
         .iter()
         .enumerate()

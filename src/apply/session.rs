@@ -21,20 +21,18 @@ use crate::sqlconn::{connect_sql, SqlConfig};
 use crate::Lsn;
 
 /// Settings that make text forms canonical on this session: key text written to and
-/// compared with tombstones must not depend on who wrote it. `plan_cache_mode`: every
-/// statement is planned with its actual arrays (PostgreSQL estimates `unnest` of a known
-/// array by its length) and the table's current size; a generic plan, cached once the
-/// table was small, kept hash-joining a sequential scan of the whole table for every
-/// chunk as the table grew.
+/// compared with tombstones must not depend on who wrote it.
 const SESSION_SETUP: &str = "SET session_replication_role = replica;
 SET synchronous_commit = off;
-SET plan_cache_mode = force_custom_plan;
 SET DateStyle = 'ISO, MDY';
 SET TimeZone = 'UTC';
 SET IntervalStyle = 'postgres';
 SET extra_float_digits = 3;
 SET bytea_output = 'hex';
 SET application_name = 'pgmesh apply';";
+
+/// Chunks up to this many rows are planned per execution (see `ApplySession::plan_for`).
+const CUSTOM_PLAN_MAX_ROWS: usize = 500;
 
 /// An open apply session into the local node for changes from one peer.
 pub struct ApplySession {
@@ -44,6 +42,8 @@ pub struct ApplySession {
     origin_name: String,
     peer: String,
     in_txn: bool,
+    /// Whether statements are planned for each execution (see `plan_for`).
+    custom_plans: bool,
     /// The open transaction queued messages for the peer (sent after it commits).
     outbox_pending: bool,
     tables: HashMap<(String, String), std::sync::Arc<LocalTable>>,
@@ -88,6 +88,7 @@ impl ApplySession {
             origin_name,
             peer: peer.to_string(),
             in_txn: false,
+            custom_plans: false,
             outbox_pending: false,
             tables: HashMap::new(),
             conn_task,
@@ -164,20 +165,42 @@ impl ApplySession {
         Ok(())
     }
 
-    /// Applies a chunk inside the open transaction and writes its ledger rows.
-    pub async fn apply(&mut self, chunk: &Chunk) -> Result<ApplyStats, ApplyError> {
-        self.begin().await?;
-        let mut ledger: Vec<ConflictRecord> = Vec::new();
-        let mut stats = ApplyStats::default();
-        let mut kills: Vec<Kill> = Vec::new();
-        let mut resolver = Resolver {
+    /// Small chunks (steady state) are planned for each execution: PostgreSQL then sees
+    /// the arrays' real length and the table's current size, where a generic plan cached
+    /// while the table was small keeps hash-joining a sequential scan of the whole table
+    /// (until autovacuum's next ANALYZE). Large chunks (catch-up, bulk) keep cached plans:
+    /// planning with thousands of array elements as constants costs more than it saves.
+    async fn plan_for(&mut self, rows: usize) -> Result<(), ApplyError> {
+        let custom = rows <= CUSTOM_PLAN_MAX_ROWS;
+        if custom != self.custom_plans {
+            let mode = if custom { "force_custom_plan" } else { "auto" };
+            self.client
+                .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+                .await?;
+            self.custom_plans = custom;
+        }
+        Ok(())
+    }
+
+    fn resolver<'s>(&'s mut self, kills: &'s mut Vec<Kill>) -> Resolver<'s> {
+        Resolver {
             client: &self.client,
             statements: &mut self.statements,
             origins: &self.origins,
             peer: &self.peer,
             peer_reader: &mut self.peer_reader,
-            kills: &mut kills,
-        };
+            kills,
+        }
+    }
+
+    /// Applies a chunk inside the open transaction and writes its ledger rows.
+    pub async fn apply(&mut self, chunk: &Chunk) -> Result<ApplyStats, ApplyError> {
+        self.begin().await?;
+        self.plan_for(chunk.rows()).await?;
+        let mut ledger: Vec<ConflictRecord> = Vec::new();
+        let mut stats = ApplyStats::default();
+        let mut kills: Vec<Kill> = Vec::new();
+        let mut resolver = self.resolver(&mut kills);
         let result = resolver.apply(chunk, &mut ledger, &mut stats).await;
         if let Err(ApplyError::Db(_)) = &result {
             // An origin we have not seen (a node added later) shows up as unknown; reload
@@ -198,14 +221,7 @@ impl ApplySession {
         let mut ledger: Vec<ConflictRecord> = Vec::new();
         let mut stats = ApplyStats::default();
         let mut kills: Vec<Kill> = Vec::new();
-        let mut resolver = Resolver {
-            client: &self.client,
-            statements: &mut self.statements,
-            origins: &self.origins,
-            peer: &self.peer,
-            peer_reader: &mut self.peer_reader,
-            kills: &mut kills,
-        };
+        let mut resolver = self.resolver(&mut kills);
         resolver
             .apply_kill(&table, kill, lsn, &mut ledger, &mut stats)
             .await?;

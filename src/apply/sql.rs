@@ -219,16 +219,20 @@ pub fn update_rows(t: &LocalTable, cols: &[usize]) -> String {
     )
 }
 
+/// `a, b, c`: the quoted names of `cols`.
+pub(super) fn column_list(t: &LocalTable, cols: &[usize]) -> String {
+    cols.iter()
+        .map(|&c| t.columns[c].quoted.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Inserts rows with the columns `cols` (must include the key columns); rows whose key
 /// or any other unique value exists already are skipped, and the 1-based positions of
 /// the rows actually inserted come back. Params: one per column in `cols`.
 #[must_use]
 pub fn insert_rows(t: &LocalTable, cols: &[usize]) -> String {
-    let target = cols
-        .iter()
-        .map(|&c| t.columns[c].quoted.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let target = column_list(t, cols);
     let values = cols
         .iter()
         .enumerate()

@@ -13,7 +13,7 @@
 //! [apply]                 # optional, defaults shown
 //! batch_max_rows = 5000
 //! batch_max_bytes = "16MB"
-//! batch_max_delay_ms = 10
+//! batch_max_delay_ms = 2
 //! [http]                  # optional
 //! listen = "127.0.0.1:9187"
 //! ```
@@ -108,7 +108,7 @@ impl Default for ApplyConfig {
         ApplyConfig {
             batch_max_rows: 5000,
             batch_max_bytes: ByteSize(16 << 20),
-            batch_max_delay: Duration::from_millis(10),
+            batch_max_delay: Duration::from_millis(2),
         }
     }
 }

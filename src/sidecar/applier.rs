@@ -81,6 +81,12 @@ impl Applier {
         *self.applied.borrow()
     }
 
+    /// A receiver that sees each commit of the writer.
+    #[must_use]
+    pub fn commits(&self) -> watch::Receiver<Lsn> {
+        self.applied.clone()
+    }
+
     /// Resolves when the writer stops on its own, which only happens on an error.
     pub async fn failure(&mut self) -> SidecarError {
         match (&mut self.task).await {

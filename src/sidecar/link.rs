@@ -23,7 +23,7 @@ impl Default for BatchLimits {
         BatchLimits {
             max_rows: 5000,
             max_bytes: 16 << 20,
-            max_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(2),
         }
     }
 }

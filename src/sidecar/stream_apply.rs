@@ -137,6 +137,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
         sent_commit: applied,
         passed: applied,
     };
+    let mut commits = d.applier.commits();
     let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         let deadline = d.batch_started.map(|t| t + link.limits.max_delay);
@@ -155,17 +156,25 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                         d.on_message(msg, dropped).await?;
                     }
                     // Between upstream transactions the server has sent everything that
-                    // committed before its send position: remember it, acknowledge it once
-                    // what is pending here is committed and durable.
+                    // committed before its send position: remember it; the next tick
+                    // acknowledges it once what is pending here is committed and durable.
+                    // (A busy walsender sends a keepalive after nearly every transaction;
+                    // asking the local node for progress each time stalled the reader.)
                     ReplicationEvent::Keepalive { wal_end, .. } if d.open.is_none() => {
                         d.passed = d.passed.max(wal_end);
-                        stream.set_flushed(d.acknowledgeable().await?);
                     }
                     _ => {}
                 }
             }
-            _ = sleep_until(deadline), if deadline.is_some() && d.open.is_none() => {
+            // The batch is due; it closes now if the writer is free, else as soon as the
+            // writer commits the previous one (meanwhile it keeps growing).
+            _ = sleep_until(deadline), if deadline.is_some() && d.open.is_none() && d.writer_idle() => {
                 d.commit_batch().await?;
+            }
+            _ = commits.changed(), if d.batch_due() && !d.writer_idle() => {
+                if d.writer_idle() {
+                    d.commit_batch().await?;
+                }
             }
             _ = ack_tick.tick() => {
                 let ack = d.acknowledgeable().await?;
@@ -220,6 +229,23 @@ impl Direction<'_> {
             && self.pending_commit.is_none()
             && self.chunk.is_empty()
             && self.applier.applied() >= self.sent_commit
+    }
+
+    /// The writer has committed everything handed to it. While it has not, a batch that
+    /// is due keeps growing (up to its size limits) instead of queueing behind it: small
+    /// batches behind a busy writer would each pay a commit, and the writer would never
+    /// catch up.
+    fn writer_idle(&self) -> bool {
+        self.applier.applied() >= self.sent_commit
+    }
+
+    /// A complete batch waits and its delay has passed.
+    fn batch_due(&self) -> bool {
+        self.open.is_none()
+            && self.pending_commit.is_some()
+            && self
+                .batch_started
+                .is_some_and(|t| t.elapsed() >= self.link.limits.max_delay)
     }
 
     async fn durable_progress(&self) -> Result<Lsn, SidecarError> {
@@ -278,7 +304,7 @@ impl Direction<'_> {
                 if open.is_some_and(|o| o.touches_uniques)
                     || self.chunk.rows() >= l.max_rows
                     || self.chunk.bytes() >= l.max_bytes
-                    || started.elapsed() >= l.max_delay
+                    || (started.elapsed() >= l.max_delay && self.writer_idle())
                 {
                     self.commit_batch().await?;
                 }
