@@ -7,6 +7,7 @@ pub mod keyless_sql;
 pub mod kill;
 pub mod ledger;
 pub mod peer_read;
+mod pipelined;
 pub mod resolve;
 pub mod row;
 pub mod session;

@@ -134,7 +134,7 @@ fn remote_op(p: &Pending) -> RemoteOp {
 }
 
 /// Columns an image sets: key columns included for inserts, excluded for updates.
-fn columns_of(row: &Row, table: &LocalTable, with_key: bool) -> Vec<usize> {
+pub(super) fn columns_of(row: &Row, table: &LocalTable, with_key: bool) -> Vec<usize> {
     row.0
         .iter()
         .enumerate()
@@ -328,6 +328,11 @@ impl Resolver<'_> {
                 // Gone on the peer: keep what is here; the delete follows.
                 _ => updates.extend(p.row.as_ref().map(|r| (*key, r, *p))),
             }
+        }
+        if t.uniques.is_empty() {
+            return self
+                .write_pipelined(map, &deletes, &tomb_keys, &updates, &inserts, ledger, stats)
+                .await;
         }
         self.delete(&map.local, &deletes).await?;
         stats.deleted += deletes.len() as u64;
@@ -653,7 +658,7 @@ impl Resolver<'_> {
 
     /// Rows an insert skipped: either a local session inserted the same key meanwhile
     /// (decide again against that row) or another row holds one of its unique values.
-    async fn resolve_not_inserted(
+    pub(super) async fn resolve_not_inserted(
         &mut self,
         map: &TableMap,
         rows: &[(&Key, &Row, &Pending)],

@@ -130,8 +130,9 @@ async fn run(
     while let Some(work) = rx.recv().await {
         match work {
             Work::Chunk(chunk) => {
+                let started = std::time::Instant::now();
                 let stats = apply.apply(&chunk).await?;
-                tracing::debug!(%peer, rows = chunk.rows(), ?stats, "chunk applied");
+                tracing::debug!(%peer, rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
             }
             Work::Truncate { map, ts, lsn } => {
                 let (removed, kept) = apply.truncate(&map.local, ts).await?;
@@ -161,8 +162,9 @@ async fn run(
                 tracing::debug!(%peer, ?kill, ?stats, "applied a peer's unique-constraint decision");
             }
             Work::Commit { end, ts } => {
+                let started = std::time::Instant::now();
                 apply.commit(end, ts).await?;
-                tracing::debug!(%peer, %end, "committed");
+                tracing::debug!(%peer, %end, took = ?started.elapsed(), "committed");
                 applied.send_replace(end);
             }
             Work::ForgetTables => apply.forget_tables(),

@@ -1,0 +1,171 @@
+//! The write phase of a table without other unique constraints, pipelined: its deletes,
+//! tombstones, updates and inserts touch different keys and share no unique value, so
+//! nothing one of them does can change another's outcome. They are all sent at once and
+//! their results awaited together (tokio-postgres queues the requests on the connection in
+//! the order they are first polled; the server runs them in that order), which saves a
+//! round trip per statement for the small batches of steady state.
+//!
+//! Tables with other unique constraints keep the sequential path in `resolve.rs`: there an
+//! update may fail on a value another row holds and is retried under a savepoint.
+
+use futures_util::future::{try_join, try_join_all};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
+
+use super::ledger::ConflictRecord;
+use super::resolve::{as_params, columns_of, key_params, ApplyStats, Resolver};
+use super::row::{Key, Row};
+use super::sql;
+use super::table::TableMap;
+use super::ApplyError;
+use crate::batch::Pending;
+
+type Change<'c> = (&'c Key, &'c Row, &'c Pending);
+/// `text[]` parameters, one per column.
+type Columns<'v> = Vec<Vec<Option<&'v str>>>;
+
+/// Positions of `rows` grouped by the columns they carry.
+fn groups_by_columns(
+    rows: &[Change<'_>],
+    map: &TableMap,
+    with_key: bool,
+) -> Vec<(Vec<usize>, Vec<usize>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    for (i, (_, r, _)) in rows.iter().enumerate() {
+        let cols = columns_of(r, &map.local, with_key);
+        match groups.iter_mut().find(|(c, _)| *c == cols) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((cols, vec![i])),
+        }
+    }
+    groups
+}
+
+/// One `text[]` per column in `cols` over the rows at `idx`, after the key arrays when
+/// `keys` is given.
+fn value_params<'r>(
+    rows: &[Change<'r>],
+    idx: &[usize],
+    cols: &[usize],
+    keys: Option<usize>,
+) -> Result<Columns<'r>, ApplyError> {
+    let mut params = match keys {
+        Some(n) => {
+            let ks: Vec<&Key> = idx.iter().map(|&i| rows[i].0).collect();
+            key_params(&ks, n)?
+        }
+        None => Vec::new(),
+    };
+    for &c in cols {
+        let mut col = Vec::with_capacity(idx.len());
+        for &i in idx {
+            col.push(rows[i].1 .0[c].as_text()?);
+        }
+        params.push(col);
+    }
+    Ok(params)
+}
+
+impl Resolver<'_> {
+    /// Deletes `deletes`, records tombstones for `tomb_keys`, updates `updates` and inserts
+    /// `inserts`, all pipelined; rows an insert skipped (a local session inserted the key
+    /// meanwhile) are then decided again, as on the sequential path.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_pipelined(
+        &mut self,
+        map: &TableMap,
+        deletes: &[&Key],
+        tomb_keys: &[&Key],
+        updates: &[Change<'_>],
+        inserts: &[Change<'_>],
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), ApplyError> {
+        let t = &map.local;
+        let npk = t.pk.len();
+        // Statements and parameters first: the futures below borrow them.
+        let mut exec: Vec<(Statement, Columns<'_>, bool)> = Vec::new();
+        if !deletes.is_empty() {
+            let stmt = self
+                .statements
+                .get(self.client, &sql::delete_rows(t))
+                .await?;
+            exec.push((stmt, key_params(deletes, npk)?, false));
+        }
+        if !tomb_keys.is_empty() {
+            let mut keys = tomb_keys.to_vec();
+            keys.sort_unstable();
+            keys.dedup();
+            let stmt = self
+                .statements
+                .get(self.client, &sql::upsert_tombstones(t))
+                .await?;
+            exec.push((stmt, key_params(&keys, npk)?, true));
+        }
+        for (cols, idx) in groups_by_columns(updates, map, false) {
+            let stmt = self
+                .statements
+                .get(self.client, &sql::update_rows(t, &cols))
+                .await?;
+            exec.push((stmt, value_params(updates, &idx, &cols, Some(npk))?, false));
+        }
+        let mut query: Vec<(Statement, Columns<'_>, Vec<usize>)> = Vec::new();
+        for (cols, idx) in groups_by_columns(inserts, map, true) {
+            let stmt = self
+                .statements
+                .get(self.client, &sql::insert_rows(t, &cols))
+                .await?;
+            let params = value_params(inserts, &idx, &cols, None)?;
+            query.push((stmt, params, idx));
+        }
+        // Parameter lists: the tombstone upsert takes the table name first.
+        let exec_params: Vec<Vec<&(dyn ToSql + Sync)>> = exec
+            .iter()
+            .map(|(_, p, with_table)| {
+                let mut v: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(p.len() + 1);
+                if *with_table {
+                    v.push(&t.name);
+                }
+                v.extend(as_params(p));
+                v
+            })
+            .collect();
+        let query_params: Vec<Vec<&(dyn ToSql + Sync)>> =
+            query.iter().map(|(_, p, _)| as_params(p)).collect();
+        let client = self.client;
+        let execs = exec
+            .iter()
+            .zip(&exec_params)
+            .map(|((s, _, _), p)| client.execute(s, p));
+        let queries = query
+            .iter()
+            .zip(&query_params)
+            .map(|((s, _, _), p)| client.query(s, p));
+        let (_, inserted) = try_join(try_join_all(execs), try_join_all(queries)).await?;
+        stats.deleted += deletes.len() as u64;
+        stats.updated += updates.len() as u64;
+
+        let mut not_inserted: Vec<usize> = Vec::new();
+        for ((_, _, idx), rows) in query.iter().zip(inserted) {
+            let mut done = vec![false; idx.len()];
+            for r in rows {
+                let ord: i64 = r.get(0);
+                if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|o| done.get_mut(o)) {
+                    *slot = true;
+                }
+            }
+            for (j, ok) in done.iter().enumerate() {
+                if *ok {
+                    stats.inserted += 1;
+                } else {
+                    not_inserted.push(idx[j]);
+                }
+            }
+        }
+        if not_inserted.is_empty() {
+            return Ok(());
+        }
+        self.resolve_not_inserted(map, inserts, &not_inserted, ledger, stats, 0)
+            .await
+    }
+}
