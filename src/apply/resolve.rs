@@ -105,6 +105,23 @@ pub(super) fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
     t.and_then(PgTimestamp::from_system_time)
 }
 
+/// Locked rows by key position (see [`sql::select_rows`]).
+fn local_rows_from(rows: Vec<tokio_postgres::Row>) -> HashMap<usize, LocalRow> {
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let ord: i64 = r.get(0);
+        out.insert(
+            usize::try_from(ord - 1).unwrap_or(usize::MAX),
+            LocalRow {
+                json: r.get(1),
+                ts: pg_ts(r.get(2)),
+                roident: r.get(3),
+            },
+        );
+    }
+    out
+}
+
 /// One text[] parameter per key column, for `keys`.
 pub(super) fn key_params<'k>(
     keys: &[&'k Key],
@@ -174,19 +191,44 @@ impl Resolver<'_> {
             .get(self.client, &sql::select_rows(t))
             .await?;
         let rows = self.client.query(&stmt, &as_params(&params)).await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let ord: i64 = r.get(0);
-            out.insert(
-                usize::try_from(ord - 1).unwrap_or(usize::MAX),
-                LocalRow {
-                    json: r.get(1),
-                    ts: pg_ts(r.get(2)),
-                    roident: r.get(3),
-                },
-            );
-        }
-        Ok(out)
+        Ok(local_rows_from(rows))
+    }
+
+    /// Rows and tombstones of `keys` in one round trip (both statements pipelined; the
+    /// tombstones of keys that have a row are dropped).
+    #[allow(clippy::type_complexity)]
+    async fn lookup(
+        &mut self,
+        t: &LocalTable,
+        keys: &[&Key],
+    ) -> Result<
+        (
+            HashMap<usize, LocalRow>,
+            HashMap<usize, (Option<PgTimestamp>, String)>,
+        ),
+        ApplyError,
+    > {
+        let cols = key_params(keys, t.pk.len())?;
+        let row_params = as_params(&cols);
+        let mut tomb_params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
+        tomb_params.extend(as_params(&cols));
+        let rows_stmt = self
+            .statements
+            .get(self.client, &sql::select_rows(t))
+            .await?;
+        let tombs_stmt = self
+            .statements
+            .get(self.client, &sql::select_tombstones(t))
+            .await?;
+        let (rows, tombs) = futures_util::future::try_join(
+            self.client.query(&rows_stmt, &row_params),
+            self.client.query(&tombs_stmt, &tomb_params),
+        )
+        .await?;
+        let rows = local_rows_from(rows);
+        let mut tombs = self.tombstones_from(tombs);
+        tombs.retain(|i, _| !rows.contains_key(i));
+        Ok((rows, tombs))
     }
 
     pub(super) async fn tombstones(
@@ -194,9 +236,8 @@ impl Resolver<'_> {
         t: &LocalTable,
         keys: &[&Key],
     ) -> Result<HashMap<usize, (Option<PgTimestamp>, String)>, ApplyError> {
-        let mut out = HashMap::new();
         if keys.is_empty() {
-            return Ok(out);
+            return Ok(HashMap::new());
         }
         let cols = key_params(keys, t.pk.len())?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
@@ -205,7 +246,18 @@ impl Resolver<'_> {
             .statements
             .get(self.client, &sql::select_tombstones(t))
             .await?;
-        for r in self.client.query(&stmt, &params).await? {
+        let found = self.client.query(&stmt, &params).await?;
+        Ok(self.tombstones_from(found))
+    }
+
+    /// Tombstone rows by key position; of a key tombstone and a whole-table one, the later
+    /// delete is the one that counts.
+    fn tombstones_from(
+        &self,
+        rows: Vec<tokio_postgres::Row>,
+    ) -> HashMap<usize, (Option<PgTimestamp>, String)> {
+        let mut out: HashMap<usize, (Option<PgTimestamp>, String)> = HashMap::new();
+        for r in rows {
             let ord: i64 = r.get(0);
             let decided: Option<String> = r.get(3);
             let node = decided.unwrap_or_else(|| self.origins.node_of(r.get(2)).to_string());
@@ -219,7 +271,7 @@ impl Resolver<'_> {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     async fn apply_table(
@@ -231,11 +283,7 @@ impl Resolver<'_> {
         let map = &*tc.map;
         let t = &map.local;
         let keys: Vec<&Key> = tc.order.iter().collect();
-        let rows = self.local_rows(&map.local, &keys).await?;
-        let missing: Vec<usize> = (0..keys.len()).filter(|i| !rows.contains_key(i)).collect();
-        let missing_keys: Vec<&Key> = missing.iter().map(|&i| keys[i]).collect();
-        let tomb_sub = self.tombstones(&map.local, &missing_keys).await?;
-        let tombs: HashMap<usize, _> = tomb_sub.into_iter().map(|(j, v)| (missing[j], v)).collect();
+        let (rows, tombs) = self.lookup(&map.local, &keys).await?;
 
         let mut deletes: Vec<&Key> = Vec::new();
         let mut tomb_keys: Vec<&Key> = Vec::new();
