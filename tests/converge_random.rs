@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use pgmesh::testkit::versions_under_test;
-use support::Mesh;
+use support::{Mesh, Rng};
 
 const DDL: &str = "
 CREATE TABLE kv(id int PRIMARY KEY, v text, n int);
@@ -41,23 +41,6 @@ const TABLES: &[(&str, &[&str])] = &[
     ("public.uniq", &["id"]),
 ];
 const NAMES: &[&str] = &["kv", "big", "uniq"];
-
-/// xorshift64*: small, seedable, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// One random statement; keys come from a small space so both nodes collide often.
 fn statement(r: &mut Rng, node: &str) -> String {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pgmesh::protocol::pgoutput::{Column, Decoder, Message, OldTuple};
 use pgmesh::testkit::{versions_under_test, Cluster};
-use support::Mesh;
+use support::{Mesh, Rng};
 
 const DDL: &str = "
 CREATE TABLE log(a int, b text, c jsonb, d text);
@@ -312,23 +312,6 @@ fn keyless_changes_flow_both_ways_and_conflicts_converge() {
         m.wait_converged(NAMES, WAIT);
         assert_eq!(q(&m.b.cluster, "SELECT b FROM log"), "after");
         m.stop_sidecars();
-    }
-}
-
-/// xorshift64*: small, seedable, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::ledger::ConflictRecord;
-use super::resolve::{as_params, columns_of, key_params, ApplyStats, Resolver};
+use super::resolve::{as_params, columns_of, key_params, skipped_by_insert, ApplyStats, Resolver};
 use super::row::{Key, Row};
 use super::sql;
 use super::table::TableMap;
@@ -147,20 +147,7 @@ impl Resolver<'_> {
 
         let mut not_inserted: Vec<usize> = Vec::new();
         for ((_, _, idx), rows) in query.iter().zip(inserted) {
-            let mut done = vec![false; idx.len()];
-            for r in rows {
-                let ord: i64 = r.get(0);
-                if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|o| done.get_mut(o)) {
-                    *slot = true;
-                }
-            }
-            for (j, ok) in done.iter().enumerate() {
-                if *ok {
-                    stats.inserted += 1;
-                } else {
-                    not_inserted.push(idx[j]);
-                }
-            }
+            not_inserted.extend(skipped_by_insert(rows, idx, stats));
         }
         if not_inserted.is_empty() {
             return Ok(());

@@ -105,6 +105,31 @@ pub(super) fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
     t.and_then(PgTimestamp::from_system_time)
 }
 
+/// Of the rows at `idx` an insert was given, the ones it skipped (`ON CONFLICT DO
+/// NOTHING`); `done` holds the 1-based positions it wrote, counted in `stats`.
+pub(super) fn skipped_by_insert(
+    done: Vec<tokio_postgres::Row>,
+    idx: &[usize],
+    stats: &mut ApplyStats,
+) -> Vec<usize> {
+    let mut inserted = vec![false; idx.len()];
+    for r in done {
+        let ord: i64 = r.get(0);
+        if let Some(slot) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|o| inserted.get_mut(o))
+        {
+            *slot = true;
+        }
+    }
+    stats.inserted += inserted.iter().filter(|ok| **ok).count() as u64;
+    idx.iter()
+        .zip(inserted)
+        .filter(|(_, ok)| !ok)
+        .map(|(&i, _)| i)
+        .collect()
+}
+
 /// Locked rows by key position (see [`sql::select_rows`]).
 fn local_rows_from(rows: Vec<tokio_postgres::Row>) -> HashMap<usize, LocalRow> {
     let mut out = HashMap::with_capacity(rows.len());
@@ -670,23 +695,7 @@ impl Resolver<'_> {
                     .get(self.client, &sql::insert_rows(t, cols))
                     .await?;
                 let done = self.client.query(&stmt, &as_params(&params)).await?;
-                let mut inserted = vec![false; idx.len()];
-                for r in done {
-                    let ord: i64 = r.get(0);
-                    if let Some(slot) = usize::try_from(ord - 1)
-                        .ok()
-                        .and_then(|o| inserted.get_mut(o))
-                    {
-                        *slot = true;
-                    }
-                }
-                for (j, ok) in inserted.iter().enumerate() {
-                    if *ok {
-                        stats.inserted += 1;
-                    } else {
-                        not_inserted.push(idx[j]);
-                    }
-                }
+                not_inserted.extend(skipped_by_insert(done, idx, stats));
             }
             if not_inserted.is_empty() {
                 return Ok(());
