@@ -31,6 +31,11 @@ SET extra_float_digits = 3;
 SET bytea_output = 'hex';
 SET application_name = 'pgmesh apply';";
 
+/// Opens a downstream transaction. Deferred constraints are checked at statement time, so
+/// nothing can fail at COMMIT (a failing commit after xact_setup would still advance the
+/// origin).
+const BEGIN: &str = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE";
+
 /// Chunks up to this many rows are planned per execution (see `ApplySession::plan_for`).
 const CUSTOM_PLAN_MAX_ROWS: usize = 500;
 
@@ -42,8 +47,9 @@ pub struct ApplySession {
     origin_name: String,
     peer: String,
     in_txn: bool,
-    /// Whether statements are planned for each execution (see `plan_for`).
-    custom_plans: bool,
+    /// Whether statements are planned for each execution (see `plan_for`); `None` when
+    /// unknown (a rollback undoes a SET made inside the transaction).
+    custom_plans: Option<bool>,
     /// The open transaction queued messages for the peer (sent after it commits).
     outbox_pending: bool,
     tables: HashMap<(String, String), std::sync::Arc<LocalTable>>,
@@ -88,7 +94,7 @@ impl ApplySession {
             origin_name,
             peer: peer.to_string(),
             in_txn: false,
-            custom_plans: false,
+            custom_plans: None,
             outbox_pending: false,
             tables: HashMap::new(),
             conn_task,
@@ -155,11 +161,7 @@ impl ApplySession {
     /// Opens the downstream transaction if none is open.
     pub async fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.in_txn {
-            // Deferred constraints are checked at statement time, so nothing can fail at
-            // COMMIT (a failing commit after xact_setup would still advance the origin).
-            self.client
-                .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
-                .await?;
+            self.client.batch_execute(BEGIN).await?;
             self.in_txn = true;
         }
         Ok(())
@@ -172,12 +174,12 @@ impl ApplySession {
     /// planning with thousands of array elements as constants costs more than it saves.
     async fn plan_for(&mut self, rows: usize) -> Result<(), ApplyError> {
         let custom = rows <= CUSTOM_PLAN_MAX_ROWS;
-        if custom != self.custom_plans {
+        if Some(custom) != self.custom_plans {
             let mode = if custom { "force_custom_plan" } else { "auto" };
             self.client
                 .batch_execute(&format!("SET plan_cache_mode = {mode}"))
                 .await?;
-            self.custom_plans = custom;
+            self.custom_plans = Some(custom);
         }
         Ok(())
     }
@@ -195,13 +197,34 @@ impl ApplySession {
 
     /// Applies a chunk inside the open transaction and writes its ledger rows.
     pub async fn apply(&mut self, chunk: &Chunk) -> Result<ApplyStats, ApplyError> {
-        self.begin().await?;
         self.plan_for(chunk.rows()).await?;
+        let opening = !self.in_txn;
         let mut ledger: Vec<ConflictRecord> = Vec::new();
         let mut stats = ApplyStats::default();
         let mut kills: Vec<Kill> = Vec::new();
-        let mut resolver = self.resolver(&mut kills);
-        let result = resolver.apply(chunk, &mut ledger, &mut stats).await;
+        let client = &self.client;
+        let mut resolver = Resolver {
+            client,
+            statements: &mut self.statements,
+            origins: &self.origins,
+            peer: &self.peer,
+            peer_reader: &mut self.peer_reader,
+            kills: &mut kills,
+        };
+        // BEGIN goes out with the chunk's first statement instead of a round trip of its
+        // own: it is polled first, so tokio-postgres queues it first, and the server runs
+        // requests in order.
+        let begin = async move {
+            if opening {
+                client.batch_execute(BEGIN).await
+            } else {
+                Ok(())
+            }
+        };
+        let (begun, result) =
+            futures_util::future::join(begin, resolver.apply(chunk, &mut ledger, &mut stats)).await;
+        begun?;
+        self.in_txn = true;
         if let Err(ApplyError::Db(_)) = &result {
             // An origin we have not seen (a node added later) shows up as unknown; reload
             // so the retry maps it.
@@ -321,6 +344,7 @@ impl ApplySession {
         if self.in_txn {
             self.in_txn = false;
             self.outbox_pending = false;
+            self.custom_plans = None;
             self.client.batch_execute("ROLLBACK").await?;
         }
         Ok(())
