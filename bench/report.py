@@ -98,6 +98,25 @@ def decoder(res_p, crit):
     save(res_p, res)
 
 
+def batcher(res_p, crit):
+    """Criterion results of benches/batcher.rs: mean time and elements per second."""
+    res = load(res_p)
+    out = {}
+    for est in sorted(glob.glob(f"{crit}/batcher/*/new/estimates.json")
+                      + glob.glob(f"{crit}/statement_text_*/new/estimates.json")):
+        d = os.path.dirname(est)
+        parts = d.split(os.sep)
+        name = parts[-3] + "/" + parts[-2] if parts[-3] == "batcher" else parts[-2]
+        ns = load(est)["mean"]["point_estimate"]
+        tp = load(os.path.join(d, "benchmark.json")).get("throughput") or {}
+        row = {"time_us": round(ns / 1e3, 2)}
+        if "Elements" in tp:
+            row["M_per_s"] = round(tp["Elements"] / ns * 1e3, 2)
+        out[name] = row
+    res["batcher"] = out
+    save(res_p, res)
+
+
 def decode_only(res_p, pg, outp):
     res = load(res_p)
     res.setdefault("decode_only", {})[pg] = last_json(outp, "ratio_pgmesh_over_pg_recvlogical") or {"error": "no result line"}
@@ -208,6 +227,12 @@ def table(out):
         print("|---|---:|---:|---:|")
         for g, d in res["decoder"].items():
             print(f"| {g} | {fmt(d.get('bytes_per_iter'))} | {fmt(d.get('MB_per_s'))} | {d.get('Mmsgs_per_s')} |")
+    if res.get("batcher"):
+        print()
+        print("| batcher / statement bench | time µs | M changes/s |")
+        print("|---|---:|---:|")
+        for n, d in res["batcher"].items():
+            print(f"| {n} | {d.get('time_us')} | {d.get('M_per_s', '–')} |")
     if res.get("decode_only"):
         print()
         print("| decode-only drain | txns | pg_recvlogical s | pgmesh tail --output none s | pgmesh / pg_recvlogical speed |")
@@ -222,4 +247,5 @@ def table(out):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"add": add, "decoder": decoder, "decode_only": decode_only, "finish": finish, "table": table}[cmd](*args)
+    {"add": add, "decoder": decoder, "batcher": batcher, "decode_only": decode_only, "finish": finish,
+     "table": table}[cmd](*args)

@@ -16,7 +16,7 @@
 #                         on (peers.py --durable), fresh clusters (default 0)
 #   BENCH_MAIN            0 = skip the main catchup/bulk/converge runs (default 1)
 #   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18"; "" = none)
-#   BENCH_SKIP            space-separated subset of "decoder decode_only" to skip
+#   BENCH_SKIP            space-separated subset of "decoder batcher decode_only" to skip
 #   BENCH_LAG             1 = steady-state lag at a fixed rate (bench/lag.py + examples/lagprobe),
 #                         plain and durable, for every peer (default 1)
 #   BENCH_LAG_RATE/SECONDS  offered txn/s and duration of the lag runs (default 5000, 15)
@@ -136,6 +136,12 @@ if [[ " $SKIP " != *" decoder "* ]]; then
   echo "bench: cargo bench --bench decoder" >&2
   $CARGO bench --locked --bench decoder 2>&1 | tee "$WORK/decoder.out" >&2
   python3 bench/report.py decoder "$WORK/results.json" "$CARGO_TARGET_DIR/criterion"
+fi
+
+if [[ " $SKIP " != *" batcher "* ]]; then
+  echo "bench: cargo bench --bench batcher" >&2
+  $CARGO bench --locked --bench batcher 2>&1 | tee "$WORK/batcher.out" >&2
+  python3 bench/report.py batcher "$WORK/results.json" "$CARGO_TARGET_DIR/criterion"
 fi
 
 if [[ " $SKIP " != *" decode_only "* ]]; then
