@@ -46,7 +46,7 @@ const NAMES: &[&str] = &["kv", "big", "uniq"];
 fn statement(r: &mut Rng, node: &str) -> String {
     let k = r.below(40) + 1;
     let v = r.next() % 100_000;
-    match r.below(14) {
+    match r.below(15) {
         0..=2 => format!("INSERT INTO kv VALUES ({k}, '{node}{v}', {v}) ON CONFLICT (id) DO UPDATE SET v = excluded.v, n = kv.n + 1"),
         3 => format!("UPDATE kv SET v = '{node}{v}', n = n + 1 WHERE id = {k}"),
         4 => format!("DELETE FROM kv WHERE id = {k}"),
@@ -67,6 +67,8 @@ fn statement(r: &mut Rng, node: &str) -> String {
             r.below(25)
         ),
         12 => format!("UPDATE uniq SET email = 'u{}@x', v = {v} WHERE id = {k}", r.below(25)),
+        // A primary-key change of a row that holds unique values.
+        13 => format!("UPDATE uniq SET id = {}, v = {v} WHERE id = {k}", r.below(40) + 1),
         _ => format!("DELETE FROM uniq WHERE id = {k}"),
     }
 }
