@@ -533,37 +533,54 @@ impl Resolver<'_> {
                     self.client
                         .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_update")
                         .await?;
-                    // Row by row; rows blocked by a row of the same peer wait for the
-                    // others (a value handed from row to row inside the chunk), and the
-                    // last pass decides whatever is left by last-writer-wins.
-                    let mut pending = group;
-                    for pass in 0..3 {
-                        let mut deferred = Vec::new();
-                        for one in pending {
-                            if !self
-                                .update_one_resolving_uniques(
-                                    map,
-                                    &cols,
-                                    one,
-                                    ledger,
-                                    stats,
-                                    pass < 2,
-                                )
-                                .await?
-                            {
-                                deferred.push(one);
-                            }
-                        }
-                        if deferred.is_empty() {
-                            break;
-                        }
-                        pending = deferred;
-                    }
+                    self.rewrite(map, &group, ledger, stats).await?;
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Updates that collide on another unique constraint. The rows of a chunk of such a
+    /// table come from one upstream transaction, consistent on the peer; a collision among
+    /// them is an ordering artifact (values handed from row to row, e.g. a swap), which no
+    /// order of single-row updates may resolve. So the rows are taken out (their current
+    /// values kept for columns the images leave out) and written again with their new
+    /// images through the insert path, where a collision with any other row is a real
+    /// conflict, decided by last-writer-wins.
+    async fn rewrite(
+        &mut self,
+        map: &TableMap,
+        rows: &[(&Key, &Row, &Pending)],
+        ledger: &mut Vec<ConflictRecord>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), ApplyError> {
+        let t = &map.local;
+        let keys: Vec<&Key> = rows.iter().map(|(k, _, _)| *k).collect();
+        let params = key_params(&keys, t.pk.len())?;
+        let stmt = self.statements.get(self.client, &sql::take_rows(t)).await?;
+        let taken = self.client.query(&stmt, &as_params(&params)).await?;
+        let mut merged: Vec<(usize, Row)> = Vec::with_capacity(taken.len());
+        for r in taken {
+            let ord: i64 = r.get(0);
+            let Some(i) = usize::try_from(ord - 1).ok().filter(|&i| i < rows.len()) else {
+                continue;
+            };
+            let mut row = rows[i].1.clone();
+            for (c, v) in row.0.iter_mut().enumerate() {
+                if matches!(v, Val::Unchanged | Val::Absent) {
+                    let old: Option<String> = r.get(c + 1);
+                    *v = old.map_or(Val::Null, |s| Val::Text(bytes::Bytes::from(s)));
+                }
+            }
+            merged.push((i, row));
+        }
+        // Rows gone meanwhile are not written back (their delete is on its way).
+        let again: Vec<(&Key, &Row, &Pending)> = merged
+            .iter()
+            .map(|(i, row)| (rows[*i].0, row, rows[*i].2))
+            .collect();
+        self.insert(map, &again, ledger, stats, 0).await
     }
 
     async fn update_group(
@@ -588,72 +605,6 @@ impl Resolver<'_> {
             .await?;
         self.client.execute(&stmt, &as_params(&params)).await?;
         Ok(())
-    }
-
-    /// One update that violated another unique constraint: decide against the row that
-    /// holds the value, then retry or skip. Returns false when deferred (a holder from the
-    /// same peer, with `defer_same_origin`).
-    async fn update_one_resolving_uniques(
-        &mut self,
-        map: &TableMap,
-        cols: &[usize],
-        (key, row, p): (&Key, &Row, &Pending),
-        ledger: &mut Vec<ConflictRecord>,
-        stats: &mut ApplyStats,
-        defer_same_origin: bool,
-    ) -> Result<bool, ApplyError> {
-        for attempt in 0..3 {
-            self.client.batch_execute("SAVEPOINT pgmesh_row").await?;
-            match self.update_group(map, cols, &[(key, row, p)]).await {
-                Ok(()) => {
-                    self.client
-                        .batch_execute("RELEASE SAVEPOINT pgmesh_row")
-                        .await?;
-                    stats.updated += 1;
-                    return Ok(true);
-                }
-                Err(e) if e.sqlstate() == Some("23505") && attempt < 2 => {
-                    self.client
-                        .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_row")
-                        .await?;
-                    match self
-                        .resolve_unique_holders(
-                            map,
-                            (key, row, p),
-                            ledger,
-                            stats,
-                            defer_same_origin,
-                        )
-                        .await?
-                    {
-                        Holders::Cleared => {}
-                        Holders::SameOrigin => return Ok(false),
-                        Holders::LocalWins(winner) => {
-                            // The updated row lost to the row holding its new value: it is
-                            // removed here, and the peer (which has the newer image) is
-                            // told so it removes it too.
-                            self.delete(&map.local, &[key]).await?;
-                            let loser = Version::new(Some(p.commit_ts), self.peer);
-                            self.decided_removal(&map.local, key, loser, &winner)
-                                .await?;
-                            if let Some(last) = ledger.last_mut() {
-                                last.resolution = "remote_row_deleted";
-                            }
-                            stats.deleted += 1;
-                            return Ok(true);
-                        }
-                    }
-                }
-                Err(e) => {
-                    return Err(ApplyError::Unresolved {
-                        table: map.local.name.clone(),
-                        key: key.to_json(map).to_string(),
-                        detail: format!("update failed: {e}"),
-                    })
-                }
-            }
-        }
-        Ok(true)
     }
 
     /// Inserts grouped by column set; rows skipped by `ON CONFLICT DO NOTHING` are

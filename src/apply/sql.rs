@@ -219,6 +219,28 @@ pub fn update_rows(t: &LocalTable, cols: &[usize]) -> String {
     )
 }
 
+/// Deletes rows by key and returns every column's text (canonical session settings), so
+/// the rows can be written again with new images (see `Resolver::update`). Params: key
+/// columns. Columns: ord, then one text per column of the table.
+#[must_use]
+pub fn take_rows(t: &LocalTable) -> String {
+    let n = t.pk.len();
+    let cols = t
+        .columns
+        .iter()
+        .map(|c| format!("t.{}::text", c.quoted))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "DELETE FROM {} t USING unnest({}) WITH ORDINALITY AS u({}, ord) WHERE {} \
+         RETURNING u.ord, {cols}",
+        t.name,
+        unnest_params(1, n),
+        names("k", n),
+        key_join(t, "u", "k")
+    )
+}
+
 /// `a, b, c`: the quoted names of `cols`.
 pub(super) fn column_list(t: &LocalTable, cols: &[usize]) -> String {
     cols.iter()
