@@ -419,6 +419,27 @@ fn rows_swapping_unique_values_in_one_transaction_both_survive() {
             )
             .unwrap();
         m.wait_converged(NAMES, WAIT);
+        // Back again, one row also changing its other unique column, then once more.
+        m.a.cluster
+            .psql(
+                "BEGIN;
+                 UPDATE users SET email = 'tmp@x' WHERE id = 50;
+                 UPDATE users SET email = 's2@x' WHERE id = 51;
+                 UPDATE users SET email = 's1@x', code = 503 WHERE id = 50;
+                 COMMIT;",
+            )
+            .unwrap();
+        m.wait_converged(NAMES, WAIT);
+        m.a.cluster
+            .psql(
+                "BEGIN;
+                 UPDATE users SET email = 'tmp@x' WHERE id = 50;
+                 UPDATE users SET email = 's1@x' WHERE id = 51;
+                 UPDATE users SET email = 's2@x' WHERE id = 50;
+                 COMMIT;",
+            )
+            .unwrap();
+        m.wait_converged(NAMES, WAIT);
         for c in [&m.a.cluster, &m.b.cluster] {
             assert_eq!(
                 c.psql("SELECT string_agg(id || '=' || email, ',' ORDER BY id) FROM users WHERE id IN (50, 51)")

@@ -497,7 +497,8 @@ impl Resolver<'_> {
     }
 
     /// Updates grouped by the set of columns they carry; a table with other unique
-    /// constraints updates under a savepoint and falls back to row by row on a violation.
+    /// constraints updates under a savepoint and, on a violation, rewrites this group's
+    /// rows and every later group's together (see [`Resolver::rewrite`]).
     async fn update(
         &mut self,
         map: &TableMap,
@@ -515,12 +516,12 @@ impl Resolver<'_> {
                 None => groups.push((cols, vec![(k, r, p)])),
             }
         }
-        for (cols, group) in groups {
+        for (n, (cols, group)) in groups.iter().enumerate() {
             let guarded = !t.uniques.is_empty();
             if guarded {
                 self.client.batch_execute("SAVEPOINT pgmesh_update").await?;
             }
-            match self.update_group(map, &cols, &group).await {
+            match self.update_group(map, cols, group).await {
                 Ok(()) => {
                     stats.updated += group.len() as u64;
                     if guarded {
@@ -533,7 +534,13 @@ impl Resolver<'_> {
                     self.client
                         .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_update")
                         .await?;
-                    self.rewrite(map, &group, ledger, stats).await?;
+                    // A value may be handed to a row of a later group (another column
+                    // set): those rows still hold their old values, so they go too.
+                    let rest: Vec<(&Key, &Row, &Pending)> = groups[n..]
+                        .iter()
+                        .flat_map(|(_, g)| g.iter().copied())
+                        .collect();
+                    return self.rewrite(map, &rest, ledger, stats).await;
                 }
                 Err(e) => return Err(e),
             }
