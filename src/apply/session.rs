@@ -153,11 +153,6 @@ impl ApplySession {
         self.tables.clear();
     }
 
-    #[must_use]
-    pub fn in_transaction(&self) -> bool {
-        self.in_txn
-    }
-
     /// Opens the downstream transaction if none is open.
     pub async fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.in_txn {
