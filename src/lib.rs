@@ -23,6 +23,7 @@ pub mod setup;
 pub mod sidecar;
 pub mod source;
 pub mod sqlconn;
+pub mod sync;
 pub mod testkit;
 pub mod txn;
 

@@ -156,7 +156,7 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             (v["ok"].as_bool(), v["warnings"].as_u64()),
-            (Some(true), Some(5)),
+            (Some(true), Some(4)),
             "{v:#}"
         );
         let all = v.to_string();
@@ -165,7 +165,6 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
             "ALTER SEQUENCE public.seqd_id_seq INCREMENT BY 2 START WITH 7 RESTART WITH 7;",
             "ALTER TABLE public.ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 2 RESTART WITH 2;",
             "ALTER TABLE public.ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 3 RESTART WITH 3;",
-            "table public.seqd holds different row counts (5 on a, 0 on b)",
         ] {
             assert!(
                 all.contains(needle),

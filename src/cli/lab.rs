@@ -59,7 +59,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         "lab",
         &Env::from_pairs(Vec::<(String, String)>::new()),
     )?;
-    let report = crate::setup::setup(&cfg).await?;
+    let report = crate::setup::setup(&cfg, &crate::setup::SetupOptions::default()).await?;
     if crate::setup::error_count(&report.findings) > 0 {
         print!("{}", crate::setup::finding::to_table(&report.findings));
         bail!("setup of the lab nodes failed");

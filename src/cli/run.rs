@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::{names, Config, ConfigFlags};
 use crate::sidecar::{run_peer, BatchLimits, PeerLink};
-use crate::source::{BackoffPolicy, Password, SourceConfig};
+use crate::source::BackoffPolicy;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -36,14 +36,9 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
     };
     let mut out = Vec::new();
     for peer in cfg.peers(node) {
-        let mut source = SourceConfig::from_dsn(peer.dsn.expose())
+        let source = peer
+            .source_config()
             .with_context(|| format!("dsn of node {}", peer.name))?;
-        if source.password.is_none() {
-            // Same lookup as the SQL connection (password_file, PGPASSWORD, .pgpass).
-            if let Some(pw) = peer.sql_config()?.pg.get_password() {
-                source.password = Some(Password::new(String::from_utf8_lossy(pw).into_owned()));
-            }
-        }
         out.push(PeerLink {
             local_node: node.to_string(),
             peer: peer.name.clone(),

@@ -4,7 +4,8 @@
 //! unreachable node), 2 usage or config errors.
 
 use crate::config::{Config, ConfigFlags};
-use crate::setup::{self, error_count, OutputPlugin};
+use crate::setup::{self, error_count, OutputPlugin, SetupOptions};
+use crate::sync::ExistingData;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,6 +24,18 @@ pub struct SetupArgs {
     /// exit. Run them as a superuser on every node after setup.
     #[arg(long, value_name = "ROLE", conflicts_with_all = ["check", "json"])]
     pub print_grants: Option<String>,
+    /// Tables new to replication with rows on several nodes: copy into each node the rows
+    /// (by primary key) it lacks; rows on both keep each node's version until
+    /// `pgmesh repair`.
+    #[arg(long, conflicts_with = "replace_existing_from")]
+    pub merge_existing: bool,
+    /// Tables new to replication with rows on several nodes: NODE's rows replace the
+    /// other nodes' rows (which are deleted there).
+    #[arg(long, value_name = "NODE")]
+    pub replace_existing_from: Option<String>,
+    /// No progress lines on stderr while copying.
+    #[arg(long, short)]
+    pub quiet: bool,
     #[command(flatten)]
     pub overrides: ConfigFlags,
 }
@@ -48,8 +61,18 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let opts = SetupOptions {
+        existing: if args.merge_existing {
+            ExistingData::Merge
+        } else if let Some(n) = args.replace_existing_from.clone() {
+            ExistingData::ReplaceFrom(n)
+        } else {
+            ExistingData::Refuse
+        },
+        quiet: args.quiet || args.json,
+    };
     if args.check {
-        let findings = setup::preflight(&cfg, OutputPlugin::Pgoutput).await;
+        let findings = setup::preflight(&cfg, OutputPlugin::Pgoutput, &opts.existing).await;
         if args.json {
             println!(
                 "{}",
@@ -60,7 +83,7 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(exit_for(error_count(&findings)));
     }
-    let report = match setup::setup(&cfg).await {
+    let report = match setup::setup(&cfg, &opts).await {
         Ok(r) => r,
         Err(e) => {
             if args.json {
@@ -78,6 +101,7 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut v = setup::finding::to_json(&report.findings);
         v["changes"] = serde_json::to_value(&report.changes)?;
+        v["copied"] = serde_json::to_value(&report.copied)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(exit_for(errors));
     }
@@ -86,11 +110,17 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     }
     if errors > 0 {
         eprintln!("setup changed nothing: fix the errors above and run it again");
-    } else if report.changes.is_empty() {
+    } else if report.changes.is_empty() && report.copied.is_empty() {
         println!("nothing to change: every node is set up");
     } else {
         for c in &report.changes {
             println!("node {}: {}", c.node, c.what);
+        }
+        for c in &report.copied {
+            println!(
+                "node {}: copied {} from {}: {} rows inserted, {} already there or deleted meanwhile",
+                c.target, c.table, c.source, c.stats.copied, c.stats.kept
+            );
         }
         println!("setup done; start `pgmesh run --node <name>` next to each node");
     }

@@ -49,6 +49,25 @@ pub fn origin_name(peer: &str) -> String {
     format!("pgmesh_{peer}")
 }
 
+/// Replication origin on a node for rows the initial copy brought from `source`:
+/// `pgmesh__copy_<source>`. Its own origin, because the sidecar applying `source`'s
+/// stream may hold [`origin_name`] at the same time; the double underscore cannot start a
+/// node name, so [`node_of_origin`] stays unambiguous.
+#[must_use]
+pub fn copy_origin_name(source: &str) -> String {
+    format!("pgmesh__copy_{source}")
+}
+
+/// The node whose writes a replication origin carries: `pgmesh_<n>` and
+/// `pgmesh__copy_<n>` → `n`; any other origin keeps its own name.
+#[must_use]
+pub fn node_of_origin(origin: &str) -> &str {
+    origin
+        .strip_prefix("pgmesh__copy_")
+        .or_else(|| origin.strip_prefix("pgmesh_"))
+        .unwrap_or(origin)
+}
+
 /// Name of the generated tombstone function for the table with this OID, inside
 /// [`SCHEMA`]. The OID keeps it unique and short (63-byte identifier limit) whatever the
 /// table's name; it only has to be stable on one node, never across nodes.

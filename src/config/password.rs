@@ -7,6 +7,7 @@
 //! or `~/.pgpass`.
 
 use super::{ConfigError, NodeConfig};
+use crate::source::{Password, SourceConfig};
 use crate::sqlconn::{SqlConfig, SqlConnectError};
 use std::path::PathBuf;
 use tokio_postgres::config::Host;
@@ -58,5 +59,21 @@ impl NodeConfig {
             }
         }
         Ok(sql)
+    }
+
+    /// The replication (walsender) connection config for this node, with the password
+    /// found by the same lookup as [`NodeConfig::sql_config`].
+    pub fn source_config(&self) -> Result<SourceConfig, ConfigError> {
+        let mut source =
+            SourceConfig::from_dsn(self.dsn.expose()).map_err(|e| ConfigError::Dsn {
+                node: self.name.clone(),
+                message: e.to_string(),
+            })?;
+        if source.password.is_none() {
+            if let Some(pw) = self.sql_config()?.pg.get_password() {
+                source.password = Some(Password::new(String::from_utf8_lossy(pw).into_owned()));
+            }
+        }
+        Ok(source)
     }
 }

@@ -2,7 +2,7 @@
 //! gathered by [`super::facts`] (I/O), judged by [`super::checks`] (pure).
 
 use crate::config::{names, ReplicationConfig};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Everything preflight looks at on one node.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +33,10 @@ pub struct NodeFacts {
     pub sequences: Vec<SequenceFacts>,
     /// Row counts of the selected non-empty tables, by qualified name (absent = empty).
     pub row_counts: BTreeMap<String, i64>,
+    /// Tables in publication pgmesh on this node (qualified names): already replicated.
+    pub published: BTreeSet<String>,
+    /// Initial copies into this node that have not finished: table → (source node, mode).
+    pub unfinished_syncs: BTreeMap<String, (String, String)>,
 }
 
 #[derive(Clone, Debug, Default)]

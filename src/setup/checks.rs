@@ -31,7 +31,6 @@ pub fn check_all(cfg: &Config, facts: &[NodeFacts], plugin: OutputPlugin) -> Vec
     check_distinct_databases(facts, &mut out);
     check_tables_across_nodes(cfg, facts, &mut out);
     check_sequences(cfg, facts, &mut out);
-    check_row_counts(cfg, facts, &mut out);
     out
 }
 
@@ -430,45 +429,6 @@ pub fn check_sequences(cfg: &Config, facts: &[NodeFacts], out: &mut Vec<Finding>
                     s.next_value
                 ),
                 fix,
-            ));
-        }
-    }
-}
-
-/// Tables whose rows differ in number between nodes: setup does not copy data yet.
-pub fn check_row_counts(cfg: &Config, facts: &[NodeFacts], out: &mut Vec<Finding>) {
-    let mut tables: BTreeSet<String> = BTreeSet::new();
-    for f in facts {
-        tables.extend(
-            f.selected_tables(&cfg.replication)
-                .iter()
-                .map(|t| t.qualified()),
-        );
-    }
-    for q in tables {
-        let counts: Vec<(&str, i64)> = facts
-            .iter()
-            .map(|f| (f.node.as_str(), f.row_counts.get(&q).copied().unwrap_or(0)))
-            .collect();
-        if counts.iter().all(|(_, c)| *c == counts[0].1) {
-            continue;
-        }
-        let (src, _) = counts
-            .iter()
-            .max_by_key(|(_, c)| *c)
-            .copied()
-            .unwrap_or(counts[0]);
-        let shown: Vec<String> = counts.iter().map(|(n, c)| format!("{c} on {n}")).collect();
-        for (node, _) in counts.iter().filter(|(n, _)| *n != src) {
-            out.push(Finding::warning(
-                node,
-                format!(
-                    "table {q} holds different row counts ({}); pgmesh does not copy existing rows yet",
-                    shown.join(", ")
-                ),
-                format!(
-                    "copy the rows before `pgmesh run` (pg_dump --data-only --table='{q}' from {src}, restore into {node}), or empty the table on all nodes but {src} and copy"
-                ),
             ));
         }
     }

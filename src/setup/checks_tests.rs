@@ -272,19 +272,3 @@ fn colliding_sequences_warn_with_per_node_offsets() {
         whats(&f)
     );
 }
-
-#[test]
-fn differing_row_counts_warn() {
-    let mut a = good("a");
-    a.row_counts.insert("public.t".into(), 10);
-    let f = check_all(&cfg(""), &[a.clone(), good("b")], OutputPlugin::Pgoutput);
-    assert_eq!(f.len(), 1, "{:#?}", whats(&f));
-    assert_eq!(
-        (f[0].node.as_str(), f[0].severity),
-        ("b", Severity::Warning)
-    );
-    assert!(f[0].what.contains("10 on a, 0 on b"), "{}", f[0].what);
-    let mut b = good("b");
-    b.row_counts.insert("public.t".into(), 10);
-    assert!(check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput).is_empty());
-}

@@ -26,6 +26,9 @@ pub enum SetupError {
     /// Something exists that setup or teardown must not silently change.
     #[error("node {node}: {message}")]
     Conflict { node: String, message: String },
+    /// The initial copy stopped; the next setup resumes it.
+    #[error("initial copy: {0}")]
+    Sync(#[from] crate::sync::SyncError),
 }
 
 pub use crate::sqlconn::pg_message;

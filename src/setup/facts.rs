@@ -169,6 +169,28 @@ pub async fn gather(
             last
         };
     }
+    f.published = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&names::PUBLICATION],
+        )
+        .await
+        .map_err(q("reading the publication's tables"))?
+        .iter()
+        .map(|r| names::qualified_table(r.get(0), r.get(1)))
+        .collect();
+    if f.schema_version.unwrap_or(0) >= 3 {
+        f.unfinished_syncs = client
+            .query(
+                "SELECT table_name, source_node, mode FROM pgmesh.table_sync WHERE state = 'copying'",
+                &[],
+            )
+            .await
+            .map_err(q("reading unfinished initial copies"))?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+    }
     let selected: Vec<String> = f
         .selected_tables(repl)
         .iter()

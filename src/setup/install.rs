@@ -7,6 +7,7 @@ use super::error::{query_err, SetupError};
 use super::migrate::migrate;
 use super::tombstone;
 use crate::config::{names, Config};
+use crate::sync::CopyJob;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
@@ -28,6 +29,7 @@ pub async fn install_node(
     client: &mut Client,
     cfg: &Config,
     facts: &NodeFacts,
+    arriving: &[&CopyJob],
     changes: &mut Vec<Change>,
 ) -> Result<(), SetupError> {
     let node = facts.node.as_str();
@@ -43,6 +45,10 @@ pub async fn install_node(
         .map_err(query_err(node, "taking the setup lock"))?;
     for m in migrate(client, node).await? {
         change(format!("applied migration {m}"));
+    }
+    // Before the table joins the publication: from here on a crash is resumed.
+    for job in arriving {
+        crate::sync::copy::announce(client, node, job).await?;
     }
     for n in cfg.nodes.keys() {
         let rows = client
@@ -226,10 +232,14 @@ pub async fn create_slots(
     client: &Client,
     cfg: &Config,
     node: &str,
+    skip: &BTreeSet<(String, String)>,
     changes: &mut Vec<Change>,
 ) -> Result<(), SetupError> {
     for peer in cfg.peers(node) {
         let slot = names::slot_name(&peer.name);
+        if skip.contains(&(node.to_string(), slot.clone())) {
+            continue;
+        }
         let exists = client
             .query_opt(
                 "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",

@@ -26,6 +26,7 @@ mod install;
 mod teardown;
 
 use crate::config::Config;
+use crate::sync::{CopyJob, ExistingData};
 use tokio_postgres::Client;
 
 /// What `setup` found and did.
@@ -34,6 +35,8 @@ pub struct SetupReport {
     pub findings: Vec<Finding>,
     /// Empty when preflight had errors (nothing was changed) or everything existed.
     pub changes: Vec<Change>,
+    /// Tables copied into nodes that lacked their rows.
+    pub copied: Vec<crate::sync::Copied>,
 }
 
 /// Connects to every node; a node that cannot be reached becomes an error finding (so
@@ -58,11 +61,13 @@ async fn connect_all(cfg: &Config) -> (Vec<(String, Client)>, Vec<Finding>) {
     (clients, findings)
 }
 
-/// Gathers facts from every reachable node and runs every check.
+/// Gathers facts from every reachable node, runs every check and plans the initial
+/// copies (whose refusals are findings too).
 async fn gather_and_check(
     cfg: &Config,
     plugin: OutputPlugin,
-) -> (Vec<(Client, NodeFacts)>, Vec<Finding>) {
+    existing: &ExistingData,
+) -> (Vec<(Client, NodeFacts)>, Vec<Finding>, Vec<CopyJob>) {
     let (clients, mut findings) = connect_all(cfg).await;
     let mut nodes = Vec::new();
     for (name, client) in clients {
@@ -77,8 +82,12 @@ async fn gather_and_check(
     }
     // Cross-node checks are only meaningful when every node answered.
     let all_facts: Vec<NodeFacts> = nodes.iter().map(|(_, f)| f.clone()).collect();
+    let mut jobs = Vec::new();
     if findings.is_empty() {
         findings.extend(check_all(cfg, &all_facts, plugin));
+        let (planned, refused) = crate::sync::plan(cfg, &all_facts, existing);
+        jobs = planned;
+        findings.extend(refused);
     } else {
         for f in &all_facts {
             let peers: Vec<&str> = cfg.peers(&f.node).map(|p| p.name.as_str()).collect();
@@ -86,33 +95,58 @@ async fn gather_and_check(
         }
     }
     findings.sort_by(|a, b| (a.severity, &a.node).cmp(&(b.severity, &b.node)));
-    (nodes, findings)
+    (nodes, findings, jobs)
 }
 
 /// `pgmesh setup --check`: every finding on every node; changes nothing.
-pub async fn preflight(cfg: &Config, plugin: OutputPlugin) -> Vec<Finding> {
-    gather_and_check(cfg, plugin).await.1
+pub async fn preflight(
+    cfg: &Config,
+    plugin: OutputPlugin,
+    existing: &ExistingData,
+) -> Vec<Finding> {
+    gather_and_check(cfg, plugin, existing).await.1
 }
 
 /// `pgmesh setup`: preflight, then (only if it found no error) schema, node registry,
-/// triggers, publication and origins on every node, then every node's slots. Idempotent.
-pub async fn setup(cfg: &Config) -> Result<SetupReport, SetupError> {
-    let (nodes, findings) = gather_and_check(cfg, OutputPlugin::Pgoutput).await;
+/// triggers, publication and origins on every node, then every node's slots, then the
+/// initial copy of tables new to replication (see [`crate::sync`]). Idempotent; an
+/// interrupted copy is resumed by the next run.
+pub async fn setup(cfg: &Config, opts: &SetupOptions) -> Result<SetupReport, SetupError> {
+    let (nodes, findings, jobs) =
+        gather_and_check(cfg, OutputPlugin::Pgoutput, &opts.existing).await;
     let mut report = SetupReport {
         findings,
-        changes: Vec::new(),
+        ..SetupReport::default()
     };
     if error_count(&report.findings) > 0 {
         return Ok(report);
     }
     let mut nodes = nodes;
     for (client, facts) in &mut nodes {
-        install::install_node(client, cfg, facts, &mut report.changes).await?;
+        let arriving: Vec<&CopyJob> = jobs
+            .iter()
+            .filter(|j| j.target == facts.node && !j.resume)
+            .collect();
+        install::install_node(client, cfg, facts, &arriving, &mut report.changes).await?;
     }
+    // Slots a copy needs are created by the copy itself, with an exported snapshot.
+    let by_copy = crate::sync::slots_made_by_copy(&jobs);
     for (client, facts) in &nodes {
-        install::create_slots(client, cfg, &facts.node, &mut report.changes).await?;
+        install::create_slots(client, cfg, &facts.node, &by_copy, &mut report.changes).await?;
+    }
+    if !jobs.is_empty() {
+        report.copied = crate::sync::run(cfg, &jobs, opts.quiet).await?;
     }
     Ok(report)
+}
+
+/// How `setup` treats existing rows.
+#[derive(Clone, Debug, Default)]
+pub struct SetupOptions {
+    /// Tables new to replication that hold rows on several nodes.
+    pub existing: ExistingData,
+    /// No progress lines on stderr.
+    pub quiet: bool,
 }
 
 /// `pgmesh teardown`: removes pgmesh's objects from every node it can reach. Returns what

@@ -1,0 +1,375 @@
+//! Initial copy (`pgmesh setup` on tables new to replication) against real clusters,
+//! through the binary as an operator runs it: existing rows reach the empty node, a table
+//! added while both nodes take writes (sidecars running) loses and resurrects no row,
+//! rows on both nodes are refused unless the operator says how to reconcile, and an
+//! interrupted copy is resumed.
+
+mod support;
+
+use pgmesh::testkit::{versions_under_test, Cluster};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{dump, Rng};
+
+/// Two clusters per test at a time on the shared machine.
+static CLUSTERS: Mutex<()> = Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    CLUSTERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_config(dir: &Path, a: &Cluster, b: &Cluster, tables: &str) -> PathBuf {
+    let path = dir.join("pgmesh.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[nodes.a]\ndsn = \"{}\"\n[nodes.b]\ndsn = \"{}\"\n[replication]\ntables = [{tables}]\n",
+            a.dsn(),
+            b.dsn()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn pgmesh(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgmesh"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `pgmesh run` for both nodes; killed on drop.
+struct Sidecars(Vec<Child>);
+
+impl Sidecars {
+    fn start(config: &Path) -> Sidecars {
+        let run = |node: &str| {
+            Command::new(env!("CARGO_BIN_EXE_pgmesh"))
+                .args(["run", "--node", node, "-c"])
+                .arg(config)
+                .env("RUST_LOG", "pgmesh=warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        Sidecars(vec![run("a"), run("b")])
+    }
+}
+
+impl Drop for Sidecars {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_same(a: &Cluster, b: &Cluster, tables: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let diff: Vec<&str> = tables
+            .iter()
+            .copied()
+            .filter(|t| dump(a, t) != dump(b, t))
+            .collect();
+        if diff.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for t in diff {
+                let (da, db) = (dump(a, t), dump(b, t));
+                let only_a: Vec<&str> = da.lines().filter(|l| !db.contains(l)).take(10).collect();
+                let only_b: Vec<&str> = db.lines().filter(|l| !da.contains(l)).take(10).collect();
+                eprintln!("{t}: only on a {only_a:?}\n only on b {only_b:?}");
+            }
+            panic!("nodes did not converge");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text, big text, \
+    n int GENERATED ALWAYS AS (id * 2) STORED);";
+
+#[test]
+fn setup_copies_existing_rows_then_both_directions_stream() {
+    let _t = turn();
+    for major in versions_under_test() {
+        let a = Cluster::start(major).unwrap();
+        let b = Cluster::start(major).unwrap();
+        for c in [&a, &b] {
+            c.psql(ITEMS).unwrap();
+        }
+        // Rows with TOASTed values, quotes, tabs, newlines and NULLs survive COPY text.
+        a.psql(
+            "INSERT INTO items (id, v, big)
+             SELECT i, CASE WHEN i % 7 = 0 THEN NULL ELSE E'x\\t''y\\n' || i END,
+                    CASE WHEN i % 1000 = 0 THEN repeat(md5(i::text), 400) END
+               FROM generate_series(1, 30000) i",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &a, &b, "\"public.*\"");
+
+        let out = pgmesh(&["setup", "--check"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+
+        let out = pgmesh(&["setup"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        let t = text(&out);
+        assert!(
+            t.contains("node b: copied public.items from a: 30000 rows inserted"),
+            "PG{major}: {t}"
+        );
+        assert!(
+            t.contains("copy public.items a→b: 30000 rows"),
+            "PG{major}: {t}"
+        );
+        assert_eq!(dump(&a, "items"), dump(&b, "items"), "PG{major}");
+        assert_eq!(
+            b.psql("SELECT state || ' ' || rows_copied FROM pgmesh.table_sync")
+                .unwrap(),
+            "done 30000"
+        );
+        // Copied rows carry the oldest commit time, under the copy's own origin.
+        assert_eq!(
+            b.psql(
+                "SELECT DISTINCT x.timestamp || ' ' || o.roname FROM items,
+                        pg_xact_commit_timestamp_origin(items.xmin) x
+                   JOIN pg_replication_origin o ON o.roident = x.roident"
+            )
+            .unwrap(),
+            "2000-01-01 00:00:00.000001+00 pgmesh__copy_a"
+        );
+
+        // A second setup copies nothing again.
+        let out = pgmesh(&["setup"], &cfg);
+        assert!(
+            text(&out).contains("nothing to change"),
+            "PG{major}: {}",
+            text(&out)
+        );
+
+        let _sidecars = Sidecars::start(&cfg);
+        a.psql("UPDATE items SET v = 'from a' WHERE id <= 100; DELETE FROM items WHERE id BETWEEN 101 AND 200")
+            .unwrap();
+        b.psql("UPDATE items SET v = 'from b' WHERE id BETWEEN 201 AND 300; INSERT INTO items (id, v) VALUES (40000, 'new on b')")
+            .unwrap();
+        wait_same(&a, &b, &["items"]);
+        assert_eq!(
+            a.psql("SELECT count(*) FROM items WHERE v LIKE 'from _'")
+                .unwrap(),
+            "200"
+        );
+        // Copied rows count as a's writes on b: a's updates of them are no conflict. On
+        // a, b's updates of rows a wrote are (update_origin_differs, like native PG).
+        assert_eq!(
+            b.psql("SELECT count(*) FROM pgmesh.conflicts").unwrap(),
+            "0"
+        );
+        assert_eq!(
+            a.psql("SELECT string_agg(DISTINCT kind || ' ' || winner, ',') || ' ' || count(*) FROM pgmesh.conflicts")
+                .unwrap(),
+            "update_origin_differs remote 100"
+        );
+    }
+}
+
+#[test]
+fn a_table_added_while_both_nodes_write_loses_no_row() {
+    let _t = turn();
+    for major in versions_under_test() {
+        let a = Cluster::start(major).unwrap();
+        let b = Cluster::start(major).unwrap();
+        for c in [&a, &b] {
+            c.psql("CREATE TABLE t1 (id int PRIMARY KEY, v int); CREATE TABLE t2 (id int PRIMARY KEY, v int);")
+                .unwrap();
+        }
+        a.psql("INSERT INTO t2 SELECT i, 0 FROM generate_series(1, 20000) i")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &a, &b, "\"public.t1\"");
+        let out = pgmesh(&["setup", "-q"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        let _sidecars = Sidecars::start(&cfg);
+
+        // Writers: both nodes write t1 all along; a writes t2 all along (inserts, updates
+        // and deletes of copied and new rows); b starts writing t2 once it replicates.
+        let stop = Arc::new(AtomicBool::new(false));
+        let t2_live = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for (node, dsn, seed) in [("a", a.dsn(), 1u64), ("b", b.dsn(), 2)] {
+            let (stop, t2_live) = (stop.clone(), t2_live.clone());
+            let bin = a.bin_dir().to_path_buf();
+            writers.push(std::thread::spawn(move || {
+                let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) + u64::from(major));
+                let mut rounds = 0;
+                while !stop.load(Ordering::Relaxed) || rounds < 3 {
+                    rounds += 1;
+                    let mut sql = String::new();
+                    let base = if node == "a" { 0 } else { 1_000_000 };
+                    for _ in 0..40 {
+                        let id = base + rng.below(300) as i64;
+                        let v = rng.below(1000);
+                        sql.push_str(&format!(
+                            "INSERT INTO t1 VALUES ({id}, {v}) ON CONFLICT (id) DO UPDATE SET v = {v};"
+                        ));
+                        if node == "a" || t2_live.load(Ordering::Relaxed) {
+                            let k = rng.below(25_000) as i64 + if node == "a" { 0 } else { 50_000 };
+                            let k2 = rng.below(25_000);
+                            sql.push_str(&match rng.below(3) {
+                                0 => format!("INSERT INTO t2 VALUES ({k}, {v}) ON CONFLICT (id) DO UPDATE SET v = {v};"),
+                                1 => format!("UPDATE t2 SET v = v + 1 WHERE id = {k2};"),
+                                _ => format!("DELETE FROM t2 WHERE id = {k2};"),
+                            });
+                        }
+                    }
+                    let status = Command::new(bin.join("psql"))
+                        .args(["-X", "-q", "-d", &dsn, "-c", &sql])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .unwrap();
+                    let _ = status; // a statement may fail on a race; the next round goes on
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let cfg = write_config(dir.path(), &a, &b, "\"public.t1\", \"public.t2\"");
+        let out = pgmesh(&["setup"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        assert!(
+            text(&out).contains("node b: copied public.t2 from a"),
+            "PG{major}: {}",
+            text(&out)
+        );
+        t2_live.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        wait_same(&a, &b, &["t1", "t2"]);
+        assert!(
+            b.psql("SELECT count(*) FROM t2")
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                > 10_000
+        );
+    }
+}
+
+#[test]
+fn rows_on_both_nodes_are_refused_unless_merged_or_replaced() {
+    let _t = turn();
+    for major in versions_under_test() {
+        let a = Cluster::start(major).unwrap();
+        let b = Cluster::start(major).unwrap();
+        for c in [&a, &b] {
+            c.psql("CREATE TABLE m (id int PRIMARY KEY, v text); CREATE TABLE r (id int PRIMARY KEY, v text);")
+                .unwrap();
+        }
+        a.psql("INSERT INTO m VALUES (1, 'a'), (2, 'a'); INSERT INTO r VALUES (1, 'a'), (2, 'a')")
+            .unwrap();
+        b.psql("INSERT INTO m VALUES (2, 'b'), (3, 'b'); INSERT INTO r VALUES (3, 'b')")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &a, &b, "\"public.m\"");
+
+        let out = pgmesh(&["setup", "--json"], &cfg);
+        assert_eq!(out.status.code(), Some(1), "PG{major}: {}", text(&out));
+        assert!(
+            text(&out).contains("table public.m is new to replication and holds rows on more than one node (2 rows on a, 2 rows on b)"),
+            "PG{major}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            a.psql("SELECT count(*) FROM pg_replication_slots").unwrap(),
+            "0"
+        );
+
+        let out = pgmesh(&["setup", "--merge-existing"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        assert_eq!(
+            a.psql("SELECT string_agg(id || v, ',' ORDER BY id) FROM m")
+                .unwrap(),
+            "1a,2a,3b"
+        );
+        assert_eq!(
+            b.psql("SELECT string_agg(id || v, ',' ORDER BY id) FROM m")
+                .unwrap(),
+            "1a,2b,3b"
+        );
+
+        let cfg = write_config(dir.path(), &a, &b, "\"public.m\", \"public.r\"");
+        let out = pgmesh(&["setup", "--replace-existing-from", "zz"], &cfg);
+        assert_eq!(out.status.code(), Some(1), "PG{major}: {}", text(&out));
+        assert!(text(&out).contains("'zz'"), "{}", text(&out));
+        let out = pgmesh(&["setup", "--replace-existing-from", "a"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        assert_eq!(dump(&a, "r"), dump(&b, "r"), "PG{major}");
+        assert_eq!(
+            b.psql("SELECT string_agg(id || v, ',' ORDER BY id) FROM r")
+                .unwrap(),
+            "1a,2a"
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_copy_is_resumed_by_the_next_setup() {
+    let _t = turn();
+    for major in versions_under_test() {
+        let a = Cluster::start(major).unwrap();
+        let b = Cluster::start(major).unwrap();
+        for c in [&a, &b] {
+            c.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+                .unwrap();
+        }
+        a.psql("INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 5000) i")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &a, &b, "\"public.t\"");
+        let out = pgmesh(&["setup", "-q"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        // As if the copy had stopped half way: part of the rows missing, state 'copying'.
+        b.psql(
+            "SET session_replication_role = replica; DELETE FROM t WHERE id > 2500;
+             UPDATE pgmesh.table_sync SET state = 'copying', finished_at = NULL",
+        )
+        .unwrap();
+        let out = pgmesh(&["setup", "--check"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        let out = pgmesh(&["setup"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        assert!(
+            text(&out).contains("2500 rows inserted, 2500 already there"),
+            "PG{major}: {}",
+            text(&out)
+        );
+        assert_eq!(dump(&a, "t"), dump(&b, "t"), "PG{major}");
+        assert_eq!(
+            b.psql("SELECT state FROM pgmesh.table_sync").unwrap(),
+            "done"
+        );
+    }
+}
