@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod filter;
+pub mod ledger;
 pub mod lsn;
 pub mod pgtime;
 pub mod protocol;
