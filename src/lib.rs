@@ -24,7 +24,9 @@ pub mod setup;
 pub mod sidecar;
 pub mod source;
 pub mod sqlconn;
+pub mod status;
 pub mod testkit;
+pub mod text_table;
 pub mod txn;
 
 pub use lsn::Lsn;
