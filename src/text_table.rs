@@ -50,10 +50,7 @@ mod tests {
     fn aligns_columns() {
         let t = render(
             &["A", "LONGER"],
-            &[
-                vec!["xyz".into(), "1".into()],
-                vec!["é".into()],
-            ],
+            &[vec!["xyz".into(), "1".into()], vec!["é".into()]],
         );
         assert_eq!(t, "A    LONGER\nxyz  1\né\n");
         assert_eq!(shorten("abcdef", 4), "abc…");

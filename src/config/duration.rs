@@ -87,12 +87,22 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_duration() {
-        for bad in ["", "30", "d", "5 parsecs", "1h30", "-1h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "d",
+            "5 parsecs",
+            "1h30",
+            "-1h",
+            "99999999999999999999d",
+        ] {
             let e = parse_duration(bad).unwrap_err();
             assert!(!e.is_empty(), "{bad:?}");
         }
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
-        assert!(parse_duration("3y").unwrap_err().contains("unknown duration unit"));
+        assert!(parse_duration("3y")
+            .unwrap_err()
+            .contains("unknown duration unit"));
         assert!(parse_duration(&format!("{}w", u64::MAX / 1000))
             .unwrap_err()
             .contains("too large"));

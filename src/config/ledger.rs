@@ -60,7 +60,10 @@ impl LedgerConfig {
             if value < min {
                 return Err(invalid(
                     key,
-                    format!("{text:?} is too short: use at least {}", format_duration(min)),
+                    format!(
+                        "{text:?} is too short: use at least {}",
+                        format_duration(min)
+                    ),
                 ));
             }
             Ok(value)
@@ -148,11 +151,17 @@ mod tests {
     fn bad_values_name_the_key() {
         let err = |extra: &str, env: &[(&str, &str)]| parse(extra, env).unwrap_err().to_string();
         let e = err("[ledger]\nretention = \"30\"\n", &[]);
-        assert!(e.contains("ledger.retention") && e.contains("no unit"), "{e}");
+        assert!(
+            e.contains("ledger.retention") && e.contains("no unit"),
+            "{e}"
+        );
         let e = err("[ledger]\nretention = \"0s\"\n", &[]);
         assert!(e.contains("too short"), "{e}");
         let e = err("[ledger]\nmax_rows = 0\n", &[]);
-        assert!(e.contains("ledger.max_rows") && e.contains("at least 1"), "{e}");
+        assert!(
+            e.contains("ledger.max_rows") && e.contains("at least 1"),
+            "{e}"
+        );
         let e = err("[ledger]\nkeep = \"1d\"\n", &[]);
         assert!(e.contains("keep"), "{e}");
         let e = err("", &[("PGMESH_LEDGER_RETENTION", "forever")]);

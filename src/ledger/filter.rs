@@ -36,8 +36,8 @@ impl TimeBound {
     fn sql(&self, n: usize) -> Result<(String, i64), String> {
         match self {
             TimeBound::Ago(d) => {
-                let micros = i64::try_from(d.as_micros())
-                    .map_err(|_| "duration too large".to_string())?;
+                let micros =
+                    i64::try_from(d.as_micros()).map_err(|_| "duration too large".to_string())?;
                 Ok((
                     format!("now() - ${n}::int8 * interval '1 microsecond'"),
                     micros,
@@ -241,7 +241,10 @@ mod tests {
             TimeBound::parse("1970-01-01T00:00:01Z"),
             Ok(TimeBound::At(1_000_000))
         );
-        assert_eq!(TimeBound::parse("1970-01-02"), Ok(TimeBound::At(86_400_000_000)));
+        assert_eq!(
+            TimeBound::parse("1970-01-02"),
+            Ok(TimeBound::At(86_400_000_000))
+        );
         let e = TimeBound::parse("yesterday").unwrap_err();
         assert!(e.contains("RFC 3339") && e.contains("\"1h\""), "{e}");
         assert!(TimeBound::parse("5").unwrap_err().contains("no unit"));
@@ -252,7 +255,10 @@ mod tests {
         let p = |s| TableMatch::parse(s).unwrap();
         assert_eq!(p("items"), TableMatch::Exact("public.items".into()));
         assert_eq!(p("Sales.Orders"), TableMatch::Exact("sales.orders".into()));
-        assert_eq!(p("public.user"), TableMatch::Exact("public.\"user\"".into()));
+        assert_eq!(
+            p("public.user"),
+            TableMatch::Exact("public.\"user\"".into())
+        );
         assert_eq!(
             p("public.\"Mixed\""),
             TableMatch::Exact("public.\"Mixed\"".into())

@@ -11,6 +11,7 @@
 pub mod filter;
 pub mod prune;
 pub mod read;
+pub mod render;
 
 pub use filter::{ConflictFilter, TableMatch, TimeBound};
 pub use prune::{prune, PruneOutcome, PRUNE_BATCH_ROWS};
@@ -53,7 +54,10 @@ pub enum LedgerError {
 }
 
 /// Wraps a driver error of step `what` on `node`.
-pub(crate) fn query_err(node: &str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> LedgerError {
+pub(crate) fn query_err(
+    node: &str,
+    what: &str,
+) -> impl FnOnce(tokio_postgres::Error) -> LedgerError {
     let node = node.to_string();
     let what = what.to_string();
     move |e| LedgerError::Query {
@@ -66,10 +70,7 @@ pub(crate) fn query_err(node: &str, what: &str) -> impl FnOnce(tokio_postgres::E
 /// Fails with [`LedgerError::NotSetUp`] when the node has no ledger table.
 pub async fn ensure_ledger(client: &tokio_postgres::Client, node: &str) -> Result<(), LedgerError> {
     let present: bool = client
-        .query_one(
-            "SELECT to_regclass('pgmesh.conflicts') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('pgmesh.conflicts') IS NOT NULL", &[])
         .await
         .map_err(query_err(node, "looking for pgmesh.conflicts"))?
         .get(0);

@@ -73,8 +73,11 @@ async fn prune_pass(node: &str, local: &SqlConfig, ledger: &LedgerConfig) {
             took = ?started.elapsed(),
             "pruned the conflict ledger"
         ),
-        Ok(_) => tracing::debug!(%node, took = ?started.elapsed(), "conflict ledger within its limits"),
-        Err(e) => tracing::warn!(%node, error = %e, "ledger pruning failed; retrying at the next pass"),
+        Ok(_) => {
+            tracing::debug!(%node, took = ?started.elapsed(), "conflict ledger within its limits")
+        }
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "ledger pruning failed; retrying at the next pass")
+        }
     }
 }
-

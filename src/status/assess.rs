@@ -259,7 +259,10 @@ mod tests {
         );
         b.apply_sessions = applying;
         b.recent_conflicts = Some(vec![(Some("a".into()), 3), (None, 5)]);
-        b.last_commit = Some(("2026-01-01T00:00:00.000000Z".into(), Some("pgmesh_a".into())));
+        b.last_commit = Some((
+            "2026-01-01T00:00:00.000000Z".into(),
+            Some("pgmesh_a".into()),
+        ));
         (a, b)
     }
 
@@ -292,9 +295,24 @@ mod tests {
                 State::SlotLost,
                 "pg_drop_replication_slot('pgmesh_b')",
             ),
-            (Some(slot(false)), 0, State::SidecarDown, "start `pgmesh run --node b`"),
-            (Some(slot(false)), 1, State::SidecarDown, "does not stream from a"),
-            (Some(slot(true)), 0, State::SidecarDown, "no `pgmesh apply` session"),
+            (
+                Some(slot(false)),
+                0,
+                State::SidecarDown,
+                "start `pgmesh run --node b`",
+            ),
+            (
+                Some(slot(false)),
+                1,
+                State::SidecarDown,
+                "does not stream from a",
+            ),
+            (
+                Some(slot(true)),
+                0,
+                State::SidecarDown,
+                "no `pgmesh apply` session",
+            ),
         ];
         for (s, applying, state, needle) in cases {
             let (a, b) = pair(s, applying);
@@ -327,7 +345,10 @@ mod tests {
         assert_eq!(d.lag_seconds, Some(90.0));
         assert_eq!(d.oldest_pending_commit_time.as_deref(), Some("t"));
         let all = d.problems.join("\n");
-        assert!(all.contains("lag 5.0 MB exceeds 1.0 MB (--max-lag-bytes)"), "{all}");
+        assert!(
+            all.contains("lag 5.0 MB exceeds 1.0 MB (--max-lag-bytes)"),
+            "{all}"
+        );
         assert!(all.contains("lag 90.0s exceeds 60s"), "{all}");
 
         let mut s = slot(true);

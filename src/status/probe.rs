@@ -84,7 +84,8 @@ async fn read_facts(
     origins: &[String],
     peek_timeout: Duration,
 ) -> Result<NodeFacts, String> {
-    let q = |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", pg_message(&e));
+    let q =
+        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", pg_message(&e));
     let row = client
         .query_one(
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int, pg_is_in_recovery()",

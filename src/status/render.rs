@@ -10,26 +10,28 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 
 fn sidecar_cell(d: &DirectionStatus) -> String {
     let s = &d.sidecar;
-    match (s.slot_active, s.apply_session) {
-        (Some(true), Some(true)) => match s.walsender_pid {
+    if s.slot_active == Some(true) && s.apply_session == Some(true) {
+        return match s.walsender_pid {
             Some(pid) => format!("ok (walsender {pid})"),
             None => "ok".into(),
-        },
-        (None, None) => "-".into(),
-        (active, apply) => {
-            let mut parts = Vec::new();
-            if active == Some(false) {
-                parts.push("slot idle");
-            }
-            if apply == Some(false) {
-                parts.push("no apply session");
-            }
-            if parts.is_empty() {
-                "?".into()
-            } else {
-                parts.join(", ")
-            }
-        }
+        };
+    }
+    let mut parts = Vec::new();
+    match (s.slot_active, s.walsender_pid) {
+        (Some(true), Some(pid)) => parts.push(format!("walsender {pid}")),
+        (Some(true), None) => parts.push("slot in use".to_string()),
+        (Some(false), _) => parts.push("slot idle".to_string()),
+        (None, _) => {}
+    }
+    match s.apply_session {
+        Some(true) => parts.push("apply session".to_string()),
+        Some(false) => parts.push("no apply session".to_string()),
+        None => {}
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
     }
 }
 
@@ -184,7 +186,10 @@ mod tests {
             t.contains("a -> b     sidecar down  5.0 MB  42.0s     0/3000148     6.0 MB (reserved)  3             slot idle, no apply session"),
             "{t}"
         );
-        assert!(t.contains("a -> b: the sidecar of node b is not running"), "{t}");
+        assert!(
+            t.contains("a -> b: the sidecar of node b is not running"),
+            "{t}"
+        );
         assert!(t.contains("status: UNHEALTHY (1 of 1"), "{t}");
         let j: serde_json::Value = serde_json::from_str(&to_json(&report()).unwrap()).unwrap();
         assert_eq!(j["directions"][0]["state"], "sidecar_down");
