@@ -67,12 +67,12 @@ pub async fn prune(
         });
     }
     let result = prune_locked(client, node, cfg, batch.max(1)).await;
-    // On an error the session is dropped by the caller, which releases the lock too.
-    client
-        .query_one(UNLOCK, &[])
-        .await
-        .map_err(query_err(node, "releasing the prune lock"))?;
-    result
+    let unlocked = client.query_one(UNLOCK, &[]).await;
+    // After a failure the first error is the one to report (the caller drops the
+    // session, which releases the lock anyway).
+    let outcome = result?;
+    unlocked.map_err(query_err(node, "releasing the prune lock"))?;
+    Ok(outcome)
 }
 
 async fn prune_locked(

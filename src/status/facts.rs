@@ -21,7 +21,9 @@ pub struct NodeFacts {
     pub slots: BTreeMap<String, Option<SlotFacts>>,
     /// Requested origins (one per peer applied into this node): `None` when missing.
     pub origins: BTreeMap<String, Option<OriginFacts>>,
-    /// Sessions named `pgmesh apply` in this database (the sidecar's writers).
+    /// Sessions named `pgmesh apply` in this database (the sidecar's writers, one per
+    /// peer; with two nodes that is the one direction into this node — with more, the
+    /// name alone cannot tell which peer a session serves).
     pub apply_sessions: i64,
     /// Ledger records of the last hour by `remote_origin`; `None` without a ledger.
     pub recent_conflicts: Option<Vec<(Option<String>, i64)>>,

@@ -140,6 +140,10 @@ async fn read_facts(
             let lost = s.wal_status.as_deref() == Some("lost") || s.restart_lsn.is_none();
             if !s.active && !lost && !f.in_recovery {
                 s.pending = peek_pending(client, name, version_num, peek_timeout).await;
+                if let Pending::Unknown(why) = &s.pending {
+                    f.notes
+                        .push(format!("slot {name}: lag in seconds unknown: {why}"));
+                }
             }
         }
     }
