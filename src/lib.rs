@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod filter;
+pub mod ledger;
 pub mod lsn;
 pub mod pgtime;
 pub mod protocol;
@@ -23,8 +24,10 @@ pub mod setup;
 pub mod sidecar;
 pub mod source;
 pub mod sqlconn;
+pub mod status;
 pub mod sync;
 pub mod testkit;
+pub mod text_table;
 pub mod txn;
 
 pub use lsn::Lsn;

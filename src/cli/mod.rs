@@ -4,9 +4,11 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+mod conflicts;
 mod lab;
 mod run;
 mod setup;
+mod status;
 pub mod tail;
 mod teardown;
 
@@ -44,6 +46,10 @@ pub enum Command {
     Teardown(teardown::TeardownArgs),
     /// Start two local nodes replicating both ways, with a demo table (Ctrl-C stops).
     Lab(lab::LabArgs),
+    /// Show every direction's state, lag, retained WAL, conflicts and sidecar health.
+    Status(status::StatusArgs),
+    /// List, summarize or prune the conflict ledger.
+    Conflicts(conflicts::ConflictsArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -59,6 +65,8 @@ pub fn main() -> ExitCode {
         }),
         Command::Teardown(args) => block_on(teardown::run(args)),
         Command::Lab(args) => block_on(lab::run(args)),
+        Command::Status(args) => block_on(status::run(args)),
+        Command::Conflicts(args) => block_on(conflicts::run(args)),
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::{names, Config, ConfigFlags};
-use crate::sidecar::{run_peer, BatchLimits, PeerLink};
+use crate::sidecar::{run_maintenance, run_peer, BatchLimits, PeerLink};
 use crate::source::BackoffPolicy;
 
 #[derive(Debug, clap::Args)]
@@ -69,12 +69,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let local = match cfg.node(&args.node).and_then(|n| n.sql_config()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pgmesh: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for link in links {
         tracing::info!(node = %args.node, peer = %link.peer, "starting direction");
         tasks.push(tokio::spawn(run_peer(link, stop_rx.clone())));
     }
+    // Ledger retention ([ledger]): its own sessions, never in the apply path.
+    tasks.push(tokio::spawn(run_maintenance(
+        args.node.clone(),
+        local,
+        cfg.ledger.clone(),
+        stop_rx.clone(),
+    )));
     shutdown_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);

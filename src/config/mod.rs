@@ -16,6 +16,9 @@
 //! batch_max_delay_ms = 2
 //! [http]                  # optional
 //! listen = "127.0.0.1:9187"
+//! [ledger]                # optional, defaults shown (see [`LedgerConfig`])
+//! retention = "30d"
+//! max_rows = 1000000
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently mean "default"). Values can be
@@ -24,18 +27,22 @@
 //! variable. Passwords never appear in `Debug`/`Display` output.
 
 mod dsn;
+mod duration;
 pub mod env;
 mod error;
 mod flags;
+mod ledger;
 pub mod names;
 mod password;
 mod pattern;
 mod size;
 
 pub use dsn::{interpolate, mask, Dsn};
+pub use duration::{format_duration, parse_duration};
 pub use env::Env;
 pub use error::ConfigError;
 pub use flags::ConfigFlags;
+pub use ledger::LedgerConfig;
 pub use pattern::TablePattern;
 pub use size::ByteSize;
 
@@ -59,6 +66,7 @@ pub struct Config {
     pub replication: ReplicationConfig,
     pub apply: ApplyConfig,
     pub http: Option<HttpConfig>,
+    pub ledger: LedgerConfig,
 }
 
 /// One PostgreSQL primary.
@@ -128,6 +136,8 @@ struct RawConfig {
     #[serde(default)]
     apply: RawApply,
     http: Option<RawHttp>,
+    #[serde(default)]
+    ledger: ledger::RawLedger,
 }
 
 #[derive(Deserialize)]
@@ -329,12 +339,15 @@ impl Config {
             }
         };
 
+        let ledger = LedgerConfig::from_raw(raw.ledger, &invalid)?;
+
         Ok(Config {
             source: source.to_string(),
             nodes,
             replication,
             apply,
             http,
+            ledger,
         })
     }
 

@@ -57,6 +57,18 @@ pub enum ConflictKind {
 }
 
 impl ConflictKind {
+    /// Every kind, for readers of the ledger that validate a kind name.
+    pub const ALL: [ConflictKind; 8] = [
+        ConflictKind::InsertExists,
+        ConflictKind::InsertDeleted,
+        ConflictKind::UpdateOriginDiffers,
+        ConflictKind::UpdateMissing,
+        ConflictKind::UpdateDeleted,
+        ConflictKind::DeleteOriginDiffers,
+        ConflictKind::DeleteMissing,
+        ConflictKind::UniqueExists,
+    ];
+
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,8 +1,11 @@
-//! The sidecar: one task per peer streams that peer's slot and applies into this node.
+//! The sidecar: one task per peer streams that peer's slot and applies into this node;
+//! a maintenance task keeps the local ledger bounded.
 
 mod applier;
 pub mod link;
+mod maintenance;
 mod stream_apply;
 
 pub use link::{BatchLimits, PeerLink, SidecarError};
+pub use maintenance::run_maintenance;
 pub use stream_apply::run_peer;
