@@ -25,5 +25,6 @@ pub mod source;
 pub mod sqlconn;
 pub mod testkit;
 pub mod txn;
+pub mod verify;
 
 pub use lsn::Lsn;

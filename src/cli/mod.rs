@@ -9,6 +9,7 @@ mod run;
 mod setup;
 pub mod tail;
 mod teardown;
+mod verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +45,10 @@ pub enum Command {
     Teardown(teardown::TeardownArgs),
     /// Start two local nodes replicating both ways, with a demo table (Ctrl-C stops).
     Lab(lab::LabArgs),
+    /// Prove both nodes hold the same rows (hashed key ranges, consistent while writes go on).
+    Verify(verify::VerifyArgs),
+    /// Verify, then fix every differing key (last writer wins, or --prefer NODE).
+    Repair(verify::RepairArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -59,6 +64,8 @@ pub fn main() -> ExitCode {
         }),
         Command::Teardown(args) => block_on(teardown::run(args)),
         Command::Lab(args) => block_on(lab::run(args)),
+        Command::Verify(args) => block_on(verify::run_verify(args)),
+        Command::Repair(args) => block_on(verify::run_repair(args)),
     }
 }
 

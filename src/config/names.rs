@@ -22,6 +22,11 @@ pub const TOMBSTONE_TRIGGER: &str = "pgmesh_tombstone";
 /// Statement trigger that records a local TRUNCATE as a whole-table tombstone (key `{}`).
 pub const TRUNCATE_TRIGGER: &str = "pgmesh_truncate";
 
+/// Replication origin `pgmesh repair` writes its fixes under, so they are not streamed to
+/// the peer (see `verify/repair/fix.rs`). The hyphen keeps it apart from every
+/// `pgmesh_<node>` origin: node names cannot contain one.
+pub const REPAIR_ORIGIN: &str = "pgmesh-repair";
+
 /// Output plugin of every pgmesh slot.
 pub const OUTPUT_PLUGIN: &str = "pgoutput";
 
