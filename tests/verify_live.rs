@@ -159,7 +159,11 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
         assert_eq!(items["table"], "public.items", "{v:#}");
         assert_eq!(items["rows"]["a"], 3000);
         assert_eq!(items["rows"]["b"], 3000);
-        assert!(text(&out).contains("verify: [2/3] public.items"), "{}", text(&out));
+        assert!(
+            text(&out).contains("verify: [2/3] public.items"),
+            "{}",
+            text(&out)
+        );
 
         // Behind pgmesh's back. On b: an update, a delete without a tombstone, a delete
         // with one, an insert, a composite key, one more copy of a row without a key.
@@ -210,17 +214,29 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["public.items", "id", "3000", "2999", "31", "5", "differing", "keys"],
+            [
+                "public.items",
+                "id",
+                "3000",
+                "2999",
+                "31",
+                "5",
+                "differing",
+                "keys"
+            ],
             "PG{major}: {human}"
         );
         for needle in [
-            "  id=7  values differ: v\n",
+            "  id=7     values differ: v\n",
             "  id=5001  only on b\n",
             "  k1=3, k2=k13  values differ: v\n",
             "  (1, x)  2 copies on a, 3 on b\n",
             "verify: 7 differences in 3 of 3 tables",
         ] {
-            assert!(human.contains(needle), "PG{major}: missing {needle:?} in\n{human}");
+            assert!(
+                human.contains(needle),
+                "PG{major}: missing {needle:?} in\n{human}"
+            );
         }
 
         // Repair asks; without a terminal it needs --yes. A dry run changes nothing.
@@ -230,7 +246,10 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
         let out = pgmesh(&["repair", "--dry-run", "--table", "items"], &cfg);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains("copy b → a"), "{}", text(&out));
-        assert_eq!(query(&m.a.cluster, "SELECT v FROM items WHERE id = 7"), "v7");
+        assert_eq!(
+            query(&m.a.cluster, "SELECT v FROM items WHERE id = 7"),
+            "v7"
+        );
 
         // Last writer wins.
         let out = pgmesh(
@@ -269,10 +288,22 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
             ],
             "PG{major}: {v:#}"
         );
-        assert_eq!(query(&m.a.cluster, "SELECT v FROM items WHERE id = 7"), "changed-b");
-        assert_eq!(query(&m.b.cluster, "SELECT v FROM items WHERE id = 8"), "v8");
-        assert_eq!(query(&m.b.cluster, "SELECT v, n FROM items WHERE id = 9"), "changed-a|-9");
-        assert_eq!(query(&m.a.cluster, "SELECT count(*) FROM items WHERE id = 10"), "0");
+        assert_eq!(
+            query(&m.a.cluster, "SELECT v FROM items WHERE id = 7"),
+            "changed-b"
+        );
+        assert_eq!(
+            query(&m.b.cluster, "SELECT v FROM items WHERE id = 8"),
+            "v8"
+        );
+        assert_eq!(
+            query(&m.b.cluster, "SELECT v, n FROM items WHERE id = 9"),
+            "changed-a|-9"
+        );
+        assert_eq!(
+            query(&m.a.cluster, "SELECT count(*) FROM items WHERE id = 10"),
+            "0"
+        );
         // The copy carries the winning version's commit time.
         let ts = "SELECT pg_xact_commit_timestamp(xmin) FROM items WHERE id = 7";
         assert_eq!(query(&m.a.cluster, ts), query(&m.b.cluster, ts));
@@ -311,18 +342,31 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
         let out = pgmesh(&["repair", "--yes", "--table", "bag"], &cfg);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains("--prefer NODE"), "{}", text(&out));
-        let out = pgmesh(&["repair", "--yes", "--table", "bag", "--prefer", "a"], &cfg);
+        let out = pgmesh(
+            &["repair", "--yes", "--table", "bag", "--prefer", "a"],
+            &cfg,
+        );
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         assert!(text(&out).contains("delete 1 copy on b"), "{}", text(&out));
-        assert_eq!(query(&m.b.cluster, "SELECT count(*) FROM bag WHERE x = 1"), "2");
+        assert_eq!(
+            query(&m.b.cluster, "SELECT count(*) FROM bag WHERE x = 1"),
+            "2"
+        );
 
         // --prefer wins over time.
         std::thread::sleep(Duration::from_millis(5));
-        sneak(&m.b.cluster, true, "UPDATE items SET v = 'late-b' WHERE id = 20");
+        sneak(
+            &m.b.cluster,
+            true,
+            "UPDATE items SET v = 'late-b' WHERE id = 20",
+        );
         let out = pgmesh(&["repair", "--yes", "--prefer", "a"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         assert!(text(&out).contains("--prefer a"), "{}", text(&out));
-        assert_eq!(query(&m.b.cluster, "SELECT v FROM items WHERE id = 20"), "v20");
+        assert_eq!(
+            query(&m.b.cluster, "SELECT v FROM items WHERE id = 20"),
+            "v20"
+        );
 
         // Identical now, and nothing travelled back: the only ledger rows are repairs.
         let out = pgmesh(&["verify"], &cfg);
@@ -330,7 +374,10 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
         m.wait_converged(NAMES, WAIT);
         for c in [&m.a.cluster, &m.b.cluster] {
             assert_eq!(
-                query(c, "SELECT count(*) FROM pgmesh.conflicts WHERE kind <> 'repair'"),
+                query(
+                    c,
+                    "SELECT count(*) FROM pgmesh.conflicts WHERE kind <> 'repair'"
+                ),
                 "0",
                 "PG{major}: {}",
                 query(c, "SELECT kind, key FROM pgmesh.conflicts")
@@ -360,11 +407,27 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
         assert!(!text(&out).contains("only on a"), "{}", text(&out));
         let out = pgmesh(&["repair", "--yes", "--wait-timeout", "1"], &cfg);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        assert!(text(&out).contains("repair changed nothing"), "{}", text(&out));
+        assert!(
+            text(&out).contains("repair changed nothing"),
+            "{}",
+            text(&out)
+        );
         m.start_sidecars();
         let out = pgmesh(&["verify"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         m.stop_sidecars();
+
+        // Teardown removes the repair origin with pgmesh's others.
+        let origins = "SELECT string_agg(roname, ',' ORDER BY roname COLLATE \"C\") FROM pg_replication_origin";
+        assert_eq!(
+            query(&m.a.cluster, origins),
+            "pgmesh-repair,pgmesh_b,test_sneak"
+        );
+        let out = pgmesh(&["teardown", "--yes"], &cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        for c in [&m.a.cluster, &m.b.cluster] {
+            assert_eq!(query(c, origins), "test_sneak", "PG{major}: {}", text(&out));
+        }
     }
 }
 
@@ -465,7 +528,11 @@ fn bad_input_gets_a_clear_message() {
         &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
     );
     for json in [false, true] {
-        let args: &[&str] = if json { &["verify", "--json"] } else { &["verify"] };
+        let args: &[&str] = if json {
+            &["verify", "--json"]
+        } else {
+            &["verify"]
+        };
         let out = pgmesh(args, &down);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(

@@ -65,7 +65,8 @@ fn options(args: &VerifyArgs) -> VerifyOptions {
 /// Progress lines on stderr: each table, ranges at most once a second, re-check rounds.
 fn progress_printer(names: [String; 2]) -> impl FnMut(Progress<'_>) + Send {
     let mut last = Instant::now();
-    move |p| match p {
+    move |p| {
+        match p {
         Progress::Table {
             table,
             index,
@@ -108,12 +109,16 @@ fn progress_printer(names: [String; 2]) -> impl FnMut(Progress<'_>) + Send {
             names[0], names[1], marks[0], names[1], names[0], marks[1]
         ),
     }
+    }
 }
 
 /// Prints an error the way the output mode wants it; returns its exit code.
 fn fail(json: bool, e: &VerifyError) -> ExitCode {
     if json {
-        println!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+        println!(
+            "{}",
+            serde_json::json!({"ok": false, "error": e.to_string()})
+        );
     } else {
         eprintln!("error: {e}");
     }
@@ -271,10 +276,7 @@ pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let to_write = fixes
-        .iter()
-        .filter(|f| f.action.target().is_some())
-        .count();
+    let to_write = fixes.iter().filter(|f| f.action.target().is_some()).count();
     if !args.yes && to_write > 0 {
         if let Err(code) = confirm(to_write, nodes)? {
             return Ok(code);

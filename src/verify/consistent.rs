@@ -304,9 +304,7 @@ async fn direction(pair: &Pair, from: usize, to: usize, mark: Lsn) -> (bool, Str
         )
         .await;
     let confirmed: Option<Lsn> = match &confirmed {
-        Ok(Some(r)) => r
-            .get::<_, Option<String>>(0)
-            .and_then(|s| s.parse().ok()),
+        Ok(Some(r)) => r.get::<_, Option<String>>(0).and_then(|s| s.parse().ok()),
         _ => None,
     };
     if confirmed.is_some_and(|c| c >= mark) {
@@ -432,7 +430,12 @@ pub async fn confirm(
         pending = still;
         if !pending.is_empty() && Instant::now() >= deadline {
             for (idx, items, _) in pending {
-                outcome.tables.entry(idx).or_default().unsettled.extend(items);
+                outcome
+                    .tables
+                    .entry(idx)
+                    .or_default()
+                    .unsettled
+                    .extend(items);
             }
             break;
         }
@@ -455,7 +458,10 @@ mod tests {
     fn a_difference_counts_only_when_nothing_changed_across_the_barrier() {
         // Applied in the meantime: equal now.
         assert_eq!(
-            settle(&[row("x", "10"), State::Absent], &[row("x", "10"), row("x", "20")]),
+            settle(
+                &[row("x", "10"), State::Absent],
+                &[row("x", "10"), row("x", "20")]
+            ),
             Settle::Equal
         );
         // Same versions on both sides before and after: a real difference.
@@ -478,11 +484,17 @@ mod tests {
             xmins: x.into(),
         };
         assert_eq!(
-            settle(&[copies(2, "1,2"), copies(1, "3")], &[copies(2, "1,2"), copies(1, "3")]),
+            settle(
+                &[copies(2, "1,2"), copies(1, "3")],
+                &[copies(2, "1,2"), copies(1, "3")]
+            ),
             Settle::Differs
         );
         assert_eq!(
-            settle(&[copies(2, "1,2"), copies(1, "3")], &[copies(2, "1,2"), copies(2, "3,4")]),
+            settle(
+                &[copies(2, "1,2"), copies(1, "3")],
+                &[copies(2, "1,2"), copies(2, "3,4")]
+            ),
             Settle::Equal
         );
     }

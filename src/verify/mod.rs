@@ -67,7 +67,10 @@ impl VerifyError {
 }
 
 /// Wraps a driver error of step `what` on `node`.
-pub(crate) fn query_err(node: &str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
+pub(crate) fn query_err(
+    node: &str,
+    what: &str,
+) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
     let node = node.to_string();
     let what = what.to_string();
     move |e| VerifyError::Query {
@@ -202,11 +205,9 @@ pub async fn connect_pair(cfg: &Config, application: &str) -> Result<Pair, Verif
             nodes.len()
         )));
     };
-    let (a, b) = futures_util::future::join(
-        connect_node(a, application),
-        connect_node(b, application),
-    )
-    .await;
+    let (a, b) =
+        futures_util::future::join(connect_node(a, application), connect_node(b, application))
+            .await;
     Ok(Pair { nodes: [a?, b?] })
 }
 
@@ -236,7 +237,11 @@ pub async fn verify(
         };
         let (found, rows, ranges) = if def.is_keyless() {
             let r = keyless::scan(pair, &def).await?;
-            (consistent::Candidates::Rows(r.candidates), r.rows, r.buckets)
+            (
+                consistent::Candidates::Rows(r.candidates),
+                r.rows,
+                r.buckets,
+            )
         } else {
             let r = scan::scan(pair, &def, opts.chunk_rows, progress).await?;
             (consistent::Candidates::Keys(r.candidates), r.rows, r.ranges)

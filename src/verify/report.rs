@@ -134,7 +134,11 @@ impl TableReport {
     ) -> TableReport {
         TableReport {
             table: table.to_string(),
-            primary_key: def.pk.iter().map(|&i| def.columns[i].name.clone()).collect(),
+            primary_key: def
+                .pk
+                .iter()
+                .map(|&i| def.columns[i].name.clone())
+                .collect(),
             status: TableStatus::Identical,
             reason: None,
             rows: nodes.iter().map(|n| n.to_string()).zip(rows).collect(),
@@ -306,7 +310,6 @@ impl Difference {
         }
         d
     }
-
 }
 
 impl VerifyReport {
@@ -333,8 +336,8 @@ impl VerifyReport {
             t.settle_status();
         }
         let differences = tables.iter().map(|t| t.differences.len()).sum();
-        let ok = outcome.behind.is_none()
-            && tables.iter().all(|t| t.status == TableStatus::Identical);
+        let ok =
+            outcome.behind.is_none() && tables.iter().all(|t| t.status == TableStatus::Identical);
         VerifyReport {
             ok,
             nodes: nodes.map(str::to_string),
@@ -385,7 +388,13 @@ impl VerifyReport {
             lines.push([t.table.clone(), key, ra, rb, ranges, table_result(t)]);
         }
         let widths: Vec<usize> = (0..5)
-            .map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                lines
+                    .iter()
+                    .map(|l| l[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         for l in &lines {
             for (c, w) in widths.iter().enumerate() {
@@ -398,7 +407,13 @@ impl VerifyReport {
                 continue;
             }
             let _ = writeln!(out, "\n{}:", t.table);
-            for d in t.differences.iter().take(SHOWN_PER_TABLE) {
+            let shown = t.differences.iter().take(SHOWN_PER_TABLE);
+            let kw = shown
+                .clone()
+                .map(|d| d.display.chars().count())
+                .max()
+                .unwrap_or(0);
+            for d in shown {
                 let what = match d.kind {
                     DiffKind::OnlyOn => {
                         format!("only on {}", d.only_on.as_deref().unwrap_or("?"))
@@ -408,7 +423,7 @@ impl VerifyReport {
                         format!("{} copies on {a}, {} on {b}", d.counts[0], d.counts[1])
                     }
                 };
-                let _ = writeln!(out, "  {}  {what}", d.display);
+                let _ = writeln!(out, "  {:<kw$}  {what}", d.display);
             }
             if t.differences.len() > SHOWN_PER_TABLE {
                 let _ = writeln!(
@@ -557,14 +572,21 @@ mod tests {
         assert_eq!(t.differences[1].columns, vec!["w".to_string()]);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["tables"][0]["differences"][0]["key"]["id"], "1");
-        assert_eq!(json["tables"][0]["differences"][0]["rows"]["b"], Value::Null);
+        assert_eq!(
+            json["tables"][0]["differences"][0]["rows"]["b"],
+            Value::Null
+        );
         assert_eq!(json["tables"][0]["differences"][1]["rows"]["b"]["w"], "z");
         assert_eq!(json["consistent_at"]["b"], "0/200");
         let text = r.to_table();
         assert!(text.contains("  id=1  only on a\n"), "{text}");
+        assert!(text.contains("public.t:\n  id=1  only"), "{text}");
         assert!(text.contains("  id=2  values differ: w\n"), "{text}");
         assert!(text.contains("consistent at: a 0/100, b 0/200"), "{text}");
-        assert!(text.contains("verify: 2 differences in 1 of 1 tables"), "{text}");
+        assert!(
+            text.contains("verify: 2 differences in 1 of 1 tables"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -598,7 +620,12 @@ mod tests {
         let d = &r.tables[0].differences[0];
         assert_eq!(d.kind, DiffKind::CopiesDiffer);
         assert_eq!(d.counts, [2, 1]);
-        assert!(r.to_table().contains("  (1, x, NULL)  2 copies on a, 1 on b"), "{}", r.to_table());
+        assert!(
+            r.to_table()
+                .contains("  (1, x, NULL)  2 copies on a, 1 on b"),
+            "{}",
+            r.to_table()
+        );
     }
 
     #[test]
@@ -620,6 +647,8 @@ mod tests {
         let r = report(o, vec![0]);
         assert!(!r.ok);
         assert_eq!(r.tables[0].status, TableStatus::Unconfirmed);
-        assert!(r.to_table().contains("error: could not reach a consistent point"));
+        assert!(r
+            .to_table()
+            .contains("error: could not reach a consistent point"));
     }
 }

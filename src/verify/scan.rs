@@ -98,7 +98,7 @@ pub fn step_for(rows: i64) -> i64 {
 }
 
 /// Parameters of a range: `lo`'s key texts, then `hi`'s.
-fn range_params<'r>(range: &'r Range) -> Vec<&'r (dyn ToSql + Sync)> {
+fn range_params(range: &Range) -> Vec<&(dyn ToSql + Sync)> {
     range
         .lo
         .iter()
@@ -151,16 +151,20 @@ impl Scanner<'_> {
         Ok(row.map(|r| Self::key_of(&r, self.t.pk.len())))
     }
 
-    async fn split_points(&self, i: usize, range: &Range, step: i64) -> Result<Vec<Key>, VerifyError> {
+    async fn split_points(
+        &self,
+        i: usize,
+        range: &Range,
+        step: i64,
+    ) -> Result<Vec<Key>, VerifyError> {
         let node = &self.pair.nodes[i];
         let q = sql::split_points(self.t, range.lo.is_some(), range.hi.is_some());
         let mut params = range_params(range);
         params.push(&step);
-        let rows = node
-            .client
-            .query(&q, &params)
-            .await
-            .map_err(query_err(&node.name, &format!("splitting a range of {}", self.t.name)))?;
+        let rows = node.client.query(&q, &params).await.map_err(query_err(
+            &node.name,
+            &format!("splitting a range of {}", self.t.name),
+        ))?;
         Ok(rows
             .iter()
             .map(|r| Self::key_of(r, self.t.pk.len()))
@@ -183,7 +187,12 @@ impl Scanner<'_> {
     }
 
     /// Narrows a range whose digests differed (`counts` rows on each node) to keys.
-    async fn narrow(&self, range: Range, counts: [i64; 2], out: &mut Vec<Key>) -> Result<(), VerifyError> {
+    async fn narrow(
+        &self,
+        range: Range,
+        counts: [i64; 2],
+        out: &mut Vec<Key>,
+    ) -> Result<(), VerifyError> {
         let mut todo = vec![(range, counts, 0u32)];
         while let Some((range, counts, depth)) = todo.pop() {
             let most = counts[0].max(counts[1]);
@@ -233,7 +242,8 @@ pub async fn scan(
             *n += u64::try_from(d.0).unwrap_or(0);
         }
         if da != db {
-            s.narrow(range, [da.0, db.0], &mut result.candidates).await?;
+            s.narrow(range, [da.0, db.0], &mut result.candidates)
+                .await?;
         }
         progress(Progress::Ranges {
             table: &t.name,
@@ -269,16 +279,34 @@ mod tests {
         assert_eq!(
             parts,
             vec![
-                Range { lo: Some(k("0")), hi: Some(k("3")) },
-                Range { lo: Some(k("3")), hi: Some(k("6")) },
-                Range { lo: Some(k("6")), hi: Some(k("9")) },
+                Range {
+                    lo: Some(k("0")),
+                    hi: Some(k("3"))
+                },
+                Range {
+                    lo: Some(k("3")),
+                    hi: Some(k("6"))
+                },
+                Range {
+                    lo: Some(k("6")),
+                    hi: Some(k("9"))
+                },
             ]
         );
         let open = Range { lo: None, hi: None };
         let parts = split(&open, vec![k("5")]);
         assert_eq!(
             parts,
-            vec![Range { lo: None, hi: Some(k("5")) }, Range { lo: Some(k("5")), hi: None }]
+            vec![
+                Range {
+                    lo: None,
+                    hi: Some(k("5"))
+                },
+                Range {
+                    lo: Some(k("5")),
+                    hi: None
+                }
+            ]
         );
         assert_eq!(split(&open, vec![]), vec![open.clone()]);
     }

@@ -340,7 +340,9 @@ mod tests {
         );
         let v = key_version(&t, true);
         assert!(
-            v.ends_with("WHERE t.id = $1::text::bigint AND t.\"Sub\" = $2::text::text FOR UPDATE OF t"),
+            v.ends_with(
+                "WHERE t.id = $1::text::bigint AND t.\"Sub\" = $2::text::text FOR UPDATE OF t"
+            ),
             "{v}"
         );
     }

@@ -207,7 +207,10 @@ mod tests {
         let quoted = choose([&a, &b], ["a", "b"], &["\"App\".t".into()]).unwrap();
         assert_eq!(quoted[0].schema, "App");
         // A bare name matches in every schema.
-        assert_eq!(choose([&a, &b], ["a", "b"], &["t".into()]).unwrap().len(), 2);
+        assert_eq!(
+            choose([&a, &b], ["a", "b"], &["t".into()]).unwrap().len(),
+            2
+        );
 
         let err = choose([&a, &b], ["a", "b"], &["public.nope".into()]).unwrap_err();
         assert!(err.contains("table public.nope is not replicated"), "{err}");

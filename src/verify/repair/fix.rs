@@ -128,15 +128,16 @@ where
     }
     let outcome = match body.await {
         Ok(None) => {
-            let when = ts.map_or_else(|| "now()".to_string(), |t| names::quote_literal(&rfc3339(t.0)));
-            let commit = format!(
-                "SELECT pg_replication_origin_xact_setup('0/0', {when}); COMMIT"
+            let when = ts.map_or_else(
+                || "now()".to_string(),
+                |t| names::quote_literal(&rfc3339(t.0)),
             );
+            let commit = format!("SELECT pg_replication_origin_xact_setup('0/0', {when}); COMMIT");
             match node.client.batch_execute(&commit).await {
                 Ok(()) => return FixOutcome::Repaired,
-                Err(e) => FixOutcome::Failed(
-                    query_err(&node.name, "committing the fix")(e).to_string(),
-                ),
+                Err(e) => {
+                    FixOutcome::Failed(query_err(&node.name, "committing the fix")(e).to_string())
+                }
             }
         }
         Ok(Some(reason)) => FixOutcome::Skipped(reason),
@@ -146,7 +147,11 @@ where
     outcome
 }
 
-async fn write_ledger(client: &Client, node: &str, records: &[ConflictRecord]) -> Result<(), VerifyError> {
+async fn write_ledger(
+    client: &Client,
+    node: &str,
+    records: &[ConflictRecord],
+) -> Result<(), VerifyError> {
     let json = serde_json::to_string(records).map_err(|e| VerifyError::Query {
         node: node.to_string(),
         what: "encoding the ledger row".into(),
@@ -161,7 +166,6 @@ async fn write_ledger(client: &Client, node: &str, records: &[ConflictRecord]) -
 
 /// The ledger row of a fix on the losing node: its version is `local`, the winner's is
 /// `remote` (and wins).
-#[allow(clippy::too_many_arguments)]
 fn record(
     t: &LocalTable,
     key: &Value,
@@ -249,7 +253,10 @@ async fn keyed(
                         .client
                         .query(&crate::apply::sql::insert_rows(t, &cols), &params(&arrays))
                         .await
-                        .map_err(query_err(&l.name, &format!("inserting a row of {}", t.name)))?;
+                        .map_err(query_err(
+                            &l.name,
+                            &format!("inserting a row of {}", t.name),
+                        ))?;
                     if done.is_empty() {
                         return Ok(Some(format!(
                             "not inserted on node {}: a row with this key, or another row holding \
@@ -302,13 +309,21 @@ async fn keyed(
 }
 
 /// Copies of `text` on one node (locked with `lock`).
-async fn copies(node: &NodeSession, t: &LocalTable, text: &str, lock: bool) -> Result<i64, VerifyError> {
+async fn copies(
+    node: &NodeSession,
+    t: &LocalTable,
+    text: &str,
+    lock: bool,
+) -> Result<i64, VerifyError> {
     let texts = vec![text];
     let rows = node
         .client
         .query(&sql::row_counts(t, lock), &[&texts])
         .await
-        .map_err(query_err(&node.name, &format!("counting rows of {}", t.name)))?;
+        .map_err(query_err(
+            &node.name,
+            &format!("counting rows of {}", t.name),
+        ))?;
     Ok(rows.first().map_or(0, |r| r.get(1)))
 }
 
@@ -356,7 +371,10 @@ async fn keyless(pair: &Pair, fix: &PlannedFix) -> FixOutcome {
                 .await
                 .map_err(query_err(&o.name, &format!("writing a row of {}", t.name)))?;
             if changed != 1 {
-                return Ok(Some(format!("a copy is gone from node {}: run verify again", o.name)));
+                return Ok(Some(format!(
+                    "a copy is gone from node {}: run verify again",
+                    o.name
+                )));
             }
         }
         let row = Some(fix.diff.key.clone());

@@ -38,7 +38,13 @@ impl PlannedFix {
     /// `copy a → b`, `delete on a`, `add 2 copies on b`, `skip`.
     #[must_use]
     pub fn action_text(&self, nodes: [&str; 2]) -> String {
-        let copies = |n: i64| if n == 1 { "1 copy".to_string() } else { format!("{n} copies") };
+        let copies = |n: i64| {
+            if n == 1 {
+                "1 copy".to_string()
+            } else {
+                format!("{n} copies")
+            }
+        };
         match &self.action {
             Action::Copy { from, to } => format!("copy {} → {}", nodes[*from], nodes[*to]),
             Action::Delete { on, .. } => format!("delete on {}", nodes[*on]),
@@ -251,8 +257,14 @@ mod tests {
         let fixes = vec![
             fix(Action::Copy { from: 1, to: 0 }),
             fix(Action::Delete { on: 1, winner: 0 }),
-            fix(Action::AddCopies { on: 0, winner: 1, n: 2 }),
-            fix(Action::Skip { reason: "no".into() }),
+            fix(Action::AddCopies {
+                on: 0,
+                winner: 1,
+                n: 2,
+            }),
+            fix(Action::Skip {
+                reason: "no".into(),
+            }),
         ];
         let outcomes = vec![
             FixOutcome::Repaired,
@@ -262,9 +274,14 @@ mod tests {
         ];
         let text = to_table(["a", "b"], &fixes, Some(&outcomes));
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].contains("id=5") && lines[0].contains("copy b → a"), "{text}");
+        assert!(
+            lines[0].contains("id=5") && lines[0].contains("copy b → a"),
+            "{text}"
+        );
         assert!(lines[0].ends_with("because  → repaired"), "{text}");
-        assert!(lines[1].contains("delete on b") && lines[1].ends_with("→ skipped: the row changed"));
+        assert!(
+            lines[1].contains("delete on b") && lines[1].ends_with("→ skipped: the row changed")
+        );
         assert!(lines[2].contains("add 2 copies on a") && lines[2].ends_with("→ FAILED: boom"));
         assert!(lines[3].ends_with("→ skipped"), "{text}");
         let j = fixes[0].to_json(["a", "b"], Some(&outcomes[0]));

@@ -150,13 +150,22 @@ fn last_writer(nodes: [&str; 2], v: [&Version; 2]) -> Result<(usize, String), St
 /// Decides a key that differs: `versions` of node 0 and 1, `prefer` the node whose
 /// version wins regardless of time. Returns the action and why.
 #[must_use]
-pub fn decide_key(nodes: [&str; 2], versions: [&Version; 2], prefer: Option<usize>) -> (Action, String) {
+pub fn decide_key(
+    nodes: [&str; 2],
+    versions: [&Version; 2],
+    prefer: Option<usize>,
+) -> (Action, String) {
     let (winner, why) = match prefer {
         Some(p) => (p, format!("--prefer {}", nodes[p])),
         None => match last_writer(nodes, versions) {
             Ok(w) => w,
             Err(reason) => {
-                return (Action::Skip { reason: reason.clone() }, reason);
+                return (
+                    Action::Skip {
+                        reason: reason.clone(),
+                    },
+                    reason,
+                );
             }
         },
     };
@@ -176,12 +185,21 @@ pub fn decide_key(nodes: [&str; 2], versions: [&Version; 2], prefer: Option<usiz
 
 /// Decides a row of a table without a key that has `counts` copies on nodes 0 and 1.
 #[must_use]
-pub fn decide_copies(nodes: [&str; 2], counts: [i64; 2], prefer: Option<usize>) -> (Action, String) {
+pub fn decide_copies(
+    nodes: [&str; 2],
+    counts: [i64; 2],
+    prefer: Option<usize>,
+) -> (Action, String) {
     let Some(winner) = prefer else {
         let reason = "the table has no primary key, so there is no row version to compare: \
                       choose the node whose copies are right with --prefer NODE"
             .to_string();
-        return (Action::Skip { reason: reason.clone() }, reason);
+        return (
+            Action::Skip {
+                reason: reason.clone(),
+            },
+            reason,
+        );
     };
     let on = 1 - winner;
     let why = format!(
@@ -193,11 +211,7 @@ pub fn decide_copies(nodes: [&str; 2], counts: [i64; 2], prefer: Option<usize>) 
             reason: "same number of copies now".into(),
         },
         n if n > 0 => Action::AddCopies { on, winner, n },
-        n => Action::DeleteCopies {
-            on,
-            winner,
-            n: -n,
-        },
+        n => Action::DeleteCopies { on, winner, n: -n },
     };
     (action, why)
 }
@@ -228,29 +242,56 @@ mod tests {
 
     #[test]
     fn later_write_wins_and_is_copied() {
-        assert_eq!(act(row(10, "a"), row(20, "b"), None), Action::Copy { from: 1, to: 0 });
-        assert_eq!(act(row(30, "a"), row(20, "b"), None), Action::Copy { from: 0, to: 1 });
+        assert_eq!(
+            act(row(10, "a"), row(20, "b"), None),
+            Action::Copy { from: 1, to: 0 }
+        );
+        assert_eq!(
+            act(row(30, "a"), row(20, "b"), None),
+            Action::Copy { from: 0, to: 1 }
+        );
         // A row missing without a tombstone has no time: the row is restored.
-        assert_eq!(act(Version::Absent, row(20, "b"), None), Action::Copy { from: 1, to: 0 });
+        assert_eq!(
+            act(Version::Absent, row(20, "b"), None),
+            Action::Copy { from: 1, to: 0 }
+        );
         // A row whose time is gone loses to a known delete.
         let old = Version::Row {
             ts: None,
             writer: "a".into(),
         };
-        assert_eq!(act(old, deleted(5, "b"), None), Action::Delete { on: 0, winner: 1 });
+        assert_eq!(
+            act(old, deleted(5, "b"), None),
+            Action::Delete { on: 0, winner: 1 }
+        );
     }
 
     #[test]
     fn a_later_delete_wins_over_an_older_row() {
-        assert_eq!(act(row(10, "a"), deleted(20, "b"), None), Action::Delete { on: 0, winner: 1 });
-        assert_eq!(act(row(30, "a"), deleted(20, "b"), None), Action::Copy { from: 0, to: 1 });
+        assert_eq!(
+            act(row(10, "a"), deleted(20, "b"), None),
+            Action::Delete { on: 0, winner: 1 }
+        );
+        assert_eq!(
+            act(row(30, "a"), deleted(20, "b"), None),
+            Action::Copy { from: 0, to: 1 }
+        );
     }
 
     #[test]
     fn ties_go_to_the_greater_writer_then_the_greater_node() {
-        assert_eq!(act(row(10, "a"), row(10, "b"), None), Action::Copy { from: 1, to: 0 });
-        assert_eq!(act(row(10, "b"), row(10, "a"), None), Action::Copy { from: 0, to: 1 });
-        assert_eq!(act(row(10, "a"), row(10, "a"), None), Action::Copy { from: 1, to: 0 });
+        assert_eq!(
+            act(row(10, "a"), row(10, "b"), None),
+            Action::Copy { from: 1, to: 0 }
+        );
+        assert_eq!(
+            act(row(10, "b"), row(10, "a"), None),
+            Action::Copy { from: 0, to: 1 }
+        );
+        assert_eq!(
+            act(row(10, "a"), row(10, "a"), None),
+            Action::Copy { from: 1, to: 0 }
+        );
     }
 
     #[test]
@@ -266,31 +307,58 @@ mod tests {
             act(old.clone(), Version::Absent, Some(1)),
             Action::Delete { on: 0, winner: 1 }
         );
-        assert_eq!(act(old, Version::Absent, Some(0)), Action::Copy { from: 0, to: 1 });
+        assert_eq!(
+            act(old, Version::Absent, Some(0)),
+            Action::Copy { from: 0, to: 1 }
+        );
     }
 
     #[test]
     fn prefer_overrides_time() {
-        assert_eq!(act(row(10, "a"), row(20, "b"), Some(0)), Action::Copy { from: 0, to: 1 });
-        assert_eq!(act(row(10, "a"), deleted(5, "b"), Some(1)), Action::Delete { on: 0, winner: 1 });
+        assert_eq!(
+            act(row(10, "a"), row(20, "b"), Some(0)),
+            Action::Copy { from: 0, to: 1 }
+        );
+        assert_eq!(
+            act(row(10, "a"), deleted(5, "b"), Some(1)),
+            Action::Delete { on: 0, winner: 1 }
+        );
         let (_, why) = decide_key(NODES, [&row(10, "a"), &row(20, "b")], None);
-        assert!(why.starts_with("b's row (written 2000-01-01T00:00:00.000020Z by b) is newer"), "{why}");
+        assert!(
+            why.starts_with("b's row (written 2000-01-01T00:00:00.000020Z by b) is newer"),
+            "{why}"
+        );
     }
 
     #[test]
     fn copies_follow_the_preferred_node() {
-        assert!(matches!(decide_copies(NODES, [2, 1], None).0, Action::Skip { .. }));
+        assert!(matches!(
+            decide_copies(NODES, [2, 1], None).0,
+            Action::Skip { .. }
+        ));
         assert_eq!(
             decide_copies(NODES, [2, 1], Some(0)).0,
-            Action::AddCopies { on: 1, winner: 0, n: 1 }
+            Action::AddCopies {
+                on: 1,
+                winner: 0,
+                n: 1
+            }
         );
         assert_eq!(
             decide_copies(NODES, [2, 1], Some(1)).0,
-            Action::DeleteCopies { on: 0, winner: 1, n: 1 }
+            Action::DeleteCopies {
+                on: 0,
+                winner: 1,
+                n: 1
+            }
         );
         assert_eq!(
             decide_copies(NODES, [0, 3], Some(0)).0,
-            Action::DeleteCopies { on: 1, winner: 0, n: 3 }
+            Action::DeleteCopies {
+                on: 1,
+                winner: 0,
+                n: 3
+            }
         );
     }
 }

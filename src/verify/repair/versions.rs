@@ -92,7 +92,10 @@ pub async fn read(
     let tombs = client
         .query(&crate::apply::sql::select_tombstones(t), &tparams)
         .await
-        .map_err(query_err(node, &format!("reading tombstones of {}", t.name)))?;
+        .map_err(query_err(
+            node,
+            &format!("reading tombstones of {}", t.name),
+        ))?;
     let mut best: Option<(Option<PgTimestamp>, String)> = None;
     for r in tombs {
         let decided: Option<String> = r.get(3);
