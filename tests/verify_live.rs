@@ -518,6 +518,23 @@ fn bad_input_gets_a_clear_message() {
     let out = pgmesh(&["verify"], &dir.path().join("missing.toml"));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
+    // A table defined differently on the nodes is skipped with the reason.
+    m.b.cluster
+        .psql("ALTER TABLE pairs ADD COLUMN extra int")
+        .unwrap();
+    let out = pgmesh(&["verify", "--table", "pairs", "--table", "items"], &cfg);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("skipped: column extra exists on node b but not on node a"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("verify: 0 differences in 0 of 2 tables (1 skipped)"),
+        "{}",
+        text(&out)
+    );
+
     // A node that does not answer.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
