@@ -10,11 +10,12 @@
 //! - [`consistent`] re-reads every candidate key after both directions have applied
 //!   everything the other node had committed (a barrier), so changes in flight are not
 //!   reported as differences;
-//! - [`report`] holds the result and its two renderings;
+//! - [`report`] holds the result (JSON through serde; `render.rs` for people);
 //! - [`repair`] plans a fix for each difference (pure, [`repair::plan`]) and writes it.
 
 pub mod consistent;
 pub mod keyless;
+mod render;
 pub mod repair;
 pub mod report;
 pub mod scan;
