@@ -29,5 +29,6 @@ pub mod sync;
 pub mod testkit;
 pub mod text_table;
 pub mod txn;
+pub mod verify;
 
 pub use lsn::Lsn;

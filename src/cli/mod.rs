@@ -11,6 +11,7 @@ mod setup;
 mod status;
 pub mod tail;
 mod teardown;
+mod verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +51,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// List, summarize or prune the conflict ledger.
     Conflicts(conflicts::ConflictsArgs),
+    /// Prove both nodes hold the same rows (hashed key ranges, consistent while writes go on).
+    Verify(verify::VerifyArgs),
+    /// Verify, then fix every differing key (last writer wins, or --prefer NODE).
+    Repair(verify::RepairArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -67,6 +72,8 @@ pub fn main() -> ExitCode {
         Command::Lab(args) => block_on(lab::run(args)),
         Command::Status(args) => block_on(status::run(args)),
         Command::Conflicts(args) => block_on(conflicts::run(args)),
+        Command::Verify(args) => block_on(verify::run_verify(args)),
+        Command::Repair(args) => block_on(verify::run_repair(args)),
     }
 }
 

@@ -58,12 +58,21 @@ pub fn copy_origin_name(source: &str) -> String {
     format!("pgmesh__copy_{source}")
 }
 
-/// The node whose writes a replication origin carries: `pgmesh_<n>` and
-/// `pgmesh__copy_<n>` → `n`; any other origin keeps its own name.
+/// Replication origin on a node for the fixes `pgmesh repair` writes there with
+/// `winner`'s version: `pgmesh__repair_<winner>`, so they are not streamed back (see
+/// `verify/repair/fix.rs`).
+#[must_use]
+pub fn repair_origin_name(winner: &str) -> String {
+    format!("pgmesh__repair_{winner}")
+}
+
+/// The node whose writes a replication origin carries: `pgmesh_<n>`, `pgmesh__copy_<n>`
+/// and `pgmesh__repair_<n>` → `n`; any other origin keeps its own name.
 #[must_use]
 pub fn node_of_origin(origin: &str) -> &str {
     origin
         .strip_prefix("pgmesh__copy_")
+        .or_else(|| origin.strip_prefix("pgmesh__repair_"))
         .or_else(|| origin.strip_prefix("pgmesh_"))
         .unwrap_or(origin)
 }

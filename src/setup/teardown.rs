@@ -11,7 +11,7 @@ use crate::config::names;
 use tokio_postgres::Client;
 
 /// Names pgmesh gives its slots and origins.
-const OWN_NAME_RE: &str = "^pgmesh_(_copy_)?[a-z][a-z0-9_]{0,30}$";
+const OWN_NAME_RE: &str = "^pgmesh_(_copy_|_repair_)?[a-z][a-z0-9_]{0,30}$";
 
 /// Drops slots, origins, publication, triggers, functions and schema pgmesh on one node.
 /// Refuses (changing nothing further) if a pgmesh slot is in use by a running sidecar.
