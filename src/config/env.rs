@@ -63,6 +63,10 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("APPLY", "BATCH_MAX_BYTES", Kind::Size),
     ("APPLY", "BATCH_MAX_DELAY_MS", Kind::Int),
     ("HTTP", "LISTEN", Kind::Str),
+    ("GUARDRAIL", "WARN_RETAINED", Kind::Size),
+    ("GUARDRAIL", "LIMIT_RETAINED", Kind::Size),
+    ("GUARDRAIL", "POLICY", Kind::Str),
+    ("GUARDRAIL", "CHECK_INTERVAL_S", Kind::Int),
     ("REPLICATION", "TABLES", Kind::List),
     ("REPLICATION", "FULL_IDENTITY", Kind::List),
     ("REPLICATION", "EXCLUDE", Kind::List),
@@ -115,7 +119,7 @@ pub(super) fn apply_overrides(
                 .and_then(|r| r.strip_prefix('_'))
                 .is_some_and(|r| r == *k)
         }) else {
-            if ["APPLY_", "HTTP_", "REPLICATION_"]
+            if ["APPLY_", "HTTP_", "REPLICATION_", "GUARDRAIL_"]
                 .iter()
                 .any(|p| rest.starts_with(p))
             {

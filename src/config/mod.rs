@@ -16,6 +16,8 @@
 //! batch_max_delay_ms = 2
 //! [http]                  # optional
 //! listen = "127.0.0.1:9187"
+//! [guardrail]             # optional, see [`guardrail`] for the keys and defaults
+//! policy = "warn"
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently mean "default"). Values can be
@@ -27,6 +29,7 @@ mod dsn;
 pub mod env;
 mod error;
 mod flags;
+pub mod guardrail;
 pub mod names;
 mod password;
 mod pattern;
@@ -36,6 +39,7 @@ pub use dsn::{interpolate, mask, Dsn};
 pub use env::Env;
 pub use error::ConfigError;
 pub use flags::ConfigFlags;
+pub use guardrail::{GuardrailConfig, GuardrailPolicy};
 pub use pattern::TablePattern;
 pub use size::ByteSize;
 
@@ -59,6 +63,7 @@ pub struct Config {
     pub replication: ReplicationConfig,
     pub apply: ApplyConfig,
     pub http: Option<HttpConfig>,
+    pub guardrail: GuardrailConfig,
 }
 
 /// One PostgreSQL primary.
@@ -128,6 +133,8 @@ struct RawConfig {
     #[serde(default)]
     apply: RawApply,
     http: Option<RawHttp>,
+    #[serde(default)]
+    guardrail: guardrail::RawGuardrail,
 }
 
 #[derive(Deserialize)]
@@ -329,12 +336,18 @@ impl Config {
             }
         };
 
+        let guardrail = raw
+            .guardrail
+            .validate()
+            .map_err(|(key, m)| invalid(key, m))?;
+
         Ok(Config {
             source: source.to_string(),
             nodes,
             replication,
             apply,
             http,
+            guardrail,
         })
     }
 
