@@ -2,7 +2,8 @@
 
 mod applier;
 pub mod link;
+mod peer_probe;
 mod stream_apply;
 
 pub use link::{BatchLimits, PeerLink, SidecarError};
-pub use stream_apply::run_peer;
+pub use stream_apply::{run_direction, run_peer};
