@@ -101,7 +101,10 @@ impl Sidecar {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("pgmesh run did not exit within {within:?}; log:\n{}", self.log());
+        panic!(
+            "pgmesh run did not exit within {within:?}; log:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -306,7 +309,10 @@ fn health_readiness_and_metrics_of_a_running_mesh() {
             ) == Some(1.0)
         });
         for (name, labels) in [
-            ("pgmesh_applied_transactions_total", &["peer=\"a\"", "node=\"b\""][..]),
+            (
+                "pgmesh_applied_transactions_total",
+                &["peer=\"a\"", "node=\"b\""][..],
+            ),
             ("pgmesh_batch_rows_count", &["peer=\"a\""]),
             ("pgmesh_apply_batch_seconds_count", &["peer=\"a\""]),
             ("pgmesh_direction_streaming", &["peer=\"a\""]),
@@ -322,7 +328,11 @@ fn health_readiness_and_metrics_of_a_running_mesh() {
             metric(m, "pgmesh_slot_active", &["peer=\"a\""]) == Some(1.0)
         });
         assert!(
-            metric(&m, "pgmesh_slot_wal_status", &["peer=\"a\"", "wal_status=\"reserved\""]) == Some(1.0),
+            metric(
+                &m,
+                "pgmesh_slot_wal_status",
+                &["peer=\"a\"", "wal_status=\"reserved\""]
+            ) == Some(1.0),
             "{m}"
         );
         // Everything the alert rules and the dashboard query is exported.
@@ -365,7 +375,9 @@ fn health_readiness_and_metrics_of_a_running_mesh() {
             "{m}"
         );
         b.start_again().unwrap();
-        wait_http(pa, "/readyz", "ready again after b is back", |c, _| c == 200);
+        wait_http(pa, "/readyz", "ready again after b is back", |c, _| {
+            c == 200
+        });
     }
 }
 
@@ -406,7 +418,9 @@ fn guardrail_warns_then_drops_an_inactive_slot_and_the_peer_stops() {
             assert_eq!(slot["active"], false, "{v:#}");
             assert!(slot["retained_bytes"].as_u64() > Some(1024), "{v:#}");
             assert!(
-                v["warnings"].to_string().contains("slot pgmesh_b on node a"),
+                v["warnings"]
+                    .to_string()
+                    .contains("slot pgmesh_b on node a"),
                 "{v:#}"
             );
             assert_eq!(v["guardrail"]["policy"], "warn");
@@ -442,7 +456,7 @@ fn guardrail_warns_then_drops_an_inactive_slot_and_the_peer_stops() {
         assert_eq!(
             a.psql("SELECT peer || ' ' || (retained_bytes > 2048) || ' ' || limit_bytes FROM pgmesh.guardrail_drops WHERE slot_name = 'pgmesh_b'")
                 .unwrap(),
-            "b t 2048"
+            "b true 2048"
         );
         let body = wait_http(pa, "/readyz", "the drop in readyz", |_, b| {
             json(b)["guardrail"]["slots"][0]["level"] == "missing"
@@ -499,12 +513,16 @@ fn a_taken_http_port_is_a_clear_error_at_start() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(
-        t.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")) && t.contains("[http] listen"),
+        t.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}"))
+            && t.contains("[http] listen"),
         "{t}"
     );
     assert!(!t.contains("panicked"), "{t}");
 
-    let out = pgmesh(&["run", "--node", "a", "--http-listen", "not-an-address"], &cfg);
+    let out = pgmesh(
+        &["run", "--node", "a", "--http-listen", "not-an-address"],
+        &cfg,
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--http-listen"), "{}", text(&out));
     drop(taken);

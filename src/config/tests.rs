@@ -442,8 +442,14 @@ fn guardrail_section_and_overrides() {
 #[test]
 fn bad_guardrail_values_are_errors() {
     for (extra, needles) in [
-        ("policy = \"pause\"", &["guardrail.policy", "\"drop_slot\""][..]),
-        ("warn_retained = \"0\"", &["guardrail.warn_retained", "more than 0"]),
+        (
+            "policy = \"pause\"",
+            &["guardrail.policy", "\"drop_slot\""][..],
+        ),
+        (
+            "warn_retained = \"0\"",
+            &["guardrail.warn_retained", "more than 0"],
+        ),
         (
             "warn_retained = \"2GB\"\nlimit_retained = \"1GB\"",
             &["guardrail.limit_retained", "at least the warning"],

@@ -108,7 +108,11 @@ pub fn describe(
     let held = |f: &SlotFacts| {
         format!(
             "slot {slot} on node {node} (read by node {peer}'s sidecar, {}) retains {} of WAL",
-            if f.active { "connected" } else { "not connected" },
+            if f.active {
+                "connected"
+            } else {
+                "not connected"
+            },
             human_bytes(f.retained.unwrap_or(0)),
         )
     };
@@ -267,14 +271,34 @@ mod tests {
             (Some(slot(Some(100), "reserved", false)), PDrop, (Ok, none)),
             (Some(slot(Some(101), "reserved", true)), PWarn, (Warn, none)),
             (Some(slot(Some(5), "unreserved", true)), PWarn, (Warn, none)),
-            (Some(slot(Some(1000), "extended", false)), PDrop, (Warn, none)),
-            (Some(slot(Some(1001), "extended", false)), PWarn, (OverLimit, none)),
-            (Some(slot(Some(1001), "extended", true)), PDrop, (OverLimit, none)),
-            (Some(slot(Some(1001), "extended", false)), PDrop, (OverLimit, drop)),
+            (
+                Some(slot(Some(1000), "extended", false)),
+                PDrop,
+                (Warn, none),
+            ),
+            (
+                Some(slot(Some(1001), "extended", false)),
+                PWarn,
+                (OverLimit, none),
+            ),
+            (
+                Some(slot(Some(1001), "extended", true)),
+                PDrop,
+                (OverLimit, none),
+            ),
+            (
+                Some(slot(Some(1001), "extended", false)),
+                PDrop,
+                (OverLimit, drop),
+            ),
             (Some(slot(None, "lost", false)), PDrop, (OverLimit, none)),
         ];
         for (facts, policy, want) in cases {
-            assert_eq!(assess(facts.as_ref(), &cfg(*policy)), *want, "{facts:?} {policy:?}");
+            assert_eq!(
+                assess(facts.as_ref(), &cfg(*policy)),
+                *want,
+                "{facts:?} {policy:?}"
+            );
         }
     }
 
@@ -283,7 +307,10 @@ mod tests {
         let c = cfg(GuardrailPolicy::DropSlot);
         let f = slot(Some(5000), "extended", true);
         let m = describe("a", "b", Some(&f), Level::OverLimit, &c).unwrap();
-        assert!(m.contains("pgmesh_b on node a") && m.contains("4.9 kB"), "{m}");
+        assert!(
+            m.contains("pgmesh_b on node a") && m.contains("4.9 kB"),
+            "{m}"
+        );
         assert!(m.contains("not dropped while connected"), "{m}");
         let m = describe("a", "b", None, Level::Missing, &c).unwrap();
         assert!(m.contains("pgmesh setup"), "{m}");

@@ -120,14 +120,8 @@ fn describe() {
         APPLIED_ROWS,
         "Row changes from the peer applied on this node (written or resolved by a conflict)"
     );
-    describe_counter!(
-        CONFLICTS,
-        "Conflicts recorded in pgmesh.conflicts, by kind"
-    );
-    describe_histogram!(
-        BATCH_ROWS,
-        "Row changes per downstream transaction"
-    );
+    describe_counter!(CONFLICTS, "Conflicts recorded in pgmesh.conflicts, by kind");
+    describe_histogram!(BATCH_ROWS, "Row changes per downstream transaction");
     describe_histogram!(
         APPLY_SECONDS,
         Unit::Seconds,
@@ -236,10 +230,7 @@ mod tests {
     fn names_are_prometheus_names_with_the_prefix() {
         for n in ALL {
             assert!(n.starts_with("pgmesh_"), "{n}");
-            assert!(
-                n.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                "{n}"
-            );
+            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{n}");
         }
         let mut sorted = ALL.to_vec();
         sorted.sort_unstable();

@@ -37,7 +37,8 @@ impl Health {
     pub fn readiness(&self) -> Readiness {
         let directions: Vec<DirectionReport> = self.directions.iter().map(|d| d.report()).collect();
         let guardrail = self.guardrail.report();
-        let ready = !directions.is_empty() && directions.iter().all(|d| d.state == Phase::Streaming);
+        let ready =
+            !directions.is_empty() && directions.iter().all(|d| d.state == Phase::Streaming);
         let mut warnings: Vec<String> = directions
             .iter()
             .filter(|d| d.state != Phase::Streaming)
@@ -54,7 +55,12 @@ impl Health {
             })
             .collect();
         warnings.extend(guardrail.slots.iter().filter_map(|s| s.message.clone()));
-        warnings.extend(guardrail.error.iter().map(|e| format!("WAL guardrail: {e}")));
+        warnings.extend(
+            guardrail
+                .error
+                .iter()
+                .map(|e| format!("WAL guardrail: {e}")),
+        );
         Readiness {
             ready,
             node: self.node.clone(),

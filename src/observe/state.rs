@@ -66,6 +66,8 @@ pub struct DirectionState {
     done: AtomicU64,
     /// The peer's current WAL position, last time it was asked.
     peer_wal: AtomicU64,
+    /// What the peer's slot has confirmed (at least: where streaming starts).
+    peer_confirmed: AtomicU64,
     lag_micros: AtomicU64,
     /// Unix microseconds when the direction last stopped streaming; 0 while streaming.
     down_since: AtomicI64,
@@ -95,6 +97,7 @@ impl DirectionState {
             applied: AtomicU64::new(0),
             done: AtomicU64::new(0),
             peer_wal: AtomicU64::new(0),
+            peer_confirmed: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
             down_since: AtomicI64::new(unix_micros()),
             reconnects: AtomicU64::new(0),
@@ -164,9 +167,12 @@ impl DirectionState {
         self.update_lag_bytes();
     }
 
-    /// The peer's WAL is at `lsn` now.
-    pub fn peer_wal(&self, lsn: Lsn) {
+    /// The peer's WAL is at `lsn` now, and its slot for this direction has confirmed
+    /// `confirmed` (`None`: no such slot).
+    pub fn peer_wal(&self, lsn: Lsn, confirmed: Option<Lsn>) {
         self.peer_wal.store(lsn.0, Ordering::Relaxed);
+        self.peer_confirmed
+            .store(confirmed.map_or(0, |c| c.0), Ordering::Relaxed);
         self.update_lag_bytes();
         // While the stream is down nothing new arrives to date: the lag is at least the
         // time since it went down (when the peer has anything to send).
@@ -181,10 +187,13 @@ impl DirectionState {
     }
 
     fn lag_bytes(&self) -> u64 {
+        // Nothing before the slot's confirmed position is ever sent again: a fresh slot
+        // with nothing applied yet is not behind by the peer's whole WAL.
         let done = self
             .done
             .load(Ordering::Relaxed)
-            .max(self.applied.load(Ordering::Relaxed));
+            .max(self.applied.load(Ordering::Relaxed))
+            .max(self.peer_confirmed.load(Ordering::Relaxed));
         let peer = self.peer_wal.load(Ordering::Relaxed);
         if peer == 0 {
             0
@@ -234,8 +243,10 @@ mod tests {
             assert_eq!(s.phase(), p);
         }
         s.set_phase(Phase::Streaming);
-        s.peer_wal(Lsn(1000));
+        s.peer_wal(Lsn(1000), None);
         assert_eq!(s.report().lag_bytes, 1000);
+        s.peer_wal(Lsn(1000), Some(Lsn(200)));
+        assert_eq!(s.report().lag_bytes, 800);
         s.applied(Lsn(400));
         s.progress(Lsn(300), Some(Duration::from_millis(1500)));
         let r = s.report();

@@ -37,7 +37,11 @@ pub enum Work {
     Kill { kill: Kill, lsn: Lsn },
     /// Commit the downstream transaction: the peer's changes up to `end` (`txns` upstream
     /// transactions) are applied.
-    Commit { end: Lsn, ts: PgTimestamp, txns: u64 },
+    Commit {
+        end: Lsn,
+        ts: PgTimestamp,
+        txns: u64,
+    },
     /// The peer re-described a relation: drop cached table definitions.
     ForgetTables,
 }

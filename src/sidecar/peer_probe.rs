@@ -34,10 +34,10 @@ impl Drop for ProbeGuard {
 #[must_use]
 pub fn spawn_wal_probe(link: &PeerLink, state: Arc<DirectionState>) -> ProbeGuard {
     let cfg = link.peer_sql.clone();
-    ProbeGuard(tokio::spawn(probe(cfg, state)))
+    ProbeGuard(tokio::spawn(probe(cfg, link.slot.clone(), state)))
 }
 
-async fn probe(cfg: SqlConfig, state: Arc<DirectionState>) {
+async fn probe(cfg: SqlConfig, slot: String, state: Arc<DirectionState>) {
     let mut session = None;
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -56,12 +56,20 @@ async fn probe(cfg: SqlConfig, state: Arc<DirectionState>) {
         let Some(s) = session.as_ref() else { continue };
         match s
             .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_current_wal_lsn()::text, \
+                        (SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+                          WHERE slot_name = $1 AND database = current_database())",
+                &[&slot],
+            )
             .await
         {
             Ok(row) => {
+                let confirmed = row
+                    .get::<_, Option<String>>(1)
+                    .and_then(|c| c.parse::<Lsn>().ok());
                 if let Ok(lsn) = row.get::<_, String>(0).parse::<Lsn>() {
-                    state.peer_wal(lsn);
+                    state.peer_wal(lsn, confirmed);
                 }
             }
             Err(e) => {
@@ -108,9 +116,10 @@ pub async fn dropped_by_guardrail(link: &PeerLink, e: &SidecarError) -> Option<S
         peer: link.peer.clone(),
         slot: link.slot.clone(),
         dropped_at: record.dropped_at,
-        retained: record
-            .retained_bytes
-            .map_or_else(|| "?".into(), |b| human_bytes(u64::try_from(b).unwrap_or(0))),
+        retained: record.retained_bytes.map_or_else(
+            || "?".into(),
+            |b| human_bytes(u64::try_from(b).unwrap_or(0)),
+        ),
         limit: human_bytes(u64::try_from(record.limit_bytes).unwrap_or(0)),
     })
 }

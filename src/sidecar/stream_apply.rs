@@ -297,7 +297,11 @@ impl Direction<'_> {
     /// Publishes what is done and how old the oldest transaction not yet applied is.
     fn report_progress(&mut self) {
         let applied = self.applier.applied();
-        while self.in_flight.front().is_some_and(|(end, _)| *end <= applied) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(end, _)| *end <= applied)
+        {
             self.in_flight.pop_front();
         }
         let oldest = self
