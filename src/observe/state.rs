@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::metrics::DirectionMetrics;
+use crate::protocol::pgoutput::PgTimestamp;
 use crate::Lsn;
 
 /// Where a direction is in its life.
@@ -221,6 +222,18 @@ impl DirectionState {
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }
+}
+
+/// How long ago a peer's commit time was; a peer clock ahead of ours reads as no lag,
+/// never as a negative one.
+#[must_use]
+pub fn age(ts: PgTimestamp) -> Option<Duration> {
+    let committed = ts.to_system_time()?;
+    Some(
+        SystemTime::now()
+            .duration_since(committed)
+            .unwrap_or_default(),
+    )
 }
 
 fn unix_micros() -> i64 {

@@ -118,7 +118,8 @@ struct Direction<'l> {
     /// Commit time of the batch's first upstream transaction.
     batch_first_ts: Option<PgTimestamp>,
     /// Batches handed to the writer and not yet committed: (end, first commit time), for
-    /// the lag in seconds. At most a few (the writer's queue is bounded).
+    /// the lag in seconds. Pruned as the writer commits, so it holds about as many as the
+    /// writer's bounded queue.
     in_flight: VecDeque<(Lsn, PgTimestamp)>,
 }
 
@@ -294,8 +295,8 @@ impl Direction<'_> {
                 .is_some_and(|t| t.elapsed() >= self.link.limits.max_delay)
     }
 
-    /// Publishes what is done and how old the oldest transaction not yet applied is.
-    fn report_progress(&mut self) {
+    /// Forgets the in-flight batches the writer has committed.
+    fn prune_in_flight(&mut self) -> Lsn {
         let applied = self.applier.applied();
         while self
             .in_flight
@@ -304,21 +305,19 @@ impl Direction<'_> {
         {
             self.in_flight.pop_front();
         }
+        applied
+    }
+
+    /// Publishes what is done and how old the oldest transaction not yet applied is.
+    fn report_progress(&mut self) {
+        let applied = self.prune_in_flight();
         let oldest = self
             .in_flight
             .front()
             .map(|(_, ts)| *ts)
             .or(self.batch_first_ts)
             .or(self.open.as_ref().filter(|o| !o.skip).map(|o| o.commit_ts));
-        let lag = oldest.and_then(|ts| {
-            let committed = ts.to_system_time()?;
-            // A peer clock ahead of ours reads as no lag, never as negative.
-            Some(
-                std::time::SystemTime::now()
-                    .duration_since(committed)
-                    .unwrap_or_default(),
-            )
-        });
+        let lag = oldest.and_then(crate::observe::state::age);
         let done = if self.idle() {
             applied.max(self.passed)
         } else {
@@ -569,6 +568,7 @@ impl Direction<'_> {
             self.sent_commit = self.sent_commit.max(end);
             self.passed = self.passed.max(end);
             if let Some(first) = self.batch_first_ts.take() {
+                self.prune_in_flight();
                 self.in_flight.push_back((end, first));
             }
         }
