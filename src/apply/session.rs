@@ -53,6 +53,9 @@ pub struct ApplySession {
     /// The open transaction queued messages for the peer (sent after it commits).
     outbox_pending: bool,
     tables: HashMap<(String, String), std::sync::Arc<LocalTable>>,
+    /// Ledger rows of the open transaction by kind (few kinds: a short list), for the
+    /// metrics once it commits ([`ApplySession::take_conflict_counts`]).
+    txn_conflicts: Vec<(&'static str, u64)>,
     conn_task: tokio::task::JoinHandle<()>,
     peer_reader: PeerReader,
 }
@@ -97,6 +100,7 @@ impl ApplySession {
             custom_plans: None,
             outbox_pending: false,
             tables: HashMap::new(),
+            txn_conflicts: Vec::new(),
             conn_task,
             peer_reader: PeerReader::new(peer_sql.clone()),
         };
@@ -269,6 +273,12 @@ impl ApplySession {
             .map_err(|e| ApplyError::Protocol(format!("ledger encoding: {e}")))?;
         let stmt = self.statements.get(&self.client, INSERT_CONFLICTS).await?;
         self.client.execute(&stmt, &[&json]).await?;
+        for r in ledger {
+            match self.txn_conflicts.iter_mut().find(|(k, _)| *k == r.kind) {
+                Some((_, n)) => *n += 1,
+                None => self.txn_conflicts.push((r.kind, 1)),
+            }
+        }
         Ok(())
     }
 
@@ -333,6 +343,12 @@ impl ApplySession {
         Ok(())
     }
 
+    /// Conflicts recorded by the transaction just committed, by kind (call after a
+    /// successful [`ApplySession::commit`]; a rollback discards them).
+    pub fn take_conflict_counts(&mut self) -> Vec<(&'static str, u64)> {
+        std::mem::take(&mut self.txn_conflicts)
+    }
+
     /// Rolls back the open transaction (after an error; the peer resends from the
     /// durable progress).
     pub async fn rollback(&mut self) -> Result<(), ApplyError> {
@@ -340,6 +356,7 @@ impl ApplySession {
             self.in_txn = false;
             self.outbox_pending = false;
             self.custom_plans = None;
+            self.txn_conflicts.clear();
             self.client.batch_execute("ROLLBACK").await?;
         }
         Ok(())

@@ -1,16 +1,23 @@
 //! `pgmesh run -c pgmesh.toml --node b`: the sidecar of one node. One task per peer
 //! streams the peer's slot and applies into this node; SIGTERM / Ctrl-C stops them
-//! cleanly (pending work committed or rolled back, position acknowledged).
+//! cleanly (pending work committed or rolled back, position acknowledged). Beside them:
+//! the WAL guardrail over this node's slots, and with `[http] listen` the HTTP endpoint
+//! (`/healthz`, `/readyz`, `/metrics`). A direction that cannot go on (its slot dropped
+//! by the peer's guardrail) stops the process with exit code 1 and the way to recover.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::{names, Config, ConfigFlags};
-use crate::sidecar::{run_maintenance, run_peer, BatchLimits, PeerLink};
+use crate::guardrail::watch::Guardrail;
+use crate::guardrail::GuardrailStatus;
+use crate::observe::{http, metrics, DirectionState, Health};
+use crate::sidecar::{run_direction, run_maintenance, BatchLimits, PeerLink};
 use crate::source::BackoffPolicy;
 
 #[derive(Debug, clap::Args)]
@@ -76,26 +83,81 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // The recorder first: directions register their series when they start. Without
+    // [http] there is no recorder, and recording is a no-op.
+    let server = match &cfg.http {
+        None => None,
+        Some(h) => {
+            let handle = metrics::install(&args.node).context("installing the metrics recorder")?;
+            match http::bind(h.listen).await {
+                Ok(listener) => Some((listener, handle)),
+                Err(e) => {
+                    eprintln!("pgmesh: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let guardrail = Arc::new(GuardrailStatus::new(&cfg.guardrail));
+    tasks.push(tokio::spawn(crate::guardrail::watch::run(
+        Guardrail {
+            node: args.node.clone(),
+            peers: links.iter().map(|l| l.peer.clone()).collect(),
+            local: local.clone(),
+            cfg: cfg.guardrail.clone(),
+            status: guardrail.clone(),
+        },
+        stop_rx.clone(),
+    )));
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel(links.len().max(1));
+    let mut directions = Vec::new();
     for link in links {
         tracing::info!(node = %args.node, peer = %link.peer, "starting direction");
-        tasks.push(tokio::spawn(run_peer(link, stop_rx.clone())));
+        let state = DirectionState::new(&link.peer);
+        directions.push(state.clone());
+        let (stop, fatal) = (stop_rx.clone(), fatal_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = run_direction(link, stop, state).await {
+                let _ = fatal.send(e).await;
+            }
+        }));
     }
     // Ledger retention ([ledger]): its own sessions, never in the apply path.
     tasks.push(tokio::spawn(run_maintenance(
         args.node.clone(),
-        local,
+        local.clone(),
         cfg.ledger.clone(),
         stop_rx.clone(),
     )));
-    shutdown_signal().await;
+    if let Some((listener, handle)) = server {
+        let health = Arc::new(Health {
+            node: args.node.clone(),
+            directions,
+            guardrail,
+        });
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP endpoint: /healthz /readyz /metrics");
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, health, handle, stop).await {
+                tracing::error!(error = %e, "HTTP endpoint stopped");
+            }
+        }));
+    }
+    let code = tokio::select! {
+        () = shutdown_signal() => ExitCode::SUCCESS,
+        Some(e) = fatal_rx.recv() => {
+            eprintln!("pgmesh: {e}");
+            ExitCode::from(1)
+        }
+    };
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

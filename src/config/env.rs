@@ -66,6 +66,10 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("LEDGER", "RETENTION", Kind::Str),
     ("LEDGER", "MAX_ROWS", Kind::Int),
     ("LEDGER", "PRUNE_INTERVAL", Kind::Str),
+    ("GUARDRAIL", "WARN_RETAINED", Kind::Size),
+    ("GUARDRAIL", "LIMIT_RETAINED", Kind::Size),
+    ("GUARDRAIL", "POLICY", Kind::Str),
+    ("GUARDRAIL", "CHECK_INTERVAL_S", Kind::Int),
     ("REPLICATION", "TABLES", Kind::List),
     ("REPLICATION", "FULL_IDENTITY", Kind::List),
     ("REPLICATION", "EXCLUDE", Kind::List),
@@ -118,7 +122,7 @@ pub(super) fn apply_overrides(
                 .and_then(|r| r.strip_prefix('_'))
                 .is_some_and(|r| r == *k)
         }) else {
-            if ["APPLY_", "HTTP_", "LEDGER_", "REPLICATION_"]
+            if ["APPLY_", "GUARDRAIL_", "HTTP_", "LEDGER_", "REPLICATION_"]
                 .iter()
                 .any(|p| rest.starts_with(p))
             {

@@ -19,6 +19,8 @@
 //! [ledger]                # optional, defaults shown (see [`LedgerConfig`])
 //! retention = "30d"
 //! max_rows = 1000000
+//! [guardrail]             # optional, see [`guardrail`] for the keys and defaults
+//! policy = "warn"
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently mean "default"). Values can be
@@ -31,6 +33,7 @@ mod duration;
 pub mod env;
 mod error;
 mod flags;
+pub mod guardrail;
 mod ledger;
 pub mod names;
 mod password;
@@ -42,6 +45,7 @@ pub use duration::{format_duration, parse_duration};
 pub use env::Env;
 pub use error::ConfigError;
 pub use flags::ConfigFlags;
+pub use guardrail::{GuardrailConfig, GuardrailPolicy};
 pub use ledger::LedgerConfig;
 pub use pattern::TablePattern;
 pub use size::ByteSize;
@@ -67,6 +71,7 @@ pub struct Config {
     pub apply: ApplyConfig,
     pub http: Option<HttpConfig>,
     pub ledger: LedgerConfig,
+    pub guardrail: GuardrailConfig,
 }
 
 /// One PostgreSQL primary.
@@ -138,6 +143,7 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     ledger: ledger::RawLedger,
+    guardrail: guardrail::RawGuardrail,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +346,10 @@ impl Config {
         };
 
         let ledger = LedgerConfig::from_raw(raw.ledger, &invalid)?;
+        let guardrail = raw
+            .guardrail
+            .validate()
+            .map_err(|(key, m)| invalid(key, m))?;
 
         Ok(Config {
             source: source.to_string(),
@@ -348,6 +358,7 @@ impl Config {
             apply,
             http,
             ledger,
+            guardrail,
         })
     }
 

@@ -398,3 +398,71 @@ fn bad_values_name_their_flag_or_variable() {
     .to_string();
     assert!(e.starts_with("pgmesh.toml: apply.batch_max_rows"), "{e}");
 }
+
+#[test]
+fn guardrail_defaults_are_safe() {
+    let c = parse(GOOD, &[("PW_A", "x")]).unwrap();
+    assert_eq!(c.guardrail, GuardrailConfig::default());
+    assert_eq!(c.guardrail.policy, GuardrailPolicy::Warn);
+    assert_eq!(c.guardrail.warn_retained, ByteSize(1 << 30));
+    assert_eq!(c.guardrail.limit_retained, ByteSize(16 << 30));
+    assert_eq!(c.guardrail.check_interval, Duration::from_secs(10));
+}
+
+#[test]
+fn guardrail_section_and_overrides() {
+    let text = format!(
+        "{GOOD}\n[guardrail]\nwarn_retained = \"1kB\"\nlimit_retained = \"2MB\"\npolicy = \"drop_slot\"\ncheck_interval_s = 2\n"
+    );
+    let c = parse(&text, &[("PW_A", "x")]).unwrap();
+    assert_eq!(
+        c.guardrail,
+        GuardrailConfig {
+            warn_retained: ByteSize(1 << 10),
+            limit_retained: ByteSize(2 << 20),
+            policy: GuardrailPolicy::DropSlot,
+            check_interval: Duration::from_secs(2),
+        }
+    );
+    let c = parse(
+        &text,
+        &[
+            ("PW_A", "x"),
+            ("PGMESH_GUARDRAIL_POLICY", "warn"),
+            ("PGMESH_GUARDRAIL_LIMIT_RETAINED", "4MB"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.guardrail.policy, GuardrailPolicy::Warn);
+    assert_eq!(c.guardrail.limit_retained, ByteSize(4 << 20));
+    let e = parse(GOOD, &[("PW_A", "x"), ("PGMESH_GUARDRAIL_LIMIT", "1")]).unwrap_err();
+    assert!(e.to_string().contains("PGMESH_GUARDRAIL_LIMIT"), "{e}");
+}
+
+#[test]
+fn bad_guardrail_values_are_errors() {
+    for (extra, needles) in [
+        (
+            "policy = \"pause\"",
+            &["guardrail.policy", "\"drop_slot\""][..],
+        ),
+        (
+            "warn_retained = \"0\"",
+            &["guardrail.warn_retained", "more than 0"],
+        ),
+        (
+            "warn_retained = \"2GB\"\nlimit_retained = \"1GB\"",
+            &["guardrail.limit_retained", "at least the warning"],
+        ),
+        ("check_interval_s = 0", &["guardrail.check_interval_s"]),
+        ("limit = \"1GB\"", &["unknown field `limit`"]),
+        ("warn_retained = \"lots\"", &["not a size"]),
+    ] {
+        let e = parse(&format!("{GOOD}\n[guardrail]\n{extra}\n"), &[("PW_A", "x")])
+            .unwrap_err()
+            .to_string();
+        for n in needles {
+            assert!(e.contains(n), "{n:?} not in {e:?}");
+        }
+    }
+}

@@ -12,6 +12,8 @@
 //!   (`SELECT … FOR UPDATE` needs UPDATE); the peer read session SELECTs them on the peer.
 //! - schema `pgmesh`: the ledger, tombstones (upserted: SELECT + INSERT + UPDATE) and the
 //!   outbox (filled and emptied), and the two `bigserial` sequences.
+//! - `pgmesh.guardrail_drops`: the WAL guardrail records a slot it dropped (the drop
+//!   itself needs REPLICATION), and the peer's sidecar reads why its slot is gone.
 //! - `SET ON PARAMETER session_replication_role` (PostgreSQL 15+; the parameter is
 //!   superuser-only otherwise): the apply session runs as replica so user triggers and
 //!   foreign-key checks do not fire for changes already checked on the peer.
@@ -53,6 +55,7 @@ pub fn grants_sql(role: &str) -> Result<String, GrantsError> {
 ALTER ROLE {r} WITH LOGIN REPLICATION;
 GRANT USAGE ON SCHEMA pgmesh TO {r};
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgmesh.conflicts, pgmesh.tombstones, pgmesh.outbox TO {r};
+GRANT SELECT, INSERT ON pgmesh.guardrail_drops TO {r};
 GRANT USAGE ON SEQUENCE pgmesh.conflicts_id_seq, pgmesh.outbox_id_seq TO {r};
 GRANT SET ON PARAMETER session_replication_role TO {r};
 GRANT EXECUTE ON FUNCTION

@@ -15,6 +15,7 @@ use crate::apply::ledger::ConflictRecord;
 use crate::apply::table::TableMap;
 use crate::apply::ApplySession;
 use crate::batch::Chunk;
+use crate::observe::DirectionState;
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::Lsn;
 
@@ -34,8 +35,13 @@ pub enum Work {
     },
     /// A peer's unique-constraint decision.
     Kill { kill: Kill, lsn: Lsn },
-    /// Commit the downstream transaction: the peer's changes up to `end` are applied.
-    Commit { end: Lsn, ts: PgTimestamp },
+    /// Commit the downstream transaction: the peer's changes up to `end` (`txns` upstream
+    /// transactions) are applied.
+    Commit {
+        end: Lsn,
+        ts: PgTimestamp,
+        txns: u64,
+    },
     /// The peer re-described a relation: drop cached table definitions.
     ForgetTables,
 }
@@ -50,10 +56,15 @@ pub struct Applier {
 
 impl Applier {
     /// Starts writing with `apply`; `applied` is what is committed locally already.
-    pub fn spawn(apply: ApplySession, peer: String, applied: Lsn) -> Applier {
+    pub fn spawn(
+        apply: ApplySession,
+        peer: String,
+        applied: Lsn,
+        state: Arc<DirectionState>,
+    ) -> Applier {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (applied_tx, applied_rx) = watch::channel(applied);
-        let task = tokio::spawn(run(apply, rx, applied_tx, peer));
+        let task = tokio::spawn(run(apply, rx, applied_tx, peer, state));
         Applier {
             tx: Some(tx),
             applied: applied_rx,
@@ -126,12 +137,18 @@ async fn run(
     mut rx: mpsc::Receiver<Work>,
     applied: watch::Sender<Lsn>,
     peer: String,
+    state: Arc<DirectionState>,
 ) -> Result<(), SidecarError> {
+    // The open downstream transaction, for the metrics at its commit: rows written and
+    // time spent writing (not time spent waiting for the reader).
+    let mut rows: u64 = 0;
+    let mut busy = std::time::Duration::ZERO;
     while let Some(work) = rx.recv().await {
+        let started = std::time::Instant::now();
         match work {
             Work::Chunk(chunk) => {
-                let started = std::time::Instant::now();
                 let stats = apply.apply(&chunk).await?;
+                rows += chunk.rows() as u64;
                 tracing::debug!(%peer, rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
             }
             Work::Truncate { map, ts, lsn } => {
@@ -161,14 +178,27 @@ async fn run(
                 let stats = apply.apply_kill(&kill, lsn).await?;
                 tracing::debug!(%peer, ?kill, ?stats, "applied a peer's unique-constraint decision");
             }
-            Work::Commit { end, ts } => {
-                let started = std::time::Instant::now();
+            Work::Commit { end, ts, txns } => {
                 apply.commit(end, ts).await?;
                 tracing::debug!(%peer, %end, took = ?started.elapsed(), "committed");
                 applied.send_replace(end);
+                let m = &state.metrics;
+                m.applied_transactions.increment(txns);
+                m.applied_rows.increment(rows);
+                #[allow(clippy::cast_precision_loss)]
+                m.batch_rows.record(rows as f64);
+                m.apply_seconds
+                    .record((busy + started.elapsed()).as_secs_f64());
+                for (kind, n) in apply.take_conflict_counts() {
+                    m.conflicts(kind, n);
+                }
+                state.applied(end);
+                (rows, busy) = (0, std::time::Duration::ZERO);
+                continue;
             }
             Work::ForgetTables => apply.forget_tables(),
         }
+        busy += started.elapsed();
     }
     // The reader stopped: nothing after the last commit is kept.
     apply.rollback().await?;

@@ -59,6 +59,24 @@ pub enum SidecarError {
     Apply(#[from] ApplyError),
     #[error("undecodable pgoutput message from the peer: {0}")]
     Decode(#[from] DecodeError),
+    /// The peer's WAL guardrail (`[guardrail] policy = "drop_slot"`) dropped the slot this
+    /// direction reads: changes were lost for it, so it stops instead of retrying.
+    #[error(
+        "slot {slot} on node {peer} was dropped by node {peer}'s WAL guardrail at {dropped_at} \
+         (it retained {retained} of WAL, above limit_retained {limit}); changes written on node \
+         {peer} since then will never reach node {local} through it, so this direction stopped. \
+         To recover: run `pgmesh setup` to create the slot again, restart this sidecar, then \
+         `pgmesh verify` and `pgmesh repair` to bring over the rows written on node {peer} \
+         while the slot was gone"
+    )]
+    SlotDroppedByGuardrail {
+        local: String,
+        peer: String,
+        slot: String,
+        dropped_at: String,
+        retained: String,
+        limit: String,
+    },
 }
 
 impl SidecarError {
@@ -67,7 +85,7 @@ impl SidecarError {
         match self {
             SidecarError::Source(e) => e.is_transient(),
             SidecarError::Apply(e) => e.is_transient(),
-            SidecarError::Decode(_) => false,
+            SidecarError::Decode(_) | SidecarError::SlotDroppedByGuardrail { .. } => false,
         }
     }
 }

@@ -4,8 +4,9 @@
 mod applier;
 pub mod link;
 mod maintenance;
+mod peer_probe;
 mod stream_apply;
 
 pub use link::{BatchLimits, PeerLink, SidecarError};
 pub use maintenance::run_maintenance;
-pub use stream_apply::run_peer;
+pub use stream_apply::{run_direction, run_peer};

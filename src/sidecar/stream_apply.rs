@@ -3,7 +3,7 @@
 //! which applies them in coalesced transactions bound to the peer's origin while this
 //! half reads on; acknowledge to the peer only what is durably applied.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -18,6 +18,7 @@ use crate::apply::table::{LocalTable, TableMap};
 use crate::apply::{ApplyError, ApplySession};
 use crate::batch::{ChangeOp, Chunk, KeylessChange};
 use crate::filter::{OriginFilter, Verdict};
+use crate::observe::{DirectionState, Phase};
 use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation};
 use crate::source::{
     connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, StreamConfig,
@@ -27,16 +28,39 @@ use crate::Lsn;
 /// Runs one direction until `stop` flips; transient failures restart it from the durable
 /// origin progress after a backoff, others are logged with their fix and retried slowly
 /// (so the stream resumes by itself once the cause is fixed). Nothing is ever skipped.
-pub async fn run_peer(link: PeerLink, mut stop: watch::Receiver<bool>) {
+pub async fn run_peer(link: PeerLink, stop: watch::Receiver<bool>) {
+    let state = DirectionState::new(&link.peer);
+    let _ = run_direction(link, stop, state).await;
+}
+
+/// [`run_peer`], reporting into `state` (phase, positions, lag, metrics). Returns an
+/// error only when the direction cannot go on without an operator and retrying is
+/// pointless: its slot on the peer was dropped by the peer's WAL guardrail.
+pub async fn run_direction(
+    link: PeerLink,
+    mut stop: watch::Receiver<bool>,
+    state: Arc<DirectionState>,
+) -> Result<(), SidecarError> {
+    let _probe = super::peer_probe::spawn_wal_probe(&link, state.clone());
     let mut backoff = Backoff::new(link.reconnect);
     loop {
         if *stop.borrow() {
-            return;
+            state.set_phase(Phase::Stopped);
+            return Ok(());
         }
         backoff.connected(Instant::now());
-        match run_once(&link, &mut stop).await {
-            Ok(()) => return,
+        match run_once(&link, &mut stop, &state).await {
+            Ok(()) => {
+                state.set_phase(Phase::Stopped);
+                return Ok(());
+            }
             Err(e) => {
+                if let Some(fatal) = super::peer_probe::dropped_by_guardrail(&link, &e).await {
+                    tracing::error!(node = %link.local_node, peer = %link.peer, error = %fatal, "stream from peer stopped for good");
+                    state.failed(&fatal.to_string());
+                    return Err(fatal);
+                }
+                state.retrying(&e.to_string());
                 let mut delay = backoff.next_delay(Instant::now());
                 // One line per attempt, with the attempt number and the wait, so an
                 // operator sees a peer that stays down (and for how long) at a glance.
@@ -49,7 +73,10 @@ pub async fn run_peer(link: PeerLink, mut stop: watch::Receiver<bool>) {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => {
+                        state.set_phase(Phase::Stopped);
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -85,9 +112,22 @@ struct Direction<'l> {
     /// Everything up to here was read and needs nothing more: applied, or skipped (an
     /// origin-filtered transaction, a keepalive while idle).
     passed: Lsn,
+    state: &'l DirectionState,
+    /// Upstream transactions in the batch being built.
+    pending_txns: u64,
+    /// Commit time of the batch's first upstream transaction.
+    batch_first_ts: Option<PgTimestamp>,
+    /// Batches handed to the writer and not yet committed: (end, first commit time), for
+    /// the lag in seconds. Pruned as the writer commits, so it holds about as many as the
+    /// writer's bounded queue.
+    in_flight: VecDeque<(Lsn, PgTimestamp)>,
 }
 
-async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(), SidecarError> {
+async fn run_once(
+    link: &PeerLink,
+    stop: &mut watch::Receiver<bool>,
+    state: &Arc<DirectionState>,
+) -> Result<(), SidecarError> {
     let apply =
         ApplySession::connect(&link.local, &link.peer_sql, &link.local_node, &link.peer).await?;
     // Resume from the *durable* progress (reading it flushes the WAL up to it): a commit a
@@ -124,7 +164,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
     tracing::info!(node = %link.local_node, peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
     let mut d = Direction {
         link,
-        applier: Applier::spawn(apply, link.peer.clone(), applied),
+        applier: Applier::spawn(apply, link.peer.clone(), applied, state.clone()),
         catalog,
         _catalog_task: DropAbort(catalog_task),
         origin: format!("pgmesh_{}", link.peer),
@@ -136,7 +176,13 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
         batch_started: None,
         sent_commit: applied,
         passed: applied,
+        state,
+        pending_txns: 0,
+        batch_first_ts: None,
+        in_flight: VecDeque::new(),
     };
+    state.applied(applied);
+    state.set_phase(Phase::Streaming);
     let mut commits = d.applier.commits();
     let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
@@ -180,6 +226,7 @@ async fn run_once(link: &PeerLink, stop: &mut watch::Receiver<bool>) -> Result<(
                 let ack = d.acknowledgeable().await?;
                 tracing::trace!(peer = %link.peer, %ack, applied = %d.applier.applied(), passed = %d.passed, idle = d.idle(), "acknowledging");
                 stream.set_flushed(ack);
+                d.report_progress();
             }
             e = d.applier.failure() => return Err(e),
             _ = stop.changed() => {
@@ -248,6 +295,37 @@ impl Direction<'_> {
                 .is_some_and(|t| t.elapsed() >= self.link.limits.max_delay)
     }
 
+    /// Forgets the in-flight batches the writer has committed.
+    fn prune_in_flight(&mut self) -> Lsn {
+        let applied = self.applier.applied();
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(end, _)| *end <= applied)
+        {
+            self.in_flight.pop_front();
+        }
+        applied
+    }
+
+    /// Publishes what is done and how old the oldest transaction not yet applied is.
+    fn report_progress(&mut self) {
+        let applied = self.prune_in_flight();
+        let oldest = self
+            .in_flight
+            .front()
+            .map(|(_, ts)| *ts)
+            .or(self.batch_first_ts)
+            .or(self.open.as_ref().filter(|o| !o.skip).map(|o| o.commit_ts));
+        let lag = oldest.and_then(crate::observe::state::age);
+        let done = if self.idle() {
+            applied.max(self.passed)
+        } else {
+            applied
+        };
+        self.state.progress(done, lag);
+    }
+
     async fn durable_progress(&self) -> Result<Lsn, SidecarError> {
         Ok(origin_progress(&self.catalog, &self.origin, true).await?)
     }
@@ -295,6 +373,8 @@ impl Direction<'_> {
                     return Ok(());
                 }
                 self.pending_commit = Some((c.end_lsn, c.commit_time));
+                self.pending_txns += 1;
+                self.batch_first_ts.get_or_insert(c.commit_time);
                 let started = *self.batch_started.get_or_insert_with(Instant::now);
                 let l = &self.link.limits;
                 // Rows keep the downstream commit's time, which is the last upstream
@@ -483,9 +563,14 @@ impl Direction<'_> {
     async fn commit_batch(&mut self) -> Result<(), SidecarError> {
         self.flush_chunk().await?;
         if let Some((end, ts)) = self.pending_commit.take() {
-            self.applier.send(Work::Commit { end, ts }).await?;
+            let txns = std::mem::take(&mut self.pending_txns);
+            self.applier.send(Work::Commit { end, ts, txns }).await?;
             self.sent_commit = self.sent_commit.max(end);
             self.passed = self.passed.max(end);
+            if let Some(first) = self.batch_first_ts.take() {
+                self.prune_in_flight();
+                self.in_flight.push_back((end, first));
+            }
         }
         self.batch_started = None;
         Ok(())
