@@ -151,7 +151,7 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
             .unwrap();
 
         // Warnings only: colliding sequences/identities, row counts that differ.
-        let out = pgmesh(&["setup", "--check", "--json"], &cfg);
+        let out = pgmesh(&["setup", "--check", "--json", "--merge-existing"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
@@ -173,14 +173,14 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
         }
         a.psql("ALTER SEQUENCE seqd_id_seq INCREMENT BY 2 START WITH 6 RESTART WITH 6; ALTER TABLE ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 2 RESTART WITH 2; TRUNCATE seqd").unwrap();
         b.psql("ALTER SEQUENCE seqd_id_seq INCREMENT BY 2 START WITH 7 RESTART WITH 7; ALTER TABLE ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 3 RESTART WITH 3").unwrap();
-        let out = pgmesh(&["setup", "--check"], &cfg);
+        let out = pgmesh(&["setup", "--check", "--merge-existing"], &cfg);
         assert!(
             text(&out).contains("all checks passed"),
             "PG{major}: {}",
             text(&out)
         );
 
-        let out = pgmesh(&["setup"], &cfg);
+        let out = pgmesh(&["setup", "--merge-existing"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         assert!(
             text(&out).contains("created logical replication slot pgmesh_b"),
@@ -198,9 +198,11 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
                     .unwrap(),
                 format!("pgmesh_{peer}:pgoutput")
             );
+            // The merge of `items` wrote under the copy origin.
             assert_eq!(
-                c.psql("SELECT roname FROM pg_replication_origin").unwrap(),
-                format!("pgmesh_{peer}")
+                c.psql("SELECT string_agg(roname, ',' ORDER BY roname) FROM pg_replication_origin")
+                    .unwrap(),
+                format!("pgmesh__copy_{peer},pgmesh_{peer}")
             );
             assert_eq!(
                 c.psql("SELECT string_agg(tgrelid::regclass::text || ':' || tgenabled::text, ',' ORDER BY tgrelid::regclass::text) FROM pg_trigger WHERE tgname = 'pgmesh_tombstone'").unwrap(),

@@ -143,6 +143,7 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     ledger: ledger::RawLedger,
+    #[serde(default)]
     guardrail: guardrail::RawGuardrail,
 }
 

@@ -135,7 +135,14 @@ pub async fn setup(cfg: &Config, opts: &SetupOptions) -> Result<SetupReport, Set
         install::create_slots(client, cfg, &facts.node, &by_copy, &mut report.changes).await?;
     }
     if !jobs.is_empty() {
-        report.copied = crate::sync::run(cfg, &jobs, opts.quiet).await?;
+        let synced = crate::sync::run(cfg, &jobs, opts.quiet).await?;
+        report.changes.extend(synced.slots_created.into_iter().map(|(node, slot)| Change {
+            node,
+            what: format!(
+                "created logical replication slot {slot} (pgoutput), exporting the snapshot of the initial copy"
+            ),
+        }));
+        report.copied = synced.copied;
     }
     Ok(report)
 }

@@ -58,23 +58,33 @@ pub fn slots_made_by_copy(jobs: &[CopyJob]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// What [`run`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub copied: Vec<Copied>,
+    /// (node, slot): permanent slots created to export their snapshot.
+    pub slots_created: Vec<(String, String)>,
+}
+
 /// Pins a snapshot per pair, then copies every job's table under its pair's snapshot.
 /// Pins come first, all of them, so a merge's copies in both directions read data from
 /// before either copy wrote.
-pub async fn run(cfg: &Config, jobs: &[CopyJob], quiet: bool) -> Result<Vec<Copied>, SyncError> {
+pub async fn run(cfg: &Config, jobs: &[CopyJob], quiet: bool) -> Result<SyncReport, SyncError> {
     let mut pins = Vec::new();
+    let mut report = SyncReport::default();
     for (source, target) in pairs(jobs) {
         let node = cfg.node(&source).map_err(SyncError::Config)?;
-        pins.push((
-            source,
-            target.clone(),
-            PinnedSnapshot::pin(node, &target).await?,
-        ));
+        let pin = PinnedSnapshot::pin(node, &target).await?;
+        if pin.created_permanent {
+            report
+                .slots_created
+                .push((source.clone(), pin.slot.clone()));
+        }
+        pins.push((source, target.clone(), pin));
     }
-    let mut done = Vec::new();
     let mut result = Ok(());
     for (source, target, pin) in &pins {
-        result = copy_pair(cfg, jobs, source, target, pin, quiet, &mut done).await;
+        result = copy_pair(cfg, jobs, source, target, pin, quiet, &mut report.copied).await;
         if result.is_err() {
             break;
         }
@@ -82,7 +92,7 @@ pub async fn run(cfg: &Config, jobs: &[CopyJob], quiet: bool) -> Result<Vec<Copi
     for (_, _, pin) in pins {
         pin.release().await;
     }
-    result.map(|()| done)
+    result.map(|()| report)
 }
 
 async fn copy_pair(

@@ -16,6 +16,8 @@ pub struct PinnedSnapshot {
     /// The slot that exported it: the target's own slot when it did not exist yet (the
     /// copy then needs no overlap with the stream at all), else a temporary one.
     pub slot: String,
+    /// Whether `slot` is the target's permanent slot, created here.
+    pub created_permanent: bool,
 }
 
 impl PinnedSnapshot {
@@ -31,7 +33,8 @@ impl PinnedSnapshot {
         };
         let mut conn = ReplicationConnection::connect(&cfg).await.map_err(ctx)?;
         let own = names::slot_name(target);
-        let opts = if slot_exists(&mut conn, &own).await.map_err(ctx)? {
+        let exists = slot_exists(&mut conn, &own).await.map_err(ctx)?;
+        let opts = if exists {
             CreateSlot {
                 temporary: true,
                 snapshot: SnapshotAction::Export,
@@ -54,6 +57,7 @@ impl PinnedSnapshot {
             name,
             consistent_point: created.consistent_point,
             slot: created.slot_name,
+            created_permanent: !exists,
         })
     }
 
