@@ -102,3 +102,44 @@ fn concurrent_inserts_of_one_key_converge_to_the_later_write() {
         m.stop_sidecars();
     }
 }
+
+/// A batch cut into chunks is still one local transaction: a row an earlier chunk wrote
+/// (no commit time yet) is the peer's own write, not a local one. Changing it again in a
+/// later chunk, or deleting and re-inserting its key, is no conflict.
+#[test]
+fn rows_an_earlier_chunk_of_the_same_batch_wrote_are_no_conflict() {
+    for major in versions_under_test() {
+        let mut m = Mesh::new(major, DDL, TABLES);
+        m.limits.max_rows = 7;
+        m.start_sidecars();
+        m.a.cluster
+            .psql(
+                "BEGIN;
+                 INSERT INTO items SELECT i, 'n', 0 FROM generate_series(1, 40) i;
+                 UPDATE items SET qty = qty + 1;
+                 DELETE FROM items WHERE id % 3 = 0;
+                 INSERT INTO items SELECT i, 'again', 5 FROM generate_series(3, 40, 3) i;
+                 UPDATE items SET qty = qty + 1;
+                 COMMIT;",
+            )
+            .unwrap();
+        m.wait_converged(&["items"], Duration::from_secs(30));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*), sum(qty) FROM items")
+                .unwrap(),
+            "40|132",
+            "PG{major}"
+        );
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.conflicts")
+                .unwrap(),
+            "0",
+            "PG{major}: {}",
+            m.b.cluster
+                .psql("SELECT kind, key, local_origin FROM pgmesh.conflicts LIMIT 5")
+                .unwrap()
+        );
+    }
+}

@@ -123,6 +123,10 @@ impl ApplySession {
                 (id, node)
             })
             .collect();
+        // Rows this transaction wrote came from the peer's stream.
+        self.origins
+            .by_roident
+            .insert(super::sql::OWN_TRANSACTION, self.peer.clone());
         Ok(())
     }
 

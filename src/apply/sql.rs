@@ -30,6 +30,21 @@ fn names(prefix: &str, count: usize) -> String {
         .join(", ")
 }
 
+/// The `roident` given to a row this very transaction wrote (an earlier chunk of the
+/// same batch, not committed yet, so it has no commit time or origin to read): the
+/// apply session maps it to the peer whose stream it applies ([`super::resolve::Origins`]).
+/// Without it such a row looked like a local write, and a later change of it in the same
+/// batch was recorded as a conflict.
+pub const OWN_TRANSACTION: u32 = u32::MAX;
+
+/// The origin column of a row version of table alias `t` (see [`OWN_TRANSACTION`]).
+fn row_origin(t: &str) -> String {
+    format!(
+        "CASE WHEN {t}.xmin = xid(pg_current_xact_id_if_assigned()) THEN {OWN_TRANSACTION}::oid \
+              ELSE (pg_xact_commit_timestamp_origin({t}.xmin)).roident END"
+    )
+}
+
 /// Rows for a list of keys, locked, with their commit time and origin.
 /// Params: one `text[]` per key column. Columns: ord (1-based), row json, ts, roident.
 #[must_use]
@@ -42,14 +57,15 @@ pub fn select_rows(t: &LocalTable) -> String {
     format!(
         "SELECT u.ord, to_jsonb(t.*)::text, \
                 (pg_xact_commit_timestamp_origin(t.xmin)).timestamp, \
-                (pg_xact_commit_timestamp_origin(t.xmin)).roident \
+                {origin} \
            FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
            JOIN {} t ON {} \
           FOR UPDATE OF t",
         unnest_params(1, n),
         names("k", n),
         t.name,
-        key_join(t, "u", "k")
+        key_join(t, "u", "k"),
+        origin = row_origin("t"),
     )
 }
 
@@ -98,7 +114,9 @@ pub fn select_tombstones(t: &LocalTable) -> String {
     let n = t.pk.len();
     let branch = |key: &str| {
         format!(
-            "SELECT u.ord, coalesce(tb.decided_ts, x.timestamp), x.roident, tb.decided_node \
+            "SELECT u.ord, coalesce(tb.decided_ts, x.timestamp), \
+                    CASE WHEN tb.xmin = xid(pg_current_xact_id_if_assigned()) THEN {OWN_TRANSACTION}::oid \
+                         ELSE x.roident END, tb.decided_node \
                FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
                JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key = {key} \
                LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
@@ -323,9 +341,10 @@ pub fn select_unique_holder(t: &LocalTable, unique: &[usize]) -> String {
     format!(
         "SELECT {keys}, to_jsonb(t.*)::text, \
                 (pg_xact_commit_timestamp_origin(t.xmin)).timestamp, \
-                (pg_xact_commit_timestamp_origin(t.xmin)).roident \
+                {origin} \
            FROM {} t WHERE {cond} FOR UPDATE OF t",
-        t.name
+        t.name,
+        origin = row_origin("t"),
     )
 }
 

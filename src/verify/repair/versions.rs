@@ -46,7 +46,7 @@ pub async fn origins(client: &Client, node: &str) -> Result<Origins, VerifyError
             .map(|r| {
                 let id: u32 = r.get(0);
                 let name: String = r.get(1);
-                let node = name.strip_prefix("pgmesh_").unwrap_or(&name).to_string();
+                let node = crate::config::names::node_of_origin(&name).to_string();
                 (id, node)
             })
             .collect::<HashMap<_, _>>(),
