@@ -7,11 +7,11 @@
 mod support;
 
 use pgmesh::testkit::{versions_under_test, Cluster};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::cli::{pgmesh, text, write_config, Sidecars};
 use support::{dump, Rng};
 
 /// Two clusters per test at a time on the shared machine.
@@ -19,67 +19,6 @@ static CLUSTERS: Mutex<()> = Mutex::new(());
 
 fn turn() -> std::sync::MutexGuard<'static, ()> {
     CLUSTERS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write_config(dir: &Path, a: &Cluster, b: &Cluster, tables: &str) -> PathBuf {
-    let path = dir.join("pgmesh.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[nodes.a]\ndsn = \"{}\"\n[nodes.b]\ndsn = \"{}\"\n[replication]\ntables = [{tables}]\n",
-            a.dsn(),
-            b.dsn()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn pgmesh(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgmesh"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `pgmesh run` for both nodes; killed on drop.
-struct Sidecars(Vec<Child>);
-
-impl Sidecars {
-    fn start(config: &Path) -> Sidecars {
-        let run = |node: &str| {
-            Command::new(env!("CARGO_BIN_EXE_pgmesh"))
-                .args(["run", "--node", node, "-c"])
-                .arg(config)
-                .env("RUST_LOG", "pgmesh=warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        Sidecars(vec![run("a"), run("b")])
-    }
-}
-
-impl Drop for Sidecars {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn wait_same(a: &Cluster, b: &Cluster, tables: &[&str]) {

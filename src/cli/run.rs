@@ -124,11 +124,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }));
     }
-    // Ledger retention ([ledger]): its own sessions, never in the apply path.
+    // Ledger retention and tombstone pruning ([ledger]): its own sessions, never in the
+    // apply path.
     tasks.push(tokio::spawn(run_maintenance(
         args.node.clone(),
         local.clone(),
         cfg.ledger.clone(),
+        directions.clone(),
         stop_rx.clone(),
     )));
     if let Some((listener, handle)) = server {

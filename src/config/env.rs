@@ -66,6 +66,7 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("LEDGER", "RETENTION", Kind::Str),
     ("LEDGER", "MAX_ROWS", Kind::Int),
     ("LEDGER", "PRUNE_INTERVAL", Kind::Str),
+    ("LEDGER", "TOMBSTONE_RETENTION", Kind::Str),
     ("GUARDRAIL", "WARN_RETAINED", Kind::Size),
     ("GUARDRAIL", "LIMIT_RETAINED", Kind::Size),
     ("GUARDRAIL", "POLICY", Kind::Str),

@@ -26,6 +26,9 @@ pub struct LedgerConfig {
     pub max_rows: u64,
     /// How often `pgmesh run` prunes (it also prunes once at start).
     pub prune_interval: Duration,
+    /// Tombstones are pruned once every peer is past them by this much (a margin for
+    /// clock skew; see `sidecar/tombstone_gc.rs`).
+    pub tombstone_retention: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -34,6 +37,7 @@ impl Default for LedgerConfig {
             retention: Duration::from_secs(30 * 86_400),
             max_rows: 1_000_000,
             prune_interval: Duration::from_secs(600),
+            tombstone_retention: Duration::from_secs(3600),
         }
     }
 }
@@ -44,6 +48,7 @@ pub(super) struct RawLedger {
     retention: Option<String>,
     max_rows: Option<u64>,
     prune_interval: Option<String>,
+    tombstone_retention: Option<String>,
 }
 
 impl LedgerConfig {
@@ -80,6 +85,12 @@ impl LedgerConfig {
             d.prune_interval,
             Duration::from_secs(1),
         )?;
+        let tombstone_retention = duration(
+            "ledger.tombstone_retention",
+            raw.tombstone_retention,
+            d.tombstone_retention,
+            Duration::from_secs(1),
+        )?;
         let max_rows = match raw.max_rows {
             None => d.max_rows,
             Some(0) => {
@@ -98,6 +109,7 @@ impl LedgerConfig {
             retention,
             max_rows,
             prune_interval,
+            tombstone_retention,
         })
     }
 }

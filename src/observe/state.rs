@@ -74,6 +74,9 @@ pub struct DirectionState {
     down_since: AtomicI64,
     reconnects: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Peer time (PgTimestamp micros) such that every change of the peer not applied here
+    /// yet commits after it; `i64::MIN` until known. What tombstone pruning waits for.
+    horizon: AtomicI64,
     pub metrics: DirectionMetrics,
 }
 
@@ -103,6 +106,7 @@ impl DirectionState {
             down_since: AtomicI64::new(unix_micros()),
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            horizon: AtomicI64::new(i64::MIN),
             metrics: DirectionMetrics::new(peer),
         })
     }
@@ -110,6 +114,21 @@ impl DirectionState {
     #[must_use]
     pub fn peer(&self) -> &str {
         &self.peer
+    }
+
+    /// Everything of the peer up to its time `ts` is applied here: a batch whose last
+    /// upstream transaction committed at `ts` is committed, or the stream is idle with
+    /// nothing pending at a keepalive the peer sent at `ts`.
+    pub fn passed_peer_time(&self, ts: PgTimestamp) {
+        self.horizon.fetch_max(ts.0, Ordering::Relaxed);
+    }
+
+    /// See [`DirectionState::passed_peer_time`]; `None` before the first batch or idle
+    /// keepalive of this process.
+    #[must_use]
+    pub fn horizon(&self) -> Option<PgTimestamp> {
+        let h = self.horizon.load(Ordering::Relaxed);
+        (h != i64::MIN).then_some(PgTimestamp(h))
     }
 
     #[must_use]

@@ -181,6 +181,7 @@ async fn run(
             Work::Commit { end, ts, txns } => {
                 apply.commit(end, ts).await?;
                 tracing::debug!(%peer, %end, took = ?started.elapsed(), "committed");
+                state.passed_peer_time(ts);
                 applied.send_replace(end);
                 let m = &state.metrics;
                 m.applied_transactions.increment(txns);

@@ -1,6 +1,6 @@
-//! Upkeep of the local node while the sidecar runs, beside the peer directions: today,
-//! pruning the conflict ledger to `[ledger]` (retention and max_rows) once at start and
-//! then every `prune_interval`.
+//! Upkeep of the local node while the sidecar runs, beside the peer directions: pruning
+//! the conflict ledger to `[ledger]` (retention and max_rows) and the tombstones every
+//! peer is past ([`super::tombstone_gc`]), once at start and then every `prune_interval`.
 //!
 //! Each pass opens its own short session (application_name `pgmesh maintenance`), so it
 //! never shares a connection or a transaction with the apply path, and a failure (node
@@ -9,8 +9,11 @@
 
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::config::LedgerConfig;
 use crate::ledger::{prune, PRUNE_BATCH_ROWS};
+use crate::observe::DirectionState;
 use crate::sqlconn::{connect_sql, SqlConfig};
 
 /// Session settings of a pass: a delete waiting on a lock gives up rather than queue
@@ -23,6 +26,7 @@ pub async fn run_maintenance(
     node: String,
     local: SqlConfig,
     ledger: LedgerConfig,
+    directions: Vec<Arc<DirectionState>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -30,7 +34,10 @@ pub async fn run_maintenance(
             return;
         }
         tokio::select! {
-            _ = prune_pass(&node, &local, &ledger) => {}
+            _ = async {
+                prune_pass(&node, &local, &ledger).await;
+                tombstone_pass(&node, &local, &ledger, &directions).await;
+            } => {}
             _ = stop.changed() => return,
         }
         tokio::select! {
@@ -78,6 +85,47 @@ async fn prune_pass(node: &str, local: &SqlConfig, ledger: &LedgerConfig) {
         }
         Err(e) => {
             tracing::warn!(%node, error = %e, "ledger pruning failed; retrying at the next pass")
+        }
+    }
+}
+
+/// One tombstone pass, when every direction into this node knows how far its peer is
+/// applied (none before the first batch or idle keepalive; none for a direction that is
+/// down, as its horizon stays where it was).
+async fn tombstone_pass(
+    node: &str,
+    local: &SqlConfig,
+    ledger: &LedgerConfig,
+    directions: &[Arc<DirectionState>],
+) {
+    let horizons: Option<Vec<_>> = directions.iter().map(|d| d.horizon()).collect();
+    let Some(horizon) = horizons.and_then(|h| h.into_iter().min()) else {
+        tracing::debug!(%node, "tombstone pruning waits: not every peer direction has applied a batch yet");
+        return;
+    };
+    let (client, task) = match connect_sql(local).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "tombstone pruning skipped: cannot connect to the local node");
+            return;
+        }
+    };
+    let result = match client.batch_execute(SESSION_SETUP).await {
+        Ok(()) => {
+            super::tombstone_gc::prune_tombstones(&client, horizon, ledger.tombstone_retention)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    drop(client);
+    task.abort();
+    match result {
+        Ok(0) => tracing::debug!(%node, "no tombstone to prune"),
+        Ok(n) => {
+            tracing::info!(%node, pruned = n, horizon = %crate::apply::ledger::ts_text(horizon), "pruned tombstones every peer is past")
+        }
+        Err(e) => {
+            tracing::warn!(%node, error = %crate::sqlconn::pg_message(&e), "tombstone pruning failed; retrying at the next pass")
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod link;
 mod maintenance;
 mod peer_probe;
 mod stream_apply;
+pub mod tombstone_gc;
 
 pub use link::{BatchLimits, PeerLink, SidecarError};
 pub use maintenance::run_maintenance;

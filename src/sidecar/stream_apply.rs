@@ -206,8 +206,13 @@ async fn run_once(
                     // acknowledges it once what is pending here is committed and durable.
                     // (A busy walsender sends a keepalive after nearly every transaction;
                     // asking the local node for progress each time stalled the reader.)
-                    ReplicationEvent::Keepalive { wal_end, .. } if d.open.is_none() => {
+                    ReplicationEvent::Keepalive { wal_end, send_time } if d.open.is_none() => {
                         d.passed = d.passed.max(wal_end);
+                        // Idle and all applied: whatever the peer commits next, it
+                        // commits after this keepalive left it.
+                        if d.idle() {
+                            d.state.passed_peer_time(send_time);
+                        }
                     }
                     _ => {}
                 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod tls;
 
 use std::time::{Duration, Instant};
