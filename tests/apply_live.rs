@@ -8,8 +8,9 @@ use std::time::Duration;
 use pgmesh::testkit::versions_under_test;
 use support::Mesh;
 
-const DDL: &str = "CREATE TABLE items(id bigint PRIMARY KEY, name text, qty int, note text);";
-const TABLES: &[(&str, &[&str])] = &[("public.items", &["id"])];
+const DDL: &str = "CREATE TABLE items(id bigint PRIMARY KEY, name text, qty int, note text);
+                   CREATE TABLE uitems(id bigint PRIMARY KEY, name text UNIQUE, qty int);";
+const TABLES: &[(&str, &[&str])] = &[("public.items", &["id"]), ("public.uitems", &["id"])];
 
 #[test]
 fn writes_flow_both_ways() {
@@ -120,10 +121,20 @@ fn rows_an_earlier_chunk_of_the_same_batch_wrote_are_no_conflict() {
                  DELETE FROM items WHERE id % 3 = 0;
                  INSERT INTO items SELECT i, 'again', 5 FROM generate_series(3, 40, 3) i;
                  UPDATE items SET qty = qty + 1;
+                 INSERT INTO uitems SELECT i, 'u' || i, 0 FROM generate_series(1, 30) i;
+                 UPDATE uitems SET qty = qty + 1, name = name || 'x';
+                 UPDATE uitems SET qty = qty + 1;
                  COMMIT;",
             )
             .unwrap();
-        m.wait_converged(&["items"], Duration::from_secs(30));
+        m.wait_converged(&["items", "uitems"], Duration::from_secs(30));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*), sum(qty) FROM uitems")
+                .unwrap(),
+            "30|60",
+            "PG{major}"
+        );
         assert_eq!(
             m.b.cluster
                 .psql("SELECT count(*), sum(qty) FROM items")

@@ -37,11 +37,26 @@ fn names(prefix: &str, count: usize) -> String {
 /// batch was recorded as a conflict.
 pub const OWN_TRANSACTION: u32 = u32::MAX;
 
+/// Whether the version with xmin `xmin` was written by this transaction or one of its
+/// subtransactions (updates of tables with other unique constraints run under a
+/// savepoint, so their rows carry a subtransaction's xid). A visible version without a
+/// commit time is ours or old (written before `track_commit_timestamp`, or frozen:
+/// xmin 2); ours are the ones at or after our top-level xid, compared modulo 2^32 as
+/// PostgreSQL compares xids (every unfrozen xid is within 2^31 of the current one).
+fn own_version(xmin: &str) -> String {
+    format!(
+        "(pg_xact_commit_timestamp({xmin}) IS NULL AND {xmin}::text::int8 > 2 \
+          AND (({xmin}::text::int8 - pg_current_xact_id_if_assigned()::text::int8) % 4294967296 \
+               + 4294967296) % 4294967296 < 2147483648)"
+    )
+}
+
 /// The origin column of a row version of table alias `t` (see [`OWN_TRANSACTION`]).
 fn row_origin(t: &str) -> String {
     format!(
-        "CASE WHEN {t}.xmin = xid(pg_current_xact_id_if_assigned()) THEN {OWN_TRANSACTION}::oid \
-              ELSE (pg_xact_commit_timestamp_origin({t}.xmin)).roident END"
+        "CASE WHEN {} THEN {OWN_TRANSACTION}::oid \
+              ELSE (pg_xact_commit_timestamp_origin({t}.xmin)).roident END",
+        own_version(&format!("{t}.xmin"))
     )
 }
 
@@ -112,11 +127,11 @@ fn key_array(t: &LocalTable, alias: &str) -> String {
 #[must_use]
 pub fn select_tombstones(t: &LocalTable) -> String {
     let n = t.pk.len();
+    let own = own_version("tb.xmin");
     let branch = |key: &str| {
         format!(
             "SELECT u.ord, coalesce(tb.decided_ts, x.timestamp), \
-                    CASE WHEN tb.xmin = xid(pg_current_xact_id_if_assigned()) THEN {OWN_TRANSACTION}::oid \
-                         ELSE x.roident END, tb.decided_node \
+                    CASE WHEN {own} THEN {OWN_TRANSACTION}::oid ELSE x.roident END, tb.decided_node \
                FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
                JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key = {key} \
                LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
