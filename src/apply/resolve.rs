@@ -34,6 +34,30 @@ pub struct Origins {
 }
 
 impl Origins {
+    /// Reads this node's replication origins (`pgmesh_<n>`, `pgmesh__copy_<n>`,
+    /// `pgmesh__repair_<n>` → `n`; see [`crate::config::names::node_of_origin`]).
+    pub async fn load(
+        client: &tokio_postgres::Client,
+        local_node: &str,
+    ) -> Result<Origins, tokio_postgres::Error> {
+        let rows = client
+            .query("SELECT roident, roname FROM pg_replication_origin", &[])
+            .await?;
+        Ok(Origins {
+            local_node: local_node.to_string(),
+            by_roident: rows
+                .iter()
+                .map(|r| {
+                    let name: String = r.get(1);
+                    (
+                        r.get(0),
+                        crate::config::names::node_of_origin(&name).to_string(),
+                    )
+                })
+                .collect(),
+        })
+    }
+
     #[must_use]
     pub fn node_of(&self, roident: Option<u32>) -> &str {
         match roident {

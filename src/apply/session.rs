@@ -110,19 +110,7 @@ impl ApplySession {
 
     /// Reloads the origin id → node map (`pgmesh_<node>` → `<node>`).
     pub async fn refresh_origins(&mut self) -> Result<(), ApplyError> {
-        let rows = self
-            .client
-            .query("SELECT roident, roname FROM pg_replication_origin", &[])
-            .await?;
-        self.origins.by_roident = rows
-            .iter()
-            .map(|r| {
-                let id: u32 = r.get(0);
-                let name: String = r.get(1);
-                let node = crate::config::names::node_of_origin(&name).to_string();
-                (id, node)
-            })
-            .collect();
+        self.origins = Origins::load(&self.client, &self.origins.local_node).await?;
         // Rows this transaction wrote came from the peer's stream.
         self.origins
             .by_roident

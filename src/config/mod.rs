@@ -48,7 +48,7 @@ pub use flags::ConfigFlags;
 pub use guardrail::{GuardrailConfig, GuardrailPolicy};
 pub use ledger::LedgerConfig;
 pub use pattern::TablePattern;
-pub use size::ByteSize;
+pub use size::{human_bytes, ByteSize};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

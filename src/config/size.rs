@@ -54,6 +54,26 @@ impl<'de> de::Deserialize<'de> for ByteSize {
     }
 }
 
+/// `0 B`, `12.3 kB`, `4.0 MB`, `1.2 GB` (powers of 1024, PostgreSQL's unit names): sizes
+/// in messages, tables and progress lines.
+#[must_use]
+pub fn human_bytes(n: impl TryInto<i64>) -> String {
+    let n: i64 = n.try_into().unwrap_or(i64::MAX);
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64;
+    let mut i = 0;
+    while v.abs() >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ByteSize;

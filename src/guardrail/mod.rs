@@ -14,6 +14,7 @@
 pub mod record;
 pub mod watch;
 
+pub use crate::config::human_bytes;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -145,24 +146,6 @@ pub fn describe(
             }
         )),
         (_, None) => None,
-    }
-}
-
-/// `1.5 GB`, `12 kB`: binary multiples with PostgreSQL's unit names.
-#[must_use]
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "kB", "MB", "GB", "TB"];
-    let mut unit = 0;
-    #[allow(clippy::cast_precision_loss)]
-    let mut v = n as f64;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} bytes")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -315,7 +298,7 @@ mod tests {
         let m = describe("a", "b", None, Level::Missing, &c).unwrap();
         assert!(m.contains("pgmesh setup"), "{m}");
         assert_eq!(describe("a", "b", Some(&f), Level::Ok, &c), None);
-        assert_eq!(human_bytes(512), "512 bytes");
-        assert_eq!(human_bytes(3 << 30), "3.0 GB");
+        assert_eq!(human_bytes(512u64), "512 B");
+        assert_eq!(human_bytes(3u64 << 30), "3.0 GB");
     }
 }

@@ -3,6 +3,7 @@
 
 use super::facts::{NodeFacts, Pending, SlotFacts};
 use super::{DirectionStatus, SidecarHealth, State, Thresholds};
+pub use crate::config::human_bytes;
 use crate::config::{names, ByteSize};
 
 /// `from`'s changes applied into `to`: the slot `pgmesh_<to>` on `from`, the origin
@@ -188,24 +189,6 @@ fn lag_seconds(s: &SlotFacts) -> Option<f64> {
     }
 }
 
-/// `0 B`, `12.3 kB`, `4.0 MB`, `1.2 GB` (powers of 1024, PostgreSQL's units).
-#[must_use]
-pub fn human_bytes(n: i64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    #[allow(clippy::cast_precision_loss)]
-    let mut v = n as f64;
-    let mut i = 0;
-    while v.abs() >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
-}
-
 /// `--max-lag-bytes` value: a size such as `256MB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     ByteSize::parse(s).map(|b| b.0)
@@ -371,7 +354,7 @@ mod tests {
     fn sizes() {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 kB");
-        assert_eq!(human_bytes(5 << 30), "5.0 GB");
+        assert_eq!(human_bytes(5i64 << 30), "5.0 GB");
         assert_eq!(parse_size("256MB"), Ok(256 << 20));
     }
 }

@@ -1,6 +1,7 @@
 //! Progress of a copy on stderr: rows, bytes, rate and ETA, at most once a second (one
 //! line redrawn on a terminal, one line per update otherwise, e.g. in CI logs).
 
+use crate::config::human_bytes;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -94,21 +95,6 @@ pub fn render(
         s.push_str(&format!(" ({pct:.0}% of ~{expected}, ETA {eta:.0}s)"));
     }
     s
-}
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

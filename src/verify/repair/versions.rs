@@ -9,7 +9,6 @@
 //! (TRUNCATE) both count, the later wins, and a tombstone a unique-constraint decision
 //! left carries its version explicitly.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use tokio_postgres::types::ToSql;
@@ -35,22 +34,9 @@ pub struct KeyVersion {
 
 /// Origin id → node name on one node (`pgmesh_b` → `b`, none → the node itself).
 pub async fn origins(client: &Client, node: &str) -> Result<Origins, VerifyError> {
-    let rows = client
-        .query("SELECT roident, roname FROM pg_replication_origin", &[])
+    Origins::load(client, node)
         .await
-        .map_err(query_err(node, "reading replication origins"))?;
-    Ok(Origins {
-        local_node: node.to_string(),
-        by_roident: rows
-            .iter()
-            .map(|r| {
-                let id: u32 = r.get(0);
-                let name: String = r.get(1);
-                let node = crate::config::names::node_of_origin(&name).to_string();
-                (id, node)
-            })
-            .collect::<HashMap<_, _>>(),
-    })
+        .map_err(query_err(node, "reading replication origins"))
 }
 
 fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
