@@ -5,7 +5,7 @@
 use super::table::LocalTable;
 
 /// `u.k0::int4 = t.id AND …` joins of the unnested key columns onto the table.
-fn key_join(t: &LocalTable, alias: &str, prefix: &str) -> String {
+pub(crate) fn key_join(t: &LocalTable, alias: &str, prefix: &str) -> String {
     t.pk.iter()
         .enumerate()
         .map(|(n, &c)| {
@@ -16,14 +16,14 @@ fn key_join(t: &LocalTable, alias: &str, prefix: &str) -> String {
         .join(" AND ")
 }
 
-fn unnest_params(first: usize, count: usize) -> String {
+pub(crate) fn unnest_params(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|p| format!("${p}::text[]"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn names(prefix: &str, count: usize) -> String {
+pub(crate) fn names(prefix: &str, count: usize) -> String {
     (0..count)
         .map(|n| format!("{prefix}{n}"))
         .collect::<Vec<_>>()

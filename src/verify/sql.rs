@@ -12,6 +12,7 @@
 //! order-independent sum (no sort, no memory that grows with the range) that works for a
 //! multiset as well, where duplicate rows must not cancel out as they would with xor.
 
+use crate::apply::sql::{names, unnest_params};
 use crate::apply::table::LocalTable;
 
 /// `ROW(t.a, t.b, …)::text`: the whole row as one text, columns in table order.
@@ -156,30 +157,19 @@ pub fn range_rows(t: &LocalTable, has_lo: bool, has_hi: bool) -> String {
     )
 }
 
-/// `t.k1 = u.k0::int8 AND …`: the unnested key columns joined onto the table.
-fn key_join(t: &LocalTable) -> String {
-    t.pk.iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let col = &t.columns[c];
-            format!("t.{} = u.k{i}::{}", col.quoted, col.type_sql)
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
 /// `unnest($1::text[], …) WITH ORDINALITY AS u(k0, …, ord)`.
 fn unnest_keys(t: &LocalTable) -> String {
     let n = t.pk.len();
-    let params = (1..=n)
-        .map(|p| format!("${p}::text[]"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let aliases = (0..n)
-        .map(|i| format!("k{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("unnest({params}) WITH ORDINALITY AS u({aliases}, ord)")
+    format!(
+        "unnest({}) WITH ORDINALITY AS u({}, ord)",
+        unnest_params(1, n),
+        names("k", n)
+    )
+}
+
+/// `t.k1 = u.k0::int8 AND …`: the unnested key columns joined onto the table.
+fn key_join(t: &LocalTable) -> String {
+    crate::apply::sql::key_join(t, "u", "k")
 }
 
 /// The current version of each of a list of keys (unlocked): every column's text and
