@@ -5,12 +5,15 @@
 //! alert rules and the dashboard use), the guardrail's warning, and `drop_slot` dropping
 //! an inactive slot after which the peer's sidecar stops with the way to recover.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use support::cli::{pgmesh, text};
 
 use pgmesh::testkit::{versions_under_test, Cluster};
 
@@ -44,26 +47,6 @@ fn write_config(dir: &Path, name: &str, a: &Cluster, b: &Cluster, extra: &str) -
     )
     .unwrap();
     path
-}
-
-fn pgmesh(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgmesh"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .env_remove("PGPASSWORD")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A `pgmesh run` child (stderr to a file), stopped with SIGTERM when dropped.

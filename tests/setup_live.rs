@@ -1,10 +1,13 @@
 //! `pgmesh setup`, `setup --check` and `teardown` against real clusters (two per version),
 //! driven through the binary as an operator would.
 
+mod support;
+
 use pgmesh::testkit::{versions_under_test, Cluster};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use support::cli::{pgmesh, text};
 
 /// At most two clusters at a time on the shared machine: tests take turns.
 static CLUSTERS: Mutex<()> = Mutex::new(());
@@ -23,26 +26,6 @@ fn write_config(dir: &Path, a: &str, b: &str, replication: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn pgmesh(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgmesh"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .env_remove("PGPASSWORD")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -2,10 +2,13 @@
 //! through the binary as an operator would: setup, sidecars as child processes, then the
 //! read commands' exit codes, JSON and tables.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use support::cli::{pgmesh, text};
 
 use pgmesh::testkit::{versions_under_test, Cluster};
 use serde_json::Value;
@@ -30,27 +33,6 @@ fn write_config(dir: &Path, name: &str, a: &str, b: &str, extra: &str) -> PathBu
     )
     .unwrap();
     path
-}
-
-fn pgmesh(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgmesh"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .env_remove("PGPASSWORD")
-        .env_remove("PGMESH_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn json(o: &Output) -> Value {

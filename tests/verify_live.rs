@@ -4,10 +4,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::cli::{pgmesh, text};
 
 use pgmesh::testkit::{versions_under_test, Cluster};
 use serde_json::Value;
@@ -45,26 +46,6 @@ fn write_config(dir: &Path, a: &str, b: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn pgmesh(args: &[&str], config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgmesh"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .env_remove("PGPASSWORD")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn json(o: &Output) -> Value {

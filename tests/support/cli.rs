@@ -36,6 +36,7 @@ pub fn pgmesh(args: &[&str], config: &Path) -> Output {
         .arg("-c")
         .arg(config)
         .stdin(Stdio::null())
+        .env_remove("PGPASSWORD")
         .output()
         .unwrap()
 }
