@@ -476,6 +476,16 @@ fn guardrail_warns_then_drops_an_inactive_slot_and_the_peer_stops() {
         ] {
             assert!(log.contains(needle), "PG{major}: {needle:?} not in\n{log}");
         }
+        // Recovery: setup creates the slot again and marks the drop resolved, so a slot
+        // missing later for another reason is not blamed on this drop.
+        drop(sa);
+        let out = pgmesh(&["setup", "-q"], &drop_cfg);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
+        assert_eq!(
+            a.psql("SELECT count(*) FILTER (WHERE resolved_at IS NOT NULL) || ' ' || count(*) FROM pgmesh.guardrail_drops")
+                .unwrap(),
+            "1 1"
+        );
     }
 }
 

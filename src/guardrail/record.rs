@@ -97,8 +97,9 @@ pub struct DropRecord {
     pub limit_bytes: i64,
 }
 
-/// The latest drop of `slot` recorded on the node `client` is connected to; `None` when
-/// there is none, or the node's schema predates the guardrail.
+/// The latest drop of `slot` recorded on the node `client` is connected to and not yet
+/// followed by setup creating the slot again; `None` when there is none, or the node's
+/// schema predates the guardrail.
 pub async fn last_drop(
     client: &Client,
     slot: &str,
@@ -106,7 +107,7 @@ pub async fn last_drop(
     let row = client
         .query_opt(
             "SELECT dropped_at::text, retained_bytes, limit_bytes FROM pgmesh.guardrail_drops \
-             WHERE slot_name = $1 ORDER BY dropped_at DESC LIMIT 1",
+             WHERE slot_name = $1 AND resolved_at IS NULL ORDER BY dropped_at DESC LIMIT 1",
             &[&slot],
         )
         .await;
@@ -125,4 +126,21 @@ pub async fn last_drop(
 #[must_use]
 pub fn is_missing_table(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNDEFINED_TABLE)
+}
+
+/// Marks the drops of `slot` resolved: setup just created it again. A node whose schema
+/// predates the guardrail has nothing to mark.
+pub async fn mark_recreated(client: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
+    match client
+        .execute(
+            "UPDATE pgmesh.guardrail_drops SET resolved_at = now() \
+             WHERE slot_name = $1 AND resolved_at IS NULL",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_missing_table(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

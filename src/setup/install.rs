@@ -256,6 +256,12 @@ pub async fn create_slots(
                 )
                 .await
                 .map_err(query_err(node, "creating the replication slot"))?;
+            crate::guardrail::record::mark_recreated(client, &slot)
+                .await
+                .map_err(query_err(
+                    node,
+                    "marking the guardrail's drop of the slot resolved",
+                ))?;
             changes.push(Change {
                 node: node.to_string(),
                 what: format!("created logical replication slot {slot} (pgoutput)"),

@@ -136,6 +136,16 @@ pub async fn setup(cfg: &Config, opts: &SetupOptions) -> Result<SetupReport, Set
     }
     if !jobs.is_empty() {
         let synced = crate::sync::run(cfg, &jobs, opts.quiet).await?;
+        for (node, slot) in &synced.slots_created {
+            if let Some((client, _)) = nodes.iter().find(|(_, f)| &f.node == node) {
+                crate::guardrail::record::mark_recreated(client, slot)
+                    .await
+                    .map_err(error::query_err(
+                        node,
+                        "marking the guardrail's drop of the slot resolved",
+                    ))?;
+            }
+        }
         report.changes.extend(synced.slots_created.into_iter().map(|(node, slot)| Change {
             node,
             what: format!(
