@@ -104,7 +104,7 @@ async fn check(
     memory: &mut Memory,
 ) -> Result<(), GuardrailError> {
     if session.is_none() {
-        let (client, task) = connect_sql(&g.local).await?;
+        let (client, task) = connect_sql(&g.local.named("pgmesh guardrail")).await?;
         *session = Some(Session { client, task });
     }
     let Some(Session { client, .. }) = session.as_ref() else {

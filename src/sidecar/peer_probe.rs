@@ -44,7 +44,7 @@ async fn probe(cfg: SqlConfig, slot: String, state: Arc<DirectionState>) {
     loop {
         tick.tick().await;
         if session.is_none() {
-            match connect_sql(&cfg).await {
+            match connect_sql(&cfg.named("pgmesh lag probe")).await {
                 Ok(s) => session = Some(AbortOnDrop::new(s)),
                 Err(e) => {
                     tracing::debug!(peer = %cfg.node, error = %e, "lag probe cannot reach the peer");
@@ -103,7 +103,11 @@ pub async fn dropped_by_guardrail(link: &PeerLink, e: &SidecarError) -> Option<S
     if !matches!(e, SidecarError::Source(SourceError::SlotMissing { .. })) {
         return None;
     }
-    let s = AbortOnDrop::new(connect_sql(&link.peer_sql).await.ok()?);
+    let s = AbortOnDrop::new(
+        connect_sql(&link.peer_sql.named("pgmesh guardrail check"))
+            .await
+            .ok()?,
+    );
     let record = match last_drop(&s.client, &link.slot).await {
         Ok(r) => r?,
         Err(err) => {

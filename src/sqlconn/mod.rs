@@ -43,6 +43,15 @@ pub struct SqlConfig {
 }
 
 impl SqlConfig {
+    /// The same config with `application_name` set: each of the sidecar's sessions names
+    /// its job in `pg_stat_activity`.
+    #[must_use]
+    pub fn named(&self, application_name: &str) -> SqlConfig {
+        let mut c = self.clone();
+        c.pg.application_name(application_name);
+        c
+    }
+
     /// Parses `dsn` for node `node`. No password lookup here (see
     /// [`crate::config::NodeConfig::sql_config`]); errors never contain the DSN.
     pub fn from_dsn(node: &str, dsn: &str) -> Result<SqlConfig, SqlConnectError> {
