@@ -40,7 +40,7 @@ fn table() -> Arc<TableMap> {
     };
     Arc::new(TableMap {
         local: Arc::new(local),
-        remote_to_local: vec![0, 1, 2, 3, 4],
+        remote_to_local: (0..5).map(Some).collect(),
         local_only: vec![],
     })
 }

@@ -11,6 +11,8 @@ mod pipelined;
 pub mod resolve;
 pub mod row;
 pub mod session;
+pub mod shape;
+pub mod shape_io;
 pub mod sql;
 pub mod table;
 
@@ -36,6 +38,10 @@ pub enum ApplyError {
         column: String,
         node: String,
     },
+    /// The peer's table differs from this node's (from its Relation message): the
+    /// direction stops with its position kept until the tables match.
+    #[error("{0}")]
+    SchemaMismatch(Box<shape::SchemaMismatch>),
     #[error("table {table} has no primary key but a unique index {index}: without a key pgmesh cannot decide which of two rows holding the same value wins. Make it the key (ALTER TABLE {table} ADD PRIMARY KEY USING INDEX {index}, if its columns are NOT NULL) or drop the index")]
     KeylessUnique { table: String, index: String },
     #[error("table {table} has no primary key on this node but the peer sent {what}: set REPLICA IDENTITY FULL on the peer and give the table the same primary key (or none) on every node")]
@@ -58,6 +64,15 @@ impl ApplyError {
             ApplyError::Db(e) => db_error_is_transient(e),
             ApplyError::Connect(e) => e.kind() == crate::source::ErrorKind::Transient,
             _ => false,
+        }
+    }
+
+    /// The table difference that stopped the direction, if that is what happened.
+    #[must_use]
+    pub fn schema_mismatch(&self) -> Option<&shape::SchemaMismatch> {
+        match self {
+            ApplyError::SchemaMismatch(m) => Some(m),
+            _ => None,
         }
     }
 

@@ -51,6 +51,8 @@ impl Row {
         }
         let mut vals = vec![Val::Absent; map.local.columns.len()];
         for (col, &li) in tuple.iter().zip(&map.remote_to_local) {
+            // A column both nodes dropped since the change was made: discarded.
+            let Some(li) = li else { continue };
             vals[li] = match col {
                 Column::Null => Val::Null,
                 Column::UnchangedToast => Val::Unchanged,

@@ -152,24 +152,30 @@ async fn refuse_keyless_unique(client: &Client, oid: u32, table: &str) -> Result
 #[derive(Debug, Clone)]
 pub struct TableMap {
     pub local: Arc<LocalTable>,
-    /// For each remote column, its index in `local.columns`.
-    pub remote_to_local: Vec<usize>,
+    /// For each remote column, its index in `local.columns`; `None` for a column both
+    /// nodes have dropped since the change was made (its value is discarded; see
+    /// [`super::shape`]).
+    pub remote_to_local: Vec<Option<usize>>,
     /// Local columns the peer does not send (they keep their default / current value).
     pub local_only: Vec<usize>,
 }
 
 impl TableMap {
-    /// Maps by column name. A remote column missing locally stops the stream: writing the
-    /// row without it would lose data.
+    /// Maps by column name; `discard` names remote columns whose values are dropped.
+    /// Any other remote column missing locally stops the stream (writing the row without
+    /// it would lose data); [`super::shape_io::map_relation`] checks this first and says
+    /// more, this is the guard.
     pub fn new(
         local: Arc<LocalTable>,
         remote: &Relation,
+        discard: &[String],
         node: &str,
     ) -> Result<TableMap, ApplyError> {
         let mut remote_to_local = Vec::with_capacity(remote.columns.len());
         for rc in &remote.columns {
             match local.columns.iter().position(|lc| lc.name == rc.name) {
-                Some(i) => remote_to_local.push(i),
+                Some(i) => remote_to_local.push(Some(i)),
+                None if discard.contains(&rc.name) => remote_to_local.push(None),
                 None => {
                     return Err(ApplyError::MissingColumn {
                         table: local.name.clone(),
@@ -180,7 +186,7 @@ impl TableMap {
             }
         }
         for &k in &local.pk {
-            if !remote_to_local.contains(&k) {
+            if !remote_to_local.contains(&Some(k)) {
                 return Err(ApplyError::MissingColumn {
                     table: local.name.clone(),
                     column: format!("{} (primary key, on the peer)", local.columns[k].name),
@@ -189,7 +195,7 @@ impl TableMap {
             }
         }
         let local_only = (0..local.columns.len())
-            .filter(|i| !remote_to_local.contains(i))
+            .filter(|i| !remote_to_local.contains(&Some(*i)))
             .collect();
         Ok(TableMap {
             local,

@@ -240,7 +240,7 @@ mod tests {
         });
         let map = Arc::new(TableMap {
             local,
-            remote_to_local: vec![0],
+            remote_to_local: vec![Some(0)],
             local_only: vec![],
         });
         let ch = |op, old: Option<&str>, new: Option<&str>| KeylessChange {

@@ -88,4 +88,13 @@ impl SidecarError {
             SidecarError::Decode(_) | SidecarError::SlotDroppedByGuardrail { .. } => false,
         }
     }
+
+    /// The table difference that stopped the direction (see [`crate::apply::shape`]).
+    #[must_use]
+    pub fn schema_mismatch(&self) -> Option<&crate::apply::shape::SchemaMismatch> {
+        match self {
+            SidecarError::Apply(e) => e.schema_mismatch(),
+            _ => None,
+        }
+    }
 }

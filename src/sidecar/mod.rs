@@ -5,6 +5,7 @@ mod applier;
 pub mod link;
 mod maintenance;
 mod peer_probe;
+mod schema_stop;
 mod stream_apply;
 pub mod tombstone_gc;
 

@@ -14,12 +14,13 @@ use super::link::{PeerLink, SidecarError};
 use crate::apply::kill::{Kill, KILL_PREFIX};
 use crate::apply::row::Row;
 use crate::apply::session::origin_progress;
-use crate::apply::table::{LocalTable, TableMap};
+use crate::apply::shape_io::{map_relation, Sides};
+use crate::apply::table::TableMap;
 use crate::apply::{ApplyError, ApplySession};
 use crate::batch::{ChangeOp, Chunk, KeylessChange};
 use crate::filter::{OriginFilter, Verdict};
 use crate::observe::{DirectionState, Phase};
-use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation};
+use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation, Type};
 use crate::source::{
     connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, StreamConfig,
 };
@@ -59,6 +60,14 @@ pub async fn run_direction(
                     tracing::error!(node = %link.local_node, peer = %link.peer, error = %fatal, "stream from peer stopped for good");
                     state.failed(&fatal.to_string());
                     return Err(fatal);
+                }
+                if let Some(m) = e.schema_mismatch() {
+                    state.failed(&m.to_string());
+                    if super::schema_stop::wait_for_fix(&link, m, &mut stop).await {
+                        continue;
+                    }
+                    state.set_phase(Phase::Stopped);
+                    return Ok(());
                 }
                 state.retrying(&e.to_string());
                 let mut delay = backoff.next_delay(Instant::now());
@@ -101,6 +110,8 @@ struct Direction<'l> {
     _catalog_task: DropAbort,
     origin: String,
     relations: HashMap<Oid, Relation>,
+    /// Non-built-in types the peer named (Type messages), to compare tables by type name.
+    types: HashMap<Oid, Type>,
     maps: HashMap<Oid, Arc<TableMap>>,
     chunk: Chunk,
     open: Option<OpenTxn>,
@@ -169,6 +180,7 @@ async fn run_once(
         _catalog_task: DropAbort(catalog_task),
         origin: format!("pgmesh_{}", link.peer),
         relations: HashMap::new(),
+        types: HashMap::new(),
         maps: HashMap::new(),
         chunk: Chunk::default(),
         open: None,
@@ -370,6 +382,9 @@ impl Direction<'_> {
                 self.applier.send(Work::ForgetTables).await?;
                 self.relations.insert(r.oid, r);
             }
+            Message::Type(t) => {
+                self.types.insert(t.oid, t);
+            }
             Message::Commit(c) => {
                 let open = self.open.take();
                 let skip = origin_dropped || open.as_ref().is_none_or(|o| o.skip);
@@ -512,8 +527,12 @@ impl Direction<'_> {
                 "change for relation {oid} before its Relation message"
             ))
         })?;
-        let local = Arc::new(LocalTable::load(&self.catalog, rel.schema(), &rel.name).await?);
-        let map = Arc::new(TableMap::new(local, rel, &self.link.local_node)?);
+        let sides = Sides {
+            node: &self.link.local_node,
+            peer: &self.link.peer,
+            peer_sql: &self.link.peer_sql,
+        };
+        let map = Arc::new(map_relation(&self.catalog, rel, &self.types, sides).await?);
         self.maps.insert(oid, map.clone());
         if let Some(open) = self.open.as_mut() {
             open.touches_uniques |= !map.local.uniques.is_empty();
