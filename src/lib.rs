@@ -23,6 +23,7 @@ pub mod lsn;
 pub mod observe;
 pub mod pgtime;
 pub mod protocol;
+pub mod sequences;
 pub mod setup;
 pub mod sidecar;
 pub mod source;

@@ -144,10 +144,11 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
         );
         let all = v.to_string();
         for needle in [
-            "ALTER SEQUENCE public.seqd_id_seq INCREMENT BY 2 START WITH 6 RESTART WITH 6;",
-            "ALTER SEQUENCE public.seqd_id_seq INCREMENT BY 2 START WITH 7 RESTART WITH 7;",
-            "ALTER TABLE public.ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 2 RESTART WITH 2;",
-            "ALTER TABLE public.ident ALTER COLUMN id SET INCREMENT BY 2 SET START WITH 3 RESTART WITH 3;",
+            "pgmesh sequences -c ",
+            "(on a: ALTER SEQUENCE public.seqd_id_seq INCREMENT BY 2 RESTART WITH 6;)",
+            "(on b: ALTER SEQUENCE public.seqd_id_seq INCREMENT BY 2 RESTART WITH 7;)",
+            "(on a: ALTER SEQUENCE public.ident_id_seq INCREMENT BY 2 RESTART WITH 2;)",
+            "(on b: ALTER SEQUENCE public.ident_id_seq INCREMENT BY 2 RESTART WITH 1;)",
         ] {
             assert!(
                 all.contains(needle),

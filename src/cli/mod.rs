@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod conflicts;
 mod lab;
 mod run;
+mod sequences;
 mod setup;
 mod status;
 pub mod tail;
@@ -43,6 +44,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print each committed transaction of a logical replication slot as one JSON line.
     Tail(tail::TailArgs),
+    /// Check that sequences and identity columns never hand out the same value on two
+    /// nodes; --apply sets per-node increments and restart values.
+    Sequences(sequences::SequencesArgs),
     /// Remove everything setup created, keeping user data.
     Teardown(teardown::TeardownArgs),
     /// Start two local nodes replicating both ways, with a demo table (Ctrl-C stops).
@@ -68,6 +72,7 @@ pub fn main() -> ExitCode {
             tail::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Sequences(args) => block_on(sequences::run(args)),
         Command::Teardown(args) => block_on(teardown::run(args)),
         Command::Lab(args) => block_on(lab::run(args)),
         Command::Status(args) => block_on(status::run(args)),

@@ -4,6 +4,8 @@
 use crate::config::{names, ReplicationConfig};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use crate::sequences::SequenceFacts;
+
 /// Everything preflight looks at on one node.
 #[derive(Clone, Debug, Default)]
 pub struct NodeFacts {
@@ -29,7 +31,7 @@ pub struct NodeFacts {
     pub other_walsenders: i64,
     /// User tables (ordinary, not partitions) outside system schemas and pgmesh.
     pub tables: Vec<TableFacts>,
-    /// Sequences owned by a column (serial or identity) of a user table.
+    /// Sequences that fill a column (serial, identity, or a `nextval` default).
     pub sequences: Vec<SequenceFacts>,
     /// Row counts of the selected non-empty tables, by qualified name (absent = empty).
     pub row_counts: BTreeMap<String, i64>,
@@ -86,21 +88,6 @@ impl TableFacts {
             self.primary_key.clone()
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SequenceFacts {
-    /// Qualified sequence name.
-    pub name: String,
-    /// Qualified name of the owning table, and the column.
-    pub table: String,
-    pub column: String,
-    /// Owned by an identity column (altered through ALTER TABLE … ALTER COLUMN).
-    pub identity: bool,
-    pub increment: i64,
-    pub start: i64,
-    /// The value `nextval` would hand out now (after `RESTART WITH`, the restart value).
-    pub next_value: i64,
 }
 
 impl NodeFacts {

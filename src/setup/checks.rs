@@ -4,6 +4,7 @@
 use super::catalog::{NodeFacts, SequenceFacts, TableFacts};
 use super::finding::Finding;
 use crate::config::{names, Config};
+use crate::sequences::plan::Status;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Supported PostgreSQL majors.
@@ -367,69 +368,51 @@ fn compare_columns(
     }
 }
 
-/// Sequences and identity columns of selected tables that would hand out the same values
-/// on two nodes. Safe: every node steps by the same increment of at least the node count,
-/// each from a different residue.
+/// Sequences and identity columns of replicated tables that would hand out the same
+/// values on two nodes (judged by [`crate::sequences::plan`]); `pgmesh sequences --apply`
+/// changes them. One warning per node and sequence of every unsafe group.
 pub fn check_sequences(cfg: &Config, facts: &[NodeFacts], out: &mut Vec<Finding>) {
-    let nodes = facts.len() as i64;
-    if nodes < 2 {
+    if facts.len() < 2 {
         return;
     }
-    let mut by_column: BTreeMap<(String, String), Vec<(&str, &SequenceFacts)>> = BTreeMap::new();
-    for f in facts {
-        let selected: BTreeSet<String> = f
-            .selected_tables(&cfg.replication)
-            .iter()
-            .map(|t| t.qualified())
-            .collect();
-        for s in f.sequences.iter().filter(|s| selected.contains(&s.table)) {
-            by_column
-                .entry((s.table.clone(), s.column.clone()))
-                .or_default()
-                .push((&f.node, s));
-        }
-    }
-    for ((table, column), seqs) in by_column {
-        let inc = seqs[0].1.increment;
-        let residues: BTreeSet<i64> = seqs
-            .iter()
-            .map(|(_, s)| s.next_value.rem_euclid(inc.max(1)))
-            .collect();
-        let safe = inc >= nodes
-            && seqs.iter().all(|(_, s)| s.increment == inc)
-            && residues.len() == seqs.len();
-        if safe {
-            continue;
-        }
-        let high = seqs
-            .iter()
-            .map(|(_, s)| s.next_value - 1)
-            .max()
-            .unwrap_or(0);
-        let base = (high.max(0) / nodes + 1) * nodes;
-        for (k, (node, s)) in seqs.iter().enumerate() {
-            let restart = base + k as i64;
-            let fix = if s.identity {
-                format!(
-                    "ALTER TABLE {table} ALTER COLUMN {} SET INCREMENT BY {nodes} SET START WITH {restart} RESTART WITH {restart};",
-                    names::quote_ident(&column)
-                )
-            } else {
-                format!(
-                    "ALTER SEQUENCE {} INCREMENT BY {nodes} START WITH {restart} RESTART WITH {restart};",
-                    s.name
-                )
-            };
-            out.push(Finding::warning(
-                node,
-                format!(
-                    "{} of {table}.{column} steps by {} (next {}); the same values can be handed out on another node",
-                    if s.identity { "identity" } else { "sequence" },
-                    s.increment,
-                    s.next_value
+    let nodes: Vec<(String, Vec<SequenceFacts>)> = cfg
+        .nodes
+        .keys()
+        .map(|n| {
+            let seqs = facts
+                .iter()
+                .find(|f| f.node == *n)
+                .map(|f| f.sequences.clone())
+                .unwrap_or_default();
+            (n.clone(), seqs)
+        })
+        .collect();
+    let plan = crate::sequences::plan(&cfg.replication, &nodes);
+    let apply = format!("pgmesh sequences -c {} --apply", cfg.source);
+    for g in plan.unsafe_groups() {
+        let columns = g.columns.join(", ");
+        for e in &g.entries {
+            let what = match &e.status {
+                Status::Unsafe(r) | Status::Refused(r) => {
+                    format!("sequence {} of {columns}: {r}", e.sequence)
+                }
+                Status::Safe => format!(
+                    "sequence {} of {columns} must change with the other nodes' sequences of these columns",
+                    e.sequence
                 ),
-                fix,
-            ));
+            };
+            let fix = match &e.change {
+                Some(c) => format!(
+                    "{apply}
+(on {}: {})",
+                    e.node, c.sql
+                ),
+                None => {
+                    "see `pgmesh sequences`; pgmesh changes only ascending sequences with room left"
+                        .into()
+                }
+            };
+            out.push(Finding::warning(&e.node, what, fix));
         }
     }
 }

@@ -227,47 +227,51 @@ fn exact_patterns_must_exist_and_something_must_be_selected() {
 
 #[test]
 fn colliding_sequences_warn_with_per_node_offsets() {
-    let seq = |next: i64| SequenceFacts {
+    let seq = |increment: i64, last: i64, called: bool| SequenceFacts {
         name: "public.t_id_seq".into(),
-        table: "public.t".into(),
-        column: "id".into(),
-        identity: false,
-        increment: 1,
-        start: 1,
-        next_value: next,
+        data_type: "integer".into(),
+        increment,
+        min_value: 1,
+        max_value: i64::from(i32::MAX),
+        cycle: false,
+        last_value: last,
+        is_called: called,
+        columns: vec![crate::sequences::facts::SequenceColumn {
+            schema: "public".into(),
+            table: "t".into(),
+            column: "id".into(),
+            identity: false,
+            type_name: "integer".into(),
+            type_max: Some(i64::from(i32::MAX)),
+            max: None,
+        }],
     };
     let mut a = good("a");
     let mut b = good("b");
-    a.sequences.push(seq(42));
-    b.sequences.push(seq(1));
+    a.sequences.push(seq(1, 41, true));
+    b.sequences.push(seq(1, 1, false));
     let f = check_all(&cfg(""), &[a.clone(), b.clone()], OutputPlugin::Pgoutput);
     assert_eq!(f.len(), 2, "{:#?}", whats(&f));
     assert!(f.iter().all(|f| f.severity == Severity::Warning));
+    assert!(f[0].what.contains("steps by 1"), "{}", f[0].what);
     assert_eq!(
         f[0].fix,
-        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 START WITH 42 RESTART WITH 42;"
+        "pgmesh sequences -c t.toml --apply\n(on a: ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 RESTART WITH 42;)"
     );
-    assert_eq!(
-        f[1].fix,
-        "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 START WITH 43 RESTART WITH 43;"
-    );
-    // After the fix: same increment, different residues → nothing to report.
-    a.sequences[0] = SequenceFacts {
-        increment: 2,
-        ..seq(42)
-    };
-    b.sequences[0] = SequenceFacts {
-        increment: 2,
-        identity: true,
-        ..seq(43)
-    };
+    assert!(f[1]
+        .fix
+        .ends_with("(on b: ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 RESTART WITH 43;)"));
+    // After the fix: a hands out even values, b odd ones → nothing to report.
+    a.sequences[0] = seq(2, 42, false);
+    b.sequences[0] = seq(2, 43, false);
     let f = check_all(&cfg(""), &[a.clone(), b.clone()], OutputPlugin::Pgoutput);
     assert!(f.is_empty(), "{:#?}", whats(&f));
-    b.sequences[0].next_value = 44;
+    // b on the wrong class.
+    b.sequences[0].last_value = 44;
     let f = check_all(&cfg(""), &[a, b], OutputPlugin::Pgoutput);
     assert!(
-        f[1].fix
-            .starts_with("ALTER TABLE public.t ALTER COLUMN id SET INCREMENT BY 2"),
+        f.iter()
+            .any(|f| f.node == "b" && f.what.contains("must hand out values ≡ 1")),
         "{:#?}",
         whats(&f)
     );

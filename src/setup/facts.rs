@@ -1,7 +1,7 @@
 //! The thin I/O layer of preflight: reads a node's settings, role, slots, tables and
 //! sequences into [`NodeFacts`]. No judgement here; that is [`super::checks`].
 
-use super::catalog::{NodeFacts, RoleFacts, SequenceFacts, SlotFacts, TableFacts};
+use super::catalog::{NodeFacts, RoleFacts, SlotFacts, TableFacts};
 use super::error::{query_err, SetupError};
 use crate::config::{names, ReplicationConfig};
 use tokio_postgres::Client;
@@ -47,17 +47,6 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relreplident::text,
  WHERE c.relkind = 'r' AND NOT c.relispartition
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgmesh')
    AND n.nspname NOT LIKE 'pg\\_%'";
-
-const SEQUENCES_SQL: &str = "\
-SELECT sn.nspname::text, sc.relname::text, tn.nspname::text, tc.relname::text, a.attname::text,
-       a.attidentity <> '', s.seqincrement, s.seqstart
-  FROM pg_depend d
-  JOIN pg_sequence s ON s.seqrelid = d.objid
-  JOIN pg_class sc ON sc.oid = s.seqrelid JOIN pg_namespace sn ON sn.oid = sc.relnamespace
-  JOIN pg_class tc ON tc.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
-  JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
- WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-   AND d.deptype IN ('a', 'i')";
 
 /// Row counts above this are reported as "at least"; comparing them needs `verify`.
 pub const ROW_COUNT_CAP: i64 = 1_000_000;
@@ -138,37 +127,10 @@ pub async fn gather(
             }
         })
         .collect();
-    f.sequences = client
-        .query(SEQUENCES_SQL, &[])
+    // Their state only; `pgmesh sequences` also reads the columns' largest values.
+    f.sequences = crate::sequences::gather(client, repl, None)
         .await
-        .map_err(q("listing sequences"))?
-        .iter()
-        .map(|r| SequenceFacts {
-            name: names::qualified_table(r.get(0), r.get(1)),
-            table: names::qualified_table(r.get(2), r.get(3)),
-            column: r.get(4),
-            identity: r.get(5),
-            increment: r.get(6),
-            start: r.get(7),
-            next_value: r.get(7),
-        })
-        .collect();
-    for s in &mut f.sequences {
-        // Read the sequence itself: pg_sequence_last_value is NULL after RESTART WITH.
-        let row = client
-            .query_one(
-                &format!("SELECT last_value, is_called FROM {}", s.name),
-                &[],
-            )
-            .await
-            .map_err(q("reading a sequence"))?;
-        let last: i64 = row.get(0);
-        s.next_value = if row.get(1) {
-            last.saturating_add(s.increment)
-        } else {
-            last
-        };
-    }
+        .map_err(q("reading sequences"))?;
     f.published = client
         .query(
             "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
