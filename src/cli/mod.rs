@@ -5,6 +5,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 mod conflicts;
+mod ddl;
 mod lab;
 mod run;
 mod sequences;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Check that sequences and identity columns never hand out the same value on two
     /// nodes; --apply sets per-node increments and restart values.
     Sequences(sequences::SequencesArgs),
+    /// Apply a schema change (ALTER TABLE, CREATE TABLE, …) to every node in an order that
+    /// keeps replication running.
+    Ddl(ddl::DdlArgs),
     /// Remove everything setup created, keeping user data.
     Teardown(teardown::TeardownArgs),
     /// Start two local nodes replicating both ways, with a demo table (Ctrl-C stops).
@@ -73,6 +77,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Sequences(args) => block_on(sequences::run(args)),
+        Command::Ddl(args) => block_on(ddl::run(args)),
         Command::Teardown(args) => block_on(teardown::run(args)),
         Command::Lab(args) => block_on(lab::run(args)),
         Command::Status(args) => block_on(status::run(args)),

@@ -48,6 +48,32 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relreplident::text,
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgmesh')
    AND n.nspname NOT LIKE 'pg\\_%'";
 
+/// One table's facts (as [`gather`] reads them), by OID; `None` when it is not an
+/// ordinary user table (gone, a partition, a system table).
+pub async fn table_facts(
+    client: &Client,
+    oid: u32,
+) -> Result<Option<TableFacts>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(&format!("{TABLES_SQL} AND c.oid = $1"), &[&oid])
+        .await?;
+    Ok(row.map(|r| table_from_row(&r)))
+}
+
+fn table_from_row(r: &tokio_postgres::Row) -> TableFacts {
+    let replident: String = r.get(3);
+    let names: Vec<String> = r.get(5);
+    let types: Vec<String> = r.get(6);
+    TableFacts {
+        oid: u32::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+        schema: r.get(1),
+        name: r.get(2),
+        replica_identity: replident.chars().next().unwrap_or('d'),
+        primary_key: r.get(4),
+        columns: names.into_iter().zip(types).collect(),
+    }
+}
+
 /// Row counts above this are reported as "at least"; comparing them needs `verify`.
 pub const ROW_COUNT_CAP: i64 = 1_000_000;
 
@@ -113,19 +139,7 @@ pub async fn gather(
         .await
         .map_err(q("listing tables"))?
         .iter()
-        .map(|r| {
-            let replident: String = r.get(3);
-            let names: Vec<String> = r.get(5);
-            let types: Vec<String> = r.get(6);
-            TableFacts {
-                oid: u32::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
-                schema: r.get(1),
-                name: r.get(2),
-                replica_identity: replident.chars().next().unwrap_or('d'),
-                primary_key: r.get(4),
-                columns: names.into_iter().zip(types).collect(),
-            }
-        })
+        .map(table_from_row)
         .collect();
     // Their state only; `pgmesh sequences` also reads the columns' largest values.
     f.sequences = crate::sequences::gather(client, repl, None)
