@@ -106,6 +106,11 @@ pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
                 || c == "40P01"
                 || c == "55P03"
                 || c == "58030"
+                // A column or type of the local table changed after its definition was
+                // read (e.g. `pgmesh ddl` committed here): the retry reads it again, and
+                // a real difference then stops with what differs (apply::shape).
+                || c == "42703"
+                || c == "42804"
         }
     }
 }

@@ -110,7 +110,10 @@ pub async fn run(args: DdlArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
             } else {
                 eprintln!("error: {e}");
             }

@@ -70,8 +70,14 @@ fn refusals_say_what_to_do() {
         ("ALTER TABLE t REPLICA IDENTITY FULL", "full_identity"),
         ("ALTER TABLE t DISABLE TRIGGER ALL", "tombstone"),
         ("ALTER TABLE t SET SCHEMA app", "SET: not run"),
-        ("ALTER TABLE t ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY", "pgmesh sequences"),
-        ("CREATE INDEX CONCURRENTLY i ON t (v)", "inside a transaction"),
+        (
+            "ALTER TABLE t ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY",
+            "pgmesh sequences",
+        ),
+        (
+            "CREATE INDEX CONCURRENTLY i ON t (v)",
+            "inside a transaction",
+        ),
         ("DROP INDEX CONCURRENTLY i", "inside a transaction"),
         ("CREATE TABLE t2 AS SELECT * FROM t", "fill it on one node"),
         ("CREATE UNLOGGED TABLE t3 (id int)", "never replicated"),

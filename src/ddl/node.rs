@@ -22,7 +22,17 @@ pub struct NodeOutcome {
     pub defaults: Vec<NewDefault>,
     /// OIDs of the tables touched, to compare across nodes after commit.
     pub tables: Vec<u32>,
+    /// The transaction rewrote a table and is bound to [`REWRITE_ORIGIN`] (reset it and
+    /// drop the origin after commit or rollback).
+    pub stamped: bool,
 }
+
+/// The replication origin a table rewrite is committed under (not a possible node name,
+/// so never a peer's origin); created for the transaction and dropped after it.
+pub const REWRITE_ORIGIN: &str = "pgmesh-ddl";
+
+/// The commit time rewritten rows read back with: older than any change in flight.
+const REWRITE_TIME: &str = "1970-01-01 00:00:00+00";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDefault {
@@ -56,11 +66,20 @@ pub async fn run_on_node(
             }
         }
     };
-    // Column names of altered tables before the change (to find the new ones).
+    // Column names of altered tables before the change (to find the new ones), and their
+    // files (a new file means the table was rewritten).
     let mut before: Vec<(String, BTreeSet<String>)> = Vec::new();
+    let mut files: Vec<(u32, Option<u32>)> = Vec::new();
     for (_, s) in stmts {
         if let Statement::AlterTable { table, .. } = s {
-            if let Some((schema, rel, _)) = resolve(client, table).await.map_err(fail("reading the table".into()))? {
+            if let Some((schema, rel, oid)) = resolve(client, table)
+                .await
+                .map_err(fail("reading the table".into()))?
+            {
+                let file = relfilenode(client, oid)
+                    .await
+                    .map_err(fail("reading the table".into()))?;
+                files.push((oid, file));
                 let cols = read_shape(client, &schema, &rel)
                     .await
                     .map_err(fail("reading the table".into()))?
@@ -77,6 +96,23 @@ pub async fn run_on_node(
             .map_err(fail(format!("running `{}`", short(sql))))?;
     }
     let mut out = NodeOutcome::default();
+    let mut rewritten = Vec::new();
+    for (oid, file) in &files {
+        let now = relfilenode(client, *oid)
+            .await
+            .map_err(fail("reading the table".into()))?;
+        if now.is_some() && now != *file {
+            rewritten.push(*oid);
+        }
+    }
+    if !rewritten.is_empty() {
+        stamp_rewrite(client, node).await?;
+        out.stamped = true;
+        out.notes.push(format!(
+            "the change rewrote {} table(s); their rows read back as written at {REWRITE_TIME} (origin {REWRITE_ORIGIN}), so the peer's changes still in flight win over them",
+            rewritten.len()
+        ));
+    }
     let has_pgmesh: bool = client
         .query_one("SELECT to_regnamespace('pgmesh') IS NOT NULL", &[])
         .await
@@ -85,7 +121,9 @@ pub async fn run_on_node(
     let mut seen = BTreeSet::new();
     for (_, s) in stmts {
         let (table, created) = match s {
-            Statement::AlterTable { table, .. } | Statement::CreateIndex { table } => (table, false),
+            Statement::AlterTable { table, .. } | Statement::CreateIndex { table } => {
+                (table, false)
+            }
             Statement::CreateTable { table } => (table, true),
             Statement::DropIndex | Statement::Plain => continue,
         };
@@ -111,8 +149,8 @@ pub async fn run_on_node(
         else {
             continue;
         };
-        let full_ok = cfg.replication.allows_full_identity(&schema, &rel)
-            && facts.replica_identity == 'f';
+        let full_ok =
+            cfg.replication.allows_full_identity(&schema, &rel) && facts.replica_identity == 'f';
         if facts.primary_key.is_empty() && !full_ok {
             return Err(Err(DdlError::Refused(format!(
                 "table {q} is replicated ([replication].tables selects it) but would have no primary key on node {node}: give it one in the same run (ALTER TABLE {q} ADD PRIMARY KEY (…)), or list it in [replication].full_identity and set REPLICA IDENTITY FULL; nothing was changed"
@@ -126,10 +164,17 @@ pub async fn run_on_node(
         }
         if created {
             client
-                .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {q}", names::PUBLICATION))
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} ADD TABLE {q}",
+                    names::PUBLICATION
+                ))
                 .await
-                .map_err(fail(format!("adding {q} to publication {}", names::PUBLICATION)))?;
-            out.notes.push(format!("added {q} to publication {}", names::PUBLICATION));
+                .map_err(fail(format!(
+                    "adding {q} to publication {}",
+                    names::PUBLICATION
+                )))?;
+            out.notes
+                .push(format!("added {q} to publication {}", names::PUBLICATION));
         }
         // The tombstone function names the key columns: regenerate it when they change.
         let func = names::tombstone_function(oid);
@@ -155,12 +200,58 @@ pub async fn run_on_node(
                 .map_err(fail(format!("regenerating the tombstone trigger of {q}")))?;
             out.notes.push(format!(
                 "{} tombstone trigger of {q} (key: {})",
-                if body.is_some() { "regenerated" } else { "created" },
+                if body.is_some() {
+                    "regenerated"
+                } else {
+                    "created"
+                },
                 facts.key_columns().join(", ")
             ));
         }
     }
     Ok(out)
+}
+
+/// A table's file (`None` for a table without storage, e.g. partitioned).
+async fn relfilenode(client: &Client, oid: u32) -> Result<Option<u32>, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT pg_relation_filenode($1::oid::regclass)", &[&oid])
+        .await?
+        .get(0))
+}
+
+/// A table rewrite gives every row a new version stamped with this transaction's commit
+/// time and origin, which last-writer-wins reads as the row's last write: a change the
+/// peer made just before its own ALTER, still on its way here, would lose against it and
+/// be dropped. Committing the rewrite under a replication origin with an old time
+/// (PostgreSQL records the origin's time as the commit time) makes those rows older than
+/// any change in flight, and the peer's changes apply.
+async fn stamp_rewrite(client: &Client, node: &str) -> Result<(), Result<LockTimeout, DdlError>> {
+    let sql = format!(
+        "SELECT pg_replication_origin_create('{REWRITE_ORIGIN}')
+          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = '{REWRITE_ORIGIN}');
+         SELECT pg_replication_origin_session_setup('{REWRITE_ORIGIN}');
+         SELECT pg_replication_origin_xact_setup('0/0', '{REWRITE_TIME}')"
+    );
+    client.batch_execute(&sql).await.map_err(|e| {
+        Err(DdlError::Refused(format!(
+            "the change rewrites a replicated table on node {node}; pgmesh ddl commits a rewrite under a replication origin so the peer's changes in flight are not lost, and that failed: {}. Run pgmesh ddl as a superuser (or a role with EXECUTE on pg_replication_origin_create, _session_setup, _xact_setup, _session_reset and _drop); nothing was changed",
+            crate::sqlconn::pg_message(&e)
+        )))
+    })
+}
+
+/// Unbinds the session from [`REWRITE_ORIGIN`] (after commit or rollback) and drops the
+/// origin; best effort.
+pub async fn unstamp(client: &Client) {
+    let _ = client
+        .batch_execute("SELECT pg_replication_origin_session_reset()")
+        .await;
+    let _ = client
+        .batch_execute(&format!(
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = '{REWRITE_ORIGIN}'"
+        ))
+        .await;
 }
 
 /// (schema, table, oid) of a table name on this node (search path applied).

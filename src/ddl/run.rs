@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::classify::{classify, Refusal, Statement};
-use super::node::{run_on_node, short, LockTimeout, NodeOutcome};
+use super::node::{run_on_node, short, unstamp, LockTimeout, NodeOutcome};
 use super::split::statements;
 use super::DdlError;
 use crate::config::Config;
@@ -75,14 +75,20 @@ pub async fn run(
                 rollback_all(&clients).await;
                 match e {
                     Ok(node) if attempt < opts.attempts => {
-                        let wait = Duration::from_millis(200 * u64::from(attempt)).min(Duration::from_secs(3));
+                        let wait = Duration::from_millis(200 * u64::from(attempt))
+                            .min(Duration::from_secs(3));
                         progress(&format!(
                             "a lock on node {node} was not granted within {:?} (attempt {attempt} of {}); everything rolled back, retrying in {wait:?}",
                             opts.lock_timeout, opts.attempts
                         ));
                         tokio::time::sleep(wait).await;
                     }
-                    Ok(node) => return Err(DdlError::Locks { node, attempts: attempt }),
+                    Ok(node) => {
+                        return Err(DdlError::Locks {
+                            node,
+                            attempts: attempt,
+                        })
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -120,6 +126,11 @@ pub async fn run(
         }
         report.committed.push(node.clone());
     }
+    for ((_, c), o) in clients.iter().zip(&outcomes) {
+        if o.stamped {
+            unstamp(c).await;
+        }
+    }
     report.differences = compare_tables(&clients, &outcomes).await;
     Ok(report)
 }
@@ -156,6 +167,8 @@ async fn attempt_once(
 async fn rollback_all(clients: &[(String, Client)]) {
     for (_, c) in clients {
         let _ = c.batch_execute("ROLLBACK").await;
+        // A session bound to the rewrite origin stays bound after a rollback.
+        unstamp(c).await;
     }
 }
 
@@ -211,8 +224,12 @@ async fn compare_tables(clients: &[(String, Client)], outcomes: &[NodeOutcome]) 
                 None => None,
             };
             match other {
-                None => out.push(format!("table {q} exists on {first_node} but not on {node}")),
-                Some(t) if t.columns != reference.columns || t.primary_key != reference.primary_key => {
+                None => out.push(format!(
+                    "table {q} exists on {first_node} but not on {node}"
+                )),
+                Some(t)
+                    if t.columns != reference.columns || t.primary_key != reference.primary_key =>
+                {
                     out.push(format!(
                         "table {q} differs: on {first_node} ({}; key {}), on {node} ({}; key {})",
                         describe(&reference.columns),

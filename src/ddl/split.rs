@@ -80,7 +80,8 @@ fn skip_one(sql: &str, pos: usize) -> Result<usize, SplitError> {
     match b[pos] {
         b'\'' => {
             // E'…' strings allow backslash escapes.
-            let escapes = pos > 0 && matches!(b[pos - 1], b'e' | b'E') && !is_ident_byte_before(b, pos - 1);
+            let escapes =
+                pos > 0 && matches!(b[pos - 1], b'e' | b'E') && !is_ident_byte_before(b, pos - 1);
             let mut i = pos + 1;
             while i < b.len() {
                 match b[i] {
@@ -179,7 +180,10 @@ pub fn tokens(stmt: &str) -> Result<Vec<Token>, SplitError> {
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let mut end = pos;
                 while end < b.len()
-                    && (b[end].is_ascii_alphanumeric() || b[end] == b'_' || b[end] == b'$' || b[end] >= 0x80)
+                    && (b[end].is_ascii_alphanumeric()
+                        || b[end] == b'_'
+                        || b[end] == b'$'
+                        || b[end] >= 0x80)
                 {
                     end += 1;
                 }
@@ -218,13 +222,19 @@ mod tests {
         assert!(s[1].ends_with("CREATE TABLE \"we;ird\" (id int)"));
         assert!(s[2].contains("$body$ SELECT 1; $body$"));
         assert_eq!(s[3], "SELECT E'it\\'s;', $$a;b$$");
-        assert_eq!(statements(" -- nothing\n ; /* */").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            statements(" -- nothing\n ; /* */").unwrap(),
+            Vec::<String>::new()
+        );
         assert!(statements("SELECT 'open").is_err());
     }
 
     #[test]
     fn tokens_lowercase_words_and_keep_quoted_identifiers() {
-        let t = tokens("ALTER TABLE public.\"Order\" ADD COLUMN \"a\"\"b\" numeric(10, 2) DEFAULT E'x'").unwrap();
+        let t = tokens(
+            "ALTER TABLE public.\"Order\" ADD COLUMN \"a\"\"b\" numeric(10, 2) DEFAULT E'x'",
+        )
+        .unwrap();
         assert_eq!(
             t,
             vec![
