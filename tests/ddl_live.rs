@@ -47,7 +47,7 @@ fn a_column_added_on_one_node_stops_only_the_direction_into_the_other() {
             "column extra (text) exists on a but not on b",
             "position kept",
             "ALTER TABLE public.items ADD COLUMN extra text;",
-            "pgmesh ddl",
+            "pgmesh ddl -c <config> --node b \"ALTER TABLE public.items ADD COLUMN extra text\"",
         ] {
             assert!(log.contains(want), "PG{major}: missing {want:?} in\n{log}");
         }
@@ -91,7 +91,21 @@ fn a_column_added_on_one_node_stops_only_the_direction_into_the_other() {
 
         // The fix, while b's sidecar is down; restarted, it resumes from the kept position.
         drop(sb);
-        b.psql("ALTER TABLE items ADD COLUMN extra text").unwrap();
+        let out = pgmesh(
+            &[
+                "ddl",
+                "--node",
+                "b",
+                "ALTER TABLE items ADD COLUMN extra text",
+            ],
+            &cfg,
+        );
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(0), "PG{major}: {t}");
+        assert!(
+            t.contains("ran on b ") && t.contains("committed on b"),
+            "PG{major}: {t}"
+        );
         let sb = Sidecar::spawn(&cfg, "b", dir.path().join("b2.log"));
         wait_converged(&a, &b, &["items"], MINUTE);
         assert_eq!(

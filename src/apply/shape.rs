@@ -345,38 +345,38 @@ impl SchemaMismatch {
             .collect()
     }
 
-    /// SQL that makes this node's table match the peer's, where one statement does.
+    /// SQL (or a comment saying what to do) that makes this node's table match the peer's.
     #[must_use]
     pub fn fixes(&self) -> Vec<String> {
         let t = &self.table;
         self.differences
             .iter()
-            .filter_map(|d| match d {
-                Difference::MissingHere { column, peer_type } => Some(format!(
+            .map(|d| match d {
+                Difference::MissingHere { column, peer_type } => format!(
                     "ALTER TABLE {t} ADD COLUMN {} {peer_type};",
                     quote_ident(column)
-                )),
+                ),
                 Difference::TypeDiffers {
                     column, peer_type, ..
-                } => Some(format!(
+                } => format!(
                     "ALTER TABLE {t} ALTER COLUMN {} TYPE {peer_type};",
                     quote_ident(column)
-                )),
-                Difference::NotNullHere { column, .. } => Some(format!(
+                ),
+                Difference::NotNullHere { column, .. } => format!(
                     "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL;  -- or SET DEFAULT …, or add the column on {}",
                     quote_ident(column),
                     self.peer
-                )),
-                Difference::KeyNotSent { .. } => Some(format!(
+                ),
+                Difference::KeyNotSent { .. } => format!(
                     "-- give {t} the same PRIMARY KEY on {} and {}",
                     self.node, self.peer
-                )),
-                Difference::PossibleRename { gone, new } => Some(format!(
+                ),
+                Difference::PossibleRename { gone, new } => format!(
                     "-- if {} was renamed to {}: rename it back on {} (ALTER TABLE {t} RENAME COLUMN …) until this stream has passed the rename, then rename it again",
                     gone.join(", "),
                     new.join(", "),
                     self.node
-                )),
+                ),
             })
             .collect()
     }
@@ -384,20 +384,42 @@ impl SchemaMismatch {
 
 impl fmt::Display for SchemaMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fixes = self.fixes();
+        let sql: Vec<&str> = fixes
+            .iter()
+            .filter(|x| !x.starts_with("--"))
+            .map(|x| x.split(";  --").next().unwrap_or(x).trim_end_matches(';'))
+            .collect();
         write!(
             f,
             "table {} differs between {} and {}: {}. The stream from {} is stopped with its position kept \
              (nothing after the last applied commit is acknowledged, so no change is lost). \
-             To continue, make the table the same on both nodes, e.g. on {}: {} \
-             (or change every node at once with `pgmesh ddl -c <config> \"ALTER TABLE …\"`). \
-             The stream resumes by itself once the tables match, or when the sidecar restarts",
+             To continue, make the table on {} match",
             self.table,
             self.peer,
             self.node,
             self.describe().join("; "),
             self.peer,
             self.node,
-            self.fixes().join(" "),
+        )?;
+        if !sql.is_empty() {
+            // pgmesh ddl rather than psql: a statement that rewrites the table would make
+            // its rows look newer than the peer's changes waiting in the stream.
+            write!(
+                f,
+                ": pgmesh ddl -c <config> --node {} \"{}\" (by hand: {})",
+                self.node,
+                sql.join("; "),
+                fixes.join(" ")
+            )?;
+        } else {
+            write!(f, ": {}", fixes.join(" "))?;
+        }
+        write!(
+            f,
+            ", or undo the change on {} (to change every node at once: pgmesh ddl -c <config> \"ALTER TABLE …\"). \
+             The stream resumes by itself once the tables match, or when the sidecar restarts",
+            self.peer
         )
     }
 }

@@ -339,7 +339,7 @@ fn the_message_says_what_differs_and_how_to_continue() {
         "position kept",
         "ALTER TABLE public.items ADD COLUMN extra text;",
         "ALTER TABLE public.items ALTER COLUMN qty TYPE bigint;",
-        "pgmesh ddl",
+        "pgmesh ddl -c <config> --node b \"ALTER TABLE public.items ADD COLUMN extra text; ALTER TABLE public.items ALTER COLUMN qty TYPE bigint\"",
         "resumes by itself",
     ] {
         assert!(s.contains(want), "missing {want:?} in {s}");

@@ -34,6 +34,10 @@ pub struct DdlArgs {
     /// Run everything on every node, then roll back.
     #[arg(long)]
     pub dry_run: bool,
+    /// Change only this node (e.g. to give it a column the other node already has, after
+    /// a direction stopped because the table differs); the nodes are compared afterwards.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -74,6 +78,12 @@ pub async fn run(args: DdlArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if let Some(n) = &args.node {
+        if let Err(e) = cfg.node(n) {
+            eprintln!("error: --node: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let sql = match (&args.sql, &args.file) {
         (Some(s), _) => s.clone(),
         (None, Some(f)) if f.as_os_str() == "-" => {
@@ -104,6 +114,7 @@ pub async fn run(args: DdlArgs) -> anyhow::Result<ExitCode> {
         lock_timeout: args.lock_timeout,
         attempts: args.attempts.max(1),
         dry_run: args.dry_run,
+        only: args.node.clone(),
     };
     let json = args.json;
     let report = match ddl::run(&cfg, &stmts, &opts, |m| eprintln!("pgmesh ddl: {m}")).await {
@@ -126,7 +137,12 @@ pub async fn run(args: DdlArgs) -> anyhow::Result<ExitCode> {
         v["ok"] = ok.into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let nodes: Vec<&str> = cfg.nodes.keys().map(String::as_str).collect();
+        let nodes: Vec<&str> = cfg
+            .nodes
+            .keys()
+            .map(String::as_str)
+            .filter(|n| args.node.as_deref().is_none_or(|o| o == *n))
+            .collect();
         println!(
             "ran on {} ({} statement(s), {} attempt(s)):",
             nodes.join(", "),

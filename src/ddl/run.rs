@@ -21,6 +21,8 @@ pub struct DdlOptions {
     pub attempts: u32,
     /// Run everything, then roll back on every node.
     pub dry_run: bool,
+    /// Run on this node only (to bring its table in line with the other nodes').
+    pub only: Option<String>,
 }
 
 /// What a run did.
@@ -56,10 +58,14 @@ pub async fn run(
     opts: &DdlOptions,
     progress: impl Fn(&str),
 ) -> Result<DdlReport, DdlError> {
-    let mut clients = Vec::new();
+    let mut all = Vec::new();
     for node in cfg.nodes.values() {
-        clients.push((node.name.clone(), crate::setup::connect(node).await?));
+        all.push((node.name.clone(), crate::setup::connect(node).await?));
     }
+    // The nodes to change; the others are only compared with afterwards.
+    let (clients, others): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(n, _)| opts.only.as_ref().is_none_or(|o| o == n));
     let mut report = DdlReport {
         statements: stmts.iter().map(|(s, _)| s.clone()).collect(),
         dry_run: opts.dry_run,
@@ -131,7 +137,11 @@ pub async fn run(
             unstamp(c).await;
         }
     }
-    report.differences = compare_tables(&clients, &outcomes).await;
+    let oids: Vec<u32> = outcomes
+        .iter()
+        .flat_map(|o| o.tables.iter().copied())
+        .collect();
+    report.differences = compare_tables(&clients, &others, &oids).await;
     Ok(report)
 }
 
@@ -200,19 +210,28 @@ fn check_defaults(outcomes: &[NodeOutcome]) -> Result<(), DdlError> {
     Ok(())
 }
 
-/// After the commits: the touched tables must have the same columns, types and key on
-/// every node (a statement can behave differently on two nodes, e.g. IF NOT EXISTS).
-async fn compare_tables(clients: &[(String, Client)], outcomes: &[NodeOutcome]) -> Vec<String> {
+/// After the commits: the touched tables (`oids`, as the first changed node knows them)
+/// must have the same columns, types and key on every node (a statement can behave
+/// differently on two nodes, e.g. IF NOT EXISTS; or `--node` left the others different).
+async fn compare_tables(
+    changed: &[(String, Client)],
+    others: &[(String, Client)],
+    oids: &[u32],
+) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(((first_node, first), first_out)) = clients.first().zip(outcomes.first()) else {
+    let Some((first_node, first)) = changed.first() else {
         return out;
     };
-    for oid in &first_out.tables {
+    let mut seen = std::collections::BTreeSet::new();
+    for oid in oids {
         let Ok(Some(reference)) = table_facts(first, *oid).await else {
             continue;
         };
         let q = reference.qualified();
-        for (node, c) in &clients[1..] {
+        if !seen.insert(q.clone()) {
+            continue;
+        }
+        for (node, c) in changed[1..].iter().chain(others) {
             let other = match c
                 .query_opt("SELECT to_regclass($1)::oid", &[&q])
                 .await
