@@ -249,6 +249,55 @@ fn pgmesh_ddl_changes_both_nodes_while_they_write_and_nothing_stops() {
 }
 
 #[test]
+fn a_direction_behind_several_schema_changes_catches_up_across_them() {
+    let _t = cli::turn();
+    for major in versions_under_test() {
+        let (a, b, dir, cfg) = cli::nodes_with_setup(major, DDL, "\"public.*\"");
+        a.psql("INSERT INTO items SELECT g, g, 'seed' FROM generate_series(1, 20) g")
+            .unwrap();
+        let sa = Sidecar::spawn(&cfg, "a", dir.path().join("a.log"));
+        let sb = Sidecar::spawn(&cfg, "b", dir.path().join("b.log"));
+        wait_converged(&a, &b, &["items"], MINUTE);
+        // b's sidecar is down: a's changes wait in the slot, made with the old shape.
+        drop(sb);
+        a.psql("UPDATE items SET k = k + 100, old = 'changed' WHERE id <= 10; INSERT INTO items VALUES (21, 21, 'late')")
+            .unwrap();
+        // Three changes on both nodes while those changes wait: an add, a drop (not a
+        // rename: pgmesh ddl records it), and a rewrite (the rewritten rows must not win
+        // over the waiting updates).
+        for sql in [
+            "ALTER TABLE items ADD COLUMN note text",
+            "ALTER TABLE items DROP COLUMN old",
+            "ALTER TABLE items ALTER COLUMN k TYPE bigint",
+        ] {
+            let out = pgmesh(&["ddl", sql], &cfg);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "PG{major} {sql}: {}",
+                text(&out)
+            );
+        }
+        assert_eq!(
+            b.psql("SELECT dropped::text FROM pgmesh.schema_changes WHERE 'old' = ANY (dropped)")
+                .unwrap(),
+            "{old}"
+        );
+        let sb = Sidecar::spawn(&cfg, "b", dir.path().join("b2.log"));
+        cli::wait_converged_or_show(&a, &b, &["items"], MINUTE, &[&sa, &sb]);
+        assert_eq!(
+            b.psql("SELECT sum(k) FROM items").unwrap(),
+            ((1..=20).sum::<i64>() + 1000 + 21).to_string(),
+            "PG{major}: every waiting update arrived"
+        );
+        for s in [&sa, &sb] {
+            let log = s.log_text();
+            assert!(!log.contains("differs between"), "PG{major}:\n{log}");
+        }
+    }
+}
+
+#[test]
 fn pgmesh_ddl_refuses_what_would_break_replication() {
     let _t = cli::turn();
     for major in versions_under_test() {

@@ -21,7 +21,8 @@
 //! cast (it travels as text). This is what lets `pgmesh ddl` change both nodes while
 //! changes are in flight. The one exception: columns gone on both nodes together with
 //! columns new on both look like a rename, whose old values must not be discarded, so
-//! that stops.
+//! that stops, unless `pgmesh ddl` recorded the gone columns as dropped on this node
+//! (`pgmesh.schema_changes`).
 
 use std::fmt;
 
@@ -221,8 +222,15 @@ impl Check {
 /// Compares the stream's description of a table with this node's table; `peer_now` is
 /// the peer's table as it is now (read only when the first comparison found differences),
 /// which turns differences the peer has since made on its side too into history.
+/// `dropped_here` names columns `pgmesh ddl` dropped from this table on this node (so
+/// they were not renamed).
 #[must_use]
-pub fn compare(remote: &RemoteShape, local: &Shape, peer_now: Option<&Shape>) -> Check {
+pub fn compare(
+    remote: &RemoteShape,
+    local: &Shape,
+    peer_now: Option<&Shape>,
+    dropped_here: &[String],
+) -> Check {
     let mut check = Check::default();
     let mut gone = Vec::new();
     for rc in &remote.columns {
@@ -263,7 +271,8 @@ pub fn compare(remote: &RemoteShape, local: &Shape, peer_now: Option<&Shape>) ->
             });
         }
     }
-    if !gone.is_empty() && !new.is_empty() {
+    let unexplained = gone.iter().any(|g| !dropped_here.contains(g));
+    if unexplained && !new.is_empty() {
         check
             .differences
             .push(Difference::PossibleRename { gone, new });

@@ -109,6 +109,22 @@ pub async fn read_peer_shape(
     Ok(shape?)
 }
 
+/// Columns `pgmesh ddl` dropped from `schema.table` on the node of `client`
+/// (`pgmesh.schema_changes`); empty where that table does not exist or is not readable.
+pub async fn dropped_by_ddl(client: &Client, schema: &str, table: &str) -> Vec<String> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT d FROM pgmesh.schema_changes, unnest(dropped) AS d
+              WHERE table_name = $1",
+            &[&names::qualified_table(schema, table)],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Names the stream's built-in column types with this node's `format_type` (a built-in
 /// OID is the same type on every node), for messages.
 async fn name_builtin_types(client: &Client, remote: &mut RemoteShape) -> Result<(), ApplyError> {
@@ -160,7 +176,7 @@ pub async fn map_relation(
             .ok_or_else(|| ApplyError::MissingTable {
                 table: format!("{schema}.{relname}"),
             })?;
-    let mut check = compare(&remote, &shape, None);
+    let mut check = compare(&remote, &shape, None, &[]);
     if !check.fits() {
         let settled = read_shape_settled(catalog, schema, relname)
             .await?
@@ -169,10 +185,11 @@ pub async fn map_relation(
             })?;
         local = LocalTable::load(catalog, schema, relname).await?;
         let peer_now = read_peer_shape(sides.peer_sql, schema, relname).await?;
-        check = compare(&remote, &settled, peer_now.as_ref());
+        let dropped = dropped_by_ddl(catalog, schema, relname).await;
+        check = compare(&remote, &settled, peer_now.as_ref(), &dropped);
         if !check.fits() {
             name_builtin_types(catalog, &mut remote).await?;
-            let check = compare(&remote, &settled, peer_now.as_ref());
+            let check = compare(&remote, &settled, peer_now.as_ref(), &dropped);
             return Err(ApplyError::SchemaMismatch(Box::new(SchemaMismatch {
                 table: local.name.clone(),
                 schema: schema.to_string(),
@@ -202,11 +219,12 @@ pub async fn mismatch_fixed(
         .batch_execute("SET application_name = 'pgmesh schema check'")
         .await;
     let local = read_shape_settled(&client, &m.schema, &m.relname).await;
+    let dropped = dropped_by_ddl(&client, &m.schema, &m.relname).await;
     drop(client);
     task.abort();
     let Some(local) = local? else {
         return Ok(false);
     };
     let peer_now = read_peer_shape(peer_sql, &m.schema, &m.relname).await?;
-    Ok(compare(&m.remote, &local, peer_now.as_ref()).fits())
+    Ok(compare(&m.remote, &local, peer_now.as_ref(), &dropped).fits())
 }

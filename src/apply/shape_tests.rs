@@ -61,7 +61,7 @@ fn same_table_fits() {
         ("id", builtin(INT4, -1), true),
         ("v", builtin(TEXT, -1), false),
     ]);
-    let c = compare(&r, &items(), None);
+    let c = compare(&r, &items(), None, &[]);
     assert!(c.fits(), "{c:?}");
     assert!(c.discard.is_empty() && c.history.is_empty());
 }
@@ -73,7 +73,7 @@ fn a_column_only_the_peer_has_stops() {
         ("v", builtin(TEXT, -1), false),
         ("extra", builtin(TEXT, -1), false),
     ]);
-    let c = compare(&r, &items(), None);
+    let c = compare(&r, &items(), None, &[]);
     assert_eq!(
         c.differences,
         [Difference::MissingHere {
@@ -84,7 +84,7 @@ fn a_column_only_the_peer_has_stops() {
     // The peer has it now as well: still missing here, still a stop.
     let mut peer = items();
     peer.columns.push(col("extra", builtin(TEXT, -1)));
-    assert!(!compare(&r, &items(), Some(&peer)).fits());
+    assert!(!compare(&r, &items(), Some(&peer), &[]).fits());
 }
 
 #[test]
@@ -100,13 +100,13 @@ fn a_nullable_or_defaulted_column_only_here_is_fine() {
         has_default: true,
         ..col("n", builtin(INT4, -1))
     });
-    assert!(compare(&r, &local, None).fits());
+    assert!(compare(&r, &local, None, &[]).fits());
     local.columns.push(ShapeColumn {
         not_null: true,
         ..col("must", builtin(INT4, -1))
     });
     assert_eq!(
-        compare(&r, &local, None).differences,
+        compare(&r, &local, None, &[]).differences,
         [Difference::NotNullHere {
             column: "must".into(),
             local_type: "integer".into()
@@ -124,7 +124,7 @@ fn types_compare_by_oid_and_modifier_and_user_types_by_name() {
         vec![col("id", builtin(INT4, -1)), col("v", builtin(VARCHAR, 24))],
         &["id"],
     );
-    let c = compare(&r, &local, None);
+    let c = compare(&r, &local, None, &[]);
     assert_eq!(c.differences.len(), 2, "{c:?}");
     assert_eq!(
         c.differences[0],
@@ -142,10 +142,10 @@ fn types_compare_by_oid_and_modifier_and_user_types_by_name() {
         vec![col("id", builtin(INT4, -1)), col("v", mood_here)],
         &["id"],
     );
-    assert!(compare(&r, &local, None).fits());
+    assert!(compare(&r, &local, None, &[]).fits());
     let other = ColumnType::from_catalog(16501, "app", "mood", -1, "app.mood");
     let local2 = table(vec![col("id", builtin(INT4, -1)), col("v", other)], &["id"]);
-    assert!(!compare(&r, &local2, None).fits());
+    assert!(!compare(&r, &local2, None, &[]).fits());
 }
 
 #[test]
@@ -161,9 +161,9 @@ fn unnamed_user_types_never_match_until_the_peer_confirms() {
         vec![col("id", builtin(INT4, -1)), col("v", mood.clone())],
         &["id"],
     );
-    assert!(!compare(&r, &local, None).fits());
+    assert!(!compare(&r, &local, None, &[]).fits());
     let peer = table(vec![col("id", builtin(INT4, -1)), col("v", mood)], &["id"]);
-    assert!(compare(&r, &local, Some(&peer)).fits());
+    assert!(compare(&r, &local, Some(&peer), &[]).fits());
 }
 
 #[test]
@@ -179,9 +179,9 @@ fn changes_made_on_both_nodes_are_history() {
         vec![col("id", builtin(INT8, -1)), col("v", builtin(TEXT, -1))],
         &["id"],
     );
-    let first = compare(&r, &now, None);
+    let first = compare(&r, &now, None, &[]);
     assert_eq!(first.differences.len(), 2, "{first:?}");
-    let c = compare(&r, &now, Some(&now.clone()));
+    let c = compare(&r, &now, Some(&now.clone()), &[]);
     assert!(c.fits(), "{c:?}");
     assert_eq!(c.discard, ["old"]);
     assert_eq!(c.history.len(), 2);
@@ -194,7 +194,7 @@ fn changes_made_on_both_nodes_are_history() {
         ],
         &["id"],
     );
-    assert_eq!(compare(&r, &now, Some(&peer_old)).differences.len(), 2);
+    assert_eq!(compare(&r, &now, Some(&peer_old), &[]).differences.len(), 2);
 }
 
 #[test]
@@ -207,7 +207,7 @@ fn a_drop_with_an_add_on_both_nodes_looks_like_a_rename_and_stops() {
         vec![col("id", builtin(INT4, -1)), col("w", builtin(TEXT, -1))],
         &["id"],
     );
-    let c = compare(&r, &now, Some(&now.clone()));
+    let c = compare(&r, &now, Some(&now.clone()), &[]);
     assert_eq!(
         c.differences,
         [Difference::PossibleRename {
@@ -216,6 +216,10 @@ fn a_drop_with_an_add_on_both_nodes_looks_like_a_rename_and_stops() {
         }]
     );
     assert!(c.discard.is_empty());
+    // pgmesh ddl recorded the drop of v on this node: not a rename.
+    let c = compare(&r, &now, Some(&now.clone()), &["v".to_string()]);
+    assert!(c.fits(), "{c:?}");
+    assert_eq!(c.discard, ["v"]);
 }
 
 #[test]
@@ -232,19 +236,19 @@ fn primary_key_columns_must_be_in_the_peers_identity() {
         &["id", "region"],
     );
     assert_eq!(
-        compare(&r, &local, None).differences,
+        compare(&r, &local, None, &[]).differences,
         [Difference::KeyNotSent {
             column: "region".into()
         }]
     );
     // Both nodes have the wider key now: changes from before are history.
-    assert!(compare(&r, &local, Some(&local.clone())).fits());
+    assert!(compare(&r, &local, Some(&local.clone()), &[]).fits());
     // A wider identity on the peer (its key, or REPLICA IDENTITY FULL) is fine.
     let full = remote(&[
         ("id", builtin(INT4, -1), true),
         ("region", builtin(TEXT, -1), true),
     ]);
-    assert!(compare(&full, &items_with_region(), None).fits());
+    assert!(compare(&full, &items_with_region(), None, &[]).fits());
 }
 
 fn items_with_region() -> Shape {

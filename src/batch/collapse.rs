@@ -131,7 +131,9 @@ impl Chunk {
         match self
             .tables
             .iter()
-            .position(|t| Arc::ptr_eq(&t.map, map) || t.map.local.name == map.local.name)
+            // Rows are laid out in the local table's column order: a table whose local
+            // definition changed (a schema change here) gets a group of its own.
+            .position(|t| Arc::ptr_eq(&t.map, map) || t.map.local == map.local)
         {
             Some(i) => &mut self.tables[i],
             None => {

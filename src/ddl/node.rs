@@ -140,6 +140,11 @@ pub async fn run_on_node(
         let q = names::qualified_table(&schema, &rel);
         let old_cols = before.iter().find(|(t, _)| *t == q).map(|(_, c)| c);
         new_defaults(client, node, oid, &q, old_cols, &mut out.defaults).await?;
+        if let (Some(old), true) = (old_cols, has_pgmesh) {
+            record_change(client, &schema, &rel, old, stmts)
+                .await
+                .map_err(fail(format!("recording the change of {q}")))?;
+        }
         if !cfg.replication.selects(&schema, &rel) {
             continue;
         }
@@ -210,6 +215,51 @@ pub async fn run_on_node(
         }
     }
     Ok(out)
+}
+
+/// Writes which columns the statements dropped and added to `pgmesh.schema_changes` (if
+/// this node's schema has it): a sidecar reading the peer's older changes then knows a
+/// column gone on both nodes was dropped, not renamed.
+async fn record_change(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    before: &BTreeSet<String>,
+    stmts: &[(String, Statement)],
+) -> Result<(), tokio_postgres::Error> {
+    let after: BTreeSet<String> = read_shape(client, schema, table)
+        .await?
+        .map(|s| s.columns.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default();
+    let dropped: Vec<&String> = before.difference(&after).collect();
+    let added: Vec<&String> = after.difference(before).collect();
+    if dropped.is_empty() && added.is_empty() {
+        return Ok(());
+    }
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('pgmesh.schema_changes') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(());
+    }
+    let statement: Vec<&str> = stmts.iter().map(|(s, _)| s.as_str()).collect();
+    client
+        .execute(
+            "INSERT INTO pgmesh.schema_changes (table_name, dropped, added, statement)
+             VALUES ($1, $2, $3, $4)",
+            &[
+                &names::qualified_table(schema, table),
+                &dropped,
+                &added,
+                &statement.join(";\n"),
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// A table's file (`None` for a table without storage, e.g. partitioned).
