@@ -199,7 +199,7 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
             assert_eq!(
                 c.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM pgmesh.refinery_schema_history")
                     .unwrap(),
-                "1,2,3,4"
+                "1,2,3,4,5"
             );
         }
 
