@@ -59,8 +59,8 @@ pub async fn teardown_node(
     }
     let origins = client
         .query(
-            "SELECT roname FROM pg_replication_origin WHERE roname ~ $1 ORDER BY 1",
-            &[&OWN_NAME_RE],
+            "SELECT roname FROM pg_replication_origin WHERE roname ~ $1 OR roname = $2 ORDER BY 1",
+            &[&OWN_NAME_RE, &crate::ddl::node::REWRITE_ORIGIN],
         )
         .await
         .map_err(q("listing replication origins"))?;
