@@ -53,6 +53,7 @@ fn stream_xid(r: &mut Reader<'_>, ctx: DecodeContext) -> Result<Option<Xid>, Dec
     }
 }
 
+#[inline(always)]
 fn body(r: &mut Reader<'_>, kind: MessageKind, ctx: DecodeContext) -> Result<Message, DecodeError> {
     Ok(match kind {
         MessageKind::Begin => Message::Begin(Begin {

@@ -65,6 +65,7 @@ pub struct Tuple {
 
 impl Tuple {
     /// Reads and validates a TupleData at the reader's position.
+    #[inline(always)]
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Tuple, DecodeError> {
         let count_at = r.pos();
         let ncols = r.u16("tuple column count")?;
