@@ -16,6 +16,19 @@ pub(crate) fn key_join(t: &LocalTable, alias: &str, prefix: &str) -> String {
         .join(" AND ")
 }
 
+/// `t.a = $1::text::int4 AND t.b = $2::text::text …`: columns `cols` of alias `t` equal to
+/// one text parameter each, in order.
+pub(crate) fn columns_equal_params(t: &LocalTable, cols: &[usize]) -> String {
+    cols.iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let col = &t.columns[c];
+            format!("t.{} = ${}::text::{}", col.quoted, i + 1, col.type_sql)
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 pub(crate) fn unnest_params(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|p| format!("${p}::text[]"))
@@ -344,15 +357,7 @@ pub fn select_unique_holder(t: &LocalTable, unique: &[usize]) -> String {
             .map(|&c| format!("t.{}::text", t.columns[c].quoted))
             .collect::<Vec<_>>()
             .join(", ");
-    let cond = unique
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let col = &t.columns[c];
-            format!("t.{} = ${}::text::{}", col.quoted, i + 1, col.type_sql)
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let cond = columns_equal_params(t, unique);
     format!(
         "SELECT {keys}, to_jsonb(t.*)::text, \
                 (pg_xact_commit_timestamp_origin(t.xmin)).timestamp, \

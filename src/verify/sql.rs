@@ -12,7 +12,7 @@
 //! order-independent sum (no sort, no memory that grows with the range) that works for a
 //! multiset as well, where duplicate rows must not cancel out as they would with xor.
 
-use crate::apply::sql::{names, unnest_params};
+use crate::apply::sql::{columns_equal_params, names, unnest_params};
 use crate::apply::table::LocalTable;
 
 /// `ROW(t.a, t.b, …)::text`: the whole row as one text, columns in table order.
@@ -191,15 +191,7 @@ pub fn key_states(t: &LocalTable) -> String {
 /// column. Columns: text[], json text, xmin text, timestamptz, roident (oid).
 #[must_use]
 pub fn key_version(t: &LocalTable, lock: bool) -> String {
-    let cond =
-        t.pk.iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let col = &t.columns[c];
-                format!("t.{} = ${}::text::{}", col.quoted, i + 1, col.type_sql)
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ");
+    let cond = columns_equal_params(t, &t.pk);
     format!(
         "SELECT {}, to_jsonb(t.*)::text, t.xmin::text, \
                 (pg_xact_commit_timestamp_origin(t.xmin)).timestamp, \
