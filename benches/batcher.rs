@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgmesh::apply::copy::copy_text;
 use pgmesh::apply::row::{Key, Row, Val};
 use pgmesh::apply::sql;
 use pgmesh::apply::table::{LocalColumn, LocalTable, TableMap};
@@ -120,6 +121,18 @@ fn batcher(c: &mut Criterion) {
                 }
             }
             black_box(cols)
+        })
+    });
+    g.bench_function("copy_text_5000_changes", |b| {
+        // What the COPY of new rows sends instead (apply/copy.rs): the rows in COPY text.
+        let all: Vec<usize> = (0..map.local.columns.len()).collect();
+        b.iter(|| {
+            let rows = chunk.tables.iter().flat_map(|tc| {
+                tc.order
+                    .iter()
+                    .filter_map(|key| tc.changes.get(key).and_then(|p| p.row.as_ref()))
+            });
+            black_box(copy_text(rows, &all))
         })
     });
     g.finish();

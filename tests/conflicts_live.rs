@@ -309,6 +309,87 @@ fn every_conflict_kind_converges_and_is_recorded() {
     }
 }
 
+/// Large groups of new rows are written with COPY (`apply/copy.rs`), which has no
+/// `ON CONFLICT`: a value taken after the chunk's lookup fails it. The COPY runs under a
+/// savepoint, so the rows then take the INSERT path inside the same transaction and the
+/// taken value is decided as usual, without rolling back the batch.
+#[test]
+fn values_taken_while_a_bulk_copy_runs_are_decided_without_losing_the_batch() {
+    for major in versions_under_test() {
+        let mut m = Mesh::new(major, DDL, TABLES);
+        // Sequential path (a table with other unique constraints): b holds an email that
+        // one of a's 600 new users claims later.
+        m.b.cluster
+            .psql("INSERT INTO users VALUES (10000, 'u300@x', 1)")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        m.a.cluster
+            .psql("INSERT INTO users SELECT i, 'u' || i || '@x', i FROM generate_series(1, 600) i")
+            .unwrap();
+        // Pipelined path: a local session on b holds key 500 of a's 1,000 new items,
+        // uncommitted, when b's sidecar starts; the COPY waits for it, then fails.
+        m.a.cluster
+            .psql("INSERT INTO items SELECT i, 'a' FROM generate_series(1, 1000) i")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let dsn = m.b.cluster.dsn();
+        let local = m.rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.batch_execute("BEGIN; INSERT INTO items VALUES (500, 'b')")
+                .await
+                .unwrap();
+            c
+        });
+        let rollbacks =
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
+        let before = m.b.cluster.psql(rollbacks).unwrap();
+        m.start_direction("b");
+        let deadline = std::time::Instant::now() + WAIT;
+        while m
+            .b
+            .cluster
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmesh apply' AND wait_event_type = 'Lock'")
+            .unwrap()
+            != "1"
+        {
+            assert!(std::time::Instant::now() < deadline, "the apply never waited for key 500");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m.rt.block_on(local.batch_execute("COMMIT")).unwrap();
+        m.start_direction("a");
+        m.wait_converged(NAMES, WAIT);
+        for c in [&m.a.cluster, &m.b.cluster] {
+            assert_eq!(c.psql("SELECT count(*) FROM items").unwrap(), "1000");
+            assert_eq!(c.psql("SELECT v FROM items WHERE id = 500").unwrap(), "b");
+            assert_eq!(c.psql("SELECT count(*) FROM users").unwrap(), "600");
+            assert_eq!(
+                c.psql("SELECT id FROM users WHERE email = 'u300@x'")
+                    .unwrap(),
+                "300"
+            );
+        }
+        assert_eq!(
+            ledger(&m.b.cluster, "items", 500),
+            "insert_exists|local|skipped"
+        );
+        assert_eq!(
+            ledger(&m.b.cluster, "users", 10000),
+            "unique_exists|remote|local_row_deleted"
+        );
+        // Stats reach pg_stat_database when a session goes idle; b's apply session did.
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(
+            m.b.cluster.psql(rollbacks).unwrap(),
+            before,
+            "PG{major}: the apply session rolled a batch back"
+        );
+        m.stop_sidecars();
+    }
+}
+
 /// A unique-constraint decision that only one node can make: b's row 26 is displaced on b
 /// by a's later row 4, which a had deleted again before row 26 reached it, so a never
 /// holds both rows. a learns the decision from b's `pgmesh.kill` message and removes row 26

@@ -2,6 +2,7 @@
 //! conflict by last-writer-wins and recording it in the ledger, in one transaction bound
 //! to the peer's replication origin (so progress moves atomically with the data).
 
+pub mod copy;
 pub mod keyless;
 pub mod keyless_sql;
 pub mod kill;

@@ -12,6 +12,7 @@ use futures_util::future::{try_join, try_join_all};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
+use super::copy::COPY_MIN_ROWS;
 use super::ledger::ConflictRecord;
 use super::resolve::{as_params, columns_of, key_params, skipped_by_insert, ApplyStats, Resolver};
 use super::row::{Key, Row};
@@ -43,7 +44,7 @@ fn groups_by_columns(
 
 /// One `text[]` per column in `cols` over the rows at `idx`, after the key arrays when
 /// `keys` is given.
-fn value_params<'r>(
+pub(super) fn value_params<'r>(
     rows: &[Change<'r>],
     idx: &[usize],
     cols: &[usize],
@@ -110,7 +111,13 @@ impl Resolver<'_> {
             exec.push((stmt, value_params(updates, &idx, &cols, Some(npk))?, false));
         }
         let mut query: Vec<(Statement, Columns<'_>, Vec<usize>)> = Vec::new();
+        // Large groups of new rows go through COPY after the pipeline (see `super::copy`).
+        let mut copies: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
         for (cols, idx) in groups_by_columns(inserts, map, true) {
+            if idx.len() >= COPY_MIN_ROWS {
+                copies.push((cols, idx));
+                continue;
+            }
             let stmt = self
                 .statements
                 .get(self.client, &sql::insert_rows(t, &cols))
@@ -148,6 +155,12 @@ impl Resolver<'_> {
         let mut not_inserted: Vec<usize> = Vec::new();
         for ((_, _, idx), rows) in query.iter().zip(inserted) {
             not_inserted.extend(skipped_by_insert(rows, idx, stats));
+        }
+        for (cols, idx) in &copies {
+            not_inserted.extend(
+                self.insert_group(map, inserts, idx, cols, true, stats)
+                    .await?,
+            );
         }
         if not_inserted.is_empty() {
             return Ok(());

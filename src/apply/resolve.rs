@@ -13,8 +13,10 @@ use std::time::SystemTime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use super::copy::COPY_MIN_ROWS;
 use super::kill::{Kill, Version};
 use super::ledger::{record, ConflictRecord};
+use super::pipelined::value_params;
 use super::row::{Key, Row, Val};
 use super::sql;
 use super::table::{LocalTable, TableMap};
@@ -664,20 +666,9 @@ impl Resolver<'_> {
             }
             let mut not_inserted: Vec<usize> = Vec::new();
             for (cols, idx) in &groups {
-                let mut params: Vec<Vec<Option<&str>>> = Vec::with_capacity(cols.len());
-                for &c in cols {
-                    let mut col = Vec::with_capacity(idx.len());
-                    for &i in idx {
-                        col.push(rows[i].1 .0[c].as_text()?);
-                    }
-                    params.push(col);
-                }
-                let stmt = self
-                    .statements
-                    .get(self.client, &sql::insert_rows(t, cols))
-                    .await?;
-                let done = self.client.query(&stmt, &as_params(&params)).await?;
-                not_inserted.extend(skipped_by_insert(done, idx, stats));
+                // Rows that collided once take the INSERT path, which skips taken keys.
+                let copy = depth == 0;
+                not_inserted.extend(self.insert_group(map, rows, idx, cols, copy, stats).await?);
             }
             if not_inserted.is_empty() {
                 return Ok(());
@@ -693,6 +684,38 @@ impl Resolver<'_> {
             self.resolve_not_inserted(map, rows, &not_inserted, ledger, stats, depth)
                 .await
         })
+    }
+
+    /// Inserts the rows at `idx` of `rows`, which all carry the columns `cols` (key
+    /// included); returns the positions it skipped because their key or another unique
+    /// value is taken. Large groups go through COPY when `copy` allows (see
+    /// [`super::copy`]).
+    pub(super) async fn insert_group(
+        &mut self,
+        map: &TableMap,
+        rows: &[(&Key, &Row, &Pending)],
+        idx: &[usize],
+        cols: &[usize],
+        copy: bool,
+        stats: &mut ApplyStats,
+    ) -> Result<Vec<usize>, ApplyError> {
+        let t = &map.local;
+        if copy
+            && idx.len() >= COPY_MIN_ROWS
+            && self
+                .copy_new_rows(t, idx.iter().map(|&i| rows[i].1), cols)
+                .await?
+        {
+            stats.inserted += idx.len() as u64;
+            return Ok(Vec::new());
+        }
+        let params = value_params(rows, idx, cols, None)?;
+        let stmt = self
+            .statements
+            .get(self.client, &sql::insert_rows(t, cols))
+            .await?;
+        let done = self.client.query(&stmt, &as_params(&params)).await?;
+        Ok(skipped_by_insert(done, idx, stats))
     }
 
     /// Rows an insert skipped: either a local session inserted the same key meanwhile

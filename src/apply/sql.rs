@@ -295,6 +295,12 @@ pub(super) fn column_list(t: &LocalTable, cols: &[usize]) -> String {
         .join(", ")
 }
 
+/// `COPY t (cols) FROM STDIN` (text format) for new rows, see [`super::copy`].
+#[must_use]
+pub fn copy_rows(t: &LocalTable, cols: &[usize]) -> String {
+    format!("COPY {} ({}) FROM STDIN", t.name, column_list(t, cols))
+}
+
 /// Inserts rows with the columns `cols` (must include the key columns); rows whose key
 /// or any other unique value exists already are skipped, and the 1-based positions of
 /// the rows actually inserted come back. Params: one per column in `cols`.
