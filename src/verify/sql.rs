@@ -318,7 +318,8 @@ mod tests {
             key_states(&t),
             "SELECT u.ord, ARRAY[t.id::text, t.\"Sub\"::text, t.v::text]::text[], t.xmin::text \
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k0, k1, ord) \
-             JOIN public.t t ON t.id = u.k0::bigint AND t.\"Sub\" = u.k1::text"
+             JOIN public.t t ON t.id = u.k0::bigint AND t.\"Sub\" = u.k1::text \
+             AND t.id = ANY($1::text[]::bigint[])"
         );
         let v = key_version(&t, true);
         assert!(
