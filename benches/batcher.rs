@@ -110,10 +110,7 @@ fn batcher(c: &mut Criterion) {
             let mut cols: Vec<Vec<Option<&str>>> =
                 (0..5).map(|_| Vec::with_capacity(4000)).collect();
             for tc in &chunk.tables {
-                for key in &tc.order {
-                    let Some(p) = tc.changes.get(key) else {
-                        continue;
-                    };
+                for p in tc.changes.values() {
                     let Some(r) = &p.row else { continue };
                     for (col, v) in cols.iter_mut().zip(&r.0) {
                         col.push(v.as_text().expect("text"));
@@ -127,11 +124,10 @@ fn batcher(c: &mut Criterion) {
         // What the COPY of new rows sends instead (apply/copy.rs): the rows in COPY text.
         let all: Vec<usize> = (0..map.local.columns.len()).collect();
         b.iter(|| {
-            let rows = chunk.tables.iter().flat_map(|tc| {
-                tc.order
-                    .iter()
-                    .filter_map(|key| tc.changes.get(key).and_then(|p| p.row.as_ref()))
-            });
+            let rows = chunk
+                .tables
+                .iter()
+                .flat_map(|tc| tc.changes.values().filter_map(|p| p.row.as_ref()));
             black_box(copy_text(rows, &all))
         })
     });

@@ -71,6 +71,12 @@ impl Resolver<'_> {
     /// Deletes `deletes`, records tombstones for `tomb_keys`, updates `updates` and inserts
     /// `inserts`, all pipelined; rows an insert skipped (a local session inserted the key
     /// meanwhile) are then decided again, as on the sequential path.
+    ///
+    /// With `commit`, the commit statement goes out last in the same pipeline and the
+    /// result says it succeeded. Inserts then have no `ON CONFLICT`: a key a local session
+    /// inserted since the lookup fails the whole transaction with a unique violation
+    /// instead of leaving rows to decide after the commit, and the caller applies the
+    /// chunk again the careful way (`ApplySession::apply_and_commit`).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn write_pipelined(
         &mut self,
@@ -81,7 +87,8 @@ impl Resolver<'_> {
         inserts: &[Change<'_>],
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
-    ) -> Result<(), ApplyError> {
+        commit: Option<&str>,
+    ) -> Result<bool, ApplyError> {
         let t = &map.local;
         let npk = t.pk.len();
         // Statements and parameters first: the futures below borrow them.
@@ -114,6 +121,15 @@ impl Resolver<'_> {
         // Large groups of new rows go through COPY after the pipeline (see `super::copy`).
         let mut copies: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
         for (cols, idx) in groups_by_columns(inserts, map, true) {
+            if commit.is_some() {
+                let stmt = self
+                    .statements
+                    .get(self.client, &sql::insert_new_rows(t, &cols))
+                    .await?;
+                exec.push((stmt, value_params(inserts, &idx, &cols, None)?, false));
+                stats.inserted += idx.len() as u64;
+                continue;
+            }
             if idx.len() >= COPY_MIN_ROWS {
                 copies.push((cols, idx));
                 continue;
@@ -148,9 +164,23 @@ impl Resolver<'_> {
             .iter()
             .zip(&query_params)
             .map(|((s, _, _), p)| client.query(s, p));
-        let (_, inserted) = try_join(try_join_all(execs), try_join_all(queries)).await?;
+        // Polled after the writes, so queued after them on the connection.
+        let commit_sent = async {
+            match commit {
+                Some(sql) => client.batch_execute(sql).await.map(|()| true),
+                None => Ok(false),
+            }
+        };
+        let ((_, inserted), committed) = try_join(
+            try_join(try_join_all(execs), try_join_all(queries)),
+            commit_sent,
+        )
+        .await?;
         stats.deleted += deletes.len() as u64;
         stats.updated += updates.len() as u64;
+        if committed {
+            return Ok(true);
+        }
 
         let mut not_inserted: Vec<usize> = Vec::new();
         for ((_, _, idx), rows) in query.iter().zip(inserted) {
@@ -163,9 +193,10 @@ impl Resolver<'_> {
             );
         }
         if not_inserted.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         self.resolve_not_inserted(map, inserts, &not_inserted, ledger, stats, 0)
-            .await
+            .await?;
+        Ok(false)
     }
 }

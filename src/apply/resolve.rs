@@ -119,6 +119,11 @@ pub struct Resolver<'a> {
     pub peer_reader: &'a mut super::peer_read::PeerReader,
     /// Rows removed by unique-constraint decisions, for the peer (see [`super::kill`]).
     pub kills: &'a mut Vec<Kill>,
+    /// The statement that commits the downstream transaction, when the caller lets the
+    /// chunk's last write phase send it along (see [`Resolver::may_commit_with_writes`]).
+    pub commit: Option<&'a str>,
+    /// Set once `commit` went out with the writes and succeeded.
+    pub committed: bool,
 }
 
 pub(super) struct LocalRow {
@@ -221,14 +226,30 @@ impl Resolver<'_> {
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
     ) -> Result<(), ApplyError> {
-        for tc in &chunk.tables {
+        if !Self::may_commit_with_writes(chunk) {
+            self.commit = None;
+        }
+        let last = chunk.tables.len().saturating_sub(1);
+        for (n, tc) in chunk.tables.iter().enumerate() {
             if tc.map.local.is_keyless() {
                 self.apply_keyless(tc, ledger, stats).await?;
             } else {
-                self.apply_table(tc, ledger, stats).await?;
+                self.apply_table(tc, ledger, stats, n == last).await?;
             }
         }
         Ok(())
+    }
+
+    /// Whether the commit may travel with the chunk's last write phase: every table has a
+    /// key and no other unique constraint, and no group of new rows is large enough for
+    /// COPY (`super::copy`), so nothing can follow the writes but the ledger, and the
+    /// caller only asks when there is nothing else in the transaction to lose.
+    fn may_commit_with_writes(chunk: &Chunk) -> bool {
+        chunk.tables.iter().all(|tc| {
+            !tc.map.local.is_keyless()
+                && tc.map.local.uniques.is_empty()
+                && tc.changes.len() < COPY_MIN_ROWS
+        })
     }
 
     pub(super) async fn local_rows(
@@ -330,10 +351,11 @@ impl Resolver<'_> {
         tc: &TableChunk,
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
+        last: bool,
     ) -> Result<(), ApplyError> {
         let map = &*tc.map;
         let t = &map.local;
-        let keys: Vec<&Key> = tc.order.iter().collect();
+        let keys: Vec<&Key> = tc.changes.keys().collect();
         let (rows, tombs) = self.lookup(&map.local, &keys).await?;
 
         let mut deletes: Vec<&Key> = Vec::new();
@@ -341,10 +363,7 @@ impl Resolver<'_> {
         // (key, change, whether unchanged-TOAST columns must come from the peer)
         let mut update_plan: Vec<(&Key, &Pending, bool)> = Vec::new();
         let mut insert_plan: Vec<(&Key, &Pending, bool)> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let Some(p) = tc.changes.get(*key) else {
-                continue;
-            };
+        for (i, (key, p)) in tc.changes.iter().enumerate() {
             let local = match (rows.get(&i), tombs.get(&i)) {
                 (Some(r), _) => LocalVersion::Row {
                     commit_ts: r.ts,
@@ -429,9 +448,15 @@ impl Resolver<'_> {
             }
         }
         if t.uniques.is_empty() {
-            return self
-                .write_pipelined(map, &deletes, &tomb_keys, &updates, &inserts, ledger, stats)
-                .await;
+            // A conflict means ledger rows to write before the commit: commit apart.
+            let commit = self.commit.filter(|_| last && ledger.is_empty());
+            let committed = self
+                .write_pipelined(
+                    map, &deletes, &tomb_keys, &updates, &inserts, ledger, stats, commit,
+                )
+                .await?;
+            self.committed |= committed;
+            return Ok(());
         }
         self.delete(&map.local, &deletes).await?;
         stats.deleted += deletes.len() as u64;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::kill::{Kill, KILL_PREFIX};
@@ -183,11 +184,60 @@ impl ApplySession {
             peer: &self.peer,
             peer_reader: &mut self.peer_reader,
             kills,
+            commit: None,
+            committed: false,
         }
     }
 
     /// Applies a chunk inside the open transaction and writes its ledger rows.
     pub async fn apply(&mut self, chunk: &Chunk) -> Result<ApplyStats, ApplyError> {
+        self.apply_then(chunk, None).await.map(|(stats, _)| stats)
+    }
+
+    /// Applies `chunk` as a downstream transaction of its own and commits it like
+    /// [`ApplySession::commit`]. When the chunk allows it (steady state: small, no
+    /// conflict, no second unique constraint) the commit travels with the chunk's writes,
+    /// which saves the commit's round trip; a key a local session inserted meanwhile then
+    /// fails that attempt, and the chunk is applied again with the commit apart.
+    pub async fn apply_and_commit(
+        &mut self,
+        chunk: &Chunk,
+        end_lsn: Lsn,
+        commit_ts: PgTimestamp,
+    ) -> Result<ApplyStats, ApplyError> {
+        if self.in_txn || self.outbox_pending {
+            let stats = self.apply(chunk).await?;
+            self.commit(end_lsn, commit_ts).await?;
+            return Ok(stats);
+        }
+        let sql = commit_sql(end_lsn, commit_ts);
+        match self.apply_then(chunk, Some(&sql)).await {
+            Ok((stats, true)) => {
+                self.in_txn = false;
+                Ok(stats)
+            }
+            Ok((stats, false)) => {
+                self.commit(end_lsn, commit_ts).await?;
+                Ok(stats)
+            }
+            Err(ApplyError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tracing::debug!(peer = %self.peer, "a local insert took a key of the chunk: applying it again");
+                self.rollback().await?;
+                let stats = self.apply(chunk).await?;
+                self.commit(end_lsn, commit_ts).await?;
+                Ok(stats)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`ApplySession::apply`], with `commit` sent along with the last writes where the
+    /// chunk allows; the flag says it was (and the transaction is committed).
+    async fn apply_then(
+        &mut self,
+        chunk: &Chunk,
+        commit: Option<&str>,
+    ) -> Result<(ApplyStats, bool), ApplyError> {
         self.plan_for(chunk.rows()).await?;
         let opening = !self.in_txn;
         let mut ledger: Vec<ConflictRecord> = Vec::new();
@@ -201,6 +251,8 @@ impl ApplySession {
             peer: &self.peer,
             peer_reader: &mut self.peer_reader,
             kills: &mut kills,
+            commit,
+            committed: false,
         };
         // BEGIN goes out with the chunk's first statement instead of a round trip of its
         // own: it is polled first, so tokio-postgres queues it first, and the server runs
@@ -214,6 +266,7 @@ impl ApplySession {
         };
         let (begun, result) =
             futures_util::future::join(begin, resolver.apply(chunk, &mut ledger, &mut stats)).await;
+        let committed = resolver.committed;
         begun?;
         self.in_txn = true;
         if let Err(ApplyError::Db(_)) = &result {
@@ -222,9 +275,13 @@ impl ApplySession {
             let _ = self.refresh_origins().await;
         }
         result?;
+        if committed {
+            // Only without conflicts or unique decisions: nothing was left to write.
+            return Ok((stats, true));
+        }
         self.write_ledger(&ledger).await?;
         self.queue_kills(&kills).await?;
-        Ok(stats)
+        Ok((stats, false))
     }
 
     /// Applies a peer's unique-constraint decision (a `pgmesh.kill` message read at
@@ -305,18 +362,9 @@ impl ApplySession {
         if !self.in_txn {
             self.begin().await?;
         }
-        // Both steps go in ONE simple-query message: PostgreSQL advances the session's
-        // origin on abort too once xact_setup ran, so a sidecar killed between the two
-        // (the backend then aborts) would record progress for changes it never committed.
-        // Within one message the backend runs both. pg_current_xact_id() gives the
-        // transaction an xid even when every change was skipped: without one there is no
-        // commit record and the origin would not move. Values are our own LSN and RFC 3339
-        // text, safe to inline.
-        let sql = format!(
-            "SELECT pg_current_xact_id(), pg_replication_origin_xact_setup('{end_lsn}', '{}'); COMMIT",
-            crate::pgtime::rfc3339(commit_ts.0)
-        );
-        self.client.batch_execute(&sql).await?;
+        self.client
+            .batch_execute(&commit_sql(end_lsn, commit_ts))
+            .await?;
         self.in_txn = false;
         if std::mem::take(&mut self.outbox_pending) {
             // Sent from a transaction without the peer's origin, so it reaches the peer;
@@ -353,6 +401,22 @@ impl ApplySession {
         }
         Ok(())
     }
+}
+
+/// The statement that commits a downstream transaction with the peer's progress.
+///
+/// Both steps go in ONE simple-query message: PostgreSQL advances the session's origin on
+/// abort too once xact_setup ran, so a sidecar killed between the two (the backend then
+/// aborts) would record progress for changes it never committed. Within one message the
+/// backend runs both, and an error in the transaction before it skips both.
+/// pg_current_xact_id() gives the transaction an xid even when every change was skipped:
+/// without one there is no commit record and the origin would not move. Values are our
+/// own LSN and RFC 3339 text, safe to inline.
+fn commit_sql(end_lsn: Lsn, commit_ts: PgTimestamp) -> String {
+    format!(
+        "SELECT pg_current_xact_id(), pg_replication_origin_xact_setup('{end_lsn}', '{}'); COMMIT",
+        crate::pgtime::rfc3339(commit_ts.0)
+    )
 }
 
 /// Sends every queued message to the peer (see migrations/V2), in a transaction of its

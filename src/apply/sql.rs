@@ -324,12 +324,7 @@ pub fn copy_rows(t: &LocalTable, cols: &[usize]) -> String {
 #[must_use]
 pub fn insert_rows(t: &LocalTable, cols: &[usize]) -> String {
     let target = column_list(t, cols);
-    let values = cols
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| format!("u.v{i}::{}", t.columns[c].type_sql))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = cast_values(t, cols);
     let returning =
         t.pk.iter()
             .map(|&c| t.columns[c].quoted.as_str())
@@ -368,6 +363,30 @@ pub fn insert_rows(t: &LocalTable, cols: &[usize]) -> String {
          SELECT u.ord FROM unnest({key_params}) WITH ORDINALITY AS u({key_aliases}, ord) JOIN i ON {join}",
         t.name
     )
+}
+
+/// Inserts rows with the columns `cols` that must all be new: a key or unique value
+/// taken fails the statement (used when the commit is sent along, see
+/// `Resolver::write_pipelined`). Params: one per column in `cols`.
+#[must_use]
+pub fn insert_new_rows(t: &LocalTable, cols: &[usize]) -> String {
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({})",
+        t.name,
+        column_list(t, cols),
+        cast_values(t, cols),
+        unnest_params(1, cols.len()),
+        names("v", cols.len())
+    )
+}
+
+/// `u.v0::int8, u.v1::text, …`: the unnested values of `cols` cast to their types.
+fn cast_values(t: &LocalTable, cols: &[usize]) -> String {
+    cols.iter()
+        .enumerate()
+        .map(|(i, &c)| format!("u.v{i}::{}", t.columns[c].type_sql))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Rows holding the given values of one unique constraint (other than the key), locked.

@@ -35,9 +35,10 @@ pub enum Work {
     },
     /// A peer's unique-constraint decision.
     Kill { kill: Kill, lsn: Lsn },
-    /// Commit the downstream transaction: the peer's changes up to `end` (`txns` upstream
-    /// transactions) are applied.
+    /// Write `chunk` (the batch's last), then commit the downstream transaction: the
+    /// peer's changes up to `end` (`txns` upstream transactions) are applied.
     Commit {
+        chunk: Option<Chunk>,
         end: Lsn,
         ts: PgTimestamp,
         txns: u64,
@@ -178,8 +179,21 @@ async fn run(
                 let stats = apply.apply_kill(&kill, lsn).await?;
                 tracing::debug!(%peer, ?kill, ?stats, "applied a peer's unique-constraint decision");
             }
-            Work::Commit { end, ts, txns } => {
-                apply.commit(end, ts).await?;
+            Work::Commit {
+                chunk,
+                end,
+                ts,
+                txns,
+            } => {
+                match chunk {
+                    // A batch of one chunk may commit with its writes (one round trip less).
+                    Some(chunk) => {
+                        let stats = apply.apply_and_commit(&chunk, end, ts).await?;
+                        rows += chunk.rows() as u64;
+                        tracing::debug!(%peer, rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
+                    }
+                    None => apply.commit(end, ts).await?,
+                }
                 tracing::debug!(%peer, %end, took = ?started.elapsed(), "committed");
                 state.passed_peer_time(ts);
                 applied.send_replace(end);

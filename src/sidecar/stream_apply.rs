@@ -585,18 +585,27 @@ impl Direction<'_> {
     /// Writes what is pending and commits the downstream transaction with the last
     /// upstream commit's position and time.
     async fn commit_batch(&mut self) -> Result<(), SidecarError> {
-        self.flush_chunk().await?;
-        if let Some((end, ts)) = self.pending_commit.take() {
-            let txns = std::mem::take(&mut self.pending_txns);
-            self.applier.send(Work::Commit { end, ts, txns }).await?;
-            self.sent_commit = self.sent_commit.max(end);
-            self.passed = self.passed.max(end);
-            if let Some(first) = self.batch_first_ts.take() {
-                self.prune_in_flight();
-                self.in_flight.push_back((end, first));
-            }
-        }
         self.batch_started = None;
+        let Some((end, ts)) = self.pending_commit.take() else {
+            return self.flush_chunk().await;
+        };
+        // The last chunk goes with the commit, so the writer can send both at once.
+        let chunk = (!self.chunk.is_empty()).then(|| self.chunk.take());
+        let txns = std::mem::take(&mut self.pending_txns);
+        self.applier
+            .send(Work::Commit {
+                chunk,
+                end,
+                ts,
+                txns,
+            })
+            .await?;
+        self.sent_commit = self.sent_commit.max(end);
+        self.passed = self.passed.max(end);
+        if let Some(first) = self.batch_first_ts.take() {
+            self.prune_in_flight();
+            self.in_flight.push_back((end, first));
+        }
         Ok(())
     }
 }
