@@ -171,15 +171,9 @@ fn key_lookups_probe_the_index_whatever_the_table_size() {
              ANALYZE big;",
         )
         .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = support::runtime();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&c.dsn(), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let client = support::client(&c.dsn()).await;
             let t = LocalTable::load(&client, "public", "big").await.unwrap();
             // Keys past the end (a bulk insert) and spread over the table (updates).
             let past: Vec<String> = (300_001..305_001).map(|i| i.to_string()).collect();

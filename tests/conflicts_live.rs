@@ -241,10 +241,7 @@ fn every_conflict_kind_converges_and_is_recorded() {
             .unwrap();
         let dsn = m.b.cluster.dsn();
         let client = m.rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let c = support::client(&dsn).await;
             c.batch_execute("BEGIN; INSERT INTO items VALUES (200, 'b')")
                 .await
                 .unwrap();
@@ -334,10 +331,7 @@ fn values_taken_while_a_bulk_copy_runs_are_decided_without_losing_the_batch() {
         std::thread::sleep(Duration::from_millis(5));
         let dsn = m.b.cluster.dsn();
         let local = m.rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let c = support::client(&dsn).await;
             c.batch_execute("BEGIN; INSERT INTO items VALUES (500, 'b')")
                 .await
                 .unwrap();

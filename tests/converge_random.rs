@@ -74,10 +74,7 @@ fn statement(r: &mut Rng, node: &str) -> String {
 }
 
 async fn worker(dsn: String, node: &'static str, seed: u64, ops: usize) {
-    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-        .await
-        .expect("worker connects");
-    tokio::spawn(conn);
+    let client = support::client(&dsn).await;
     let mut r = Rng(seed | 1);
     for _ in 0..ops {
         // Mostly single statements, sometimes a transaction of a few.

@@ -347,10 +347,7 @@ fn statement(r: &mut Rng, tag: &str) -> String {
 }
 
 async fn worker(dsn: String, name: String, seed: u64, ops: usize) {
-    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-        .await
-        .expect("worker connects");
-    tokio::spawn(conn);
+    let client = support::client(&dsn).await;
     let mut r = Rng(seed | 1);
     for i in 0..ops {
         let n = if r.below(4) == 0 { 2 + r.below(2) } else { 1 };
@@ -438,15 +435,9 @@ fn keyless_table_with_a_unique_index_is_refused_with_the_fix() {
         "CREATE TABLE u(a int, b text); CREATE UNIQUE INDEX u_b ON u (lower(b));
          CREATE TABLE ok(a int, b text);",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&c.dsn(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = support::client(&c.dsn()).await;
         let err = pgmesh::apply::table::LocalTable::load(&client, "public", "u")
             .await
             .unwrap_err()

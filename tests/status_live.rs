@@ -551,10 +551,7 @@ fn pruning_deletes_in_batches_and_one_pruner_at_a_time() {
                 jsonb_build_object('id', g::text), 'remote', 'applied'
            FROM generate_series(1, 40) g",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(async {
         let sql = pgmesh::sqlconn::SqlConfig::from_dsn("a", &c.dsn()).unwrap();
         let (client, _task) = pgmesh::sqlconn::connect_sql(&sql).await.unwrap();

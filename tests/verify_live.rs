@@ -424,10 +424,7 @@ fn verify_while_both_nodes_write_reports_no_false_differences() {
         for (n, dsn) in [(1u64, m.a.cluster.dsn()), (2, m.b.cluster.dsn())] {
             let stop = stop.clone();
             writers.push(m.rt.spawn(async move {
-                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
+                let c = support::client(&dsn).await;
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ n);
                 let mut next = n * 1_000_000;
                 let mut ops = 0u64;

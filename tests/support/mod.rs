@@ -102,6 +102,23 @@ pub fn tombstone_trigger(table: &str, key_cols: &[&str]) -> String {
     )
 }
 
+/// A single-threaded runtime for a test's own SQL sessions.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+}
+
+/// A plain SQL session on `dsn` (its connection driven by a task of the current runtime).
+pub async fn client(dsn: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect to a test node");
+    tokio::spawn(conn);
+    client
+}
+
 impl Mesh {
     /// Two nodes of `major` with `ddl` run on both, the publication over `tables`
     /// (`(name, key columns)`), slots, origins and triggers; sidecars not started yet.
