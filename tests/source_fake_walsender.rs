@@ -110,8 +110,13 @@ async fn feedback_never_runs_ahead_of_set_flushed() {
         assert_eq!((st.write, st.flush, st.apply), (Lsn(0x500), Lsn(0), Lsn(0)));
         seen.push(st);
 
-        // Data, then a keepalive: flush is what the client declared, no more.
+        // Data, then a keepalive: flush is what the client declared, no more. (A keepalive
+        // that asks no reply is answered once no status went out for a while.)
         send(&mut s, b'd', &xlogdata(0x600, b"Bxyz")).await;
+        tokio::time::sleep(
+            pgmesh::source::stream::KEEPALIVE_REPLY_INTERVAL + Duration::from_millis(50),
+        )
+        .await;
         send(&mut s, b'd', &keepalive(0x700, false)).await;
         let st = expect_status(&mut s).await;
         assert_eq!(st.flush, Lsn(0x300));
