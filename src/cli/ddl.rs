@@ -120,14 +120,7 @@ pub async fn run(args: DdlArgs) -> anyhow::Result<ExitCode> {
     let report = match ddl::run(&cfg, &stmts, &opts, |m| eprintln!("pgmesh ddl: {m}")).await {
         Ok(r) => r,
         Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "error": e.to_string()})
-                );
-            } else {
-                eprintln!("error: {e}");
-            }
+            super::print_error(json, &e);
             return Ok(ExitCode::from(1));
         }
     };

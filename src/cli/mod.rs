@@ -88,6 +88,19 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs an async command on a fresh runtime; an unexpected error exits 1.
+/// Reports a failed command the way its output mode wants: `{"ok": false, "error": …}` on
+/// stdout with `--json`, `error: …` on stderr otherwise.
+fn print_error(json: bool, error: &dyn std::fmt::Display) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": false, "error": error.to_string()})
+        );
+    } else {
+        eprintln!("error: {error}");
+    }
+}
+
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

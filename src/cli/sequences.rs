@@ -38,11 +38,7 @@ pub async fn run(args: SequencesArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let fail = |message: String| {
-        if args.json {
-            println!("{}", serde_json::json!({"ok": false, "error": message}));
-        } else {
-            eprintln!("error: {message}");
-        }
+        super::print_error(args.json, &message);
         Ok(ExitCode::from(1))
     };
     let mut clients = Vec::new();

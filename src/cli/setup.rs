@@ -86,14 +86,7 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let report = match setup::setup(&cfg, &opts).await {
         Ok(r) => r,
         Err(e) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "error": e.to_string()})
-                );
-            } else {
-                eprintln!("error: {e}");
-            }
+            super::print_error(args.json, &e);
             return Ok(ExitCode::from(1));
         }
     };

@@ -114,14 +114,7 @@ fn progress_printer(names: [String; 2]) -> impl FnMut(Progress<'_>) + Send {
 
 /// Prints an error the way the output mode wants it; returns its exit code.
 fn fail(json: bool, e: &VerifyError) -> ExitCode {
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"ok": false, "error": e.to_string()})
-        );
-    } else {
-        eprintln!("error: {e}");
-    }
+    super::print_error(json, e);
     ExitCode::from(if e.is_usage() { 2 } else { 1 })
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use pgmesh::testkit::Cluster;
 
 use super::cli::{pgmesh, text, write_config};
+use super::{dump, slots_caught_up, wal_marks};
 
 /// At most two clusters per test file at a time on the shared machine: tests take turns.
 static CLUSTERS: Mutex<()> = Mutex::new(());
@@ -112,29 +113,13 @@ pub fn wait_for(c: &Cluster, sql: &str, want: &str, what: &str, timeout: Duratio
     }
 }
 
-/// A table's rows as one comparable string.
-pub fn dump(c: &Cluster, table: &str) -> String {
-    c.psql(&format!(
-        "SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {table} x"
-    ))
-    .unwrap_or_else(|e| format!("<error {e}>"))
-}
-
 /// Waits until both slots confirmed the WAL written so far and `tables` hold the same
 /// rows on both nodes.
 pub fn wait_converged(a: &Cluster, b: &Cluster, tables: &[&str], timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    let marks: Vec<(&Cluster, &str, String)> = [(a, "pgmesh_b"), (b, "pgmesh_a")]
-        .into_iter()
-        .map(|(c, slot)| (c, slot, c.psql("SELECT pg_current_wal_lsn()").unwrap()))
-        .collect();
+    let marks = wal_marks(a, b);
     loop {
-        let caught_up = marks.iter().all(|(c, slot, mark)| {
-            c.psql(&format!(
-                "SELECT confirmed_flush_lsn >= '{mark}' FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ))
-            .is_ok_and(|s| s == "t")
-        });
+        let caught_up = slots_caught_up(&marks);
         let same = caught_up && tables.iter().all(|t| dump(a, t) == dump(b, t));
         if same {
             return;

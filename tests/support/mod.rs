@@ -236,20 +236,9 @@ impl Mesh {
         let deadline = Instant::now() + timeout;
         // Every change written so far must be confirmed by the peer's sidecar: the WAL
         // position now on each node, against the slot the other node reads.
-        let marks: Vec<(&Cluster, &str, String)> =
-            [(&self.a.cluster, "pgmesh_b"), (&self.b.cluster, "pgmesh_a")]
-                .into_iter()
-                .map(|(c, slot)| (c, slot, c.psql("SELECT pg_current_wal_lsn()").unwrap()))
-                .collect();
+        let marks = wal_marks(&self.a.cluster, &self.b.cluster);
         loop {
-            let caught_up = marks.iter().all(|(c, slot, mark)| {
-                c.psql(&format!(
-                    "SELECT confirmed_flush_lsn >= '{mark}' FROM pg_replication_slots \
-                     WHERE slot_name = '{slot}'"
-                ))
-                .map(|s| s == "t")
-                .unwrap_or(false)
-            });
+            let caught_up = slots_caught_up(&marks);
             let same = caught_up
                 && tables
                     .iter()
@@ -367,6 +356,26 @@ fn audit_story(m: &Mesh, table: &str, ids: &[String]) -> String {
         }
     }
     out
+}
+
+/// Each node's current WAL position, with the slot through which the other node's sidecar
+/// reads it: what "everything written so far" means for [`slots_caught_up`].
+pub fn wal_marks<'c>(a: &'c Cluster, b: &'c Cluster) -> Vec<(&'c Cluster, &'static str, String)> {
+    [(a, "pgmesh_b"), (b, "pgmesh_a")]
+        .into_iter()
+        .map(|(c, slot)| (c, slot, c.psql("SELECT pg_current_wal_lsn()").unwrap()))
+        .collect()
+}
+
+/// Whether every slot of `marks` confirmed its node's WAL up to the mark.
+pub fn slots_caught_up(marks: &[(&Cluster, &str, String)]) -> bool {
+    marks.iter().all(|(c, slot, mark)| {
+        c.psql(&format!(
+            "SELECT confirmed_flush_lsn >= '{mark}' FROM pg_replication_slots \
+             WHERE slot_name = '{slot}'"
+        ))
+        .is_ok_and(|s| s == "t")
+    })
 }
 
 /// A table's rows in key order, as one comparable string.
