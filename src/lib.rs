@@ -16,6 +16,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod conflict;
+pub mod control;
 pub mod ddl;
 pub mod filter;
 pub mod guardrail;

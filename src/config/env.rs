@@ -74,6 +74,13 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("REPLICATION", "TABLES", Kind::List),
     ("REPLICATION", "FULL_IDENTITY", Kind::List),
     ("REPLICATION", "EXCLUDE", Kind::List),
+    ("CONTROL", "ETCD", Kind::List),
+    ("CONTROL", "CLUSTER", Kind::Str),
+    ("CONTROL", "LEASE_TTL", Kind::Str),
+    ("CONTROL", "SAFETY_MARGIN", Kind::Str),
+    ("CONTROL", "PROBE_INTERVAL", Kind::Str),
+    ("CONTROL", "FAILED_AFTER", Kind::Int),
+    ("CONTROL", "FAILBACK", Kind::Str),
 ];
 
 const NODE_KEYS: &[&str] = &["PASSWORD_FILE", "DSN"];
@@ -123,9 +130,16 @@ pub(super) fn apply_overrides(
                 .and_then(|r| r.strip_prefix('_'))
                 .is_some_and(|r| r == *k)
         }) else {
-            if ["APPLY_", "GUARDRAIL_", "HTTP_", "LEDGER_", "REPLICATION_"]
-                .iter()
-                .any(|p| rest.starts_with(p))
+            if [
+                "APPLY_",
+                "CONTROL_",
+                "GUARDRAIL_",
+                "HTTP_",
+                "LEDGER_",
+                "REPLICATION_",
+            ]
+            .iter()
+            .any(|p| rest.starts_with(p))
             {
                 return Err(env_err(
                     "names no config key (see the config documentation for the list)".into(),

@@ -28,6 +28,7 @@
 //! command-line flags ([`ConfigFlags`]); `${VAR}` inside a dsn is replaced by that
 //! variable. Passwords never appear in `Debug`/`Display` output.
 
+pub mod control;
 mod dsn;
 mod duration;
 pub mod env;
@@ -40,6 +41,7 @@ mod password;
 mod pattern;
 mod size;
 
+pub use control::{ControlConfig, EndpointConfig, Failback, HealthConfig, PromqlSignal};
 pub use dsn::{interpolate, mask, Dsn};
 pub use duration::{format_duration, parse_duration};
 pub use env::Env;
@@ -72,6 +74,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     pub ledger: LedgerConfig,
     pub guardrail: GuardrailConfig,
+    /// `[control]` and `[endpoints.*]`: `None` when only the data path is configured.
+    pub control: Option<ControlConfig>,
 }
 
 /// One PostgreSQL primary.
@@ -145,6 +149,9 @@ struct RawConfig {
     ledger: ledger::RawLedger,
     #[serde(default)]
     guardrail: guardrail::RawGuardrail,
+    control: Option<control::RawControl>,
+    #[serde(default)]
+    endpoints: BTreeMap<String, control::RawEndpoint>,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +358,8 @@ impl Config {
             .guardrail
             .validate()
             .map_err(|(key, m)| invalid(key, m))?;
+        let node_names: Vec<&str> = nodes.keys().map(String::as_str).collect();
+        let control = ControlConfig::from_raw(raw.control, raw.endpoints, &node_names, &invalid)?;
 
         Ok(Config {
             source: source.to_string(),
@@ -360,6 +369,7 @@ impl Config {
             http,
             ledger,
             guardrail,
+            control,
         })
     }
 
@@ -372,6 +382,15 @@ impl Config {
                 "no node named {name:?}; known nodes: {}",
                 self.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
+        })
+    }
+
+    /// `[control]`, or an error saying how to add it (for `pgmesh agent` and friends).
+    pub fn control(&self) -> Result<&ControlConfig, ConfigError> {
+        self.control.as_ref().ok_or_else(|| ConfigError::Invalid {
+            file: self.source.clone(),
+            key: "control".into(),
+            message: "no [control] section: the control plane needs etcd and endpoints, e.g.\n  [control]\n  etcd = [\"http://127.0.0.1:2379\"]\n  cluster = \"prod\"\n  [endpoints.app-eu]\n  home = \"a\"".into(),
         })
     }
 

@@ -466,3 +466,146 @@ fn bad_guardrail_values_are_errors() {
         }
     }
 }
+
+const CONTROL: &str = r#"
+[control]
+etcd = ["http://127.0.0.1:2379", "http://127.0.0.1:2479", "http://127.0.0.1:2579"]
+cluster = "prod"
+lease_ttl = "3s"
+[endpoints.app-eu]
+home = "a"
+[endpoints.app-us]
+home = "b"
+"#;
+
+#[test]
+fn control_section_with_defaults() {
+    let c = parse(&format!("{GOOD}{CONTROL}"), &[("PW_A", "x")]).unwrap();
+    let ctl = c.control().unwrap();
+    assert_eq!(ctl.etcd.len(), 3);
+    assert_eq!(ctl.cluster, "prod");
+    assert_eq!(ctl.lease_ttl, Duration::from_secs(3));
+    assert_eq!(ctl.safety_margin, Duration::from_secs(1));
+    assert_eq!(ctl.probe_interval, Duration::from_millis(500));
+    assert_eq!(ctl.failed_after, 3);
+    assert_eq!(ctl.fence_roles, None);
+    assert_eq!(ctl.failback, Failback::Manual);
+    assert_eq!(
+        ctl.homed_at("a")
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["app-eu"]
+    );
+    assert!(parse(GOOD, &[("PW_A", "x")]).unwrap().control.is_none());
+}
+
+#[test]
+fn control_section_errors_name_the_key_and_the_fix() {
+    let bad = |text: &str, key: &str, needle: &str| {
+        let e = parse(&format!("{GOOD}{text}"), &[("PW_A", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains(needle), "{text}: {e}");
+    };
+    bad(
+        CONTROL.replace("home = \"b\"", "home = \"c\"").as_str(),
+        "endpoints.app-us.home",
+        "known nodes: a, b",
+    );
+    bad(
+        "[endpoints.x]\nhome = \"a\"\n",
+        "control",
+        "[control] is missing",
+    );
+    bad(
+        &CONTROL.replace("lease_ttl = \"3s\"", "lease_ttl = \"1500ms\""),
+        "control.lease_ttl",
+        "whole seconds",
+    );
+    bad(
+        &CONTROL.replace(
+            "lease_ttl = \"3s\"",
+            "lease_ttl = \"3s\"\nsafety_margin = \"2s\"",
+        ),
+        "control.safety_margin",
+        "more than half",
+    );
+    bad(
+        &CONTROL.replace(
+            "lease_ttl = \"3s\"",
+            "lease_ttl = \"3s\"\nprobe_interval = \"2s\"",
+        ),
+        "control.probe_interval",
+        "two tries",
+    );
+    bad(
+        &CONTROL.replace("etcd = [", "etcd = [\"127.0.0.1:1\", "),
+        "control.etcd",
+        "not an etcd client URL",
+    );
+    bad(
+        &CONTROL.replace("cluster = \"prod\"", "cluster = \"a/b\""),
+        "control.cluster",
+        "letters",
+    );
+    bad(
+        &CONTROL.replace("cluster = \"prod\"", "failback = \"sometimes\""),
+        "control.failback",
+        "manual",
+    );
+    bad(
+        &format!("{CONTROL}[control.health]\nfailed_below = 0.9\ndegraded_below = 0.5\n"),
+        "control.health.failed_below",
+        "degraded before",
+    );
+    bad(&format!("{CONTROL}[[control.health.promql]]\nname = \"p95\"\nurl = \"http://x:9090\"\nquery = \"up\"\n"), "control.health.promql[0]", "neither `max` nor `min`");
+    bad(
+        &format!("{CONTROL}[control.health]\nweight_etcd = -1.0\n"),
+        "control.health.weight_etcd",
+        "not a weight",
+    );
+    let c = parse(
+        &format!(
+            "{GOOD}{}",
+            CONTROL.replace(
+                "cluster = \"prod\"",
+                "failback = \"auto\"\nfailback_after = \"10s\""
+            )
+        ),
+        &[("PW_A", "x")],
+    )
+    .unwrap();
+    assert_eq!(
+        c.control().unwrap().failback,
+        Failback::Auto {
+            max_lag: ByteSize(1 << 20),
+            after: Duration::from_secs(10)
+        }
+    );
+}
+
+#[test]
+fn control_keys_take_environment_overrides() {
+    let c = parse(
+        &format!("{GOOD}{CONTROL}"),
+        &[
+            ("PW_A", "x"),
+            (
+                "PGMESH_CONTROL_ETCD",
+                "http://10.0.0.1:2379, http://10.0.0.2:2379",
+            ),
+            ("PGMESH_CONTROL_LEASE_TTL", "5s"),
+        ],
+    )
+    .unwrap();
+    let ctl = c.control().unwrap();
+    assert_eq!(ctl.etcd, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+    assert_eq!(ctl.lease_ttl, Duration::from_secs(5));
+    let e = parse(
+        &format!("{GOOD}{CONTROL}"),
+        &[("PW_A", "x"), ("PGMESH_CONTROL_LEASE_TTL", "1s")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("PGMESH_CONTROL_LEASE_TTL"), "{e}");
+}

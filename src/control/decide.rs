@@ -1,0 +1,382 @@
+//! The control plane decides in one place: `decide(observation) -> Decision`, pure, so every
+//! case (lease lost, peer dead, witness lost, flapping probe, frozen agent, switchover,
+//! maintenance, failback, forced failover) is a row in a table of tests.
+//!
+//! The rule that prevents split brain: a region may take application writes only while it
+//! owns at least one endpoint under a live lease (and is neither failed nor in
+//! maintenance). Everything else follows from it:
+//! - no live lease → fence (the other side takes the endpoints only after etcd expired
+//!   the lease, which is later than our deadline by the safety margin);
+//! - local primary failed → release every endpoint at once, so the peer need not wait for
+//!   the lease to expire;
+//! - an endpoint without an owner is taken by its home region, or by another region when
+//!   the home region is gone (no member key: its lease expired), failed or in maintenance;
+//! - a planned move (switchover, maintenance, failback) is a *drain*: the old owner stops
+//!   writes, waits until the new owner applied everything it committed, then moves the key
+//!   with a compare-and-swap on the epoch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::health::HealthState;
+use crate::config::{ControlConfig, Failback};
+
+/// The owner of an endpoint, as read from etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub lease: i64,
+    /// The owner key's mod revision.
+    pub epoch: i64,
+}
+
+/// A live agent (its `member/<node>` key exists, so its lease does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub lease: i64,
+    pub health: HealthState,
+}
+
+/// A planned move of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Switchover {
+    pub from: String,
+    pub to: String,
+    pub epoch: i64,
+    pub deadline_ms: i64,
+}
+
+/// The cluster as one etcd read saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub owners: BTreeMap<String, Owner>,
+    pub members: BTreeMap<String, Member>,
+    pub maintenance: BTreeSet<String>,
+    pub switchovers: BTreeMap<String, Switchover>,
+}
+
+/// Everything one decision needs.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    pub me: &'a str,
+    pub config: &'a ControlConfig,
+    /// Our lease id while it is live by our own clock (before the fence deadline).
+    pub lease: Option<i64>,
+    /// We lost a lease less than one TTL ago: take nothing new yet (a forced failover or
+    /// the peer's takeover may still be landing).
+    pub quarantine: bool,
+    /// The last etcd read; `fresh` is false when this tick's read failed.
+    pub view: &'a ClusterView,
+    pub fresh: bool,
+    /// The region's confirmed health (see [`super::health::HealthTracker`]).
+    pub health: HealthState,
+    /// The local primary's fence flag; `None` when it cannot be read.
+    pub db_fenced: Option<bool>,
+    /// Endpoints an operator forced onto this region (`pgmesh failover --force`) that
+    /// etcd does not show as ours yet.
+    pub forced: &'a [String],
+    /// Auto failback: our lag stayed under the bound long enough.
+    pub caught_up: bool,
+    pub now_ms: i64,
+}
+
+/// Why an endpoint is being moved away in a planned way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainCause {
+    Switchover,
+    Maintenance,
+}
+
+/// What the executors do, in this order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Fence {
+        reason: String,
+    },
+    Release {
+        endpoint: String,
+        epoch: i64,
+        reason: String,
+    },
+    /// Stop writes for `endpoint`, wait until `to` applied them, move it (CAS on `epoch`).
+    Drain {
+        endpoint: String,
+        epoch: i64,
+        to: String,
+        to_lease: i64,
+        cause: DrainCause,
+    },
+    AbortSwitchover {
+        endpoint: String,
+        reason: String,
+    },
+    /// The switchover intent is finished (or stale): remove it.
+    ClearSwitchover {
+        endpoint: String,
+    },
+    Acquire {
+        endpoint: String,
+        /// The region it is taken from (failover), `None` for a home endpoint.
+        takeover_from: Option<String>,
+        reason: String,
+    },
+    /// Put the endpoint on our lease whoever owns it: the operator forced it.
+    ClaimForced {
+        endpoint: String,
+    },
+    /// Ask the current owner to hand our home endpoint back (auto failback).
+    RequestFailback {
+        endpoint: String,
+        from: String,
+        epoch: i64,
+    },
+    Unfence {
+        reason: String,
+    },
+}
+
+/// The decision of one tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// Whether this region may take application writes now.
+    pub writable: bool,
+    /// Endpoints this region owns and serves (not draining), for `/owner/<endpoint>`.
+    pub serving: Vec<String>,
+    /// One sentence: why the region is (not) writable.
+    pub why: String,
+}
+
+#[must_use]
+pub fn decide(o: &Observation<'_>) -> Decision {
+    let view = o.view;
+    let in_maintenance = view.maintenance.contains(o.me);
+    let owned: Vec<(&String, &Owner)> = match o.lease {
+        Some(lease) => view
+            .owners
+            .iter()
+            .filter(|(_, w)| w.node == o.me && w.lease == lease)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut actions = Vec::new();
+    let mut draining = BTreeSet::new();
+
+    // Planned moves of what we own.
+    for (endpoint, owner) in &owned {
+        let Some(sw) = view.switchovers.get(endpoint.as_str()) else {
+            continue;
+        };
+        if sw.from != o.me || sw.epoch != owner.epoch {
+            continue;
+        }
+        let target = view.members.get(&sw.to);
+        let refusal = if o.now_ms > sw.deadline_ms {
+            Some(format!("switchover to {} timed out", sw.to))
+        } else if sw.to == o.me {
+            Some("the endpoint is already here".to_string())
+        } else {
+            match target {
+                None => Some(format!("{} is not alive (no lease)", sw.to)),
+                Some(m) if m.health == HealthState::Failed => Some(format!("{} is failed", sw.to)),
+                Some(_) if view.maintenance.contains(&sw.to) => {
+                    Some(format!("{} is in maintenance", sw.to))
+                }
+                Some(_) => None,
+            }
+        };
+        match (refusal, target) {
+            (Some(reason), _) => actions.push(Action::AbortSwitchover {
+                endpoint: endpoint.to_string(),
+                reason,
+            }),
+            (None, Some(m)) => {
+                draining.insert(endpoint.to_string());
+                actions.push(Action::Drain {
+                    endpoint: endpoint.to_string(),
+                    epoch: owner.epoch,
+                    to: sw.to.clone(),
+                    to_lease: m.lease,
+                    cause: DrainCause::Switchover,
+                });
+            }
+            (None, None) => {}
+        }
+    }
+    if in_maintenance {
+        let target = view.members.iter().find(|(n, m)| {
+            n.as_str() != o.me && m.health != HealthState::Failed && !view.maintenance.contains(*n)
+        });
+        for (endpoint, owner) in &owned {
+            if draining.contains(endpoint.as_str()) {
+                continue;
+            }
+            draining.insert(endpoint.to_string());
+            if let Some((to, m)) = target {
+                actions.push(Action::Drain {
+                    endpoint: endpoint.to_string(),
+                    epoch: owner.epoch,
+                    to: to.clone(),
+                    to_lease: m.lease,
+                    cause: DrainCause::Maintenance,
+                });
+            }
+        }
+    }
+    // Intents that are done or stale: the current owner (or the target) clears them.
+    for (endpoint, sw) in &view.switchovers {
+        match view.owners.get(endpoint) {
+            Some(w) if w.node == sw.to && w.node == o.me && o.lease == Some(w.lease) => actions
+                .push(Action::ClearSwitchover {
+                    endpoint: endpoint.clone(),
+                }),
+            Some(w) if w.node == o.me && o.lease == Some(w.lease) && w.epoch != sw.epoch => actions
+                .push(Action::ClearSwitchover {
+                    endpoint: endpoint.clone(),
+                }),
+            _ => {}
+        }
+    }
+
+    let serving: Vec<String> = owned
+        .iter()
+        .map(|(e, _)| e.to_string())
+        .filter(|e| !draining.contains(e))
+        .collect();
+    let forced_here = !o.forced.is_empty();
+    let (writable, why) = if forced_here && (o.lease.is_none() || !o.fresh) {
+        (
+            true,
+            format!(
+                "forced writable by the operator (pgmesh failover --force {})",
+                o.forced.join(", ")
+            ),
+        )
+    } else if o.lease.is_none() {
+        (false, "no live lease in etcd".to_string())
+    } else if o.health == HealthState::Failed {
+        (
+            false,
+            "the local primary failed its health probes".to_string(),
+        )
+    } else if in_maintenance {
+        (false, "in maintenance (pgmesh fence)".to_string())
+    } else if serving.is_empty() && !forced_here {
+        let why = if owned.is_empty() {
+            "owns no endpoint".to_string()
+        } else {
+            "every endpoint it owns is being moved away".to_string()
+        };
+        (false, why)
+    } else if serving.is_empty() {
+        (
+            true,
+            format!("claiming forced endpoints {}", o.forced.join(", ")),
+        )
+    } else {
+        (true, format!("owns {}", serving.join(", ")))
+    };
+
+    if !writable && o.db_fenced != Some(true) {
+        actions.insert(
+            0,
+            Action::Fence {
+                reason: why.clone(),
+            },
+        );
+    }
+
+    // A failed primary with a live agent hands its endpoints over at once.
+    if o.health == HealthState::Failed {
+        for (endpoint, owner) in &owned {
+            actions.push(Action::Release {
+                endpoint: endpoint.to_string(),
+                epoch: owner.epoch,
+                reason: "the local primary failed its health probes".into(),
+            });
+        }
+    }
+
+    let may_take =
+        o.lease.is_some() && o.fresh && o.health != HealthState::Failed && !in_maintenance;
+    if may_take {
+        for endpoint in o.forced {
+            let ours = view
+                .owners
+                .get(endpoint)
+                .is_some_and(|w| w.node == o.me && Some(w.lease) == o.lease);
+            if !ours {
+                actions.push(Action::ClaimForced {
+                    endpoint: endpoint.clone(),
+                });
+            }
+        }
+    }
+    if may_take && !o.quarantine {
+        for e in o.config.endpoints.values() {
+            if view.owners.contains_key(&e.name) || o.forced.contains(&e.name) {
+                continue;
+            }
+            if e.home == o.me {
+                actions.push(Action::Acquire {
+                    endpoint: e.name.clone(),
+                    takeover_from: None,
+                    reason: "home endpoint without an owner".into(),
+                });
+                continue;
+            }
+            let home_gone = match view.members.get(&e.home) {
+                None => Some(format!("{} has no live lease", e.home)),
+                Some(m) if m.health == HealthState::Failed => {
+                    Some(format!("{} reports its primary failed", e.home))
+                }
+                Some(_) if view.maintenance.contains(&e.home) => {
+                    Some(format!("{} is in maintenance", e.home))
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = home_gone {
+                actions.push(Action::Acquire {
+                    endpoint: e.name.clone(),
+                    takeover_from: Some(e.home.clone()),
+                    reason: format!("failover: {reason}"),
+                });
+            }
+        }
+    }
+
+    // Auto failback of our home endpoints once we caught up.
+    if let Failback::Auto { .. } = o.config.failback {
+        if may_take && o.caught_up && o.health == HealthState::Healthy {
+            for e in o.config.homed_at(o.me) {
+                if view.switchovers.contains_key(&e.name) {
+                    continue;
+                }
+                if let Some(w) = view.owners.get(&e.name) {
+                    if w.node != o.me {
+                        actions.push(Action::RequestFailback {
+                            endpoint: e.name.clone(),
+                            from: w.node.clone(),
+                            epoch: w.epoch,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    if writable && o.db_fenced == Some(true) {
+        actions.push(Action::Unfence {
+            reason: why.clone(),
+        });
+    }
+    Decision {
+        actions,
+        writable,
+        serving,
+        why,
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,500 @@
+//! Table of cases for [`decide`]: each names the situation and what must happen.
+
+use super::*;
+use crate::config::{Config, Env};
+
+const CONFIG: &str = r#"
+[nodes.a]
+dsn = "host=127.0.0.1 port=1 user=postgres"
+[nodes.b]
+dsn = "host=127.0.0.1 port=2 user=postgres"
+[replication]
+tables = ["public.*"]
+[control]
+etcd = ["http://127.0.0.1:2379"]
+[endpoints.app-eu]
+home = "a"
+[endpoints.app-us]
+home = "b"
+"#;
+
+fn config() -> ControlConfig {
+    static PARSED: std::sync::OnceLock<ControlConfig> = std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            Config::parse(CONFIG, "t.toml", &Env::from_pairs::<&str, &str>([]))
+                .unwrap()
+                .control
+                .unwrap()
+        })
+        .clone()
+}
+
+const A_LEASE: i64 = 100;
+const B_LEASE: i64 = 200;
+
+fn member(lease: i64) -> Member {
+    Member {
+        lease,
+        health: HealthState::Healthy,
+    }
+}
+
+fn owner(node: &str, lease: i64, epoch: i64) -> Owner {
+    Owner {
+        node: node.into(),
+        lease,
+        epoch,
+    }
+}
+
+/// Both alive and healthy, each owning its home endpoint.
+fn steady() -> ClusterView {
+    let mut v = ClusterView::default();
+    v.members.insert("a".into(), member(A_LEASE));
+    v.members.insert("b".into(), member(B_LEASE));
+    v.owners.insert("app-eu".into(), owner("a", A_LEASE, 10));
+    v.owners.insert("app-us".into(), owner("b", B_LEASE, 11));
+    v
+}
+
+struct Case {
+    view: ClusterView,
+    me: &'static str,
+    lease: Option<i64>,
+    fresh: bool,
+    quarantine: bool,
+    health: HealthState,
+    db_fenced: Option<bool>,
+    forced: Vec<String>,
+    caught_up: bool,
+    now_ms: i64,
+    cfg: ControlConfig,
+}
+
+impl Case {
+    fn on(me: &'static str, view: ClusterView) -> Case {
+        Case {
+            view,
+            me,
+            lease: Some(if me == "a" { A_LEASE } else { B_LEASE }),
+            fresh: true,
+            quarantine: false,
+            health: HealthState::Healthy,
+            db_fenced: Some(false),
+            forced: Vec::new(),
+            caught_up: false,
+            now_ms: 1_000,
+            cfg: config(),
+        }
+    }
+
+    fn run(&self) -> Decision {
+        decide(&Observation {
+            me: self.me,
+            config: &self.cfg,
+            lease: self.lease,
+            quarantine: self.quarantine,
+            view: &self.view,
+            fresh: self.fresh,
+            health: self.health,
+            db_fenced: self.db_fenced,
+            forced: &self.forced,
+            caught_up: self.caught_up,
+            now_ms: self.now_ms,
+        })
+    }
+}
+
+fn fences(d: &Decision) -> bool {
+    d.actions.iter().any(|a| matches!(a, Action::Fence { .. }))
+}
+
+fn acquires(d: &Decision) -> Vec<(String, Option<String>)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Acquire {
+                endpoint,
+                takeover_from,
+                ..
+            } => Some((endpoint.clone(), takeover_from.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn steady_state_both_regions_write_and_nothing_moves() {
+    for me in ["a", "b"] {
+        let d = Case::on(me, steady()).run();
+        assert!(d.writable, "{me}: {d:?}");
+        assert_eq!(d.actions, vec![], "{me}");
+        assert_eq!(d.serving.len(), 1);
+    }
+}
+
+#[test]
+fn a_fenced_primary_that_owns_its_endpoint_is_unfenced() {
+    let mut c = Case::on("a", steady());
+    c.db_fenced = Some(true);
+    let d = c.run();
+    assert!(
+        matches!(d.actions.last(), Some(Action::Unfence { .. })),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn lease_lost_fences_and_takes_nothing_even_when_endpoints_look_free() {
+    let mut view = steady();
+    view.owners.clear();
+    let mut c = Case::on("a", view);
+    c.lease = None;
+    let d = c.run();
+    assert!(!d.writable);
+    assert_eq!(d.why, "no live lease in etcd");
+    assert!(fences(&d));
+    assert!(acquires(&d).is_empty());
+}
+
+#[test]
+fn lease_lost_while_already_fenced_changes_nothing() {
+    let mut c = Case::on("a", steady());
+    c.lease = None;
+    c.db_fenced = Some(true);
+    assert_eq!(c.run().actions, vec![]);
+}
+
+#[test]
+fn an_unreadable_primary_is_fenced_again_when_not_writable() {
+    let mut c = Case::on("a", steady());
+    c.lease = None;
+    c.db_fenced = None;
+    assert!(fences(&c.run()));
+}
+
+#[test]
+fn keys_of_an_old_lease_are_not_ownership() {
+    // The agent restarted with a new lease; etcd still shows app-eu on the old one.
+    let mut c = Case::on("a", steady());
+    c.lease = Some(999);
+    let d = c.run();
+    assert!(!d.writable);
+    assert!(fences(&d));
+    assert!(
+        acquires(&d).is_empty(),
+        "the old key still exists: wait for it"
+    );
+}
+
+#[test]
+fn peer_lease_expired_survivor_takes_its_endpoint_and_says_from_whom() {
+    let mut view = steady();
+    view.members.remove("a");
+    view.owners.remove("app-eu");
+    let d = Case::on("b", view).run();
+    assert_eq!(acquires(&d), vec![("app-eu".into(), Some("a".into()))]);
+    assert!(d.writable);
+}
+
+#[test]
+fn an_unowned_endpoint_whose_home_is_alive_is_left_to_the_home() {
+    let mut view = steady();
+    view.owners.remove("app-eu");
+    let d = Case::on("b", view.clone()).run();
+    assert!(acquires(&d).is_empty(), "{d:?}");
+    let d = Case::on("a", view).run();
+    assert_eq!(acquires(&d), vec![("app-eu".into(), None)]);
+}
+
+#[test]
+fn a_peer_reporting_a_failed_primary_loses_its_endpoint_before_its_lease_ends() {
+    let mut view = steady();
+    view.members.get_mut("a").unwrap().health = HealthState::Failed;
+    view.owners.remove("app-eu"); // a released it
+    let d = Case::on("b", view).run();
+    assert_eq!(acquires(&d), vec![("app-eu".into(), Some("a".into()))]);
+}
+
+#[test]
+fn failed_local_primary_releases_everything_at_once_and_fences() {
+    let mut c = Case::on("a", steady());
+    c.health = HealthState::Failed;
+    let d = c.run();
+    assert!(!d.writable);
+    assert!(fences(&d));
+    assert!(d.actions.iter().any(|a| matches!(
+        a,
+        Action::Release { endpoint, epoch: 10, .. } if endpoint == "app-eu"
+    )));
+    assert!(acquires(&d).is_empty());
+}
+
+#[test]
+fn degraded_moves_nothing() {
+    let mut c = Case::on("a", steady());
+    c.health = HealthState::Degraded;
+    let d = c.run();
+    assert!(d.writable);
+    assert_eq!(d.actions, vec![]);
+    let mut view = steady();
+    view.members.get_mut("a").unwrap().health = HealthState::Degraded;
+    view.owners.remove("app-eu");
+    assert!(acquires(&Case::on("b", view).run()).is_empty());
+}
+
+#[test]
+fn a_stale_view_takes_nothing_but_keeps_what_the_lease_holds() {
+    let mut view = steady();
+    view.members.remove("a");
+    view.owners.remove("app-eu");
+    let mut c = Case::on("b", view);
+    c.fresh = false;
+    let d = c.run();
+    assert!(acquires(&d).is_empty());
+    assert!(d.writable, "still owns app-us under a live lease");
+}
+
+#[test]
+fn quarantine_after_a_lost_lease_takes_nothing_new() {
+    let mut view = steady();
+    view.owners.clear();
+    let mut c = Case::on("a", view);
+    c.quarantine = true;
+    let d = c.run();
+    assert!(acquires(&d).is_empty());
+    assert!(!d.writable);
+}
+
+fn with_switchover(mut view: ClusterView, to: &str, epoch: i64, deadline_ms: i64) -> ClusterView {
+    view.switchovers.insert(
+        "app-eu".into(),
+        Switchover {
+            from: "a".into(),
+            to: to.into(),
+            epoch,
+            deadline_ms,
+        },
+    );
+    view
+}
+
+#[test]
+fn switchover_of_the_only_endpoint_fences_and_drains_to_the_target() {
+    let d = Case::on("a", with_switchover(steady(), "b", 10, 5_000)).run();
+    assert!(!d.writable);
+    assert!(
+        matches!(d.actions.first(), Some(Action::Fence { .. })),
+        "fence first: {d:?}"
+    );
+    assert!(d.actions.contains(&Action::Drain {
+        endpoint: "app-eu".into(),
+        epoch: 10,
+        to: "b".into(),
+        to_lease: B_LEASE,
+        cause: DrainCause::Switchover,
+    }));
+    assert!(d.serving.is_empty());
+}
+
+#[test]
+fn switchover_of_one_of_two_endpoints_keeps_writing_for_the_other() {
+    let mut view = steady();
+    view.owners.insert("app-us".into(), owner("a", A_LEASE, 12));
+    let d = Case::on("a", with_switchover(view, "b", 10, 5_000)).run();
+    assert!(d.writable);
+    assert_eq!(d.serving, vec!["app-us".to_string()]);
+    assert!(!fences(&d));
+}
+
+#[test]
+fn switchover_for_an_older_epoch_or_past_its_deadline_or_to_a_dead_target_is_not_drained() {
+    let stale = Case::on("a", with_switchover(steady(), "b", 9, 5_000)).run();
+    assert!(stale.writable);
+    assert!(stale.actions.contains(&Action::ClearSwitchover {
+        endpoint: "app-eu".into()
+    }));
+    let late = Case::on("a", with_switchover(steady(), "b", 10, 500)).run();
+    assert!(late.writable);
+    assert!(matches!(late.actions[..], [Action::AbortSwitchover { .. }]));
+    let mut view = with_switchover(steady(), "b", 10, 5_000);
+    view.members.remove("b");
+    let dead = Case::on("a", view).run();
+    assert!(dead.writable);
+    assert!(
+        matches!(&dead.actions[..], [Action::AbortSwitchover { reason, .. }] if reason.contains("not alive"))
+    );
+}
+
+#[test]
+fn the_new_owner_clears_a_finished_switchover() {
+    let mut view = with_switchover(steady(), "b", 10, 5_000);
+    view.owners.insert("app-eu".into(), owner("b", B_LEASE, 13));
+    let d = Case::on("b", view).run();
+    assert!(d.writable);
+    assert!(d.actions.contains(&Action::ClearSwitchover {
+        endpoint: "app-eu".into()
+    }));
+}
+
+#[test]
+fn maintenance_fences_and_drains_everything_to_a_healthy_peer() {
+    let mut view = steady();
+    view.maintenance.insert("a".into());
+    let d = Case::on("a", view.clone()).run();
+    assert!(!d.writable);
+    assert!(fences(&d));
+    assert!(d.actions.iter().any(|a| matches!(
+        a,
+        Action::Drain { to, cause: DrainCause::Maintenance, .. } if to == "b"
+    )));
+    // With no healthy peer the endpoint stays (nobody could take it) but a is fenced.
+    view.members.get_mut("b").unwrap().health = HealthState::Failed;
+    let d = Case::on("a", view).run();
+    assert!(fences(&d));
+    assert!(!d.actions.iter().any(|a| matches!(a, Action::Drain { .. })));
+}
+
+#[test]
+fn a_region_in_maintenance_gives_its_unowned_endpoints_to_the_peer() {
+    let mut view = steady();
+    view.maintenance.insert("a".into());
+    view.owners.remove("app-eu");
+    assert_eq!(
+        acquires(&Case::on("b", view.clone()).run()),
+        vec![("app-eu".into(), Some("a".into()))]
+    );
+    assert!(acquires(&Case::on("a", view).run()).is_empty());
+}
+
+#[test]
+fn a_returning_region_stays_fenced_while_the_peer_holds_its_endpoint() {
+    let mut view = steady();
+    view.owners.insert("app-eu".into(), owner("b", B_LEASE, 20));
+    let mut c = Case::on("a", view);
+    c.db_fenced = Some(true);
+    c.caught_up = true;
+    let d = c.run();
+    assert!(!d.writable);
+    assert_eq!(
+        d.actions,
+        vec![],
+        "manual failback: nothing happens by itself"
+    );
+}
+
+#[test]
+fn auto_failback_asks_for_the_home_endpoint_only_once_caught_up() {
+    let mut view = steady();
+    view.owners.insert("app-eu".into(), owner("b", B_LEASE, 20));
+    let mut c = Case::on("a", view);
+    c.cfg = Config::parse(
+        &CONFIG.replace("[control]\n", "[control]\nfailback = \"auto\"\n"),
+        "t.toml",
+        &Env::from_pairs::<&str, &str>([]),
+    )
+    .unwrap()
+    .control
+    .unwrap();
+    c.db_fenced = Some(true);
+    assert_eq!(c.run().actions, vec![]);
+    c.caught_up = true;
+    assert_eq!(
+        c.run().actions,
+        vec![Action::RequestFailback {
+            endpoint: "app-eu".into(),
+            from: "b".into(),
+            epoch: 20
+        }]
+    );
+}
+
+#[test]
+fn forced_failover_holds_without_quorum_and_is_claimed_once_etcd_is_back() {
+    let mut view = steady();
+    view.members.remove("a");
+    let mut c = Case::on("b", view);
+    c.forced = vec!["app-eu".into()];
+    c.lease = None;
+    c.db_fenced = Some(true);
+    let d = c.run();
+    assert!(d.writable, "{d:?}");
+    assert!(matches!(d.actions[..], [Action::Unfence { .. }]));
+    c.lease = Some(B_LEASE);
+    c.db_fenced = Some(false);
+    let d = c.run();
+    assert!(d.writable);
+    assert_eq!(
+        d.actions,
+        vec![Action::ClaimForced {
+            endpoint: "app-eu".into()
+        }]
+    );
+}
+
+#[test]
+fn never_two_writable_owners_of_one_endpoint_over_random_views() {
+    // Random views and observations; for every endpoint, at most one of the two regions'
+    // decisions may serve it — given the invariant etcd gives us: one owner key per
+    // endpoint, bound to one lease.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let healths = [
+        HealthState::Healthy,
+        HealthState::Degraded,
+        HealthState::Failed,
+    ];
+    for _ in 0..20_000 {
+        let mut view = ClusterView::default();
+        for (n, l) in [("a", A_LEASE), ("b", B_LEASE)] {
+            if rnd(4) != 0 {
+                view.members.insert(
+                    n.into(),
+                    Member {
+                        lease: l,
+                        health: healths[rnd(3) as usize],
+                    },
+                );
+            }
+            if rnd(5) == 0 {
+                view.maintenance.insert(n.into());
+            }
+        }
+        for e in ["app-eu", "app-us"] {
+            match rnd(3) {
+                0 => {}
+                1 => {
+                    view.owners.insert(e.into(), owner("a", A_LEASE, 5));
+                }
+                _ => {
+                    view.owners.insert(e.into(), owner("b", B_LEASE, 6));
+                }
+            }
+        }
+        let decisions: Vec<Decision> = ["a", "b"]
+            .iter()
+            .map(|me| {
+                let mut c = Case::on(me, view.clone());
+                if rnd(4) == 0 {
+                    c.lease = None;
+                }
+                c.health = healths[rnd(3) as usize];
+                c.fresh = rnd(5) != 0;
+                c.run()
+            })
+            .collect();
+        for e in ["app-eu", "app-us"] {
+            let servers = decisions
+                .iter()
+                .filter(|d| d.writable && d.serving.iter().any(|s| s == e))
+                .count();
+            assert!(servers <= 1, "{e} served twice in {view:?}: {decisions:?}");
+        }
+    }
+}
