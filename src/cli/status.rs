@@ -71,10 +71,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs_f64(args.timeout),
     )
     .await;
+    let control = super::control::status_section(&cfg).await;
     if args.json {
-        println!("{}", status::render::to_json(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some(c), Some(obj)) = (control, v.as_object_mut()) {
+            obj.insert("control".into(), c);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", status::render::to_table(&report));
+        if let Some(c) = &control {
+            print!("{}", super::control::status_text(c));
+        }
     }
     Ok(if report.healthy {
         ExitCode::SUCCESS

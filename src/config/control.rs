@@ -88,7 +88,8 @@ pub struct HealthConfig {
     pub max_lag: ByteSize,
     pub degraded_below: f64,
     pub failed_below: f64,
-    /// Where the local sidecar serves `/readyz` (`[http].listen` when not set).
+    /// Where the local sidecar serves `/readyz` (`[http].listen` when not set); `{node}`
+    /// is replaced by the agent's node name, so one config serves every region.
     pub sidecar_url: Option<String>,
     pub promql: Vec<PromqlSignal>,
 }

@@ -7,6 +7,16 @@
 //! (lease, etcd view, health, fence flag) and returns actions with reasons; the agent
 //! loop carries them out against etcd and PostgreSQL.
 
+pub mod agent;
+pub mod db;
 pub mod decide;
+pub mod event;
+mod execute;
+pub mod fence;
 pub mod health;
+pub mod http;
 pub mod keys;
+pub mod lease;
+pub mod probe;
+pub mod store;
+pub mod watchdog;

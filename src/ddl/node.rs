@@ -10,12 +10,13 @@ use super::DdlError;
 use crate::apply::shape_io::read_shape;
 use crate::config::{names, Config};
 use crate::setup::facts::table_facts;
-use crate::setup::tombstone;
+use crate::setup::{fence_trigger, tombstone};
 
 /// What one node's transaction did, before commit.
 #[derive(Debug, Default)]
 pub struct NodeOutcome {
-    /// What pgmesh refreshed beside the statements (tombstone functions, publication).
+    /// What pgmesh refreshed beside the statements (tombstone functions, fence trigger,
+    /// publication).
     pub notes: Vec<String>,
     /// New columns with a default on non-empty tables: (table.column, default, two
     /// evaluations), compared across nodes before anything commits.
@@ -212,6 +213,24 @@ pub async fn run_on_node(
                 },
                 facts.key_columns().join(", ")
             ));
+        }
+        // The fence must hold writes to every replicated table: a table that starts
+        // replicating here gets the trigger setup gives the others.
+        let unguarded = client
+            .query_one(
+                "SELECT to_regprocedure('pgmesh.fence_guard()') IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+                &[&oid, &fence_trigger::TRIGGER],
+            )
+            .await
+            .map_err(fail(format!("looking for the fence trigger of {q}")))?
+            .get::<_, bool>(0);
+        if unguarded {
+            client
+                .batch_execute(&fence_trigger::create_sql(&q))
+                .await
+                .map_err(fail(format!("creating the fence trigger of {q}")))?;
+            out.notes.push(format!("created fence trigger on {q}"));
         }
     }
     Ok(out)

@@ -21,6 +21,22 @@
 //!   foreign-key checks do not fire for changes already checked on the peer.
 //! - `pg_replication_origin_*`: revoked from PUBLIC by PostgreSQL (grantable since 14).
 //!
+//! The control plane's agent (`pgmesh::control`) runs as the same role by default and
+//! fences its node ([`crate::control::fence`]):
+//! - `SELECT, UPDATE ON pgmesh.fence`: setting and lifting the flag (`SELECT … FOR
+//!   UPDATE` of the row needs UPDATE) and reading it for `status`.
+//! - `SELECT ON pgmesh.nodes`: the node's own name, for reports.
+//! - membership in `pg_signal_backend`: ending the sessions of fenced roles that are
+//!   inside a transaction (`pg_terminate_backend` on another role's session). It cannot
+//!   end superusers' sessions, which the fence never holds anyway.
+//! - membership in `pg_read_all_stats`: without it `pg_stat_activity` shows other roles'
+//!   sessions with `xact_start`, `state` and `backend_type` NULL, so the fence could not
+//!   tell a session in a transaction from an idle one (it would then end them all).
+//!   Narrower than `pg_monitor`, which adds reading every setting and scan functions.
+//! - `INHERIT` on the role: the two memberships only give their privileges to a role
+//!   that inherits (PostgreSQL 16+ records that per grant, from the role's attribute at
+//!   grant time; `GRANT … WITH INHERIT` does not parse on 15).
+//!
 //! Not granted because PUBLIC has them by default: `pg_logical_emit_message` (whose
 //! signature gained a fourth argument in 17), `pg_xact_commit_timestamp_origin(xid)`,
 //! `pg_current_xact_id()`, and reading `pg_replication_origin`.
@@ -54,7 +70,7 @@ pub fn grants_sql(role: &str) -> Result<String, GrantsError> {
         "\
 -- Least privileges for `pgmesh run` as role {r}. Run as a superuser on every node after
 -- `pgmesh setup`, and again whenever tables join the replication set.
-ALTER ROLE {r} WITH LOGIN REPLICATION;
+ALTER ROLE {r} WITH LOGIN REPLICATION INHERIT;
 GRANT USAGE ON SCHEMA pgmesh TO {r};
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgmesh.conflicts, pgmesh.tombstones, pgmesh.outbox TO {r};
 GRANT SELECT, INSERT ON pgmesh.guardrail_drops TO {r};
@@ -67,6 +83,11 @@ GRANT EXECUTE ON FUNCTION
   pg_replication_origin_xact_setup(pg_lsn, timestamptz),
   pg_replication_origin_progress(text, boolean)
   TO {r};
+-- The agent (same role by default): set and lift the fence, read the node's name, end
+-- fenced sessions that are inside a transaction, see which sessions those are.
+GRANT SELECT, UPDATE ON pgmesh.fence TO {r};
+GRANT SELECT ON pgmesh.nodes TO {r};
+GRANT pg_signal_backend, pg_read_all_stats TO {r};
 -- The replicated tables: every table of publication pgmesh.
 DO $grants$
 DECLARE t record;
@@ -92,7 +113,8 @@ mod tests {
     #[test]
     fn quotes_the_role_where_postgres_would() {
         let plain = grants_sql("pgmesh_run").unwrap();
-        assert!(plain.contains("ALTER ROLE pgmesh_run WITH LOGIN REPLICATION;"));
+        assert!(plain.contains("ALTER ROLE pgmesh_run WITH LOGIN REPLICATION INHERIT;"));
+        assert!(plain.contains("GRANT pg_signal_backend, pg_read_all_stats TO pgmesh_run;"));
         assert!(plain.contains("t.tablename, 'pgmesh_run');"));
         let mixed = grants_sql("Sync O'Brien").unwrap();
         assert!(mixed.contains("GRANT USAGE ON SCHEMA pgmesh TO \"Sync O'Brien\";"));

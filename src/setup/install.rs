@@ -4,6 +4,7 @@
 
 use super::catalog::{NodeFacts, TableFacts};
 use super::error::{query_err, SetupError};
+use super::fence_trigger;
 use super::migrate::migrate;
 use super::tombstone;
 use crate::config::{names, Config};
@@ -23,7 +24,8 @@ pub struct Change {
 pub(crate) const LOCK_SQL: &str = "SELECT pg_advisory_lock(hashtext('pgmesh setup'))";
 pub(crate) const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock(hashtext('pgmesh setup'))";
 
-/// Schema, node registry, tombstone triggers, publication and origins on one node.
+/// Schema, node registry, tombstone and fence triggers, publication and origins on one
+/// node.
 /// Slots come separately ([`create_slots`]), after every node has its publication.
 pub async fn install_node(
     client: &mut Client,
@@ -45,6 +47,18 @@ pub async fn install_node(
         .map_err(query_err(node, "taking the setup lock"))?;
     for m in migrate(client, node).await? {
         change(format!("applied migration {m}"));
+    }
+    // V6 inserts the fence's one row; without it the fence could not be set (the guard
+    // would read no flag). Only an explicit DELETE removes it.
+    let restored = client
+        .execute(
+            "INSERT INTO pgmesh.fence DEFAULT VALUES ON CONFLICT (id) DO NOTHING",
+            &[],
+        )
+        .await
+        .map_err(query_err(node, "checking the row of pgmesh.fence"))?;
+    if restored > 0 {
+        change("restored the missing row of pgmesh.fence (not fenced)".to_string());
     }
     // Before the table joins the publication: from here on a crash is resumed.
     for job in arriving {
@@ -92,8 +106,8 @@ pub async fn install_node(
     Ok(())
 }
 
-/// Generated functions and triggers for the selected tables; those of tables no longer
-/// selected (or dropped) are removed. One transaction.
+/// Generated tombstone functions and triggers, and the fence trigger, for the selected
+/// tables; those of tables no longer selected (or dropped) are removed. One transaction.
 async fn install_triggers(
     client: &mut Client,
     node: &str,
@@ -166,8 +180,78 @@ async fn install_triggers(
             done.push(format!("created tombstone trigger on {}", t.qualified()));
         }
     }
+    fence_triggers(&tx, node, selected, &mut done).await?;
     tx.commit().await.map_err(q("committing triggers"))?;
     Ok(done)
+}
+
+/// The `pgmesh_fence` trigger on every selected table (created, or re-enabled / replaced
+/// when someone disabled or changed it), and on no other table.
+async fn fence_triggers(
+    tx: &tokio_postgres::Transaction<'_>,
+    node: &str,
+    selected: &[&TableFacts],
+    done: &mut Vec<String>,
+) -> Result<(), SetupError> {
+    let q = |what: &'static str| query_err(node, what);
+    let have: Vec<(i64, String, bool, String)> = tx
+        .query(&fence_trigger::list_sql(), &[])
+        .await
+        .map_err(q("listing fence triggers"))?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get::<_, Option<bool>>(2) == Some(true),
+                r.get(3),
+            )
+        })
+        .collect();
+    for (oid, table, _, _) in &have {
+        if !selected.iter().any(|t| i64::from(t.oid) == *oid) {
+            tx.batch_execute(&fence_trigger::drop_sql(table))
+                .await
+                .map_err(q("dropping a fence trigger"))?;
+            done.push(format!(
+                "dropped fence trigger on {table} (no longer replicated)"
+            ));
+        }
+    }
+    for t in selected {
+        let table = t.qualified();
+        match have.iter().find(|(oid, ..)| *oid == i64::from(t.oid)) {
+            None => {
+                tx.batch_execute(&fence_trigger::create_sql(&table))
+                    .await
+                    .map_err(q("creating a fence trigger"))?;
+                done.push(format!("created fence trigger on {table}"));
+            }
+            Some((_, _, false, _)) => {
+                let sql = format!(
+                    "{}; {}",
+                    fence_trigger::drop_sql(&table),
+                    fence_trigger::create_sql(&table)
+                );
+                tx.batch_execute(&sql)
+                    .await
+                    .map_err(q("replacing a fence trigger"))?;
+                done.push(format!(
+                    "replaced fence trigger on {table} (it had another function or events)"
+                ));
+            }
+            Some((_, _, true, enabled)) if enabled != "O" => {
+                tx.batch_execute(&fence_trigger::enable_sql(&table))
+                    .await
+                    .map_err(q("enabling a fence trigger"))?;
+                done.push(format!(
+                    "enabled fence trigger on {table} (was tgenabled = '{enabled}')"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Creates publication pgmesh for the selected tables, or sets its table list when it

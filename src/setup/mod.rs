@@ -2,14 +2,16 @@
 //! publication, tombstone triggers, replication origins and slots on every node.
 //!
 //! Layout: [`facts`] gathers (I/O) → [`checks`] judges (pure) → [`install`] creates
-//! (I/O, idempotent) ; [`teardown`] removes. [`migrate`] holds the schema migrations and
-//! [`tombstone`] the generated trigger functions.
+//! (I/O, idempotent) ; [`teardown`] removes. [`migrate`] holds the schema migrations,
+//! [`tombstone`] the generated trigger functions and [`fence_trigger`] the trigger that
+//! enforces the control plane's fence.
 
 pub mod catalog;
 pub mod checks;
 mod connect;
 mod error;
 pub mod facts;
+pub mod fence_trigger;
 pub mod finding;
 pub mod grants;
 pub mod migrate;

@@ -1,4 +1,5 @@
-//! Removing everything setup created on one node, leaving user tables and rows alone.
+//! Removing everything setup created on one node, leaving user tables and rows alone
+//! (also the fence: a torn-down node takes writes from everyone).
 //!
 //! Slots go first: a forgotten slot retains WAL forever and is the classic way logical
 //! replication fills a primary's disk. Slots and origins are found by name
@@ -13,7 +14,8 @@ use tokio_postgres::Client;
 /// Names pgmesh gives its slots and origins.
 const OWN_NAME_RE: &str = "^pgmesh_(_copy_|_repair_)?[a-z][a-z0-9_]{0,30}$";
 
-/// Drops slots, origins, publication, triggers, functions and schema pgmesh on one node.
+/// Drops slots, origins, publication, tombstone and fence triggers, functions and schema
+/// pgmesh (with the fence flag) on one node.
 /// Refuses (changing nothing further) if a pgmesh slot is in use by a running sidecar.
 pub async fn teardown_node(
     client: &Client,
@@ -102,6 +104,20 @@ pub async fn teardown_node(
             .await
             .map_err(q("dropping a tombstone trigger"))?;
         change(format!("dropped tombstone trigger on {table}"));
+    }
+    // The schema's CASCADE would take them too (they depend on pgmesh.fence_guard()),
+    // silently; dropped one by one they are reported.
+    let fences = client
+        .query(&super::fence_trigger::list_sql(), &[])
+        .await
+        .map_err(q("listing fence triggers"))?;
+    for r in &fences {
+        let table: String = r.get(1);
+        client
+            .batch_execute(&super::fence_trigger::drop_sql(&table))
+            .await
+            .map_err(q("dropping a fence trigger"))?;
+        change(format!("dropped fence trigger on {table}"));
     }
     let schema = client
         .execute(

@@ -34,6 +34,15 @@ pub enum TestkitError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A control-plane program (etcd, etcdctl, prometheus) is not installed.
+    #[error("{program} is not installed: run {script}")]
+    ProgramMissing {
+        program: PathBuf,
+        script: &'static str,
+    },
+    /// A daemon did not become ready before its deadline; `log` is the tail of its output.
+    #[error("{what}\n--- log tail ---\n{log}")]
+    NotReady { what: String, log: String },
 }
 
 /// Settings every pgmesh node needs, plus test-speed settings (no fsync).

@@ -5,9 +5,23 @@
 //! port with the settings logical replication needs, and is stopped and removed when
 //! dropped — also when a test panics. Clusters are independent, so tests can run in
 //! parallel.
+//!
+//! The control plane's tests use the same idea for its other real programs: an
+//! [`EtcdCluster`] of n etcd members on free loopback ports, whose members tests can crash,
+//! freeze and restart, and a [`Prometheus`] that scrapes given targets every second. Both
+//! are killed and their directories removed on drop (`scripts/install-control.sh` installs
+//! the programs).
 
 mod binaries;
 mod cluster;
+mod daemon;
+mod etcd;
+mod loopback;
+mod prometheus;
+mod writer;
 
 pub use binaries::{bin_dir, versions_under_test, SUPPORTED_MAJORS};
 pub use cluster::{Cluster, ClusterBuilder, TestkitError};
+pub use etcd::EtcdCluster;
+pub use prometheus::{PromSample, Prometheus};
+pub use writer::{AckWriter, Router, WriterReport};

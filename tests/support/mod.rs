@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod control;
 pub mod live;
 pub mod tls;
 

@@ -1,0 +1,578 @@
+//! `pgmesh agent`: the control-plane loop of one region.
+//!
+//! Every tick (100 ms) it renews its lease when due, reads the whole cluster view from
+//! etcd, probes health when due (`probe_interval`), reads its primary's fence flag, asks
+//! [`decide`] what to do, carries the actions out ([`super::execute`]), publishes its state
+//! to etcd and to the HTTP endpoint, and tells the watchdog until when the region may
+//! write. Each call has a timeout shorter than the safety margin, so a hung etcd or
+//! PostgreSQL costs one tick, never the deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::db::{self, Conn};
+use super::decide::{decide, ClusterView, Decision, Observation};
+use super::event::{Event, EventKind};
+use super::fence::FencePolicy;
+use super::health::{self, HealthState, HealthTracker, Signal, SignalStatus};
+use super::keys::{now_ms, MemberValue};
+use super::lease::{LeaseChange, LeaseState};
+use super::probe;
+use super::store::{Snapshot, Store};
+use super::watchdog::Heartbeat;
+use crate::config::{Config, ControlConfig, Failback};
+use crate::Lsn;
+
+/// How often the loop runs; probes run every `probe_interval`.
+pub const TICK: Duration = Duration::from_millis(100);
+/// A new etcd client after this long without an answer.
+const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+/// The loop's pace while a switchover involves this region.
+pub const FAST_TICK: Duration = Duration::from_millis(10);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("node {0:?} is not in the config")]
+    UnknownNode(String),
+}
+
+/// The region's state as `/health`, `/writable` and `/owner/...` serve it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Published {
+    pub node: String,
+    pub writable: bool,
+    pub why: String,
+    pub serving: Vec<String>,
+    pub lease: Option<i64>,
+    /// Milliseconds until the fence deadline when the answer was built.
+    pub lease_remaining_ms: Option<u64>,
+    pub fenced: Option<bool>,
+    pub health: String,
+    pub score: f64,
+    pub failed_probes_in_a_row: u32,
+    pub signals: Vec<Signal>,
+    pub etcd_ok: bool,
+    pub etcd_error: Option<String>,
+    #[serde(skip)]
+    pub deadline: Option<Instant>,
+    /// Forced writable by an operator: no lease deadline applies.
+    #[serde(skip)]
+    pub forced: bool,
+}
+
+impl Published {
+    /// Whether the region may take writes at `now`: writable, not fenced, and (unless an
+    /// operator forced it) before the lease deadline.
+    #[must_use]
+    pub fn writable_at(&self, now: Instant) -> bool {
+        self.writable
+            && self.fenced == Some(false)
+            && (self.forced || self.deadline.is_some_and(|d| now < d))
+    }
+}
+
+pub type SharedState = Arc<RwLock<Published>>;
+
+/// A switchover being drained by this agent: where writes stopped.
+pub(super) struct DrainProgress {
+    pub stop_lsn: Option<Lsn>,
+    pub started: Instant,
+}
+
+/// Everything the loop carries from tick to tick.
+pub struct Agent {
+    pub(super) me: String,
+    pub(super) cfg: Arc<Config>,
+    pub(super) ctl: ControlConfig,
+    pub(super) store: Option<Store>,
+    pub(super) lease: LeaseState,
+    pub(super) local: Conn,
+    peers: Vec<(String, Conn)>,
+    tracker: HealthTracker,
+    pub(super) health: HealthState,
+    score: f64,
+    signals: Vec<Signal>,
+    last_probe: Option<Instant>,
+    pub(super) wal_lsn: Option<String>,
+    apply_lag: Option<u64>,
+    caught_up_since: Option<Instant>,
+    pub(super) snapshot: Snapshot,
+    fresh: bool,
+    etcd_error: Option<String>,
+    etcd_failing_since: Option<Instant>,
+    pub(super) db_fenced: Option<bool>,
+    pub(super) forced: Vec<String>,
+    pub(super) drains: HashMap<(String, i64), DrainProgress>,
+    pub(super) policy: FencePolicy,
+    seq: u64,
+    pending_events: Vec<Event>,
+    http: reqwest::Client,
+    pub(super) shared: SharedState,
+    last_writable: Option<bool>,
+    last_published: Option<Instant>,
+}
+
+impl Agent {
+    pub fn new(cfg: Arc<Config>, me: &str) -> Result<Agent, AgentError> {
+        let ctl = cfg.control()?.clone();
+        let node = cfg
+            .nodes
+            .get(me)
+            .ok_or_else(|| AgentError::UnknownNode(me.to_string()))?;
+        let io_timeout = io_timeout(&ctl);
+        let local = Conn::new(node.sql_config()?, io_timeout);
+        let mut peers = Vec::new();
+        for p in cfg.peers(me) {
+            peers.push((p.name.clone(), Conn::new(p.sql_config()?, io_timeout)));
+        }
+        // The roles pgmesh itself uses (sidecars and agents log in with the nodes' dsn
+        // users) are never fenced: the sidecar must keep applying, the agent must probe.
+        let mut exempt = ctl.fence_exempt.clone();
+        for n in cfg.nodes.values() {
+            if let Some(user) = n.sql_config()?.pg.get_user() {
+                if !exempt.iter().any(|e| e == user) {
+                    exempt.push(user.to_string());
+                }
+            }
+        }
+        let policy = FencePolicy {
+            roles: ctl.fence_roles.clone(),
+            exempt,
+        };
+        Ok(Agent {
+            me: me.to_string(),
+            lease: LeaseState::new(ctl.lease_ttl, ctl.safety_margin),
+            tracker: HealthTracker::new(ctl.failed_after),
+            ctl,
+            cfg,
+            store: None,
+            local,
+            peers,
+            health: HealthState::Degraded,
+            score: 0.0,
+            signals: Vec::new(),
+            last_probe: None,
+            wal_lsn: None,
+            apply_lag: None,
+            caught_up_since: None,
+            snapshot: Snapshot::default(),
+            fresh: false,
+            etcd_error: None,
+            etcd_failing_since: None,
+            db_fenced: None,
+            forced: Vec::new(),
+            drains: HashMap::new(),
+            policy,
+            seq: 0,
+            pending_events: Vec::new(),
+            http: reqwest::Client::new(),
+            shared: Arc::new(RwLock::new(Published {
+                node: me.to_string(),
+                why: "starting".into(),
+                ..Published::default()
+            })),
+            last_writable: None,
+            last_published: None,
+        })
+    }
+
+    /// The roles this region's fence holds and spares (also the watchdog's).
+    #[must_use]
+    pub fn fence_policy(&self) -> FencePolicy {
+        self.policy.clone()
+    }
+
+    #[must_use]
+    pub fn shared(&self) -> SharedState {
+        self.shared.clone()
+    }
+
+    /// Runs until `stop` flips; then revokes the lease (endpoints move at once) and
+    /// leaves the primary fenced.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>, heartbeat: Option<Heartbeat>) {
+        let mut heartbeat = heartbeat;
+        loop {
+            // A planned move in progress is watched closely: its write pause is made of
+            // these ticks (the old owner's drain check, the new owner's first serve).
+            let moving = !self.drains.is_empty()
+                || self
+                    .snapshot
+                    .view
+                    .switchovers
+                    .values()
+                    .any(|s| s.to == self.me || s.from == self.me);
+            let pause = if moving { FAST_TICK } else { TICK };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            let decision = self.tick().await;
+            if let Some(hb) = heartbeat.as_mut() {
+                let until = {
+                    let p = self.shared.read().unwrap_or_else(|e| e.into_inner());
+                    if p.writable_at(Instant::now()) && !p.forced {
+                        p.deadline
+                    } else {
+                        None
+                    }
+                };
+                hb.beat(until, decision.as_ref().map_or("", |d| d.why.as_str()))
+                    .await;
+            }
+        }
+        tracing::info!(node = %self.me, "agent stopping: fencing and giving the lease up");
+        if let Some(c) = self.local.get().await {
+            let _ = super::fence::fence(
+                c,
+                &super::fence::FenceRequest {
+                    reason: "agent stopped",
+                    epoch: 0,
+                    by: &format!("agent {}", self.me),
+                    policy: &self.policy,
+                },
+            )
+            .await;
+        }
+        if let Some(store) = self.store.clone() {
+            self.lease.revoke(&store).await;
+        }
+        if let Some(hb) = heartbeat.as_mut() {
+            hb.beat(None, "agent stopped").await;
+        }
+    }
+
+    /// One round: observe, decide, act, publish.
+    pub async fn tick(&mut self) -> Option<Decision> {
+        let now = Instant::now();
+        if self.store.is_none() {
+            match Store::connect(&self.ctl.etcd, &self.ctl.cluster, io_timeout(&self.ctl)).await {
+                Ok(s) => self.store = Some(s),
+                Err(e) => self.etcd_error = Some(e.to_string()),
+            }
+        }
+        let store = self.store.clone();
+        if let Some(store) = &store {
+            match self.lease.tick(store).await {
+                LeaseChange::Granted(id) => {
+                    tracing::info!(node = %self.me, lease = id, "lease granted");
+                }
+                LeaseChange::Lost { lease, reason } => {
+                    self.event(
+                        EventKind::LeaseLost,
+                        None,
+                        format!("lease {lease:x} lost: {reason}"),
+                    );
+                }
+                LeaseChange::None => {}
+            }
+            match store.snapshot().await {
+                Ok(s) => {
+                    self.snapshot = s;
+                    self.fresh = true;
+                    self.etcd_error = None;
+                }
+                Err(e) => {
+                    self.fresh = false;
+                    self.etcd_error = Some(e.to_string());
+                    // A client whose connections all broke can stay in its reconnect
+                    // backoff for long after etcd is back: start a new one.
+                    let since = *self.etcd_failing_since.get_or_insert(now);
+                    if now.duration_since(since) > RECONNECT_AFTER {
+                        tracing::info!(node = %self.me, "etcd unreachable for {RECONNECT_AFTER:?}: reconnecting");
+                        self.store = None;
+                        self.etcd_failing_since = None;
+                    }
+                }
+            }
+            if self.fresh {
+                self.etcd_failing_since = None;
+            }
+        } else {
+            // Without a store the lease cannot be renewed: its deadline still applies.
+            let _ = self.lease.live(now);
+            self.fresh = false;
+        }
+        if self
+            .last_probe
+            .is_none_or(|t| now.duration_since(t) >= self.ctl.probe_interval)
+        {
+            self.last_probe = Some(now);
+            self.probe().await;
+        }
+        self.read_fence().await;
+
+        let lease = self.usable_lease(Instant::now());
+        let view: ClusterView = self.snapshot.view.clone();
+        let caught_up = self.caught_up();
+        let decision = decide(&Observation {
+            me: &self.me,
+            config: &self.ctl,
+            lease,
+            quarantine: self.lease.quarantined(Instant::now()),
+            view: &view,
+            fresh: self.fresh,
+            health: self.health,
+            db_fenced: self.db_fenced,
+            forced: &self.forced,
+            caught_up,
+            now_ms: now_ms(),
+        });
+        if self.last_writable != Some(decision.writable) {
+            tracing::info!(node = %self.me, writable = decision.writable, why = %decision.why, "region write state");
+            self.last_writable = Some(decision.writable);
+        }
+        self.execute(&decision, lease).await;
+        self.publish(&decision).await;
+        Some(decision)
+    }
+
+    /// The lease, when live by our clock and our `member/<me>` key is on it (else another
+    /// agent process of this node may hold the member key: we must not act).
+    fn usable_lease(&self, now: Instant) -> Option<i64> {
+        let id = self.lease.live(now)?;
+        match self.snapshot.view.members.get(&self.me) {
+            Some(m) if m.lease == id => Some(id),
+            _ => None,
+        }
+    }
+
+    fn caught_up(&mut self) -> bool {
+        let Failback::Auto { max_lag, after } = self.ctl.failback else {
+            return false;
+        };
+        match self.apply_lag {
+            Some(l) if l <= max_lag.0 => {
+                let since = *self.caught_up_since.get_or_insert_with(Instant::now);
+                since.elapsed() >= after
+            }
+            _ => {
+                self.caught_up_since = None;
+                false
+            }
+        }
+    }
+
+    async fn probe(&mut self) {
+        let h = &self.ctl.health;
+        let t = io_timeout(&self.ctl);
+        let mut signals = Vec::new();
+        let (pg, facts) =
+            probe::postgres(self.local.get().await, &self.me, h.weight_postgres, t).await;
+        if pg.status == SignalStatus::Fail {
+            self.local.drop_session();
+        }
+        signals.push(pg);
+        self.wal_lsn = facts.wal_lsn;
+        signals.push(probe::slots(self.local.get().await, h.weight_slot, t).await);
+        let mut lag = None;
+        for (_, conn) in &mut self.peers {
+            let l = probe::apply_lag(conn.get().await, &self.me, t).await;
+            if l.is_none() {
+                conn.drop_session();
+            }
+            lag = lag.max(l);
+        }
+        self.apply_lag = lag;
+        let sidecar_url = h
+            .sidecar_url
+            .as_ref()
+            .map(|u| u.replace("{node}", &self.me))
+            .or_else(|| {
+                self.cfg
+                    .http
+                    .as_ref()
+                    .map(|http| format!("http://{}", http.listen))
+            });
+        signals.push(probe::sidecar(&self.http, sidecar_url.as_deref(), lag, h, t).await);
+        signals.push(Signal::new(
+            "etcd",
+            h.weight_etcd,
+            if self.fresh {
+                SignalStatus::Ok
+            } else {
+                SignalStatus::Fail
+            },
+            self.etcd_error
+                .clone()
+                .unwrap_or_else(|| "reachable with quorum".into()),
+        ));
+        for p in &h.promql {
+            signals.push(probe::promql(&self.http, p, t).await);
+        }
+        let score = health::score(&signals);
+        let state = self.tracker.observe(health::verdict(score, h));
+        if state != self.health {
+            let detail: Vec<String> = signals
+                .iter()
+                .filter(|s| s.status != SignalStatus::Ok)
+                .map(|s| format!("{}: {}", s.name, s.detail))
+                .collect();
+            self.event(
+                EventKind::HealthChanged,
+                None,
+                format!(
+                    "{} -> {} (score {score:.2}){}{}",
+                    self.health.as_str(),
+                    state.as_str(),
+                    if detail.is_empty() { "" } else { "; " },
+                    detail.join("; ")
+                ),
+            );
+        }
+        self.health = state;
+        self.score = score;
+        self.signals = signals;
+        if let Some(c) = self.local.get().await {
+            match db::forced(c).await {
+                Ok(f) => self.forced = f,
+                Err(e) => tracing::debug!(error = %e, "cannot read pgmesh.forced"),
+            }
+        }
+    }
+
+    async fn read_fence(&mut self) {
+        let state = match self.local.get().await {
+            Some(c) => super::fence::fence_state(c).await.ok(),
+            None => None,
+        };
+        if state.is_none() {
+            self.local.drop_session();
+        }
+        self.db_fenced = state.map(|s| s.fenced);
+    }
+
+    /// Records a transition: log, metric, and etcd history (kept for later when etcd is
+    /// unreachable).
+    pub(super) fn event(
+        &mut self,
+        kind: EventKind,
+        endpoint: Option<&str>,
+        reason: String,
+    ) -> &mut Event {
+        tracing::warn!(node = %self.me, event = kind.as_str(), endpoint = endpoint.unwrap_or(""), "{reason}");
+        metrics::counter!("pgmesh_agent_events_total", "kind" => kind.as_str()).increment(1);
+        self.seq += 1;
+        self.pending_events.push(Event {
+            at_ms: now_ms(),
+            node: self.me.clone(),
+            seq: self.seq,
+            kind,
+            endpoint: endpoint.map(str::to_string),
+            from: None,
+            to: None,
+            epoch: None,
+            reason,
+            rpo: None,
+        });
+        // Bounded: when etcd is away for long, the oldest unsent events go (the log has them).
+        if self.pending_events.len() > 100 {
+            self.pending_events.remove(0);
+        }
+        let last = self.pending_events.len() - 1;
+        &mut self.pending_events[last]
+    }
+
+    async fn publish(&mut self, d: &Decision) {
+        let now = Instant::now();
+        let lease = self.lease.live(now);
+        {
+            let mut p = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            p.writable = d.writable;
+            p.why = d.why.clone();
+            p.serving = d.serving.clone();
+            p.lease = lease;
+            p.deadline = self.lease.deadline();
+            p.forced = !self.forced.is_empty() && lease.is_none();
+            p.fenced = self.db_fenced;
+            p.health = self.health.as_str().to_string();
+            p.score = self.score;
+            p.failed_probes_in_a_row = self.tracker.failed_in_a_row();
+            p.signals = self.signals.clone();
+            p.etcd_ok = self.fresh;
+            p.etcd_error = self.etcd_error.clone();
+        }
+        metrics::gauge!("pgmesh_agent_writable").set(if d.writable { 1.0 } else { 0.0 });
+        metrics::gauge!("pgmesh_agent_lease_live").set(if lease.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!("pgmesh_agent_health_score").set(self.score);
+        metrics::gauge!("pgmesh_agent_fenced").set(match self.db_fenced {
+            Some(true) => 1.0,
+            Some(false) => 0.0,
+            None => -1.0,
+        });
+        for e in self.ctl.endpoints.keys() {
+            let owned = d.serving.iter().any(|s| s == e);
+            metrics::gauge!("pgmesh_agent_endpoint_serving", "endpoint" => e.clone())
+                .set(if owned { 1.0 } else { 0.0 });
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        if !self.fresh && lease.is_none() {
+            return;
+        }
+        let due = self
+            .last_published
+            .is_none_or(|t| now.duration_since(t) >= self.ctl.probe_interval);
+        let mine_on_lease = lease.is_some_and(|l| {
+            self.snapshot
+                .view
+                .members
+                .get(&self.me)
+                .is_some_and(|m| m.lease == l)
+        });
+        if due || (lease.is_some() && !mine_on_lease) {
+            let value = MemberValue {
+                node: self.me.clone(),
+                lease: lease.unwrap_or(0),
+                health: self.health.as_str().into(),
+                score: self.score,
+                fenced: self.db_fenced,
+                writable: d.writable,
+                wal_lsn: self.wal_lsn.clone(),
+                apply_lag_bytes: self.apply_lag,
+                at_ms: now_ms(),
+            };
+            let held_by_other = self
+                .snapshot
+                .view
+                .members
+                .get(&self.me)
+                .is_some_and(|m| Some(m.lease) != lease);
+            let member_lease = if held_by_other { None } else { lease };
+            if held_by_other && lease.is_some() {
+                tracing::warn!(node = %self.me, "member key of {} is held by another lease: another agent of this node may be running, or the last one died less than lease_ttl ago; waiting", self.me);
+            }
+            match store.publish(&value, member_lease).await {
+                Ok(()) => self.last_published = Some(now),
+                Err(e) => tracing::debug!(error = %e, "publish failed"),
+            }
+        }
+        if self.fresh && !self.pending_events.is_empty() {
+            let events = std::mem::take(&mut self.pending_events);
+            for (i, e) in events.iter().enumerate() {
+                if let Err(err) = store.record(e).await {
+                    tracing::debug!(error = %err, "cannot record event yet");
+                    self.pending_events = events[i..].to_vec();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Per-call timeout: short enough that a hung call cannot eat the safety margin.
+#[must_use]
+pub fn io_timeout(ctl: &ControlConfig) -> Duration {
+    (ctl.safety_margin / 2).clamp(Duration::from_millis(200), Duration::from_secs(2))
+}

@@ -1,0 +1,493 @@
+//! The control plane against the real programs: a 3-member etcd, two PostgreSQL
+//! primaries (15 and 18), both sidecars and both agents (with watchdogs) as processes.
+//! Every test waits for facts (an endpoint served, a database refusing app writes) and a
+//! sampler checks throughout that no region takes writes while the other serves one of
+//! its endpoints.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgmesh::testkit::{versions_under_test, AckWriter, Prometheus};
+use support::cli::{pgmesh, text};
+use support::control::{tail, DualOwnerSampler, Lab, TTL};
+use support::live::turn;
+
+fn version(i: usize) -> u32 {
+    let v = versions_under_test();
+    v[i % v.len()]
+}
+
+fn assert_no_dual_owner(sampler: DualOwnerSampler) {
+    let (samples, violations) = sampler.stop();
+    assert!(samples > 10, "the sampler took only {samples} samples");
+    assert!(violations.is_empty(), "two writable owners: {violations:?}");
+    eprintln!("sampler: {samples} samples, no moment with two writable owners");
+}
+
+fn event_kinds(lab: &Lab) -> Vec<String> {
+    lab.events()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}:{}",
+                e["node"].as_str().unwrap_or(""),
+                e["kind"].as_str().unwrap_or(""),
+                e["endpoint"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn primary_killed_with_agent_alive_releases_at_once_and_returns_fenced_until_switchover() {
+    let _t = turn();
+    let major = version(0);
+    let lab = Lab::start(major, "");
+    assert!(
+        lab.db_writable("a") && lab.db_writable("b"),
+        "both regions write"
+    );
+    let st = lab.status();
+    assert_eq!(lab.owner("app-eu").as_deref(), Some("a"), "{st}");
+    assert!(st["endpoints"][0]["epoch"].as_i64().unwrap() > 0, "{st}");
+
+    let sampler = DualOwnerSampler::start(&lab);
+    let killed = Instant::now();
+    lab.a.stop_immediate().unwrap();
+    lab.wait_serving("b", "app-eu", Duration::from_secs(20));
+    let takeover = killed.elapsed();
+    eprintln!("PG{major}: primary a killed -> b serves app-eu after {takeover:?}");
+    assert!(
+        takeover < TTL,
+        "a live agent releases at once: took {takeover:?}, lease is {TTL:?}"
+    );
+    let kinds = event_kinds(&lab);
+    assert!(kinds.iter().any(|k| k == "a:released:app-eu"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "b:failover:app-eu"), "{kinds:?}");
+    let failover = lab
+        .events()
+        .into_iter()
+        .find(|e| e["kind"] == "failover")
+        .unwrap();
+    assert!(
+        failover["rpo"].is_object(),
+        "failover records an RPO estimate: {failover}"
+    );
+
+    // The old primary returns: its agent fences it (it owns nothing), replication catches up.
+    lab.a.start_again().unwrap();
+    lab.wait_db_writable("a", false, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.status()["regions"][0]["health"] != "healthy" {
+        assert!(
+            Instant::now() < deadline,
+            "a never became healthy again: {}",
+            tail(&lab.agent_log("a"))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!lab.serves("a", "app-eu"));
+    // It gets its endpoint back only by a decision.
+    let out = pgmesh(
+        &["switchover", "app-eu", "--to", "a", "--json"],
+        lab.cfg_path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "switchover back: {}\n--- agent b\n{}",
+        text(&out),
+        tail(&lab.agent_log("b"))
+    );
+    lab.wait_serving("a", "app-eu", Duration::from_secs(10));
+    lab.wait_db_writable("a", true, Duration::from_secs(10));
+    assert_no_dual_owner(sampler);
+}
+
+#[test]
+fn lease_lost_without_quorum_fences_both_and_forced_failover_is_recorded() {
+    let _t = turn();
+    let major = version(1);
+    let mut lab = Lab::start(major, "");
+    let sampler = DualOwnerSampler::start(&lab);
+    let cut = Instant::now();
+    lab.etcd.kill_member(1).unwrap();
+    lab.etcd.kill_member(2).unwrap();
+    let fa = lab.wait_db_writable("a", false, Duration::from_secs(10));
+    let fb = lab.wait_db_writable("b", false, Duration::from_secs(10));
+    eprintln!(
+        "PG{major}: quorum lost -> a fenced after {fa:?}, b after {:?}",
+        cut.elapsed()
+    );
+    assert!(
+        cut.elapsed() < TTL + Duration::from_secs(1),
+        "fenced by the deadline, before the lease could expire"
+    );
+    let _ = fb;
+    // Nothing moves without quorum: for two lease periods neither region serves anything.
+    let watch_until = Instant::now() + TTL * 2;
+    while Instant::now() < watch_until {
+        for (n, e) in [
+            ("a", "app-eu"),
+            ("a", "app-us"),
+            ("b", "app-eu"),
+            ("b", "app-us"),
+        ] {
+            assert!(!lab.serves(n, e), "{n} serves {e} without quorum");
+        }
+        assert!(!lab.db_writable("a") && !lab.db_writable("b"));
+    }
+    let (code, body) = lab.http("b", "/health");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"etcd_ok\":false"), "{body}");
+
+    // The operator decides: app-eu goes to b.
+    let out = pgmesh(&["failover", "app-eu", "--to", "b"], lab.cfg_path());
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "failover without --force is refused: {}",
+        text(&out)
+    );
+    let out = pgmesh(
+        &["failover", "app-eu", "--to", "b", "--force", "--json"],
+        lab.cfg_path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_db_writable("b", true, Duration::from_secs(10));
+    assert!(!lab.db_writable("a"));
+
+    // Quorum returns: b records the decision in etcd; a stays fenced (it owns nothing).
+    lab.etcd.restart_member(1).unwrap();
+    lab.etcd.restart_member(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kinds = event_kinds(&lab);
+        if lab.owner("app-eu").as_deref() == Some("b")
+            && kinds.iter().any(|k| k == "b:forced_failover:app-eu")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forced failover not recorded: {kinds:?}\n{}",
+            tail(&lab.agent_log("b"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.wait_serving("b", "app-eu", Duration::from_secs(10));
+    lab.wait_serving("b", "app-us", Duration::from_secs(20));
+    assert!(!lab.db_writable("a"));
+    assert_no_dual_owner(sampler);
+}
+
+#[test]
+fn frozen_or_killed_agent_is_fenced_by_its_watchdog_before_the_peer_takes_over() {
+    let _t = turn();
+    for (i, major) in versions_under_test().into_iter().enumerate() {
+        let mut lab = Lab::start(major, "");
+        let sampler = DualOwnerSampler::start(&lab);
+        // SIGSTOP longer than the lease.
+        let frozen = Instant::now();
+        lab.agent("a").signal("-STOP");
+        let fenced = lab.wait_db_writable("a", false, Duration::from_secs(10));
+        let taken = lab.wait_serving("b", "app-eu", Duration::from_secs(20)) + fenced;
+        eprintln!("PG{major}: agent a frozen -> fenced by its watchdog after {fenced:?}, b serves app-eu after {taken:?}");
+        assert!(fenced < TTL, "the watchdog fences before the lease expires");
+        assert!(
+            frozen.elapsed() >= TTL - Duration::from_secs(1),
+            "no takeover before the lease could expire"
+        );
+        lab.agent("a").signal("-CONT");
+        // Back, it finds its lease gone and stays fenced.
+        let back = Instant::now();
+        while back.elapsed() < Duration::from_secs(2) {
+            assert!(!lab.db_writable("a"), "a unfenced after its lease expired");
+        }
+        assert!(
+            lab.agent_log("a").contains("lease"),
+            "{}",
+            tail(&lab.agent_log("a"))
+        );
+
+        // SIGKILL of b's agent: its watchdog fences b, a takes app-us after expiry.
+        if i == 0 {
+            lab.kill_agent("b");
+            let f = lab.wait_db_writable("b", false, Duration::from_secs(10));
+            let t = lab.wait_serving("a", "app-us", Duration::from_secs(30)) + f;
+            eprintln!(
+                "PG{major}: agent b killed -> fenced after {f:?}, a serves app-us after {t:?}"
+            );
+            assert!(f < TTL);
+        }
+        assert_no_dual_owner(sampler);
+    }
+}
+
+#[test]
+fn switchover_under_load_loses_no_acknowledged_write() {
+    let _t = turn();
+    let major = version(1);
+    let lab = Lab::start(major, "");
+    let (pa, pb) = (lab.port("a"), lab.port("b"));
+    let (da, db) = (lab.app_dsn("a"), lab.app_dsn("b"));
+    // The client follows the endpoint as a health-checking proxy would.
+    let router = Box::new(move || {
+        let owner = |p: u16| {
+            support::control::http_get(p, "/owner/app-eu", Duration::from_millis(200))
+                .is_some_and(|(c, _)| c == 200)
+        };
+        if owner(pa) {
+            Some(da.clone())
+        } else if owner(pb) {
+            Some(db.clone())
+        } else {
+            None
+        }
+    });
+    let writer = AckWriter::start("acked", 1, Duration::from_millis(2), router);
+    let until = Instant::now() + Duration::from_secs(10);
+    while writer.report().acked.len() < 200 {
+        assert!(
+            Instant::now() < until,
+            "writer made no progress: {:?}",
+            writer.report().errors
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = pgmesh(
+        &["switchover", "app-eu", "--to", "b", "--json"],
+        lab.cfg_path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n--- agent a\n{}",
+        text(&out),
+        tail(&lab.agent_log("a"))
+    );
+    let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let before = writer.report().acked.len();
+    while writer.report().acked.len() < before + 200 {
+        assert!(
+            Instant::now() < until + Duration::from_secs(20),
+            "no writes after the switchover: {:?}",
+            writer.report().errors
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = writer.stop();
+    assert!(
+        report
+            .acked
+            .iter()
+            .any(|(_, d)| d.contains(&lab.b.port().to_string())),
+        "writes went to b after the move"
+    );
+    support::live::wait_converged(&lab.a, &lab.b, &["acked"], Duration::from_secs(60));
+    let ids: std::collections::BTreeSet<i64> = lab
+        .b
+        .psql("SELECT id FROM acked")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost: Vec<i64> = report
+        .acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !ids.contains(id))
+        .collect();
+    eprintln!(
+        "PG{major}: switchover {}: {} acknowledged, {} lost, {} failed statements, longest pause {:?}",
+        moved["detail"], report.acked.len(), lost.len(), report.failures, report.max_gap
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(
+        !lab.db_writable("a"),
+        "a owns nothing after the move: fenced"
+    );
+}
+
+/// /a/readyz fails every other request, /b/readyz is always ready, /metrics exposes
+/// `app_latency_p95` from `p95` (thousandths).
+fn serve_flapper(p95: Arc<AtomicU64>, requests_a: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 2048];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = match path {
+                "/a/readyz" => {
+                    let n = requests_a.fetch_add(1, Ordering::Relaxed);
+                    if n % 2 == 0 {
+                        (503, "flap".to_string())
+                    } else {
+                        (200, "ok".to_string())
+                    }
+                }
+                "/b/readyz" => (200, "ok".into()),
+                "/metrics" => (
+                    200,
+                    format!(
+                        "app_latency_p95 {}\n",
+                        p95.load(Ordering::Relaxed) as f64 / 1000.0
+                    ),
+                ),
+                _ => (404, String::new()),
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.0 {code} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn flapping_probe_never_moves_an_endpoint_and_promql_reads_a_real_prometheus() {
+    let _t = turn();
+    let major = version(0);
+    let (p95, requests, stop) = (
+        Arc::new(AtomicU64::new(100)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let port = serve_flapper(p95.clone(), requests.clone(), stop.clone());
+    let prom = Prometheus::start("app", &[format!("127.0.0.1:{port}")]).unwrap();
+    prom.wait_target_up(Duration::from_secs(30)).unwrap();
+    let extra = format!(
+        "failed_after = 2\n[control.health]\nweight_sidecar = 20.0\nsidecar_url = \"http://127.0.0.1:{port}/{{node}}\"\n[[control.health.promql]]\nname = \"app_p95\"\nurl = \"{}\"\nquery = \"app_latency_p95\"\nmax = 0.5\n",
+        prom.url()
+    );
+    let lab = Lab::start(major, &extra);
+    let epoch = lab.status()["endpoints"][0]["epoch"].as_i64().unwrap();
+    // Twenty probes of a, every other one failing (each below failed_below on its own).
+    let seen = requests.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_failed_probe = false;
+    while requests.load(Ordering::Relaxed) < seen + 20 {
+        assert!(Instant::now() < deadline, "a's agent stopped probing");
+        let (_, body) = lab.http("a", "/health");
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        saw_failed_probe |= h["failed_probes_in_a_row"] == 1;
+        assert_ne!(
+            h["health"], "failed",
+            "a flapping probe failed the region: {body}"
+        );
+        assert!(
+            lab.serves("a", "app-eu") || h["failed_probes_in_a_row"] == 1 || h.is_null(),
+            "{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        saw_failed_probe,
+        "the flapping signal was never seen failing"
+    );
+    let st = lab.status();
+    assert_eq!(st["endpoints"][0]["owner"], "a", "{st}");
+    assert_eq!(
+        st["endpoints"][0]["epoch"].as_i64(),
+        Some(epoch),
+        "app-eu never moved: {st}"
+    );
+    let kinds = event_kinds(&lab);
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k.contains("failover") || k.contains("released")),
+        "{kinds:?}"
+    );
+
+    // The business signal, through the real Prometheus: fine, then bad.
+    let signal = |node: &str| -> serde_json::Value {
+        let (_, body) = lab.http(node, "/health");
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        h["signals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "app_p95")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let wait_signal = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = signal("b");
+            if s["status"] == want {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "app_p95 never {want}: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let ok = wait_signal("ok");
+    assert!(ok["detail"].as_str().unwrap().starts_with("0.1"), "{ok}");
+    p95.store(900, Ordering::Relaxed);
+    let bad = wait_signal("fail");
+    assert!(bad["detail"].as_str().unwrap().starts_with("0.9"), "{bad}");
+    let (_, body) = lab.http("b", "/health");
+    assert!(
+        body.contains("\"health\":\"degraded\""),
+        "one business signal degrades, never fails: {body}"
+    );
+    assert!(lab.serves("b", "app-us"), "degraded moves nothing");
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn isolated_region_fences_itself_before_the_peer_takes_over_and_stays_fenced_after() {
+    let _t = turn();
+    let major = version(1);
+    let lab = Lab::start(major, "");
+    let sampler = DualOwnerSampler::start(&lab);
+    let cut = Instant::now();
+    lab.isolate_a();
+    let fenced = lab.wait_db_writable("a", false, Duration::from_secs(10));
+    let taken = lab.wait_serving("b", "app-eu", Duration::from_secs(20)) + fenced;
+    eprintln!(
+        "PG{major}: a cut off etcd -> fenced after {fenced:?}, b serves app-eu after {taken:?}"
+    );
+    assert!(fenced < TTL, "fenced before the lease could expire");
+    assert!(
+        cut.elapsed() >= TTL - Duration::from_secs(1),
+        "no takeover before the lease could expire"
+    );
+    let (_, body) = lab.http("a", "/writable");
+    assert!(body.contains("\"writable\":false"), "{body}");
+    lab.heal_a();
+    // Back in touch, a finds app-eu with b and stays fenced until a switchover.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = lab.http("a", "/health");
+        if body.contains("\"etcd_ok\":true")
+            && body.contains("\"lease\":")
+            && !body.contains("\"lease\":null")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never got a new lease: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!lab.db_writable("a"));
+    assert!(!lab.serves("a", "app-eu"));
+    assert_no_dual_owner(sampler);
+}
