@@ -11,7 +11,7 @@ set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-want=(etcd-server etcd-client protobuf-compiler prometheus)
+want=(etcd-server etcd-client protobuf-compiler libprotobuf-dev prometheus)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

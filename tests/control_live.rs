@@ -491,3 +491,84 @@ fn isolated_region_fences_itself_before_the_peer_takes_over_and_stays_fenced_aft
     assert!(!lab.serves("a", "app-eu"));
     assert_no_dual_owner(sampler);
 }
+
+#[test]
+fn maintenance_fence_moves_the_endpoints_and_unfence_waits_for_a_decision() {
+    let _t = turn();
+    let major = version(0);
+    let lab = Lab::start(major, "");
+    let sampler = DualOwnerSampler::start(&lab);
+    let out = pgmesh(
+        &[
+            "fence",
+            "--node",
+            "a",
+            "--reason",
+            "kernel upgrade",
+            "--json",
+        ],
+        lab.cfg_path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !lab.db_writable("a"),
+        "fenced at the database by the command itself"
+    );
+    lab.wait_serving("b", "app-eu", Duration::from_secs(15));
+    let st = lab.status();
+    assert_eq!(st["regions"][0]["maintenance"], true, "{st}");
+    let kinds = event_kinds(&lab);
+    assert!(
+        kinds.iter().any(|k| k == "a:switchover:app-eu"),
+        "drained like a switchover: {kinds:?}"
+    );
+    // Lifting maintenance does not lift the fence: a owns nothing.
+    let out = pgmesh(&["unfence", "--node", "a"], lab.cfg_path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.status()["regions"][0]["maintenance"] != false {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!lab.db_writable("a"));
+    let out = pgmesh(&["switchover", "app-eu", "--to", "a"], lab.cfg_path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_db_writable("a", true, Duration::from_secs(10));
+    // A switchover to a region that is not there is refused and changes nothing.
+    let out = pgmesh(&["switchover", "app-eu", "--to", "zz"], lab.cfg_path());
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("known nodes"), "{}", text(&out));
+    assert_no_dual_owner(sampler);
+}
+
+#[test]
+fn auto_failback_returns_the_home_endpoint_once_the_region_caught_up() {
+    let _t = turn();
+    let major = version(1);
+    let lab = Lab::start(
+        major,
+        "failback = \"auto\"\nfailback_after = \"2s\"\nfailback_max_lag = \"64kB\"",
+    );
+    let sampler = DualOwnerSampler::start(&lab);
+    lab.a.stop_immediate().unwrap();
+    lab.wait_serving("b", "app-eu", Duration::from_secs(20));
+    // b takes writes for both endpoints meanwhile; a must receive them before it returns.
+    lab.b
+        .psql("INSERT INTO acked SELECT g, 'while a was down' FROM generate_series(1, 500) g")
+        .unwrap();
+    lab.a.start_again().unwrap();
+    let back = lab.wait_serving("a", "app-eu", Duration::from_secs(60));
+    eprintln!("PG{major}: a restarted -> serves app-eu again after {back:?} (auto failback)");
+    let kinds = event_kinds(&lab);
+    assert!(
+        kinds.iter().any(|k| k == "b:switchover:app-eu"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        lab.a
+            .psql("SELECT count(*) FROM acked WHERE payload = 'while a was down'")
+            .unwrap(),
+        "500"
+    );
+    assert_no_dual_owner(sampler);
+}

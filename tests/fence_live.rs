@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgmesh::control::fence::{
-    fence, fence_state, unfence, unguarded_tables, FencePolicy, FenceReport, FenceRequest,
+    fence, fence_state, unfence, unguarded_tables, FencePolicy, FenceReport, FenceRequest, Permit,
 };
 use pgmesh::testkit::{versions_under_test, Cluster};
 use support::cli::{pgmesh, text};
@@ -322,8 +322,16 @@ async fn holds_writes(a: &Cluster, cfg: &Path, major: u32) {
     );
 
     // Unfence: app writes again; the state says who lifted it and why.
-    assert!(unfence(&agent, "owns app-eu", 9, "agent a").await.unwrap());
-    assert!(!unfence(&agent, "owns app-eu", 9, "agent a").await.unwrap());
+    assert!(
+        unfence(&agent, "owns app-eu", 9, "agent a", Permit::Unlimited)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !unfence(&agent, "owns app-eu", 9, "agent a", Permit::Unlimited)
+            .await
+            .unwrap()
+    );
     app.batch_execute("INSERT INTO items VALUES (30, 'unfenced again')")
         .await
         .expect("app writes after unfence");
@@ -381,9 +389,11 @@ async fn holds_writes(a: &Cluster, cfg: &Path, major: u32) {
         .batch_execute("INSERT INTO items VALUES (43, 'r')")
         .await
         .expect("reporting writes");
-    assert!(unfence(&agent, "owns app-eu", 11, "operator")
-        .await
-        .unwrap());
+    assert!(
+        unfence(&agent, "owns app-eu", 11, "operator", Permit::Unlimited)
+            .await
+            .unwrap()
+    );
 
     // A table whose trigger was dropped or disabled is unguarded; setup guards it again.
     a.psql("DROP TRIGGER pgmesh_fence ON items; ALTER TABLE other DISABLE TRIGGER pgmesh_fence")
@@ -508,7 +518,11 @@ fn sidecars_apply_into_a_fenced_node() {
                 "PG{major}: the fence left the apply session of its own role alone"
             );
 
-            assert!(unfence(&agent, "owns app-eu", 4, "agent a").await.unwrap());
+            assert!(
+                unfence(&agent, "owns app-eu", 4, "agent a", Permit::Unlimited)
+                    .await
+                    .unwrap()
+            );
             app.batch_execute("INSERT INTO items VALUES (4, 'app on a')")
                 .await
                 .expect("app writes after unfence");

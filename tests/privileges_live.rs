@@ -402,7 +402,15 @@ fn fence_as_the_role(a: &Cluster, b: &Cluster, log: &Path) {
                 .is_ok_and(|n| n == "1")
         });
         assert!(fence_state(&agent).await.unwrap().fenced);
-        assert!(unfence(&agent, "owns app", 2, "agent a").await.unwrap());
+        assert!(unfence(
+            &agent,
+            "owns app",
+            2,
+            "agent a",
+            pgmesh::control::fence::Permit::Unlimited
+        )
+        .await
+        .unwrap());
         app.batch_execute("INSERT INTO items VALUES (501, 'unfenced')")
             .await
             .expect("app writes after unfence");

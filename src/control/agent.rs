@@ -7,7 +7,7 @@
 //! write. Each call has a timeout shorter than the safety margin, so a hung etcd or
 //! PostgreSQL costs one tick, never the deadline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ use crate::Lsn;
 
 /// How often the loop runs; probes run every `probe_interval`.
 pub const TICK: Duration = Duration::from_millis(100);
+/// How long past its deadline a permit is still treated as possibly valid: the server
+/// counted it from when our statement arrived, a little after we measured.
+const PERMIT_SLACK: Duration = Duration::from_millis(200);
 /// A new etcd client after this long without an answer.
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 /// The loop's pace while a switchover involves this region.
@@ -111,6 +114,14 @@ pub struct Agent {
     pub(super) db_fenced: Option<bool>,
     pub(super) forced: Vec<String>,
     pub(super) drains: HashMap<(String, i64), DrainProgress>,
+    /// Regions seen without a live agent, since when (all of them count from our start).
+    absent_since: BTreeMap<String, Instant>,
+    /// Endpoints whose owner we saw disappear, until someone owns them again.
+    vanished: BTreeSet<String>,
+    /// The last action error logged, and when (repeats are logged every 10 s).
+    pub(super) last_action_error: Option<(String, Instant)>,
+    /// The lease deadline the database's write permit was last set to.
+    pub(super) permit_deadline: Option<Instant>,
     pub(super) policy: FencePolicy,
     seq: u64,
     pending_events: Vec<Event>,
@@ -170,6 +181,10 @@ impl Agent {
             db_fenced: None,
             forced: Vec::new(),
             drains: HashMap::new(),
+            absent_since: BTreeMap::new(),
+            vanished: BTreeSet::new(),
+            permit_deadline: None,
+            last_action_error: None,
             policy,
             seq: 0,
             pending_events: Vec::new(),
@@ -256,7 +271,7 @@ impl Agent {
     pub async fn tick(&mut self) -> Option<Decision> {
         let now = Instant::now();
         if self.store.is_none() {
-            match Store::connect(&self.ctl.etcd, &self.ctl.cluster, io_timeout(&self.ctl)).await {
+            match Store::connect(&self.ctl.etcd, &self.ctl.cluster, etcd_timeout(&self.ctl)).await {
                 Ok(s) => self.store = Some(s),
                 Err(e) => self.etcd_error = Some(e.to_string()),
             }
@@ -278,6 +293,7 @@ impl Agent {
             }
             match store.snapshot().await {
                 Ok(s) => {
+                    self.track_presence(&s, now);
                     self.snapshot = s;
                     self.fresh = true;
                     self.etcd_error = None;
@@ -315,6 +331,11 @@ impl Agent {
         let lease = self.usable_lease(Instant::now());
         let view: ClusterView = self.snapshot.view.clone();
         let caught_up = self.caught_up();
+        let absent_for: BTreeMap<String, Duration> = self
+            .absent_since
+            .iter()
+            .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+            .collect();
         let decision = decide(&Observation {
             me: &self.me,
             config: &self.ctl,
@@ -327,6 +348,12 @@ impl Agent {
             forced: &self.forced,
             caught_up,
             now_ms: now_ms(),
+            absent_for: &absent_for,
+            vanished: &self.vanished,
+            permit_outstanding: self.db_fenced != Some(true)
+                && self
+                    .permit_deadline
+                    .is_some_and(|d| Instant::now() < d + PERMIT_SLACK),
         });
         if self.last_writable != Some(decision.writable) {
             tracing::info!(node = %self.me, writable = decision.writable, why = %decision.why, "region write state");
@@ -335,6 +362,26 @@ impl Agent {
         self.execute(&decision, lease).await;
         self.publish(&decision).await;
         Some(decision)
+    }
+
+    /// Which regions have no live agent (since when), and which endpoints lost their owner
+    /// while we watched: the difference between a peer that died and one still starting.
+    fn track_presence(&mut self, next: &Snapshot, now: Instant) {
+        for node in self.cfg.nodes.keys() {
+            if next.view.members.contains_key(node) {
+                self.absent_since.remove(node);
+            } else {
+                self.absent_since.entry(node.clone()).or_insert(now);
+            }
+        }
+        for e in self.ctl.endpoints.keys() {
+            let had = self.snapshot.view.owners.contains_key(e);
+            if next.view.owners.contains_key(e) {
+                self.vanished.remove(e);
+            } else if had {
+                self.vanished.insert(e.clone());
+            }
+        }
     }
 
     /// The lease, when live by our clock and our `member/<me>` key is on it (else another
@@ -371,6 +418,28 @@ impl Agent {
             probe::postgres(self.local.get().await, &self.me, h.weight_postgres, t).await;
         if pg.status == SignalStatus::Fail {
             self.local.drop_session();
+        }
+        let mut pg = pg;
+        if pg.status == SignalStatus::Ok {
+            // A replicated table without the fence trigger would stay writable while
+            // fenced: say so where people look, with the fix.
+            if let Some(c) = self.local.get().await {
+                match super::fence::unguarded_tables(c).await {
+                    Ok(t) if t.is_empty() => {}
+                    Ok(t) => {
+                        pg.status = SignalStatus::Warn;
+                        pg.detail = format!(
+                            "{}; not held by the fence: {} (run pgmesh setup)",
+                            pg.detail,
+                            t.join(", ")
+                        );
+                    }
+                    Err(e) => {
+                        pg.status = SignalStatus::Warn;
+                        pg.detail = format!("{}; {e}", pg.detail);
+                    }
+                }
+            }
         }
         signals.push(pg);
         self.wal_lsn = facts.wal_lsn;
@@ -555,7 +624,9 @@ impl Agent {
             }
             match store.publish(&value, member_lease).await {
                 Ok(()) => self.last_published = Some(now),
-                Err(e) => tracing::debug!(error = %e, "publish failed"),
+                Err(e) => {
+                    tracing::warn!(node = %self.me, error = %e, "cannot publish this region's state to etcd")
+                }
             }
         }
         if self.fresh && !self.pending_events.is_empty() {
@@ -571,7 +642,16 @@ impl Agent {
     }
 }
 
-/// Per-call timeout: short enough that a hung call cannot eat the safety margin.
+/// Per-call timeout for etcd: a third of the lease, so a slow etcd (an fsync on a busy
+/// disk) still renews in time, and two calls fit before the fence deadline. Safety does
+/// not hang on it: the watchdog and the database's write permit hold the deadline even
+/// when the loop is stuck.
+#[must_use]
+pub fn etcd_timeout(ctl: &ControlConfig) -> Duration {
+    (ctl.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(3))
+}
+
+/// Per-call timeout for PostgreSQL: short enough that a hung call cannot eat the safety margin.
 #[must_use]
 pub fn io_timeout(ctl: &ControlConfig) -> Duration {
     (ctl.safety_margin / 2).clamp(Duration::from_millis(200), Duration::from_secs(2))

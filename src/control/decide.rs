@@ -16,6 +16,7 @@
 //!   with a compare-and-swap on the epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::health::HealthState;
 use crate::config::{ControlConfig, Failback};
@@ -76,6 +77,13 @@ pub struct Observation<'a> {
     pub forced: &'a [String],
     /// Auto failback: our lag stayed under the bound long enough.
     pub caught_up: bool,
+    /// Regions without a live agent, and how long this agent has seen them so.
+    pub absent_for: &'a BTreeMap<String, Duration>,
+    /// Endpoints whose owner this agent saw disappear (lease expired or released).
+    pub vanished: &'a BTreeSet<String>,
+    /// The primary may still hold a write permit we gave it (it is not known fenced and
+    /// the permit has not run out): handing an endpoint over now could let both write.
+    pub permit_outstanding: bool,
     pub now_ms: i64,
 }
 
@@ -285,8 +293,10 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         );
     }
 
-    // A failed primary with a live agent hands its endpoints over at once.
-    if o.health == HealthState::Failed {
+    // A failed primary with a live agent hands its endpoints over at once — once it is
+    // fenced, or its write permit ran out (a primary we cannot reach may come back
+    // before that, with the permit still good).
+    if o.health == HealthState::Failed && !o.permit_outstanding {
         for (endpoint, owner) in &owned {
             actions.push(Action::Release {
                 endpoint: endpoint.to_string(),
@@ -324,8 +334,24 @@ pub fn decide(o: &Observation<'_>) -> Decision {
                 });
                 continue;
             }
+            // A home region without a live agent has lost its endpoint when we saw the
+            // owner key go (its lease expired), or when it has not shown up for a whole
+            // lease period (a cluster starting: the other agent may just be slower).
             let home_gone = match view.members.get(&e.home) {
-                None => Some(format!("{} has no live lease", e.home)),
+                None if o.vanished.contains(&e.name) => {
+                    Some(format!("{} has no live lease", e.home))
+                }
+                None if o
+                    .absent_for
+                    .get(&e.home)
+                    .is_some_and(|d| *d >= o.config.lease_ttl) =>
+                {
+                    Some(format!(
+                        "{} has had no live agent for {:?}",
+                        e.home, o.absent_for[&e.home]
+                    ))
+                }
+                None => None,
                 Some(m) if m.health == HealthState::Failed => {
                     Some(format!("{} reports its primary failed", e.home))
                 }

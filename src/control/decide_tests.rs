@@ -70,6 +70,9 @@ struct Case {
     caught_up: bool,
     now_ms: i64,
     cfg: ControlConfig,
+    absent_for: BTreeMap<String, Duration>,
+    vanished: BTreeSet<String>,
+    permit_outstanding: bool,
 }
 
 impl Case {
@@ -86,6 +89,9 @@ impl Case {
             caught_up: false,
             now_ms: 1_000,
             cfg: config(),
+            absent_for: BTreeMap::new(),
+            vanished: BTreeSet::new(),
+            permit_outstanding: false,
         }
     }
 
@@ -102,6 +108,9 @@ impl Case {
             forced: &self.forced,
             caught_up: self.caught_up,
             now_ms: self.now_ms,
+            absent_for: &self.absent_for,
+            vanished: &self.vanished,
+            permit_outstanding: self.permit_outstanding,
         })
     }
 }
@@ -193,9 +202,27 @@ fn peer_lease_expired_survivor_takes_its_endpoint_and_says_from_whom() {
     let mut view = steady();
     view.members.remove("a");
     view.owners.remove("app-eu");
-    let d = Case::on("b", view).run();
+    let mut c = Case::on("b", view);
+    c.vanished.insert("app-eu".into());
+    c.absent_for.insert("a".into(), Duration::ZERO);
+    let d = c.run();
     assert_eq!(acquires(&d), vec![("app-eu".into(), Some("a".into()))]);
     assert!(d.writable);
+}
+
+#[test]
+fn at_start_a_slower_home_region_gets_a_lease_period_to_show_up() {
+    let mut view = steady();
+    view.members.remove("a");
+    view.owners.remove("app-eu");
+    let mut c = Case::on("b", view);
+    c.absent_for.insert("a".into(), Duration::from_millis(200));
+    assert!(acquires(&c.run()).is_empty(), "a may still be starting");
+    c.absent_for.insert("a".into(), Duration::from_secs(3));
+    assert_eq!(
+        acquires(&c.run()),
+        vec![("app-eu".into(), Some("a".into()))]
+    );
 }
 
 #[test]
@@ -229,6 +256,28 @@ fn failed_local_primary_releases_everything_at_once_and_fences() {
         Action::Release { endpoint, epoch: 10, .. } if endpoint == "app-eu"
     )));
     assert!(acquires(&d).is_empty());
+}
+
+#[test]
+fn an_unreachable_failed_primary_keeps_its_endpoint_until_its_write_permit_ran_out() {
+    let mut c = Case::on("a", steady());
+    c.health = HealthState::Failed;
+    c.db_fenced = None;
+    c.permit_outstanding = true;
+    let d = c.run();
+    assert!(fences(&d), "tries to fence");
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Release { .. })),
+        "{d:?}"
+    );
+    c.permit_outstanding = false;
+    assert!(c
+        .run()
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Release { .. })));
 }
 
 #[test]
@@ -486,6 +535,16 @@ fn never_two_writable_owners_of_one_endpoint_over_random_views() {
                 }
                 c.health = healths[rnd(3) as usize];
                 c.fresh = rnd(5) != 0;
+                for e in ["app-eu", "app-us"] {
+                    if rnd(2) == 0 {
+                        c.vanished.insert(e.into());
+                    }
+                }
+                for n in ["a", "b"] {
+                    if rnd(2) == 0 {
+                        c.absent_for.insert(n.into(), Duration::from_secs(rnd(6)));
+                    }
+                }
                 c.run()
             })
             .collect();

@@ -8,7 +8,7 @@ use super::agent::{Agent, DrainProgress};
 use super::db;
 use super::decide::{Action, Decision, DrainCause};
 use super::event::{EventKind, Rpo};
-use super::fence::{fence, unfence, FenceRequest};
+use super::fence::{fence, renew_permit, unfence, FenceRequest, Permit};
 use super::keys::{now_ms, OwnerValue, SwitchoverValue};
 
 impl Agent {
@@ -27,8 +27,56 @@ impl Agent {
         let serving_others = !d.serving.is_empty();
         for action in &d.actions {
             if let Err(e) = self.act(action, lease, serving_others).await {
-                tracing::warn!(node = %self.me, ?action, error = %e, "action failed; retried next tick");
+                // Decided again every tick: say it when it changes, else every 10 s.
+                let now = Instant::now();
+                let repeat = self.last_action_error.as_ref().is_some_and(|(m, t)| {
+                    *m == e && now.duration_since(*t) < std::time::Duration::from_secs(10)
+                });
+                if !repeat {
+                    tracing::warn!(node = %self.me, ?action, error = %e, "action failed; retried every tick");
+                    self.last_action_error = Some((e, now));
+                }
             }
+        }
+        if d.writable && self.db_fenced == Some(false) {
+            self.renew_permit().await;
+        }
+    }
+
+    /// The write permit the region may hold now: up to the lease deadline; unlimited
+    /// while an operator's forced failover stands in for a lease; `None` past the deadline.
+    pub(super) fn permit(&self) -> Option<Permit> {
+        let now = Instant::now();
+        match self.lease.deadline() {
+            Some(d) if d > now => {
+                let ms = u64::try_from(d.duration_since(now).as_millis()).unwrap_or(u64::MAX);
+                Some(Permit::For {
+                    ms,
+                    not_after_ms: now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+                })
+            }
+            _ if !self.forced.is_empty() => Some(Permit::Unlimited),
+            _ => None,
+        }
+    }
+
+    /// Keeps the database's write permit in step with the lease: each renewal of the
+    /// lease moves the deadline, and the permit with it.
+    async fn renew_permit(&mut self) {
+        let deadline = self.lease.deadline();
+        if deadline.is_some() && deadline == self.permit_deadline {
+            return;
+        }
+        let Some(permit) = self.permit() else { return };
+        let Some(client) = self.local.get().await else {
+            return;
+        };
+        match renew_permit(client, permit).await {
+            Ok(true) => self.permit_deadline = deadline,
+            Ok(false) => {
+                tracing::info!(node = %self.me, "write permit not renewed: the fence is set")
+            }
+            Err(e) => tracing::warn!(node = %self.me, error = %e, "cannot renew the write permit"),
         }
     }
 
@@ -59,6 +107,7 @@ impl Agent {
                 .await
                 .map_err(|e| e.to_string())?;
                 self.db_fenced = Some(true);
+                self.permit_deadline = None;
                 if !report.was_fenced {
                     let ms = started.elapsed().as_millis();
                     self.event(
@@ -72,15 +121,19 @@ impl Agent {
                 }
             }
             Action::Unfence { reason } => {
+                let permit = self
+                    .permit()
+                    .ok_or("the lease deadline passed before the fence could be lifted")?;
                 let client = self
                     .local
                     .get()
                     .await
                     .ok_or("the local primary is unreachable")?;
-                let was = unfence(client, reason, 0, &by)
+                let was = unfence(client, reason, 0, &by, permit)
                     .await
                     .map_err(|e| e.to_string())?;
                 self.db_fenced = Some(false);
+                self.permit_deadline = self.lease.deadline();
                 if was {
                     self.event(EventKind::Unfenced, None, reason.clone());
                 }

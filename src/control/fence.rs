@@ -80,7 +80,12 @@ pub struct FenceReport {
 /// The fence as stored on the node (for `status`, health and the agent's decisions).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FenceState {
+    /// Writes are held: fenced deliberately, or the write permit ran out.
     pub fenced: bool,
+    /// Milliseconds the write permit has left (negative: ran out); `None` when it is
+    /// open for good (no control plane).
+    #[serde(default)]
+    pub permit_left_ms: Option<i64>,
     pub reason: Option<String>,
     pub epoch: Option<i64>,
     /// RFC 3339, UTC, microseconds (`2026-12-04T10:00:00.123456Z`).
@@ -205,16 +210,18 @@ pub async fn fence(client: &Client, req: &FenceRequest<'_>) -> Result<FenceRepor
     })
 }
 
-/// Lifts the fence; returns whether it was set. Sessions are left alone. The decision
-/// (the region owns an endpoint again) is the caller's.
+/// Lifts the fence and grants a write permit; returns whether it was fenced (by the flag
+/// or by a permit that ran out). Sessions are left alone. The decision (the region owns
+/// an endpoint again) is the caller's.
 pub async fn unfence(
     client: &Client,
     reason: &str,
     epoch: i64,
     by: &str,
+    permit: Permit,
 ) -> Result<bool, FenceError> {
     const WHAT: &str = "lifting the fence";
-    let sql = unfence_sql(reason, epoch, by)?;
+    let sql = unfence_sql(reason, epoch, by, permit)?;
     let messages = match client.simple_query(&sql).await {
         Ok(m) => m,
         Err(e) => {
@@ -233,10 +240,12 @@ pub async fn fence_state(client: &Client) -> Result<FenceState, FenceError> {
     const WHAT: &str = "reading the fence";
     let row = client
         .query_opt(
-            "SELECT fenced, reason, epoch,
+            &format!(
+                "SELECT fenced OR {PERMIT_LEFT} <= 0, reason, epoch,
                     to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                    changed_by
-               FROM pgmesh.fence WHERE id",
+                    changed_by, {PERMIT_LEFT}
+               FROM pgmesh.fence WHERE id"
+            ),
             &[],
         )
         .await
@@ -248,6 +257,7 @@ pub async fn fence_state(client: &Client) -> Result<FenceState, FenceError> {
         epoch: row.get(2),
         changed_at: row.get(3),
         changed_by: row.get(4),
+        permit_left_ms: Some(row.get::<_, i64>(5)).filter(|ms| *ms < i64::MAX / 2),
     })
 }
 
@@ -264,6 +274,55 @@ pub async fn unguarded_tables(client: &Client) -> Result<Vec<String>, FenceError
         .iter()
         .map(|r| crate::config::names::qualified_table(r.get(0), r.get(1)))
         .collect())
+}
+
+/// Milliseconds the write permit has left by the server's clock (negative: ran out;
+/// huge: open for good, no control plane).
+const PERMIT_LEFT: &str =
+    "(pg_catalog.pg_sequence_last_value('pgmesh.write_permit'::pg_catalog.regclass) \
+     - (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint)";
+
+/// The server's clock in Unix milliseconds.
+const NOW_MS: &str = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint";
+
+/// How long a lifted fence lets writes in (see migration V6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permit {
+    /// Until the agent's lease deadline: `ms` from now by the server's clock, and never
+    /// past `not_after_ms` (Unix ms by the agent's clock when it computed `ms`, so a
+    /// request delayed in flight — an agent frozen between deciding and sending — cannot
+    /// stretch the permit).
+    For { ms: u64, not_after_ms: i64 },
+    /// For good: no control plane (`pgmesh setup` without `[control]`), or an operator's
+    /// forced failover while etcd has no quorum.
+    Unlimited,
+}
+
+impl Permit {
+    fn value_sql(self) -> String {
+        match self {
+            Permit::For { ms, not_after_ms } => {
+                format!("greatest(0, least({NOW_MS} + {ms}, {not_after_ms}))")
+            }
+            Permit::Unlimited => i64::MAX.to_string(),
+        }
+    }
+}
+
+/// Moves the permit on while the region stays writable; does nothing (returns false)
+/// when the fence is set. Takes the fence row's lock before writing the permit, so it
+/// serializes with [`fence`]: a renewal computed before a fence can never land after it.
+pub async fn renew_permit(client: &Client, permit: Permit) -> Result<bool, FenceError> {
+    let sql = format!(
+        "SELECT pg_catalog.setval('pgmesh.write_permit', {}) \
+           FROM (SELECT 1 FROM pgmesh.fence WHERE id AND NOT fenced FOR UPDATE) AS unfenced",
+        permit.value_sql()
+    );
+    client
+        .query(&sql, &[])
+        .await
+        .map(|rows| !rows.is_empty())
+        .map_err(|e| FenceError::from_pg("renewing the write permit", &e))
 }
 
 /// The ending statement: client backends of fenced roles in this database that are (or
@@ -297,9 +356,10 @@ fn fence_sql(req: &FenceRequest<'_>) -> Result<String, FenceError> {
     Ok(format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE;
 SET LOCAL synchronous_commit = local;
-SELECT fenced AS was_fenced FROM pgmesh.fence WHERE id FOR UPDATE;
+SELECT fenced OR {PERMIT_LEFT} <= 0 AS was_fenced FROM pgmesh.fence WHERE id FOR UPDATE;
 UPDATE pgmesh.fence SET fenced = true, reason = {}, epoch = {}, changed_by = {},
        changed_at = now(), roles = {roles}, exempt = {} WHERE id;
+SELECT pg_catalog.setval('pgmesh.write_permit', 0);
 COMMIT;
 {TERMINATE_SQL}",
         literal(req.reason, "the reason")?,
@@ -309,15 +369,17 @@ COMMIT;
     ))
 }
 
-fn unfence_sql(reason: &str, epoch: i64, by: &str) -> Result<String, FenceError> {
+fn unfence_sql(reason: &str, epoch: i64, by: &str, permit: Permit) -> Result<String, FenceError> {
     Ok(format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE;
-SELECT fenced AS was_fenced FROM pgmesh.fence WHERE id FOR UPDATE;
+SELECT fenced OR {PERMIT_LEFT} <= 0 AS was_fenced FROM pgmesh.fence WHERE id FOR UPDATE;
 UPDATE pgmesh.fence SET fenced = false, reason = {}, epoch = {epoch}, changed_by = {},
        changed_at = now() WHERE id;
+SELECT pg_catalog.setval('pgmesh.write_permit', {});
 COMMIT",
         literal(reason, "the reason")?,
         literal(by, "the name of who lifts it")?,
+        permit.value_sql(),
     ))
 }
 

@@ -83,10 +83,14 @@ GRANT EXECUTE ON FUNCTION
   pg_replication_origin_xact_setup(pg_lsn, timestamptz),
   pg_replication_origin_progress(text, boolean)
   TO {r};
--- The agent (same role by default): set and lift the fence, read the node's name, end
--- fenced sessions that are inside a transaction, see which sessions those are.
+-- The agent (same role by default): set and lift the fence and the write permit, read
+-- the node's name, end fenced sessions that are inside a transaction, see which sessions
+-- those are, prove the node takes a write, read and clear operators' forced failovers.
 GRANT SELECT, UPDATE ON pgmesh.fence TO {r};
+GRANT SELECT, UPDATE ON SEQUENCE pgmesh.write_permit TO {r};
 GRANT SELECT ON pgmesh.nodes TO {r};
+GRANT SELECT, INSERT, UPDATE ON pgmesh.agent_probe TO {r};
+GRANT SELECT, DELETE ON pgmesh.forced TO {r};
 GRANT pg_signal_backend, pg_read_all_stats TO {r};
 -- The replicated tables: every table of publication pgmesh.
 DO $grants$

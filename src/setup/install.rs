@@ -60,6 +60,9 @@ pub async fn install_node(
     if restored > 0 {
         change("restored the missing row of pgmesh.fence (not fenced)".to_string());
     }
+    if let Some(what) = align_write_permit(client, node, cfg.control.is_some()).await? {
+        change(what);
+    }
     // Before the table joins the publication: from here on a crash is resumed.
     for job in arriving {
         crate::sync::copy::announce(client, node, job).await?;
@@ -104,6 +107,37 @@ pub async fn install_node(
         .await
         .map_err(query_err(node, "releasing the setup lock"))?;
     Ok(())
+}
+
+/// The write permit (migration V6) follows the config: without a control plane it is
+/// open for good (nothing would renew it); with one, a permit that is open for good is
+/// closed, so the region takes writes only once its agent holds a lease and an endpoint.
+/// A finite permit (an agent is at work) and a deliberate fence are left alone.
+async fn align_write_permit(
+    client: &Client,
+    node: &str,
+    control: bool,
+) -> Result<Option<String>, SetupError> {
+    let sql = if control {
+        "SELECT pg_catalog.setval('pgmesh.write_permit', 0)
+           FROM pgmesh.fence WHERE id
+            AND pg_catalog.pg_sequence_last_value('pgmesh.write_permit') = 9223372036854775807"
+    } else {
+        "SELECT pg_catalog.setval('pgmesh.write_permit', 9223372036854775807)
+           FROM pgmesh.fence WHERE id AND NOT fenced
+            AND pg_catalog.pg_sequence_last_value('pgmesh.write_permit') IS DISTINCT FROM 9223372036854775807"
+    };
+    let rows = client
+        .query(sql, &[])
+        .await
+        .map_err(query_err(node, "aligning the write permit with [control]"))?;
+    Ok((!rows.is_empty()).then(|| {
+        if control {
+            "closed the write permit: with [control], writes wait for this region's agent to own an endpoint".to_string()
+        } else {
+            "opened the write permit for good (no [control] section: no agent renews it)".to_string()
+        }
+    }))
 }
 
 /// Generated tombstone functions and triggers, and the fence trigger, for the selected

@@ -144,8 +144,11 @@ fn send_signal(pid: u32, signal: &str, what: &str) -> Result<(), TestkitError> {
     }
 }
 
-/// A new, empty directory under the system temp dir named `pgmesh-<kind>-<pid>-<n>-<nanos>`,
-/// unique across parallel tests and test binaries.
+/// A new, empty directory named `pgmesh-<kind>-<pid>-<n>-<nanos>`, unique across parallel
+/// tests and test binaries: in memory (/dev/shm) when the machine has it, else under the
+/// system temp dir. etcd fsyncs every write; on a busy 2-core disk that alone can take
+/// longer than a lease renewal may, and tests are about pgmesh, not about the disk (the
+/// same reason test clusters run with fsync off).
 pub(super) fn scratch_dir(kind: &str) -> Result<PathBuf, TestkitError> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +156,13 @@ pub(super) fn scratch_dir(kind: &str) -> Result<PathBuf, TestkitError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!(
         "pgmesh-{kind}-{}-{n}-{nanos:x}",
         std::process::id()
     ));

@@ -1,0 +1,273 @@
+//! Repeated fault trials for RELIABILITY.md (ignored by default: minutes per run).
+//!
+//! ```sh
+//! PGMESH_TRIALS=25 PGMESH_TEST_PG=18 cargo test --release --test control_trials -- --ignored --nocapture
+//! PGMESH_TRIALS=25 PGMESH_TRIAL_KINDS=isolate,freeze cargo test --release --test control_trials -- --ignored --nocapture
+//! ```
+//!
+//! One lab (etcd ×3, two primaries, sidecars, agents with watchdogs); each cycle injects,
+//! on region a: an etcd isolation of its agent, a freeze of its agent longer than the
+//! lease, a kill of its primary (agent alive), a kill of the whole region (agent and
+//! primary); after each, region a comes back and `pgmesh switchover` returns app-eu to
+//! it under a write load through the acknowledged-write logger. A sampler checks the
+//! whole time that no region takes writes while the other serves its endpoint. Every
+//! trial is printed as a JSON line (and appended to `$PGMESH_TRIALS_OUT` when set); the
+//! summary prints median / p99 / max per measure.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use pgmesh::testkit::{versions_under_test, AckWriter};
+use support::cli::{pgmesh, text};
+use support::control::{http_get, tail, DualOwnerSampler, Lab};
+
+struct Trials {
+    samples: BTreeMap<&'static str, Vec<f64>>,
+    out: Option<std::fs::File>,
+}
+
+impl Trials {
+    fn record(&mut self, kind: &str, measures: &[(&'static str, f64)]) {
+        let mut line = serde_json::json!({"trial": kind});
+        for (k, v) in measures {
+            self.samples.entry(k).or_default().push(*v);
+            line[*k] = serde_json::json!(v);
+        }
+        eprintln!("{line}");
+        if let Some(f) = self.out.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    fn summary(&self) -> String {
+        let mut s =
+            String::from("| measure | n | median | p99 | max |\n|---|---:|---:|---:|---:|\n");
+        for (k, v) in &self.samples {
+            let mut v = v.clone();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+            s.push_str(&format!(
+                "| {k} | {} | {:.3} | {:.3} | {:.3} |\n",
+                v.len(),
+                q(0.5),
+                q(0.99),
+                v[v.len() - 1]
+            ));
+        }
+        s
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Waits until a has a lease and etcd again (after it came back).
+fn wait_a_back(lab: &Lab) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = lab.http("a", "/health");
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if h["etcd_ok"] == true && h["lease"].is_i64() && h["health"] == "healthy" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a did not come back: {body}\n{}",
+            tail(&lab.agent_log("a"))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Returns app-eu to a under a write load; records the pause and the writes lost.
+fn switch_back(lab: &Lab, trials: &mut Trials, next_id: &mut i64) {
+    let (pa, pb) = (lab.port("a"), lab.port("b"));
+    let (da, db) = (lab.app_dsn("a"), lab.app_dsn("b"));
+    let router = Box::new(move || {
+        let owner = |p: u16| {
+            http_get(p, "/owner/app-eu", Duration::from_millis(200)).is_some_and(|(c, _)| c == 200)
+        };
+        if owner(pb) {
+            Some(db.clone())
+        } else if owner(pa) {
+            Some(da.clone())
+        } else {
+            None
+        }
+    });
+    let writer = AckWriter::start("acked", *next_id, Duration::from_millis(2), router);
+    let until = Instant::now() + Duration::from_secs(20);
+    while writer.report().acked.len() < 50 {
+        assert!(
+            Instant::now() < until,
+            "writer stuck: {:?}",
+            writer.report().errors
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = pgmesh(
+        &["switchover", "app-eu", "--to", "a", "--json"],
+        lab.cfg_path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        tail(&lab.agent_log("b"))
+    );
+    let before = writer.report().acked.len();
+    while writer.report().acked.len() < before + 50 {
+        assert!(
+            Instant::now() < until + Duration::from_secs(20),
+            "no writes after switchover: {:?}",
+            writer.report().errors
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = writer.stop();
+    *next_id = report.acked.last().map_or(*next_id, |(id, _)| id + 1) + 1_000;
+    support::live::wait_converged(&lab.a, &lab.b, &["acked"], Duration::from_secs(60));
+    let ids: std::collections::BTreeSet<i64> = lab
+        .a
+        .psql("SELECT id FROM acked")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost = report
+        .acked
+        .iter()
+        .filter(|(id, _)| !ids.contains(id))
+        .count();
+    let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    trials.record(
+        "switchover",
+        &[
+            ("switchover_pause_s", secs(report.max_gap)),
+            (
+                "switchover_command_s",
+                moved["seconds"].as_f64().unwrap_or(f64::NAN),
+            ),
+            ("switchover_lost_writes", lost as f64),
+            ("switchover_failed_statements", report.failures as f64),
+        ],
+    );
+    assert_eq!(lost, 0, "acknowledged writes lost in a switchover");
+}
+
+#[test]
+#[ignore = "minutes of fault trials: PGMESH_TRIALS=N cargo test --test control_trials -- --ignored"]
+fn fault_trials() {
+    let cycles: usize = std::env::var("PGMESH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let kinds = std::env::var("PGMESH_TRIAL_KINDS")
+        .unwrap_or_else(|_| "isolate,freeze,primary,region".into());
+    let want = |k: &str| kinds.split(',').any(|x| x.trim() == k);
+    let major = *versions_under_test().last().unwrap();
+    let mut trials = Trials {
+        samples: BTreeMap::new(),
+        out: std::env::var("PGMESH_TRIALS_OUT").ok().map(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap()
+        }),
+    };
+    let mut lab = Lab::start(major, "");
+    let sampler = DualOwnerSampler::start(&lab);
+    let mut next_id = 1_000_000;
+    let mut dual_trials = 0;
+    for cycle in 0..cycles {
+        eprintln!("cycle {cycle} (PG{major})");
+        if want("isolate") {
+            let t0 = Instant::now();
+            lab.isolate_a();
+            let fence = lab.wait_db_writable("a", false, Duration::from_secs(10));
+            lab.wait_serving("b", "app-eu", Duration::from_secs(20));
+            let takeover = t0.elapsed();
+            trials.record(
+                "isolate",
+                &[
+                    ("isolated_fence_s", secs(fence)),
+                    ("isolated_takeover_s", secs(takeover)),
+                ],
+            );
+            dual_trials += 1;
+            lab.heal_a();
+            wait_a_back(&lab);
+            switch_back(&lab, &mut trials, &mut next_id);
+        }
+        if want("freeze") {
+            let t0 = Instant::now();
+            lab.agent("a").signal("-STOP");
+            let fence = lab.wait_db_writable("a", false, Duration::from_secs(10));
+            lab.wait_serving("b", "app-eu", Duration::from_secs(20));
+            let takeover = t0.elapsed();
+            std::thread::sleep(Duration::from_millis(500));
+            lab.agent("a").signal("-CONT");
+            trials.record(
+                "freeze",
+                &[
+                    ("frozen_fence_s", secs(fence)),
+                    ("frozen_takeover_s", secs(takeover)),
+                ],
+            );
+            dual_trials += 1;
+            wait_a_back(&lab);
+            switch_back(&lab, &mut trials, &mut next_id);
+        }
+        if want("primary") {
+            let t0 = Instant::now();
+            lab.a.stop_immediate().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !lab.http("a", "/health").1.contains("\"health\":\"failed\"") {
+                assert!(Instant::now() < deadline, "a never reported failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let detection = t0.elapsed();
+            lab.wait_serving("b", "app-eu", Duration::from_secs(20));
+            let takeover = t0.elapsed();
+            trials.record(
+                "primary",
+                &[
+                    ("primary_detection_s", secs(detection)),
+                    ("primary_takeover_s", secs(takeover)),
+                ],
+            );
+            lab.a.start_again().unwrap();
+            wait_a_back(&lab);
+            switch_back(&lab, &mut trials, &mut next_id);
+        }
+        if want("region") {
+            let t0 = Instant::now();
+            lab.kill_agent("a");
+            lab.a.stop_immediate().unwrap();
+            lab.wait_serving("b", "app-eu", Duration::from_secs(20));
+            let takeover = t0.elapsed();
+            trials.record("region", &[("region_takeover_s", secs(takeover))]);
+            lab.a.start_again().unwrap();
+            lab.start_agent("a");
+            wait_a_back(&lab);
+            switch_back(&lab, &mut trials, &mut next_id);
+        }
+    }
+    let (samples, violations) = sampler.stop();
+    trials.record(
+        "dual_owner",
+        &[
+            ("dual_owner_moments", violations.len() as f64),
+            ("dual_owner_samples", samples as f64),
+            ("partition_freeze_trials", f64::from(dual_trials)),
+        ],
+    );
+    eprintln!("\nPG{major}, {cycles} cycles\n{}", trials.summary());
+    assert!(violations.is_empty(), "{violations:?}");
+}
