@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgmesh::testkit::{versions_under_test, AckWriter, Prometheus};
+use pgmesh::testkit::{versions_under_test, Prometheus};
 use support::cli::{pgmesh, text};
-use support::control::{tail, DualOwnerSampler, Lab, TTL};
+use support::control::{tail, wait_acked, DualOwnerSampler, Lab, TTL};
 use support::live::turn;
 
 fn version(i: usize) -> u32 {
@@ -232,32 +232,8 @@ fn switchover_under_load_loses_no_acknowledged_write() {
     let _t = turn();
     let major = version(1);
     let lab = Lab::start(major, "");
-    let (pa, pb) = (lab.port("a"), lab.port("b"));
-    let (da, db) = (lab.app_dsn("a"), lab.app_dsn("b"));
-    // The client follows the endpoint as a health-checking proxy would.
-    let router = Box::new(move || {
-        let owner = |p: u16| {
-            support::control::http_get(p, "/owner/app-eu", Duration::from_millis(200))
-                .is_some_and(|(c, _)| c == 200)
-        };
-        if owner(pa) {
-            Some(da.clone())
-        } else if owner(pb) {
-            Some(db.clone())
-        } else {
-            None
-        }
-    });
-    let writer = AckWriter::start("acked", 1, Duration::from_millis(2), router);
-    let until = Instant::now() + Duration::from_secs(10);
-    while writer.report().acked.len() < 200 {
-        assert!(
-            Instant::now() < until,
-            "writer made no progress: {:?}",
-            writer.report().errors
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let writer = lab.writer_following("app-eu", 1);
+    wait_acked(&writer, 200, Duration::from_secs(10));
     let out = pgmesh(
         &["switchover", "app-eu", "--to", "b", "--json"],
         lab.cfg_path(),
@@ -271,36 +247,15 @@ fn switchover_under_load_loses_no_acknowledged_write() {
     );
     let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let before = writer.report().acked.len();
-    while writer.report().acked.len() < before + 200 {
-        assert!(
-            Instant::now() < until + Duration::from_secs(20),
-            "no writes after the switchover: {:?}",
-            writer.report().errors
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_acked(&writer, before + 200, Duration::from_secs(20));
     let report = writer.stop();
+    let b_port = lab.b.port().to_string();
     assert!(
-        report
-            .acked
-            .iter()
-            .any(|(_, d)| d.contains(&lab.b.port().to_string())),
+        report.acked.iter().any(|(_, d)| d.contains(&b_port)),
         "writes went to b after the move"
     );
     support::live::wait_converged(&lab.a, &lab.b, &["acked"], Duration::from_secs(60));
-    let ids: std::collections::BTreeSet<i64> = lab
-        .b
-        .psql("SELECT id FROM acked")
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let lost: Vec<i64> = report
-        .acked
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !ids.contains(id))
-        .collect();
+    let lost = lab.lost_writes("b", &report);
     eprintln!(
         "PG{major}: switchover {}: {} acknowledged, {} lost, {} failed statements, longest pause {:?}",
         moved["detail"], report.acked.len(), lost.len(), report.failures, report.max_gap

@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use pgmesh::testkit::{versions_under_test, AckWriter};
+use pgmesh::testkit::versions_under_test;
 use support::cli::{pgmesh, text};
-use support::control::{http_get, tail, DualOwnerSampler, Lab};
+use support::control::{tail, wait_acked, DualOwnerSampler, Lab};
 
 struct Trials {
     samples: BTreeMap<&'static str, Vec<f64>>,
@@ -71,7 +71,16 @@ fn wait_a_back(lab: &Lab) {
     loop {
         let (_, body) = lab.http("a", "/health");
         let h: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if h["etcd_ok"] == true && h["lease"].is_i64() && h["health"] == "healthy" {
+        // Healthy by its own probes and as etcd shows it to the peer, on its current lease
+        // (a restarted agent waits for its old lease to expire first).
+        let status = lab.status();
+        let region = &status["regions"][0];
+        if h["etcd_ok"] == true
+            && h["lease"].is_i64()
+            && h["health"] == "healthy"
+            && region["health"] == "healthy"
+            && region["lease"] == h["lease"]
+        {
             return;
         }
         assert!(
@@ -85,30 +94,8 @@ fn wait_a_back(lab: &Lab) {
 
 /// Returns app-eu to a under a write load; records the pause and the writes lost.
 fn switch_back(lab: &Lab, trials: &mut Trials, next_id: &mut i64) {
-    let (pa, pb) = (lab.port("a"), lab.port("b"));
-    let (da, db) = (lab.app_dsn("a"), lab.app_dsn("b"));
-    let router = Box::new(move || {
-        let owner = |p: u16| {
-            http_get(p, "/owner/app-eu", Duration::from_millis(200)).is_some_and(|(c, _)| c == 200)
-        };
-        if owner(pb) {
-            Some(db.clone())
-        } else if owner(pa) {
-            Some(da.clone())
-        } else {
-            None
-        }
-    });
-    let writer = AckWriter::start("acked", *next_id, Duration::from_millis(2), router);
-    let until = Instant::now() + Duration::from_secs(20);
-    while writer.report().acked.len() < 50 {
-        assert!(
-            Instant::now() < until,
-            "writer stuck: {:?}",
-            writer.report().errors
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let writer = lab.writer_following("app-eu", *next_id);
+    wait_acked(&writer, 50, Duration::from_secs(20));
     let out = pgmesh(
         &["switchover", "app-eu", "--to", "a", "--json"],
         lab.cfg_path(),
@@ -121,29 +108,11 @@ fn switch_back(lab: &Lab, trials: &mut Trials, next_id: &mut i64) {
         tail(&lab.agent_log("b"))
     );
     let before = writer.report().acked.len();
-    while writer.report().acked.len() < before + 50 {
-        assert!(
-            Instant::now() < until + Duration::from_secs(20),
-            "no writes after switchover: {:?}",
-            writer.report().errors
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_acked(&writer, before + 50, Duration::from_secs(20));
     let report = writer.stop();
     *next_id = report.acked.last().map_or(*next_id, |(id, _)| id + 1) + 1_000;
     support::live::wait_converged(&lab.a, &lab.b, &["acked"], Duration::from_secs(60));
-    let ids: std::collections::BTreeSet<i64> = lab
-        .a
-        .psql("SELECT id FROM acked")
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let lost = report
-        .acked
-        .iter()
-        .filter(|(id, _)| !ids.contains(id))
-        .count();
+    let lost = lab.lost_writes("a", &report).len();
     let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     trials.record(
         "switchover",

@@ -137,6 +137,20 @@ pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
             ),
         ));
     }
+    if snap
+        .view
+        .members
+        .get(&args.to)
+        .is_some_and(|m| m.health == crate::control::health::HealthState::Failed)
+    {
+        return Ok(fail(
+            args.json,
+            format!(
+                "{} reports its primary failed: wait until `pgmesh status` shows it healthy",
+                args.to
+            ),
+        ));
+    }
     if let Some((_, v)) = snap.switchovers.iter().find(|(e, _)| e == &args.endpoint) {
         if v.state == "requested" || v.state == "draining" {
             return Ok(fail(
@@ -406,7 +420,7 @@ pub async fn status_section(cfg: &Config) -> Option<serde_json::Value> {
             let live = snap.members.iter().find(|m| &m.node == n);
             let last = snap.status.iter().find(|m| &m.node == n);
             serde_json::json!({
-                "node": n, "agent_alive": live.is_some(),
+                "node": n, "agent_alive": live.is_some(), "lease": live.map(|m| m.lease),
                 "health": last.map(|m| m.health.clone()), "score": last.map(|m| m.score),
                 "fenced": last.and_then(|m| m.fenced), "writable": live.is_some_and(|m| m.writable),
                 "maintenance": snap.view.maintenance.contains(n),
@@ -469,4 +483,36 @@ pub fn status_text(v: &serde_json::Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_names_owners_regions_and_events() {
+        let v = serde_json::json!({
+            "etcd": {"ok": true, "revision": 42},
+            "endpoints": [{"endpoint": "app-eu", "home": "a", "owner": "b", "epoch": 17}],
+            "regions": [{"node": "a", "agent_alive": false, "health": "failed", "writable": false,
+                         "fenced": true, "maintenance": false, "apply_lag_bytes": null}],
+            "events": [{"at_ms": 1, "node": "b", "kind": "failover", "endpoint": "app-eu",
+                        "reason": "failover: a has no live lease"}],
+        });
+        let t = status_text(&v);
+        assert!(
+            t.contains("endpoint app-eu") && t.contains("owner b") && t.contains("epoch 17"),
+            "{t}"
+        );
+        assert!(
+            t.contains("region a") && t.contains("agent DOWN") && t.contains("fenced true"),
+            "{t}"
+        );
+        assert!(
+            t.contains("failover app-eu failover: a has no live lease"),
+            "{t}"
+        );
+        let down = status_text(&serde_json::json!({"etcd": {"ok": false, "error": "no quorum"}}));
+        assert!(down.contains("etcd: unreachable (no quorum)"), "{down}");
+    }
 }

@@ -44,6 +44,9 @@ pub struct Switchover {
     pub to: String,
     pub epoch: i64,
     pub deadline_ms: i64,
+    /// Writes stop only once the target has nearly caught up (state `draining`); before
+    /// that (state `requested`) the old owner keeps serving while it waits.
+    pub stopping: bool,
 }
 
 /// The cluster as one etcd read saw it.
@@ -104,6 +107,12 @@ pub enum Action {
         endpoint: String,
         epoch: i64,
         reason: String,
+    },
+    /// Before a switchover stops writes: wait (serving) until `to` is nearly caught up,
+    /// so the write pause holds only the last moments of replication, not a backlog.
+    CatchUp {
+        endpoint: String,
+        to: String,
     },
     /// Stop writes for `endpoint`, wait until `to` applied them, move it (CAS on `epoch`).
     Drain {
@@ -196,6 +205,10 @@ pub fn decide(o: &Observation<'_>) -> Decision {
             (Some(reason), _) => actions.push(Action::AbortSwitchover {
                 endpoint: endpoint.to_string(),
                 reason,
+            }),
+            (None, Some(_)) if !sw.stopping => actions.push(Action::CatchUp {
+                endpoint: endpoint.to_string(),
+                to: sw.to.clone(),
             }),
             (None, Some(m)) => {
                 draining.insert(endpoint.to_string());

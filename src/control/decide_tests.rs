@@ -316,6 +316,7 @@ fn quarantine_after_a_lost_lease_takes_nothing_new() {
     assert!(!d.writable);
 }
 
+/// A switchover of app-eu from a in its stopping phase (the target caught up).
 fn with_switchover(mut view: ClusterView, to: &str, epoch: i64, deadline_ms: i64) -> ClusterView {
     view.switchovers.insert(
         "app-eu".into(),
@@ -324,9 +325,26 @@ fn with_switchover(mut view: ClusterView, to: &str, epoch: i64, deadline_ms: i64
             to: to.into(),
             epoch,
             deadline_ms,
+            stopping: true,
         },
     );
     view
+}
+
+#[test]
+fn a_requested_switchover_keeps_serving_until_the_target_caught_up() {
+    let mut view = with_switchover(steady(), "b", 10, 5_000);
+    view.switchovers.get_mut("app-eu").unwrap().stopping = false;
+    let d = Case::on("a", view).run();
+    assert!(d.writable);
+    assert_eq!(d.serving, vec!["app-eu".to_string()]);
+    assert_eq!(
+        d.actions,
+        vec![Action::CatchUp {
+            endpoint: "app-eu".into(),
+            to: "b".into()
+        }]
+    );
 }
 
 #[test]

@@ -11,6 +11,11 @@ use super::event::{EventKind, Rpo};
 use super::fence::{fence, renew_permit, unfence, FenceRequest, Permit};
 use super::keys::{now_ms, OwnerValue, SwitchoverValue};
 
+/// A switchover stops writes only once the new owner is at most this far behind (bytes of
+/// our WAL it has not confirmed): the pause then holds the last moments of replication,
+/// not a backlog (a region that just came back may be seconds behind).
+pub const CATCH_UP_BEFORE_STOP: u64 = 256 * 1024;
+
 impl Agent {
     pub(super) async fn execute(&mut self, d: &Decision, lease: Option<i64>) {
         let active: Vec<(String, i64)> = d
@@ -219,6 +224,29 @@ impl Agent {
             } => {
                 self.drain(endpoint, *epoch, to, *to_lease, *cause, serving_others)
                     .await?;
+            }
+            Action::CatchUp { endpoint, to } => {
+                let store = self.store.clone().ok_or("etcd is not connected")?;
+                let client = self
+                    .local
+                    .get()
+                    .await
+                    .ok_or("the local primary is unreachable")?;
+                let now = db::wal_lsn(client).await?;
+                let confirmed = db::confirmed_by(client, to).await?.unwrap_or(crate::Lsn(0));
+                let behind = now.0.saturating_sub(confirmed.0);
+                if behind > CATCH_UP_BEFORE_STOP {
+                    return Ok(()); // still serving; the next tick looks again
+                }
+                let mut v = self
+                    .switchover_value(endpoint)
+                    .ok_or("no switchover record")?;
+                v.state = "draining".into();
+                store
+                    .put_switchover(endpoint, &v)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(node = %self.me, endpoint, to, behind, "{to} caught up: stopping writes for {endpoint}");
             }
             Action::AbortSwitchover { endpoint, reason } => {
                 let store = self.store.clone().ok_or("etcd is not connected")?;

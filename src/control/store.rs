@@ -194,6 +194,7 @@ impl Store {
                                     to: v.to.clone(),
                                     epoch: v.epoch,
                                     deadline_ms: v.deadline_ms,
+                                    stopping: v.state == "draining",
                                 },
                             );
                         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgmesh::testkit::{Cluster, EtcdCluster};
+use pgmesh::testkit::{AckWriter, Cluster, EtcdCluster, WriterReport};
 
 use super::cli::{pgmesh, text, Sidecars};
 
@@ -298,6 +298,53 @@ impl Lab {
 
     pub fn cfg_path(&self) -> &Path {
         &self.cfg
+    }
+
+    /// The acknowledged-write logger, writing into `acked` wherever `endpoint` is served
+    /// (asking both agents' `/owner/ENDPOINT`, as a health-checking proxy would).
+    pub fn writer_following(&self, endpoint: &str, first_id: i64) -> AckWriter {
+        let ports = self.ports;
+        let dsns = [self.app_dsn("a"), self.app_dsn("b")];
+        let path = format!("/owner/{endpoint}");
+        let router = Box::new(move || {
+            (0..2)
+                .find(|&i| {
+                    http_get(ports[i], &path, Duration::from_millis(200))
+                        .is_some_and(|(c, _)| c == 200)
+                })
+                .map(|i| dsns[i].clone())
+        });
+        AckWriter::start("acked", first_id, Duration::from_millis(2), router)
+    }
+
+    /// Acknowledged rows of `report` that `node` does not hold (call after convergence).
+    pub fn lost_writes(&self, node: &str, report: &WriterReport) -> Vec<i64> {
+        let held: std::collections::BTreeSet<i64> = self
+            .cluster(node)
+            .psql("SELECT id FROM acked")
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        report
+            .acked
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !held.contains(id))
+            .collect()
+    }
+}
+
+/// Waits until `writer` acknowledged at least `n` commits.
+pub fn wait_acked(writer: &AckWriter, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while writer.report().acked.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the writer acknowledged fewer than {n} commits: {:?}",
+            writer.report().errors
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
