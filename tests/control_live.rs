@@ -138,7 +138,14 @@ fn lease_lost_without_quorum_fences_both_and_forced_failover_is_recorded() {
         ] {
             assert!(!lab.serves(n, e), "{n} serves {e} without quorum");
         }
-        assert!(!lab.db_writable("a") && !lab.db_writable("b"));
+        for n in ["a", "b"] {
+            assert!(
+                !lab.db_writable(n),
+                "{n} writable without quorum\n--- agent {n}\n{}\n--- fence\n{:?}",
+                tail(&lab.agent_log(n)),
+                lab.cluster(n).psql("SELECT fenced, reason, changed_by, changed_at, pg_sequence_last_value('pgmesh.write_permit') - (extract(epoch from clock_timestamp())*1000)::bigint FROM pgmesh.fence")
+            );
+        }
     }
     let (code, body) = lab.http("b", "/health");
     assert_eq!(code, 200, "{body}");

@@ -293,6 +293,7 @@ impl Agent {
             }
             match store.snapshot().await {
                 Ok(s) => {
+                    self.lease.confirm(s.raft_term);
                     self.track_presence(&s, now);
                     self.snapshot = s;
                     self.fresh = true;

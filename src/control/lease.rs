@@ -6,6 +6,13 @@
 //! deadline the lease is treated as lost even if etcd might still hold it, and is never
 //! used again: a new lease starts over, after a quarantine of one TTL in which nothing
 //! new is taken (the peer's takeover or an operator's forced failover may be landing).
+//!
+//! **A renewal counts only once a quorum confirms its leader.** etcd 3.4 (before 3.4.25)
+//! lets a leader that lost its quorum go on renewing leases until it steps down, while
+//! the majority side elects a new leader whose clock for our lease started earlier. So a
+//! renewal moves the deadline only when a linearizable read (which needs a quorum) sent
+//! after it is answered in the same raft term: the renewing leader was still the leader
+//! then, and any later leader restarts every lease's TTL when it takes over.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,8 @@ pub struct LeaseState {
     renewer: Option<Renewer>,
     deadline: Option<Instant>,
     last_sent: Option<Instant>,
+    /// A renewal waiting for a quorum read in its term: (sent, ttl, raft term).
+    unconfirmed: Option<(Instant, Duration, u64)>,
     lost_at: Option<Instant>,
     pub last_error: Option<String>,
 }
@@ -44,6 +53,7 @@ impl LeaseState {
             renewer: None,
             deadline: None,
             last_sent: None,
+            unconfirmed: None,
             lost_at: None,
             last_error: None,
         }
@@ -74,6 +84,7 @@ impl LeaseState {
         let lease = self.id.take().unwrap_or(0);
         self.renewer = None;
         self.deadline = None;
+        self.unconfirmed = None;
         self.lost_at = Some(now);
         LeaseChange::Lost { lease, reason }
     }
@@ -111,8 +122,8 @@ impl LeaseState {
             return LeaseChange::None;
         }
         match self.renew(store, id).await {
-            Ok(Some((sent, ttl))) => {
-                self.deadline = Some(sent + ttl.saturating_sub(self.margin));
+            Ok(Some((sent, ttl, term))) => {
+                self.unconfirmed = Some((sent, ttl, term));
                 self.last_sent = Some(sent);
                 self.last_error = None;
                 LeaseChange::None
@@ -130,7 +141,7 @@ impl LeaseState {
         &mut self,
         store: &Store,
         id: i64,
-    ) -> Result<Option<(Instant, Duration)>, StoreError> {
+    ) -> Result<Option<(Instant, Duration, u64)>, StoreError> {
         if self.renewer.is_none() {
             self.renewer = Some(store.keeper(id).await?);
         }
@@ -138,7 +149,20 @@ impl LeaseState {
         let Some(renewer) = self.renewer.as_mut() else {
             return Ok(None);
         };
-        Ok(renewer.renew().await?.map(|ttl| (sent, ttl)))
+        Ok(renewer.renew().await?.map(|(ttl, term)| (sent, ttl, term)))
+    }
+
+    /// A linearizable read in raft term `term` succeeded after the last renewal was
+    /// answered: the renewal now moves the deadline (if the terms match).
+    pub fn confirm(&mut self, term: u64) {
+        if let Some((sent, ttl, t)) = self.unconfirmed.take() {
+            if t == term && t != 0 && self.id.is_some() {
+                let d = sent + ttl.saturating_sub(self.margin);
+                self.deadline = Some(self.deadline.map_or(d, |old| old.max(d)));
+            } else {
+                tracing::info!(renewed_in = t, read_in = term, "lease renewal not confirmed by a quorum read in its raft term; not extending the deadline");
+            }
+        }
     }
 
     /// Gives the lease up on purpose (shutdown): its keys go at once.
@@ -148,5 +172,32 @@ impl LeaseState {
         }
         self.renewer = None;
         self.deadline = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_moves_the_deadline_only_when_a_quorum_read_in_its_term_confirms_it() {
+        let ttl = Duration::from_secs(3);
+        let mut l = LeaseState::new(ttl, Duration::from_secs(1));
+        let t0 = Instant::now();
+        l.id = Some(7);
+        l.deadline = Some(t0 + Duration::from_secs(2));
+        // Renewed by the leader of term 5, but the next quorum read came from term 6.
+        l.unconfirmed = Some((t0 + Duration::from_secs(1), ttl, 5));
+        l.confirm(6);
+        assert_eq!(l.deadline, Some(t0 + Duration::from_secs(2)));
+        assert!(l.unconfirmed.is_none());
+        // Same term: the deadline moves to the renewal's send time + TTL - margin.
+        l.unconfirmed = Some((t0 + Duration::from_secs(1), ttl, 6));
+        l.confirm(6);
+        assert_eq!(l.deadline, Some(t0 + Duration::from_secs(3)));
+        // An older renewal confirmed late never moves the deadline back.
+        l.unconfirmed = Some((t0, ttl, 6));
+        l.confirm(6);
+        assert_eq!(l.deadline, Some(t0 + Duration::from_secs(3)));
     }
 }

@@ -45,6 +45,9 @@ pub struct Snapshot {
     pub events: Vec<super::event::Event>,
     /// etcd's revision at the read.
     pub revision: i64,
+    /// The raft term of the leader that served the (linearizable, so quorum-confirmed)
+    /// read: it confirms lease renewals made in the same term ([`super::lease`]).
+    pub raft_term: u64,
 }
 
 /// A connection to the etcd cluster of one pgmesh cluster.
@@ -136,6 +139,7 @@ impl Store {
             .await?;
         let mut snap = Snapshot {
             revision: resp.header().map_or(0, |h| h.revision()),
+            raft_term: resp.header().map_or(0, |h| h.raft_term()),
             ..Snapshot::default()
         };
         for kv in resp.kvs() {
@@ -429,9 +433,9 @@ pub struct Renewer {
 }
 
 impl Renewer {
-    /// Renews once. `Ok(Some(ttl))` renewed for `ttl`; `Ok(None)`: the lease is gone
-    /// (expired or revoked) and can never be renewed again.
-    pub async fn renew(&mut self) -> Result<Option<Duration>, StoreError> {
+    /// Renews once. `Ok(Some((ttl, raft_term)))` renewed for `ttl` by the leader of that
+    /// term; `Ok(None)`: the lease is gone (expired or revoked) and can never be renewed.
+    pub async fn renew(&mut self) -> Result<Option<(Duration, u64)>, StoreError> {
         let t = self.timeout;
         let sent = tokio::time::timeout(t, self.keeper.keep_alive()).await;
         match sent {
@@ -454,8 +458,9 @@ impl Renewer {
                 message: "the stream ended".into(),
             }),
             Ok(Ok(Some(resp))) if resp.ttl() <= 0 => Ok(None),
-            Ok(Ok(Some(resp))) => Ok(Some(Duration::from_secs(
-                u64::try_from(resp.ttl()).unwrap_or(0),
+            Ok(Ok(Some(resp))) => Ok(Some((
+                Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0)),
+                resp.header().map_or(0, |h| h.raft_term()),
             ))),
         }
     }
