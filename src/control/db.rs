@@ -105,6 +105,25 @@ pub async fn confirmed_by(client: &Client, peer: &str) -> Result<Option<Lsn>, St
         .and_then(|t| t.parse().ok()))
 }
 
+/// Whether `peer`'s sidecar is streaming from this node now (its slot `pgmesh_<peer>` is
+/// active), and what it confirmed.
+pub async fn streaming_to(client: &Client, peer: &str) -> Result<(bool, Option<Lsn>), String> {
+    let row = client
+        .query_opt(
+            "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&crate::config::names::slot_name(peer)],
+        )
+        .await
+        .map_err(|e| pg_message(&e))?;
+    Ok(match row {
+        Some(r) => (
+            r.get::<_, bool>(0),
+            r.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
+        ),
+        None => (false, None),
+    })
+}
+
 /// How far this node applied `peer`'s WAL (its origin's durable progress).
 pub async fn applied_from(client: &Client, peer: &str) -> Result<Option<Lsn>, String> {
     let row = client

@@ -233,9 +233,11 @@ impl Agent {
                     .await
                     .ok_or("the local primary is unreachable")?;
                 let now = db::wal_lsn(client).await?;
-                let confirmed = db::confirmed_by(client, to).await?.unwrap_or(crate::Lsn(0));
-                let behind = now.0.saturating_sub(confirmed.0);
-                if behind > CATCH_UP_BEFORE_STOP {
+                let (streaming, confirmed) = db::streaming_to(client, to).await?;
+                let behind = now.0.saturating_sub(confirmed.unwrap_or(crate::Lsn(0)).0);
+                // Its sidecar must be connected too: one that is waiting out a reconnect
+                // backoff would leave the drain, and the write pause, waiting with it.
+                if !streaming || behind > CATCH_UP_BEFORE_STOP {
                     return Ok(()); // still serving; the next tick looks again
                 }
                 let mut v = self

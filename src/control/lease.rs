@@ -40,6 +40,10 @@ pub struct LeaseState {
     /// A renewal waiting for a quorum read in its term: (sent, ttl, raft term).
     unconfirmed: Option<(Instant, Duration, u64)>,
     lost_at: Option<Instant>,
+    /// A lease we gave up on by our clock that etcd may still hold: revoked as soon as
+    /// etcd answers, so the keys bound to it (our member key, endpoints we can no longer
+    /// serve) go at once instead of a TTL later.
+    stale: Option<i64>,
     pub last_error: Option<String>,
 }
 
@@ -55,6 +59,7 @@ impl LeaseState {
             last_sent: None,
             unconfirmed: None,
             lost_at: None,
+            stale: None,
             last_error: None,
         }
     }
@@ -82,6 +87,7 @@ impl LeaseState {
 
     fn lose(&mut self, now: Instant, reason: String) -> LeaseChange {
         let lease = self.id.take().unwrap_or(0);
+        self.stale = Some(lease);
         self.renewer = None;
         self.deadline = None;
         self.unconfirmed = None;
@@ -96,6 +102,14 @@ impl LeaseState {
         if let (Some(_), Some(d)) = (self.id, self.deadline) {
             if now >= d {
                 return self.lose(now, "the fence deadline passed without a renewal".into());
+            }
+        }
+        if let Some(old) = self.stale {
+            match store.revoke(old).await {
+                Ok(()) => self.stale = None,
+                // Expired already: nothing left to revoke.
+                Err(e) if e.message.contains("not found") => self.stale = None,
+                Err(_) => {}
             }
         }
         let Some(id) = self.id else {
