@@ -34,6 +34,7 @@ pub mod status;
 pub mod sync;
 pub mod testkit;
 pub mod text_table;
+pub mod traffic;
 pub mod txn;
 pub mod verify;
 

@@ -292,7 +292,7 @@ fn serve_flapper(p95: Arc<AtomicU64>, requests_a: Arc<AtomicU64>, stop: Arc<Atom
             let (code, body) = match path {
                 "/a/readyz" => {
                     let n = requests_a.fetch_add(1, Ordering::Relaxed);
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         (503, "flap".to_string())
                     } else {
                         (200, "ok".to_string())

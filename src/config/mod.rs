@@ -40,6 +40,7 @@ pub mod names;
 mod password;
 mod pattern;
 mod size;
+pub mod traffic;
 
 pub use control::{ControlConfig, EndpointConfig, Failback, HealthConfig, PromqlSignal};
 pub use dsn::{interpolate, mask, Dsn};
@@ -51,6 +52,7 @@ pub use guardrail::{GuardrailConfig, GuardrailPolicy};
 pub use ledger::LedgerConfig;
 pub use pattern::TablePattern;
 pub use size::{human_bytes, ByteSize};
+pub use traffic::TrafficConfig;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -76,6 +78,8 @@ pub struct Config {
     pub guardrail: GuardrailConfig,
     /// `[control]` and `[endpoints.*]`: `None` when only the data path is configured.
     pub control: Option<ControlConfig>,
+    /// `[traffic]`: pgbouncer, DNS, hooks and Alertmanager the agents drive (empty: none).
+    pub traffic: TrafficConfig,
 }
 
 /// One PostgreSQL primary.
@@ -152,6 +156,8 @@ struct RawConfig {
     control: Option<control::RawControl>,
     #[serde(default)]
     endpoints: BTreeMap<String, control::RawEndpoint>,
+    #[serde(default)]
+    traffic: traffic::RawTraffic,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +366,11 @@ impl Config {
             .map_err(|(key, m)| invalid(key, m))?;
         let node_names: Vec<&str> = nodes.keys().map(String::as_str).collect();
         let control = ControlConfig::from_raw(raw.control, raw.endpoints, &node_names, &invalid)?;
+        let endpoint_names: Vec<&str> = control
+            .as_ref()
+            .map(|c| c.endpoints.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let traffic = TrafficConfig::from_raw(raw.traffic, &node_names, &endpoint_names, &invalid)?;
 
         Ok(Config {
             source: source.to_string(),
@@ -370,6 +381,7 @@ impl Config {
             ledger,
             guardrail,
             control,
+            traffic,
         })
     }
 

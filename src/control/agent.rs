@@ -23,6 +23,7 @@ use super::keys::{now_ms, MemberValue};
 use super::lease::{LeaseChange, LeaseState};
 use super::probe;
 use super::store::{Snapshot, Store};
+use super::traffic::{SharedTraffic, TrafficDriver, TrafficStatus};
 use super::watchdog::Heartbeat;
 use crate::config::{Config, ControlConfig, Failback};
 use crate::Lsn;
@@ -64,6 +65,9 @@ pub struct Published {
     pub signals: Vec<Signal>,
     pub etcd_ok: bool,
     pub etcd_error: Option<String>,
+    /// What pgbouncer, DNS and planned-move pauses show (only with `[traffic]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficStatus>,
     #[serde(skip)]
     pub deadline: Option<Instant>,
     /// Forced writable by an operator: no lease deadline applies.
@@ -129,6 +133,9 @@ pub struct Agent {
     pub(super) shared: SharedState,
     last_writable: Option<bool>,
     last_published: Option<Instant>,
+    /// pgbouncer, DNS, hooks, Alertmanager: started at the first tick (they spawn tasks).
+    pub(super) traffic: Option<TrafficDriver>,
+    traffic_status: Option<SharedTraffic>,
 }
 
 impl Agent {
@@ -196,6 +203,8 @@ impl Agent {
             })),
             last_writable: None,
             last_published: None,
+            traffic: None,
+            traffic_status: None,
         })
     }
 
@@ -270,6 +279,22 @@ impl Agent {
     /// One round: observe, decide, act, publish.
     pub async fn tick(&mut self) -> Option<Decision> {
         let now = Instant::now();
+        if self.traffic.is_none() && !self.cfg.traffic.is_empty() {
+            let homes = self
+                .ctl
+                .endpoints
+                .values()
+                .map(|e| (e.name.clone(), e.home.clone()))
+                .collect();
+            let t = TrafficDriver::start(
+                &self.me,
+                &self.ctl.cluster,
+                self.cfg.traffic.clone(),
+                &homes,
+            );
+            self.traffic_status = Some(t.status());
+            self.traffic = Some(t);
+        }
         if self.store.is_none() {
             match Store::connect(&self.ctl.etcd, &self.ctl.cluster, etcd_timeout(&self.ctl)).await {
                 Ok(s) => self.store = Some(s),
@@ -332,6 +357,11 @@ impl Agent {
         let lease = self.usable_lease(Instant::now());
         let view: ClusterView = self.snapshot.view.clone();
         let caught_up = self.caught_up();
+        let traffic_unheld = self
+            .traffic
+            .as_mut()
+            .map(TrafficDriver::unheld)
+            .unwrap_or_default();
         let absent_for: BTreeMap<String, Duration> = self
             .absent_since
             .iter()
@@ -355,12 +385,17 @@ impl Agent {
                 && self
                     .permit_deadline
                     .is_some_and(|d| Instant::now() < d + PERMIT_SLACK),
+            traffic_unheld: &traffic_unheld,
         });
         if self.last_writable != Some(decision.writable) {
             tracing::info!(node = %self.me, writable = decision.writable, why = %decision.why, "region write state");
             self.last_writable = Some(decision.writable);
         }
         self.execute(&decision, lease).await;
+        if let Some(t) = self.traffic.as_mut() {
+            t.follow(&self.snapshot.view, &decision.serving);
+            t.events(&self.pending_events);
+        }
         self.publish(&decision).await;
         Some(decision)
     }
@@ -500,6 +535,9 @@ impl Agent {
                 ),
             );
         }
+        if let Some(t) = &self.traffic {
+            t.health(state, &signals);
+        }
         self.health = state;
         self.score = score;
         self.signals = signals;
@@ -571,6 +609,10 @@ impl Agent {
             p.signals = self.signals.clone();
             p.etcd_ok = self.fresh;
             p.etcd_error = self.etcd_error.clone();
+            p.traffic = self
+                .traffic_status
+                .as_ref()
+                .map(|t| t.read().unwrap_or_else(|e| e.into_inner()).clone());
         }
         metrics::gauge!("pgmesh_agent_writable").set(if d.writable { 1.0 } else { 0.0 });
         metrics::gauge!("pgmesh_agent_lease_live").set(if lease.is_some() { 1.0 } else { 0.0 });

@@ -87,6 +87,9 @@ pub struct Observation<'a> {
     /// The primary may still hold a write permit we gave it (it is not known fenced and
     /// the permit has not run out): handing an endpoint over now could let both write.
     pub permit_outstanding: bool,
+    /// Endpoints whose traffic layer (pgbouncer) has not yet paused their clients for the
+    /// planned move in progress: writes stop only once it has, so no transaction is cut.
+    pub traffic_unheld: &'a BTreeSet<String>,
     pub now_ms: i64,
 }
 
@@ -113,6 +116,12 @@ pub enum Action {
     CatchUp {
         endpoint: String,
         to: String,
+    },
+    /// Before a switchover stops writes: have the traffic layer pause the endpoint's
+    /// clients (pgbouncer PAUSE waits for running transactions), still serving.
+    HoldTraffic {
+        endpoint: String,
+        epoch: i64,
     },
     /// Stop writes for `endpoint`, wait until `to` applied them, move it (CAS on `epoch`).
     Drain {
@@ -210,6 +219,12 @@ pub fn decide(o: &Observation<'_>) -> Decision {
                 endpoint: endpoint.to_string(),
                 to: sw.to.clone(),
             }),
+            (None, Some(_)) if o.traffic_unheld.contains(endpoint.as_str()) => {
+                actions.push(Action::HoldTraffic {
+                    endpoint: endpoint.to_string(),
+                    epoch: owner.epoch,
+                });
+            }
             (None, Some(m)) => {
                 draining.insert(endpoint.to_string());
                 actions.push(Action::Drain {

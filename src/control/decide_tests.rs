@@ -73,6 +73,7 @@ struct Case {
     absent_for: BTreeMap<String, Duration>,
     vanished: BTreeSet<String>,
     permit_outstanding: bool,
+    traffic_unheld: BTreeSet<String>,
 }
 
 impl Case {
@@ -92,6 +93,7 @@ impl Case {
             absent_for: BTreeMap::new(),
             vanished: BTreeSet::new(),
             permit_outstanding: false,
+            traffic_unheld: BTreeSet::new(),
         }
     }
 
@@ -111,6 +113,7 @@ impl Case {
             absent_for: &self.absent_for,
             vanished: &self.vanished,
             permit_outstanding: self.permit_outstanding,
+            traffic_unheld: &self.traffic_unheld,
         })
     }
 }
@@ -558,6 +561,11 @@ fn never_two_writable_owners_of_one_endpoint_over_random_views() {
                         c.vanished.insert(e.into());
                     }
                 }
+                for e in ["app-eu", "app-us"] {
+                    if rnd(2) == 0 {
+                        c.traffic_unheld.insert(e.into());
+                    }
+                }
                 for n in ["a", "b"] {
                     if rnd(2) == 0 {
                         c.absent_for.insert(n.into(), Duration::from_secs(rnd(6)));
@@ -574,4 +582,29 @@ fn never_two_writable_owners_of_one_endpoint_over_random_views() {
             assert!(servers <= 1, "{e} served twice in {view:?}: {decisions:?}");
         }
     }
+}
+
+#[test]
+fn a_switchover_stops_writes_only_after_the_traffic_layer_holds_the_clients() {
+    let mut case = Case::on("a", with_switchover(steady(), "b", 10, 5_000));
+    case.traffic_unheld.insert("app-eu".into());
+    let d = case.run();
+    assert!(d.writable, "still serving while pgbouncer pauses: {d:?}");
+    assert_eq!(d.serving, vec!["app-eu".to_string()]);
+    assert_eq!(
+        d.actions,
+        vec![Action::HoldTraffic {
+            endpoint: "app-eu".into(),
+            epoch: 10
+        }]
+    );
+    // Held: the drain goes on as without a traffic layer.
+    case.traffic_unheld.clear();
+    let d = case.run();
+    assert!(!d.writable);
+    assert!(matches!(d.actions.first(), Some(Action::Fence { .. })));
+    assert!(d
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Drain { endpoint, .. } if endpoint == "app-eu")));
 }

@@ -24,11 +24,15 @@ impl Agent {
             .filter_map(|a| match a {
                 Action::Drain {
                     endpoint, epoch, ..
-                } => Some((endpoint.clone(), *epoch)),
+                }
+                | Action::HoldTraffic { endpoint, epoch } => Some((endpoint.clone(), *epoch)),
                 _ => None,
             })
             .collect();
         self.drains.retain(|k, _| active.contains(k));
+        if let Some(t) = self.traffic.as_mut() {
+            t.retain_holds(&active);
+        }
         let serving_others = !d.serving.is_empty();
         for action in &d.actions {
             if let Err(e) = self.act(action, lease, serving_others).await {
@@ -224,6 +228,11 @@ impl Agent {
             } => {
                 self.drain(endpoint, *epoch, to, *to_lease, *cause, serving_others)
                     .await?;
+            }
+            Action::HoldTraffic { endpoint, epoch } => {
+                if let Some(t) = self.traffic.as_mut() {
+                    t.hold(endpoint, *epoch);
+                }
             }
             Action::CatchUp { endpoint, to } => {
                 let store = self.store.clone().ok_or("etcd is not connected")?;

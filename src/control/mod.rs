@@ -19,4 +19,5 @@ pub mod keys;
 pub mod lease;
 pub mod probe;
 pub mod store;
+pub mod traffic;
 pub mod watchdog;

@@ -378,7 +378,7 @@ fn free_port() -> Result<u16, TestkitError> {
 }
 
 /// The server refuses to run as root, so as root everything runs through `runuser`.
-fn running_as_root() -> bool {
+pub(super) fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

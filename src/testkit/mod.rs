@@ -10,18 +10,27 @@
 //! [`EtcdCluster`] of n etcd members on free loopback ports, whose members tests can crash,
 //! freeze and restart, and a [`Prometheus`] that scrapes given targets every second. Both
 //! are killed and their directories removed on drop (`scripts/install-control.sh` installs
-//! the programs).
+//! the programs). The traffic layers the agents drive run the same way: [`Pgbouncer`],
+//! [`Haproxy`], [`KnotDns`] (RFC 2136 with TSIG) and [`Alertmanager`].
 
+mod alertmanager;
 mod binaries;
 mod cluster;
 mod daemon;
 mod etcd;
+mod haproxy;
+mod knot;
 mod loopback;
+mod pgbouncer;
 mod prometheus;
 mod writer;
 
+pub use alertmanager::{ActiveAlert, Alertmanager, Received};
 pub use binaries::{bin_dir, versions_under_test, SUPPORTED_MAJORS};
 pub use cluster::{Cluster, ClusterBuilder, TestkitError};
 pub use etcd::EtcdCluster;
+pub use haproxy::{haproxy_config, Haproxy, HaproxyServer};
+pub use knot::{KnotDns, KNOT_KEY_NAME};
+pub use pgbouncer::{Pgbouncer, PGBOUNCER_ADMIN};
 pub use prometheus::{PromSample, Prometheus};
 pub use writer::{AckWriter, Router, WriterReport};

@@ -19,6 +19,8 @@ pub type Router = Box<dyn FnMut() -> Option<String> + Send>;
 pub struct WriterReport {
     /// Ids whose commit was acknowledged, in order, with the DSN that acknowledged them.
     pub acked: Vec<(i64, String)>,
+    /// When each of `acked` was acknowledged (same order).
+    pub acked_at: Vec<Instant>,
     /// Statements or connections that failed (each retried with the next id).
     pub failures: u64,
     /// The last few failure messages (for test output).
@@ -54,7 +56,6 @@ impl AckWriter {
                 let mut id = first_id;
                 let mut session: Option<(String, tokio_postgres::Client)> = None;
                 let mut last_ack = Instant::now();
-                let sql = format!("INSERT INTO {table} (id, payload) VALUES ($1, $2)");
                 while !s.load(Ordering::Relaxed) {
                     let Some(dsn) = router() else {
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -89,12 +90,15 @@ impl AckWriter {
                     let Some((_, client)) = session.as_ref() else {
                         continue;
                     };
-                    let payload = format!("written via {dsn}");
-                    let result = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        client.execute(sql.as_str(), &[&id, &payload]),
-                    )
-                    .await;
+                    // The simple protocol, values inline: what works through pgbouncer's
+                    // transaction pooling (no server-side prepared statements).
+                    let sql = format!(
+                        "INSERT INTO {table} (id, payload) VALUES ({id}, '{}')",
+                        format!("written via {dsn}").replace('\'', "''")
+                    );
+                    let result =
+                        tokio::time::timeout(Duration::from_secs(5), client.simple_query(&sql))
+                            .await;
                     match result {
                         Ok(Ok(_)) => {
                             let now = Instant::now();
@@ -105,6 +109,7 @@ impl AckWriter {
                                     rep.max_gap_started = Some(last_ack);
                                 }
                                 rep.acked.push((id, dsn.clone()));
+                                rep.acked_at.push(now);
                             }
                             last_ack = now;
                         }
@@ -144,6 +149,25 @@ impl AckWriter {
             let _ = t.join();
         }
         self.report()
+    }
+}
+
+impl WriterReport {
+    /// The longest time between two acknowledged commits within `[from, to]` (the write
+    /// pause a client saw around an event in that window); counts from `from` when the
+    /// first commit after it came later.
+    #[must_use]
+    pub fn max_gap_within(&self, from: Instant, to: Instant) -> Duration {
+        let mut prev = from;
+        let mut max = Duration::ZERO;
+        for &t in self.acked_at.iter().filter(|&&t| t > from) {
+            max = max.max(t.duration_since(prev));
+            prev = t;
+            if t > to {
+                break;
+            }
+        }
+        max
     }
 }
 

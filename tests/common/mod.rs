@@ -230,7 +230,7 @@ fn parse_line(line: &str, sep: char) -> Option<Captured> {
 
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

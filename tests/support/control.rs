@@ -84,6 +84,12 @@ impl Lab {
     /// etcd, two nodes of `major` set up with `extra` control settings, sidecars and
     /// agents running; returns once each agent serves its home endpoint.
     pub fn start(major: u32, extra: &str) -> Lab {
+        Lab::start_with(major, |_, _| extra.to_string())
+    }
+
+    /// Like [`Lab::start`], with config text that depends on the two primaries (written
+    /// inside `[control]`, so it may open its own tables such as `[traffic.dns]`).
+    pub fn start_with(major: u32, extra: impl FnOnce(&Cluster, &Cluster) -> String) -> Lab {
         let etcd = EtcdCluster::start(3).expect("etcd");
         let a = Cluster::start(major).unwrap();
         let b = Cluster::start(major).unwrap();
@@ -91,6 +97,7 @@ impl Lab {
             c.psql(DDL).unwrap();
             c.psql(APP).unwrap();
         }
+        let extra = extra(&a, &b);
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("pgmesh.toml");
         let etcd_list = etcd
