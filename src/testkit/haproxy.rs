@@ -137,7 +137,9 @@ impl Haproxy {
                     source,
                 }
             })?;
-        let mut lines = reply.body.lines();
+        // HAProxy answers in chunks even to HTTP/1.0.
+        let body = dechunk(&reply.body);
+        let mut lines = body.lines();
         let header: Vec<&str> = lines
             .next()
             .unwrap_or("")
@@ -149,7 +151,7 @@ impl Haproxy {
             return Err(TestkitError::Failed {
                 what: "haproxy stats".into(),
                 status: "no pxname/svname/status columns".into(),
-                stderr: reply.body,
+                stderr: body.clone(),
             });
         };
         Ok(lines
@@ -163,6 +165,33 @@ impl Haproxy {
     #[must_use]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
+    }
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body (the body itself when it is not).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return if out.is_empty() {
+                body.to_string()
+            } else {
+                out
+            };
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return if out.is_empty() {
+                body.to_string()
+            } else {
+                out
+            };
+        };
+        if n == 0 || after.len() < n {
+            return out;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
     }
 }
 
