@@ -86,6 +86,16 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Du
     started.elapsed()
 }
 
+fn wall_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
 fn dns_answers(servers: &[&KnotDns], want: &RecordSet) -> bool {
     runtime().block_on(async {
         for s in servers {
@@ -235,6 +245,7 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
         let dns_after = wait_for("DNS answers the new owner", Duration::from_secs(20), || {
             dns_answers(&[&dns[0], &dns[1]], &record(to))
         });
+        let dns_at_ms = wall_ms();
         wait_for(
             "HAProxy reaches the new owner",
             Duration::from_secs(20),
@@ -253,11 +264,28 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
         wait_acked(&w_haproxy, nh + 50, Duration::from_secs(20));
         let ended = Instant::now();
         let (rb, rh) = (w_bouncer.report(), w_haproxy.report());
+        // The decision: the switchover event the old owner recorded when the key moved.
+        let decided_ms = lab
+            .events()
+            .iter()
+            .filter(|e| e["kind"] == "switchover" && e["to"] == to)
+            .filter_map(|e| e["at_ms"].as_i64())
+            .max()
+            .unwrap_or(dns_at_ms);
+        let dns_after_decision =
+            Duration::from_millis(u64::try_from(dns_at_ms - decided_ms).unwrap_or(0));
+        if std::env::var("PGMESH_TRAFFIC_DEBUG").is_ok() {
+            for n in ["a", "b"] {
+                for l in lab.agent_log(n).lines().filter(|l| l.contains("dns") || l.contains("pgbouncer") || l.contains("switchover") || l.contains("paused")).rev().take(6) {
+                    eprintln!("  agent {n}: {l}");
+                }
+            }
+        }
         let pause_b = rb.max_gap_within(started, ended);
         let pause_h = rh.max_gap_within(started, ended);
         let errors = (rb.failures - errors_before.0, rh.failures - errors_before.1);
         eprintln!(
-            "PG{major} switchover {trial} -> {to}: command {:?}; pause via pgbouncer {pause_b:?} ({} errors), via HAProxy {pause_h:?} ({} errors); DNS on both servers {dns_after:?} after the command returned",
+            "PG{major} switchover {trial} -> {to}: command {:?}; pause via pgbouncer {pause_b:?} ({} errors), via HAProxy {pause_h:?} ({} errors); DNS on both servers {dns_after_decision:?} after the decision ({dns_after:?} after the command returned)",
             moved_at - started,
             errors.0,
             errors.1
@@ -268,10 +296,11 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
             "pause_pgbouncer_ms": pause_b.as_millis(), "errors_pgbouncer": errors.0,
             "pause_haproxy_ms": pause_h.as_millis(), "errors_haproxy": errors.1,
             "dns_after_command_ms": dns_after.as_millis(),
+            "dns_after_decision_ms": dns_after_decision.as_millis(),
         }));
         pauses_b.push(pause_b);
         pauses_h.push(pause_h);
-        dns_lags.push(dns_after);
+        dns_lags.push(dns_after_decision);
     }
     let rb = w_bouncer.stop();
     let rh = w_haproxy.stop();
@@ -282,7 +311,7 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
         v.sort();
     }
     eprintln!(
-        "PG{major}: {trials} switchovers; pgbouncer: {} acked, {} lost, {} errors, pause p50 {:?} max {:?}; HAProxy: {} acked, {} lost, {} errors, pause p50 {:?} max {:?}; DNS after command p50 {:?} max {:?}",
+        "PG{major}: {trials} switchovers; pgbouncer: {} acked, {} lost, {} errors, pause p50 {:?} max {:?}; HAProxy: {} acked, {} lost, {} errors, pause p50 {:?} max {:?}; DNS after the decision p50 {:?} max {:?}",
         rb.acked.len(),
         lost_b.len(),
         rb.failures,
@@ -315,6 +344,13 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
         rb.errors,
         tail(&bouncer.log())
     );
+
+    // `pgmesh status` shows what the traffic layers show, per region.
+    wait_for("status shows the traffic layers", Duration::from_secs(10), || {
+        let out = pgmesh(&["status"], lab.cfg_path());
+        let t = text(&out);
+        t.contains("traffic: pgbouncer bouncer: app-eu ->") && t.contains("confirmed on 2/2")
+    });
 
     // The hook heard every move, with the old and new owner.
     wait_for("hooks delivered", Duration::from_secs(10), || {

@@ -426,6 +426,7 @@ pub async fn status_section(cfg: &Config) -> Option<serde_json::Value> {
                 "maintenance": snap.view.maintenance.contains(n),
                 "wal_lsn": last.and_then(|m| m.wal_lsn.clone()), "apply_lag_bytes": last.and_then(|m| m.apply_lag_bytes),
                 "reported_at_ms": last.map(|m| m.at_ms),
+                "traffic": last.map(|m| m.traffic.clone()).unwrap_or_default(),
             })
         })
         .collect();
@@ -471,6 +472,9 @@ pub fn status_text(v: &serde_json::Value) -> String {
             s(&r["node"]), if r["agent_alive"] == serde_json::Value::Bool(true) { "up" } else { "DOWN" },
             s(&r["health"]), s(&r["writable"]), s(&r["fenced"]), s(&r["maintenance"]), s(&r["apply_lag_bytes"]),
         ));
+        for line in r["traffic"].as_array().into_iter().flatten() {
+            out.push_str(&format!("    traffic: {}\n", s(line)));
+        }
     }
     for e in v["events"].as_array().into_iter().flatten().take(10) {
         out.push_str(&format!(
@@ -495,7 +499,8 @@ mod tests {
             "etcd": {"ok": true, "revision": 42},
             "endpoints": [{"endpoint": "app-eu", "home": "a", "owner": "b", "epoch": 17}],
             "regions": [{"node": "a", "agent_alive": false, "health": "failed", "writable": false,
-                         "fenced": true, "maintenance": false, "apply_lag_bytes": null}],
+                         "fenced": true, "maintenance": false, "apply_lag_bytes": null,
+                         "traffic": ["pgbouncer bouncer-a: app-eu -> b (10.0.2.5:5432) serving"]}],
             "events": [{"at_ms": 1, "node": "b", "kind": "failover", "endpoint": "app-eu",
                         "reason": "failover: a has no live lease"}],
         });
@@ -510,6 +515,10 @@ mod tests {
         );
         assert!(
             t.contains("failover app-eu failover: a has no live lease"),
+            "{t}"
+        );
+        assert!(
+            t.contains("traffic: pgbouncer bouncer-a: app-eu -> b"),
             "{t}"
         );
         let down = status_text(&serde_json::json!({"etcd": {"ok": false, "error": "no quorum"}}));

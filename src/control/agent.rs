@@ -653,6 +653,11 @@ impl Agent {
                 writable: d.writable,
                 wal_lsn: self.wal_lsn.clone(),
                 apply_lag_bytes: self.apply_lag,
+                traffic: self
+                    .traffic_status
+                    .as_ref()
+                    .map(|t| t.read().unwrap_or_else(|e| e.into_inner()).lines())
+                    .unwrap_or_default(),
                 at_ms: now_ms(),
             };
             let held_by_other = self

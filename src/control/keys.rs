@@ -98,6 +98,10 @@ pub struct MemberValue {
     /// How far this region's apply of each peer is behind, in bytes, when known.
     #[serde(default)]
     pub apply_lag_bytes: Option<u64>,
+    /// What the traffic layers this agent drives show: one line each (`pgbouncer bouncer-a:
+    /// app-eu -> a (10.0.1.5:5432) serving`, `dns app-eu: confirmed on 2/2 servers ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<String>,
     pub at_ms: i64,
 }
 

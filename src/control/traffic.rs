@@ -48,6 +48,21 @@ pub struct TrafficStatus {
     pub holds: BTreeMap<String, String>,
 }
 
+impl TrafficStatus {
+    /// One line per integration, for the member key in etcd and `pgmesh status`.
+    #[must_use]
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .pgbouncer
+            .iter()
+            .map(|(n, l)| format!("pgbouncer {n}: {l}"))
+            .collect();
+        out.extend(self.dns.values().cloned());
+        out.extend(self.holds.iter().map(|(e, l)| format!("last pause of {e}: {l}")));
+        out
+    }
+}
+
 pub type SharedTraffic = Arc<RwLock<TrafficStatus>>;
 
 /// What one endpoint on a pgbouncer should be: pointed at its owner, and whether a planned
@@ -245,7 +260,10 @@ impl TrafficDriver {
                 let db = db.clone();
                 async move {
                     let r = async {
-                        let admin = Admin::connect(&b.admin, b.pause_timeout)
+                        // An unreachable pgbouncer must not hold the others paused for
+                        // long: it cannot pass queries on either.
+                        let connect = b.pause_timeout.min(Duration::from_secs(2));
+                        let admin = Admin::connect(&b.admin, connect)
                             .await
                             .map_err(|e| e.to_string())?;
                         admin

@@ -242,7 +242,14 @@ async fn run_once(
             _ = ack_tick.tick() => {
                 let ack = d.acknowledgeable().await?;
                 tracing::trace!(peer = %link.peer, %ack, applied = %d.applier.applied(), passed = %d.passed, idle = d.idle(), "acknowledging");
+                let before = stream.flushed();
                 stream.set_flushed(ack);
+                // Caught up with a quiet peer: say so now, not at the next status interval
+                // or keepalive (up to a second later). A planned switchover waits for this
+                // position on the slot, with the endpoint's clients paused.
+                if stream.flushed() > before && d.idle() {
+                    stream.send_status(false).await?;
+                }
                 d.report_progress();
             }
             e = d.applier.failure() => return Err(e),

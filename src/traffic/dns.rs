@@ -42,7 +42,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Confirmation polls start fast (a primary applies an update in microseconds) and slow down.
 const FIRST_CONFIRM_POLL: Duration = Duration::from_millis(10);
-const MAX_CONFIRM_POLL: Duration = Duration::from_millis(500);
+const MAX_CONFIRM_POLL: Duration = Duration::from_millis(50);
 /// Allowed clock difference for TSIG (RFC 8945 recommends 300 s).
 const TSIG_FUDGE: u16 = 300;
 /// UDP payload size advertised in queries (the DNS flag day 2020 value).
