@@ -276,13 +276,32 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
             Duration::from_millis(u64::try_from(dns_at_ms - decided_ms).unwrap_or(0));
         if std::env::var("PGMESH_TRAFFIC_DEBUG").is_ok() {
             for n in ["a", "b"] {
-                for l in lab.agent_log(n).lines().filter(|l| l.contains("dns") || l.contains("pgbouncer") || l.contains("switchover") || l.contains("paused")).rev().take(6) {
+                for l in lab
+                    .agent_log(n)
+                    .lines()
+                    .filter(|l| {
+                        l.contains("dns")
+                            || l.contains("pgbouncer")
+                            || l.contains("switchover")
+                            || l.contains("paused")
+                    })
+                    .rev()
+                    .take(6)
+                {
                     eprintln!("  agent {n}: {l}");
                 }
             }
         }
         let pause_b = rb.max_gap_within(started, ended);
         let pause_h = rh.max_gap_within(started, ended);
+        if pause_b > Duration::from_secs(1) {
+            for n in ["a", "b"] {
+                let _ =
+                    std::fs::write(format!("/tmp/slow-traffic-agent-{n}.log"), lab.agent_log(n));
+            }
+            let _ = std::fs::write("/tmp/slow-traffic-pgbouncer.log", bouncer.log());
+            eprintln!("slow pause through pgbouncer: logs in /tmp/slow-traffic-*.log");
+        }
         let errors = (rb.failures - errors_before.0, rh.failures - errors_before.1);
         eprintln!(
             "PG{major} switchover {trial} -> {to}: command {:?}; pause via pgbouncer {pause_b:?} ({} errors), via HAProxy {pause_h:?} ({} errors); DNS on both servers {dns_after_decision:?} after the decision ({dns_after:?} after the command returned)",
@@ -346,11 +365,15 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
     );
 
     // `pgmesh status` shows what the traffic layers show, per region.
-    wait_for("status shows the traffic layers", Duration::from_secs(10), || {
-        let out = pgmesh(&["status"], lab.cfg_path());
-        let t = text(&out);
-        t.contains("traffic: pgbouncer bouncer: app-eu ->") && t.contains("confirmed on 2/2")
-    });
+    wait_for(
+        "status shows the traffic layers",
+        Duration::from_secs(10),
+        || {
+            let out = pgmesh(&["status"], lab.cfg_path());
+            let t = text(&out);
+            t.contains("traffic: pgbouncer bouncer: app-eu ->") && t.contains("confirmed on 2/2")
+        },
+    );
 
     // The hook heard every move, with the old and new owner.
     wait_for("hooks delivered", Duration::from_secs(10), || {

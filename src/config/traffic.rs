@@ -261,6 +261,14 @@ fn pgbouncer_from_raw(
     })?;
     let served: Vec<String> = match b.endpoints {
         None => endpoints.iter().map(|e| (*e).to_string()).collect(),
+        // The agents drive a pgbouncer only for the endpoints listed: an empty list would
+        // be accepted and never used.
+        Some(list) if list.is_empty() => {
+            return Err(invalid(
+                &key("endpoints"),
+                "an empty list: this pgbouncer would serve no endpoint; list the endpoints it serves, or leave `endpoints` out to serve all".into(),
+            ))
+        }
         Some(list) => {
             for e in &list {
                 if !endpoints.contains(&e.as_str()) {
@@ -511,6 +519,12 @@ fn hook_from_raw(i: usize, h: RawHook, invalid: Invalid<'_>) -> Result<HookConfi
     };
     let events = match h.events {
         None => None,
+        Some(list) if list.is_empty() => {
+            return Err(invalid(
+                &key("events"),
+                "an empty list: the hook would never run; list its events, or leave `events` out for every event".into(),
+            ))
+        }
         Some(list) => Some(
             list.iter()
                 .map(|e| {
@@ -571,4 +585,472 @@ fn alertmanager_from_raw(
             Duration::from_secs(5),
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+    use std::net::Ipv4Addr;
+
+    const BASE: &str = "[nodes.a]\ndsn = \"host=a\"\n[nodes.b]\ndsn = \"host=b\"\n[replication]\ntables = [\"public.*\"]\n";
+    const CONTROL: &str = "[control]\netcd = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"\n[endpoints.app-eu]\nhome = \"a\"\n[endpoints.app-us]\nhome = \"b\"\n";
+
+    /// A secret as Knot's `keymgr` prints it.
+    const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==";
+
+    const PGBOUNCER: &str = r#"
+[[traffic.pgbouncer]]
+name = "bouncer-a"
+node = "a"
+admin = "host=10.0.1.7 port=6432 dbname=pgbouncer user=pgmesh"
+databases_file = "/etc/pgbouncer/pgmesh-databases.ini"
+targets.a = "host=10.0.1.5 port=5432 dbname=app"
+targets.b = "host=10.0.2.5 port=5432 dbname=app"
+"#;
+
+    const DNS: &str = r#"
+[traffic.dns]
+zone = "db.example.com"
+servers = ["10.0.1.53:53", "10.0.2.53"]
+tsig_key = "pgmesh"
+tsig_secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ=="
+records.a = ["10.0.1.5", "2001:db8::5"]
+records.b = "lb-b.example.net"
+"#;
+
+    fn parse_config(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            "pgmesh.toml",
+            &Env::from_pairs(std::iter::empty::<(&str, &str)>()),
+        )
+    }
+
+    /// `[traffic]` text with two nodes (a, b) and two endpoints (app-eu homed in a,
+    /// app-us in b).
+    fn parse(traffic: &str) -> Result<TrafficConfig, ConfigError> {
+        parse_config(&format!("{BASE}{CONTROL}{traffic}")).map(|c| c.traffic)
+    }
+
+    /// The key and message of the error `traffic` gets; panics on any other outcome.
+    fn invalid(traffic: &str) -> (String, String) {
+        match parse(traffic) {
+            Err(ConfigError::Invalid { key, message, .. }) => (key, message),
+            other => panic!("expected an invalid value, got {other:?} for\n{traffic}"),
+        }
+    }
+
+    #[test]
+    fn a_full_traffic_section_maps_to_its_parts() {
+        let text = format!(
+            r#"{PGBOUNCER}endpoints = ["app-eu"]
+pause_timeout = "2s"
+{DNS}ttl = "30s"
+timeout = "4s"
+tsig_algorithm = "hmac-sha512"
+
+[[traffic.hook]]
+name = "route53"
+events = ["owner_changed", "lease_lost"]
+command = ["/usr/local/bin/route53-switch", "--zone", "Z1"]
+timeout = "7s"
+retries = 0
+
+[[traffic.hook]]
+url = "https://hooks.example.com/pgmesh"
+headers = {{ Authorization = "Bearer t0ken" }}
+
+[traffic.alertmanager]
+urls = ["http://10.0.3.9:9093", "https://am.example.com"]
+labels = {{ env = "prod" }}
+resend = "1m"
+timeout = "2s"
+"#
+        );
+        let t = parse(&text).unwrap();
+        assert!(!t.is_empty());
+        assert_eq!(
+            t.pgbouncer,
+            vec![PgbouncerConfig {
+                name: "bouncer-a".into(),
+                node: "a".into(),
+                admin: "host=10.0.1.7 port=6432 dbname=pgbouncer user=pgmesh".into(),
+                databases_file: PathBuf::from("/etc/pgbouncer/pgmesh-databases.ini"),
+                endpoints: vec!["app-eu".into()],
+                targets: BTreeMap::from([
+                    ("a".into(), "host=10.0.1.5 port=5432 dbname=app".into()),
+                    ("b".into(), "host=10.0.2.5 port=5432 dbname=app".into()),
+                ]),
+                pause_timeout: Duration::from_secs(2),
+            }]
+        );
+        assert_eq!(t.bouncers_of("app-eu").count(), 1);
+        assert_eq!(t.bouncers_of("app-us").count(), 0);
+
+        let dns = t.dns.as_ref().unwrap();
+        assert_eq!(dns.zone, "db.example.com.", "made absolute");
+        assert_eq!(
+            dns.servers,
+            vec![
+                SocketAddr::from(([10, 0, 1, 53], 53)),
+                SocketAddr::from(([10, 0, 2, 53], 53)),
+            ]
+        );
+        assert_eq!(dns.ttl, Duration::from_secs(30));
+        assert_eq!(dns.timeout, Duration::from_secs(4));
+        assert_eq!(
+            dns.tsig,
+            Some(TsigKey {
+                name: "pgmesh".into(),
+                algorithm: TsigAlgorithm::HmacSha512,
+                secret: b"secret-secret-secret-secret!".to_vec(),
+            })
+        );
+        // Compared field by field: RecordSet's equality is a client's view (order and
+        // case do not count), the parsed values must be exact.
+        match &dns.records["a"] {
+            RecordSet::Addresses(list) => assert_eq!(
+                list,
+                &vec![
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 1, 5)),
+                    "2001:db8::5".parse::<IpAddr>().unwrap(),
+                ]
+            ),
+            other @ RecordSet::Cname(_) => panic!("records.a: {other:?}"),
+        }
+        match &dns.records["b"] {
+            RecordSet::Cname(name) => assert_eq!(name, "lb-b.example.net.", "made absolute"),
+            other @ RecordSet::Addresses(_) => panic!("records.b: {other:?}"),
+        }
+        assert_eq!(dns.records.len(), 2);
+
+        assert_eq!(
+            t.hooks,
+            vec![
+                HookConfig {
+                    name: "route53".into(),
+                    events: Some(vec![HookEvent::OwnerChanged, HookEvent::LeaseLost]),
+                    action: HookAction::Command(vec![
+                        "/usr/local/bin/route53-switch".into(),
+                        "--zone".into(),
+                        "Z1".into(),
+                    ]),
+                    timeout: Duration::from_secs(7),
+                    retries: 0,
+                },
+                HookConfig {
+                    name: "hook-2".into(),
+                    events: None,
+                    action: HookAction::Webhook {
+                        url: "https://hooks.example.com/pgmesh".into(),
+                        headers: BTreeMap::from([("Authorization".into(), "Bearer t0ken".into())]),
+                    },
+                    timeout: Duration::from_secs(5),
+                    retries: 2,
+                },
+            ]
+        );
+        assert_eq!(
+            t.alertmanager,
+            Some(AlertmanagerConfig {
+                urls: vec![
+                    "http://10.0.3.9:9093".into(),
+                    "https://am.example.com".into()
+                ],
+                labels: BTreeMap::from([("env".into(), "prod".into())]),
+                resend: Duration::from_secs(60),
+                timeout: Duration::from_secs(2),
+            })
+        );
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let t = parse(&format!("{PGBOUNCER}{DNS}")).unwrap();
+        let b = &t.pgbouncer[0];
+        assert_eq!(b.endpoints, ["app-eu", "app-us"], "all endpoints");
+        assert_eq!(b.pause_timeout, Duration::from_secs(10));
+        assert_eq!(t.bouncers_of("app-us").count(), 1);
+        let dns = t.dns.unwrap();
+        assert_eq!(dns.ttl, Duration::from_secs(5));
+        assert_eq!(dns.timeout, Duration::from_secs(10));
+        assert_eq!(dns.tsig.unwrap().algorithm, TsigAlgorithm::HmacSha256);
+        assert!(t.hooks.is_empty() && t.alertmanager.is_none());
+
+        let t = parse("[[traffic.pgbouncer]]\nnode = \"b\"\nadmin = \"host=h\"\ndatabases_file = \"f\"\ntargets = { a = \"host=a\", b = \"host=b\" }\n[traffic.alertmanager]\nurls = [\"http://am:9093\"]\n").unwrap();
+        assert_eq!(t.pgbouncer[0].name, "pgbouncer-1");
+        let am = t.alertmanager.unwrap();
+        assert_eq!(
+            (am.resend, am.timeout),
+            (Duration::from_secs(30), Duration::from_secs(5))
+        );
+
+        // No [traffic] at all, with or without [control]: nothing to drive.
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse_config(BASE).unwrap().traffic.is_empty());
+    }
+
+    #[test]
+    fn the_tsig_secret_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tsig.secret");
+        std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+        let dns = DNS.replace(
+            &format!("tsig_secret = \"{SECRET}\""),
+            &format!("tsig_secret_file = \"{}\"", file.display()),
+        );
+        let t = parse(&dns).unwrap();
+        assert_eq!(
+            t.dns.unwrap().tsig.unwrap().secret,
+            b"secret-secret-secret-secret!"
+        );
+        let (key, m) = invalid(&dns.replace("tsig.secret", "missing.secret"));
+        assert_eq!(key, "traffic.dns.tsig_secret_file");
+        assert!(
+            m.starts_with("cannot read ") && m.contains("missing.secret"),
+            "{m}"
+        );
+    }
+
+    /// Each case: a broken `[traffic]`, the key the error must name, and what its
+    /// message must say (the problem and the fix).
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let dns_with = |from: &str, to: &str| {
+            assert!(DNS.contains(from), "{from}");
+            DNS.replace(from, to)
+        };
+        let bouncer_with = |from: &str, to: &str| {
+            assert!(PGBOUNCER.contains(from), "{from}");
+            PGBOUNCER.replace(from, to)
+        };
+        let hook = |body: &str| format!("[[traffic.hook]]\nname = \"h\"\n{body}\n");
+        let cases: Vec<(String, &str, Vec<&str>)> = vec![
+            (
+                bouncer_with("targets.b = \"host=10.0.2.5 port=5432 dbname=app\"\n", ""),
+                "traffic.pgbouncer[bouncer-a].targets",
+                vec!["no target for node \"b\"", "targets.b = \""],
+            ),
+            (
+                bouncer_with("node = \"a\"", "node = \"c\""),
+                "traffic.pgbouncer[bouncer-a].node",
+                vec!["no node named \"c\"; known nodes: a, b"],
+            ),
+            (
+                bouncer_with("node = \"a\"\n", ""),
+                "traffic.pgbouncer[bouncer-a].node",
+                vec!["missing key `node`", "node = \"a\""],
+            ),
+            (
+                format!("{PGBOUNCER}targets.c = \"host=10.0.3.5\"\n"),
+                "traffic.pgbouncer[bouncer-a].targets",
+                vec!["no node named \"c\"; known nodes: a, b"],
+            ),
+            (
+                format!("{PGBOUNCER}endpoints = [\"app-eu\", \"app-xx\"]\n"),
+                "traffic.pgbouncer[bouncer-a].endpoints",
+                vec!["no endpoint named \"app-xx\"; known endpoints: app-eu, app-us"],
+            ),
+            (
+                format!("{PGBOUNCER}endpoints = []\n"),
+                "traffic.pgbouncer[bouncer-a].endpoints",
+                vec!["would serve no endpoint", "leave `endpoints` out"],
+            ),
+            (
+                bouncer_with(
+                    "admin = \"host=10.0.1.7 port=6432 dbname=pgbouncer user=pgmesh\"",
+                    "admin = \"host=h port=notaport\"",
+                ),
+                "traffic.pgbouncer[bouncer-a].admin",
+                vec!["not a libpq connection string", "dbname=pgbouncer"],
+            ),
+            (
+                bouncer_with(
+                    "databases_file = \"/etc/pgbouncer/pgmesh-databases.ini\"\n",
+                    "",
+                ),
+                "traffic.pgbouncer[bouncer-a].databases_file",
+                vec!["missing key `databases_file`", "%include"],
+            ),
+            (
+                format!("{PGBOUNCER}pause_timeout = \"0s\"\n"),
+                "traffic.pgbouncer[bouncer-a].pause_timeout",
+                vec!["must be more than 0"],
+            ),
+            (
+                format!("{PGBOUNCER}{PGBOUNCER}"),
+                "traffic.pgbouncer",
+                vec![
+                    "two pgbouncers named \"bouncer-a\"",
+                    "give each its own name",
+                ],
+            ),
+            (
+                hook("command = [\"/bin/true\"]\nurl = \"https://h.example.com\""),
+                "traffic.hook[h].command",
+                vec!["`command` or `url`, not both"],
+            ),
+            (
+                hook("timeout = \"1s\""),
+                "traffic.hook[h].command",
+                vec!["a hook needs `command = [", "or `url = \""],
+            ),
+            (
+                hook("command = []"),
+                "traffic.hook[h].command",
+                vec!["empty command"],
+            ),
+            (
+                hook("command = [\"/bin/true\"]\nheaders = { X = \"y\" }"),
+                "traffic.hook[h].headers",
+                vec!["only apply to a webhook"],
+            ),
+            (
+                hook("url = \"ftp://h.example.com\""),
+                "traffic.hook[h].url",
+                vec!["\"ftp://h.example.com\" is not an http(s) URL"],
+            ),
+            (
+                hook("command = [\"/bin/true\"]\nevents = [\"owner_change\"]"),
+                "traffic.hook[h].events",
+                vec![
+                    "unknown event \"owner_change\"",
+                    "use owner_changed, fenced",
+                ],
+            ),
+            (
+                hook("command = [\"/bin/true\"]\nevents = []"),
+                "traffic.hook[h].events",
+                vec!["would never run", "leave `events` out"],
+            ),
+            (
+                dns_with("records.b = \"lb-b.example.net\"\n", ""),
+                "traffic.dns.records",
+                vec!["no records for node \"b\"", "records.b = [\""],
+            ),
+            (
+                format!("{DNS}records.c = [\"10.0.3.5\"]\n"),
+                "traffic.dns.records",
+                vec!["no node named \"c\"; known nodes: a, b"],
+            ),
+            (
+                dns_with("\"10.0.1.5\"", "\"10.0.1.500\""),
+                "traffic.dns.records.a",
+                vec!["\"10.0.1.500\" is not an IPv4 or IPv6 address", "CNAME"],
+            ),
+            (
+                dns_with(
+                    "records.a = [\"10.0.1.5\", \"2001:db8::5\"]",
+                    "records.a = []",
+                ),
+                "traffic.dns.records.a",
+                vec!["empty record set"],
+            ),
+            (
+                dns_with(SECRET, "not base64!"),
+                "traffic.dns.tsig_secret",
+                vec!["not base64", "keymgr"],
+            ),
+            (
+                dns_with("tsig_key = \"pgmesh\"\n", ""),
+                "traffic.dns.tsig_key",
+                vec!["no key name", "tsig_key = \""],
+            ),
+            (
+                dns_with(&format!("tsig_secret = \"{SECRET}\"\n"), ""),
+                "traffic.dns.tsig_secret_file",
+                vec!["needs its secret"],
+            ),
+            (
+                format!("{DNS}tsig_secret_file = \"/etc/pgmesh/tsig.secret\"\n"),
+                "traffic.dns.tsig_secret",
+                vec!["not both"],
+            ),
+            (
+                format!("{DNS}tsig_algorithm = \"hmac-md5\"\n"),
+                "traffic.dns.tsig_algorithm",
+                vec!["\"hmac-md5\": use \"hmac-sha256\" or \"hmac-sha512\""],
+            ),
+            (
+                dns_with(
+                    "servers = [\"10.0.1.53:53\", \"10.0.2.53\"]",
+                    "servers = []",
+                ),
+                "traffic.dns.servers",
+                vec!["no servers", "servers = [\""],
+            ),
+            (
+                dns_with("\"10.0.2.53\"", "\"ns2.example.com\""),
+                "traffic.dns.servers",
+                vec!["\"ns2.example.com\" is not an address"],
+            ),
+            (
+                format!("{DNS}ttl = \"1500ms\"\n"),
+                "traffic.dns.ttl",
+                vec!["whole seconds"],
+            ),
+            (
+                dns_with("zone = \"db.example.com\"\n", ""),
+                "traffic.dns.zone",
+                vec!["missing key `zone`"],
+            ),
+            (
+                "[traffic.alertmanager]\nlabels = { env = \"prod\" }\n".into(),
+                "traffic.alertmanager.urls",
+                vec!["no urls", "urls = [\"http://"],
+            ),
+            (
+                "[traffic.alertmanager]\nurls = [\"10.0.3.9:9093\"]\n".into(),
+                "traffic.alertmanager.urls",
+                vec!["is not an http(s) URL"],
+            ),
+        ];
+        for (traffic, want_key, fragments) in cases {
+            let (key, message) = invalid(&traffic);
+            assert_eq!(key, want_key, "{message}\nfor\n{traffic}");
+            for f in fragments {
+                assert!(
+                    message.contains(f),
+                    "{key}: {message:?} lacks {f:?}\nfor\n{traffic}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn traffic_needs_endpoints_to_move() {
+        for traffic in [
+            PGBOUNCER,
+            DNS,
+            "[traffic.alertmanager]\nurls = [\"http://am:9093\"]\n",
+        ] {
+            let e = parse_config(&format!("{BASE}{traffic}")).unwrap_err();
+            let m = e.to_string();
+            assert!(
+                matches!(&e, ConfigError::Invalid { key, .. } if key == "traffic"),
+                "{m}"
+            );
+            assert!(
+                m.contains("none are configured")
+                    && m.contains("[control]")
+                    && m.contains("[endpoints.app]"),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors_naming_the_key() {
+        let e = parse(&format!("{PGBOUNCER}pause = \"1s\"\n")).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Parse { .. }) && e.to_string().contains("pause"),
+            "{e}"
+        );
+        let e =
+            parse(&DNS.replace("records.b = \"lb-b.example.net\"", "records.b = 5")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = parse("[traffic.webhooks]\nurl = \"https://x\"\n").unwrap_err();
+        assert!(e.to_string().contains("webhooks"), "{e}");
+    }
 }

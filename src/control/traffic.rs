@@ -58,7 +58,11 @@ impl TrafficStatus {
             .map(|(n, l)| format!("pgbouncer {n}: {l}"))
             .collect();
         out.extend(self.dns.values().cloned());
-        out.extend(self.holds.iter().map(|(e, l)| format!("last pause of {e}: {l}")));
+        out.extend(
+            self.holds
+                .iter()
+                .map(|(e, l)| format!("last pause of {e}: {l}")),
+        );
         out
     }
 }
@@ -335,10 +339,11 @@ async fn run_bouncer(
                 .insert(cfg.name.clone(), line.clone());
             last_line = line;
         }
-        let recheck = if paused_unheld_since.is_empty() {
+        // Soon again while a database waits to be resumed or the last pass failed.
+        let recheck = if paused_unheld_since.is_empty() && !last_line.starts_with("error") {
             BOUNCER_RECHECK
         } else {
-            Duration::from_millis(200)
+            Duration::from_millis(100)
         };
         tokio::select! {
             changed = wants.changed() => if changed.is_err() { return },
