@@ -788,3 +788,301 @@ fn the_pgbouncer_example_loads_with_the_agents_databases_file() {
         .collect();
     assert!(complaints.is_empty(), "pgbouncer complains: {complaints:?}");
 }
+
+/// A pgbouncer started from an ini as it is (not through the testkit, whose admin logs
+/// in without a password): killed on drop. Its stderr goes to `log`; pgbouncer in the
+/// foreground logs there, config errors included (they come before it opens its
+/// logfile).
+struct OwnPgbouncer {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl OwnPgbouncer {
+    fn spawn(ini: &std::path::Path, log: &std::path::Path) -> OwnPgbouncer {
+        use std::os::unix::fs::MetadataExt as _;
+        let as_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let mut cmd = if as_root {
+            // pgbouncer refuses to run as root; setpriv execs, so the child is pgbouncer.
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "/usr/sbin/pgbouncer",
+            ]);
+            c
+        } else {
+            std::process::Command::new("/usr/sbin/pgbouncer")
+        };
+        let child = cmd
+            .arg(ini)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("pgbouncer: {e} (scripts/install-control.sh)"));
+        OwnPgbouncer {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until pgbouncer says "process up" (Ok) or exits (Err with its status).
+    fn up_or_exited(&mut self) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(status);
+            }
+            if self.log().contains("process up") {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer neither came up nor exited in 20 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnPgbouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `examples/pgbouncer.ini` with only its paths and port moved into `dir` (auth as the
+/// example has it); each replaced line must be there exactly once.
+fn example_ini_in(dir: &std::path::Path, port: u16) -> String {
+    let ini = std::fs::read_to_string(example("pgbouncer.ini")).unwrap();
+    let at = |f: &str| dir.join(f).display().to_string();
+    let replacements = [
+        (
+            "%include ",
+            format!("%include {}", at("pgmesh-databases.ini")),
+        ),
+        ("listen_addr =", "listen_addr = 127.0.0.1".to_string()),
+        ("listen_port =", format!("listen_port = {port}")),
+        (
+            "unix_socket_dir =",
+            format!("unix_socket_dir = {}", dir.display()),
+        ),
+        ("logfile =", format!("logfile = {}", at("pgbouncer.log"))),
+        ("pidfile =", format!("pidfile = {}", at("pgbouncer.pid"))),
+        ("auth_file =", format!("auth_file = {}", at("userlist.txt"))),
+    ];
+    let mut seen = [0; 7];
+    let mut out = String::new();
+    for line in ini.lines() {
+        match replacements.iter().position(|(s, _)| line.starts_with(s)) {
+            Some(i) => {
+                seen[i] += 1;
+                out.push_str(&replacements[i].1);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    for ((start, _), n) in replacements.iter().zip(seen) {
+        assert_eq!(
+            n, 1,
+            "examples/pgbouncer.ini: {n} lines start with {start:?}"
+        );
+    }
+    out
+}
+
+#[test]
+fn the_pgbouncer_example_keeps_its_auth_and_pgbouncer_refuses_a_typo_in_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // pgbouncer runs as postgres: it writes its log, pid and socket here.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let put = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    };
+    put(
+        "pgmesh-databases.ini",
+        &std::fs::read_to_string(example("pgmesh-databases.ini")).unwrap(),
+    );
+    put(
+        "userlist.txt",
+        "\"pgmesh\" \"admin-secret\"\n\"app\" \"app-secret\"\n",
+    );
+    let log = dir.path().join("stderr.log");
+
+    // A misspelt parameter: pgbouncer 1.18 logs "unknown parameter", then "FATAL cannot
+    // load config file", and exits 1. So the example coming up below means every line of
+    // it was taken.
+    let typo_ini = example_ini_in(dir.path(), 1).replacen(
+        "\nserver_login_retry = 1\n",
+        "\nserver_login_retyr = 1\n",
+        1,
+    );
+    assert!(typo_ini.contains("\nserver_login_retyr = 1\n"));
+    let ini = put("typo.ini", &typo_ini);
+    let mut typo = OwnPgbouncer::spawn(&ini, &log);
+    let status = typo
+        .up_or_exited()
+        .expect_err("pgbouncer started with an unknown parameter");
+    let typo_log = typo.log();
+    assert_eq!(status.code(), Some(1), "{typo_log}");
+    assert!(
+        typo_log.contains("unknown parameter: pgbouncer/server_login_retyr")
+            && typo_log.contains("FATAL cannot load config file"),
+        "{typo_log}"
+    );
+    drop(typo);
+
+    let (bouncer, port) = (1..=5)
+        .find_map(|attempt| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let ini = put("pgbouncer.ini", &example_ini_in(dir.path(), port));
+            let mut b = OwnPgbouncer::spawn(&ini, &log);
+            match b.up_or_exited() {
+                Ok(()) => Some((b, port)),
+                Err(_)
+                    if attempt < 5 && b.log().to_lowercase().contains("address already in use") =>
+                {
+                    None
+                }
+                Err(status) => panic!(
+                    "examples/pgbouncer.ini: pgbouncer exited ({status}):\n{}",
+                    b.log()
+                ),
+            }
+        })
+        .expect("pgbouncer on a free port");
+    let console = |password: &str| {
+        format!("host=127.0.0.1 port={port} dbname=pgbouncer user=pgmesh password={password} connect_timeout=5")
+    };
+    runtime().block_on(async {
+        // auth_type = scram-sha-256 with the auth_file: the agent's user logs in with its
+        // password in the admin DSN, and only with it.
+        let admin = Admin::connect(&console("admin-secret"), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", bouncer.log()));
+        match Admin::connect(&console("wrong"), Duration::from_secs(5)).await {
+            Err(PgbouncerError::Connect(m)) => assert!(m.contains("authentication"), "{m}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("the console let a wrong password in"),
+        }
+        let shown: BTreeMap<String, (String, bool)> = admin
+            .databases()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.name.starts_with("app-"))
+            .map(|r| (r.name, (format!("{}:{}", r.host, r.port), r.paused)))
+            .collect();
+        assert_eq!(
+            shown,
+            BTreeMap::from([
+                ("app-eu".to_string(), ("10.0.1.5:5432".to_string(), false)),
+                ("app-us".to_string(), ("10.0.2.5:5432".to_string(), false)),
+            ])
+        );
+        let config: BTreeMap<String, String> = admin_rows(&console("admin-secret"), "SHOW CONFIG")
+            .await
+            .into_iter()
+            .map(|r| (r["key"].clone(), r["value"].clone()))
+            .collect();
+        for (key, want) in [
+            ("auth_type", "scram-sha-256"),
+            ("pool_mode", "transaction"),
+            ("admin_users", "pgmesh"),
+            ("server_login_retry", "1"),
+            ("query_wait_timeout", "120"),
+        ] {
+            assert_eq!(config.get(key).map(String::as_str), Some(want), "{key}");
+        }
+    });
+    // Loading the config (everything up to "process up") drew no complaint; the wrong
+    // password above is logged as an ERROR later.
+    let log = bouncer.log();
+    let startup: Vec<&str> = log
+        .lines()
+        .take_while(|l| !l.contains("process up"))
+        .filter(|l| l.contains(" WARNING ") || l.contains(" ERROR "))
+        .collect();
+    assert!(startup.is_empty(), "pgbouncer complains:\n{log}");
+}
+
+#[test]
+fn repoint_sends_new_connections_to_the_new_cluster_and_names_the_include() {
+    let _t = turn();
+    let (c1, c2) = (
+        Cluster::start(major()).expect("cluster 1"),
+        Cluster::start(major()).expect("cluster 2"),
+    );
+    for c in [&c1, &c2] {
+        c.psql("CREATE ROLE app LOGIN").unwrap();
+    }
+    let bouncer =
+        Pgbouncer::start(&BTreeMap::from([("app".to_string(), target(&c1))])).expect("pgbouncer");
+    let dsn = bouncer.dsn("app", "app");
+    let reached = |dsn: String| async move {
+        let c = connect(&dsn).await.unwrap();
+        one(&c, "SELECT inet_server_port()").await.unwrap()
+    };
+    runtime().block_on(async {
+        assert_eq!(reached(dsn.clone()).await, c1.port().to_string());
+        let admin = Admin::connect(&bouncer.admin_dsn(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let to_c2 = BTreeMap::from([("app".to_string(), target(&c2))]);
+        let file = bouncer.databases_file();
+        let changed = pgmesh::traffic::pgbouncer::repoint(&admin, &file, &to_c2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", bouncer.log()));
+        assert!(changed);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            render_databases_file(&to_c2)
+        );
+        assert_eq!(reached(dsn.clone()).await, c2.port().to_string());
+        // The same entries again: nothing to write, and pgbouncer already agrees.
+        assert!(!pgmesh::traffic::pgbouncer::repoint(&admin, &file, &to_c2)
+            .await
+            .unwrap());
+
+        // A file pgbouncer does not include: written and reloaded, but pgbouncer still
+        // shows the database at c2, and the error says what to check.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let stray = elsewhere.path().join("pgmesh-databases.ini");
+        let back = BTreeMap::from([("app".to_string(), target(&c1))]);
+        let err = pgmesh::traffic::pgbouncer::repoint(&admin, &stray, &back)
+            .await
+            .expect_err("repoint through a file pgbouncer does not read");
+        assert!(
+            matches!(err, PgbouncerError::NotRepointed { .. }),
+            "{err:?}"
+        );
+        assert!(err.needs_operator());
+        let m = err.to_string();
+        assert!(
+            m.contains(&format!(
+                "127.0.0.1:{} instead of 127.0.0.1:{}",
+                c2.port(),
+                c1.port()
+            )) && m.contains(&format!("%include {}", stray.display())),
+            "{m}"
+        );
+        assert_eq!(reached(dsn.clone()).await, c2.port().to_string());
+    });
+}

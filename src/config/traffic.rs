@@ -871,7 +871,7 @@ timeout = "2s"
                     "",
                 ),
                 "traffic.pgbouncer[bouncer-a].databases_file",
-                vec!["missing key `databases_file`", "%include"],
+                vec!["missing key `databases_file`", "pgbouncer.ini includes"],
             ),
             (
                 format!("{PGBOUNCER}pause_timeout = \"0s\"\n"),

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::daemon::{lost_port_race, scratch_dir, tail, Daemon};
-use super::loopback::{free_ports, http_get};
+use super::loopback::{free_ports, get_json, http_get, wait_http_ready};
 use super::TestkitError;
 
 /// The server from Debian's `prometheus-alertmanager` package.
@@ -230,45 +230,19 @@ impl Alertmanager {
     }
 
     fn wait_ready(&mut self) -> Result<(), TestkitError> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            if let Some(status) = self.daemon.as_mut().and_then(Daemon::exit_status) {
-                return Err(TestkitError::NotReady {
-                    what: format!("alertmanager exited ({status}) before it was ready"),
-                    log: tail(&self.log(), LOG_TAIL),
-                });
-            }
-            let last = match http_get(self.port, "/-/ready", Duration::from_secs(1)) {
-                Ok(r) if r.status == 200 => return Ok(()),
-                Ok(r) => format!("HTTP {}: {}", r.status, r.body.trim()),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(TestkitError::NotReady {
-                    what: format!(
-                        "alertmanager at {} not ready after {READY_DEADLINE:?}; last /-/ready \
-                         answer: {last}",
-                        self.url()
-                    ),
-                    log: tail(&self.log(), LOG_TAIL),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let log_path = self.log_path();
+        let daemon = &mut self.daemon;
+        wait_http_ready(
+            "alertmanager",
+            self.port,
+            READY_DEADLINE,
+            || daemon.as_mut().and_then(Daemon::exit_status),
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+        )
     }
 
     fn get_json(&self, path: &str) -> Result<serde_json::Value, TestkitError> {
-        let what = format!("GET {}{path}", self.url());
-        let reply = http_get(self.port, path, HTTP_TIMEOUT).map_err(|e| TestkitError::Failed {
-            what: what.clone(),
-            status: "no answer".to_string(),
-            stderr: e.to_string(),
-        })?;
-        serde_json::from_str(&reply.body).map_err(|e| TestkitError::Failed {
-            what,
-            status: format!("HTTP {}", reply.status),
-            stderr: format!("{e}: {}", reply.body.trim()),
-        })
+        get_json(self.port, path, HTTP_TIMEOUT)
     }
 }
 

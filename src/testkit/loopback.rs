@@ -94,6 +94,62 @@ fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
+/// Polls `GET /-/ready` on `port` until 200 (Prometheus and Alertmanager both answer it
+/// once they serve), failing early when `exited` reports the daemon gone. `what` names it
+/// in errors; `log` gives its log for them.
+pub(super) fn wait_http_ready(
+    what: &str,
+    port: u16,
+    deadline: Duration,
+    mut exited: impl FnMut() -> Option<String>,
+    log: impl Fn() -> String,
+) -> Result<(), super::TestkitError> {
+    const LOG_TAIL: usize = 30;
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(status) = exited() {
+            return Err(super::TestkitError::NotReady {
+                what: format!("{what} exited ({status}) before it was ready"),
+                log: super::daemon::tail(&log(), LOG_TAIL),
+            });
+        }
+        let last = match http_get(port, "/-/ready", Duration::from_secs(1)) {
+            Ok(r) if r.status == 200 => return Ok(()),
+            Ok(r) => format!("HTTP {}: {}", r.status, r.body.trim()),
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() >= until {
+            return Err(super::TestkitError::NotReady {
+                what: format!(
+                    "{what} at http://127.0.0.1:{port} not ready after {deadline:?}; last /-/ready answer: {last}"
+                ),
+                log: super::daemon::tail(&log(), LOG_TAIL),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET path` on `port` as JSON; an answer that is not JSON is an error with the status
+/// and body (APIs answer bad requests with a JSON body that says why).
+pub(super) fn get_json(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, super::TestkitError> {
+    let what = format!("GET http://127.0.0.1:{port}{path}");
+    let reply = http_get(port, path, timeout).map_err(|e| super::TestkitError::Failed {
+        what: what.clone(),
+        status: "no answer".to_string(),
+        stderr: e.to_string(),
+    })?;
+    serde_json::from_str(&reply.body).map_err(|e| super::TestkitError::Failed {
+        what,
+        status: format!("HTTP {}", reply.status),
+        stderr: format!("{e}: {}", reply.body.trim()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

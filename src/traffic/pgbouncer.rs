@@ -64,7 +64,8 @@ pub struct PgbouncerConfig {
     pub admin: String,
     /// The file pgmesh owns, `%include`d from pgbouncer.ini's `[databases]`.
     pub databases_file: PathBuf,
-    /// pgbouncer database names = the endpoints it serves (empty: all endpoints).
+    /// pgbouncer database names = the endpoints it serves (the config fills in every
+    /// endpoint when the key is left out; an empty list serves none).
     pub endpoints: Vec<String>,
     /// Per region: the connection part of the `[databases]` line while it owns an endpoint.
     pub targets: BTreeMap<String, String>,
