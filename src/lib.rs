@@ -20,6 +20,7 @@ pub mod control;
 pub mod ddl;
 pub mod filter;
 pub mod guardrail;
+pub mod lab;
 pub mod ledger;
 pub mod lsn;
 pub mod observe;
