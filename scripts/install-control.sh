@@ -7,14 +7,16 @@
 #    exist before cargo builds anything;
 #  - prometheus: the scraper behind src/testkit/prometheus.rs (and promtool for the rules);
 #  - the traffic layers the agent drives and its tests start for real: haproxy, pgbouncer,
-#    knot (+ knot-dnsutils for kdig) as the RFC 2136 DNS server, prometheus-alertmanager.
+#    knot (+ knot-dnsutils for kdig) as the RFC 2136 DNS server, prometheus-alertmanager;
+#  - docker-compose: no container runs here, but `docker-compose config` checks the
+#    top-level docker-compose.yml (tests/compose_config.rs).
 # Prints nothing but progress; exits non-zero with the reason on failure.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 want=(etcd-server etcd-client protobuf-compiler libprotobuf-dev prometheus
-      haproxy pgbouncer knot knot-dnsutils prometheus-alertmanager)
+      haproxy pgbouncer knot knot-dnsutils prometheus-alertmanager docker-compose)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,6 +34,6 @@ for svc in etcd prometheus haproxy pgbouncer knot prometheus-alertmanager; do
   as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 for bin in /usr/bin/etcd /usr/bin/etcdctl /usr/bin/protoc /usr/bin/prometheus \
-  /usr/sbin/haproxy /usr/sbin/pgbouncer /usr/sbin/knotd /usr/bin/kdig /usr/bin/prometheus-alertmanager; do
+  /usr/sbin/haproxy /usr/sbin/pgbouncer /usr/sbin/knotd /usr/bin/kdig /usr/bin/prometheus-alertmanager /usr/bin/docker-compose; do
   [ -x "$bin" ] || { echo "install-control: $bin missing after install" >&2; exit 1; }
 done
