@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod skew;
 pub mod state;
 
 use std::sync::Arc;
