@@ -18,6 +18,16 @@ pub const CATCH_UP_BEFORE_STOP: u64 = 256 * 1024;
 
 impl Agent {
     pub(super) async fn execute(&mut self, d: &Decision, lease: Option<i64>) {
+        // Endpoints this decision stops serving stop answering `/owner/...` now, before
+        // any action: a drain may hand the endpoint over within this very tick, and the new
+        // owner may serve it before this tick's publish would have said we no longer do.
+        {
+            let mut p = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            p.serving.retain(|e| d.serving.contains(e));
+            if !d.writable {
+                p.writable = false;
+            }
+        }
         let active: Vec<(String, i64)> = d
             .actions
             .iter()
