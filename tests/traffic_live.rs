@@ -114,6 +114,26 @@ fn record(node: &str) -> RecordSet {
         .unwrap()])
 }
 
+/// An HAProxy in front of both primaries for app-eu, checking both agents, and the DSN
+/// of a client connecting through it (keep the first value: dropping it stops HAProxy).
+fn haproxy_for_app_eu(lab: &Lab) -> (Haproxy, String) {
+    let servers = ["a", "b"]
+        .iter()
+        .map(|n| HaproxyServer {
+            name: (*n).into(),
+            pg_port: lab.cluster(n).port(),
+            agent_port: lab.port(n),
+        })
+        .collect();
+    let haproxy =
+        Haproxy::start(&BTreeMap::from([("app-eu".to_string(), servers)])).expect("haproxy");
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=app dbname=postgres connect_timeout=2",
+        haproxy.port_of("app-eu").unwrap()
+    );
+    (haproxy, dsn)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -182,26 +202,7 @@ command = ["sh", "-c", "cat >> {hook}; echo >> {hook}"]
         text
     });
     let bouncer = bouncer.unwrap();
-    let haproxy = Haproxy::start(&BTreeMap::from([(
-        "app-eu".to_string(),
-        vec![
-            HaproxyServer {
-                name: "a".into(),
-                pg_port: lab.a.port(),
-                agent_port: lab.port("a"),
-            },
-            HaproxyServer {
-                name: "b".into(),
-                pg_port: lab.b.port(),
-                agent_port: lab.port("b"),
-            },
-        ],
-    )]))
-    .expect("haproxy");
-    let via_haproxy = format!(
-        "host=127.0.0.1 port={} user=app dbname=postgres connect_timeout=2",
-        haproxy.port_of("app-eu").unwrap()
-    );
+    let (_haproxy, via_haproxy) = haproxy_for_app_eu(&lab);
     let via_bouncer = bouncer.dsn("app-eu", "app");
 
     // Before any move: DNS answers a's address on both servers, both layers reach a.
@@ -431,26 +432,7 @@ resend = "2s"
     });
     let bouncer = bouncer.unwrap();
     let via_bouncer = bouncer.dsn("app-eu", "app");
-    let haproxy = Haproxy::start(&BTreeMap::from([(
-        "app-eu".to_string(),
-        vec![
-            HaproxyServer {
-                name: "a".into(),
-                pg_port: lab.a.port(),
-                agent_port: lab.port("a"),
-            },
-            HaproxyServer {
-                name: "b".into(),
-                pg_port: lab.b.port(),
-                agent_port: lab.port("b"),
-            },
-        ],
-    )]))
-    .expect("haproxy");
-    let via_haproxy = format!(
-        "host=127.0.0.1 port={} user=app dbname=postgres connect_timeout=2",
-        haproxy.port_of("app-eu").unwrap()
-    );
+    let (_haproxy, via_haproxy) = haproxy_for_app_eu(&lab);
     wait_for("HAProxy reaches a", Duration::from_secs(20), || {
         reached_port(&via_haproxy) == Some(lab.a.port())
     });
