@@ -198,6 +198,36 @@ fn status_reports_each_direction_and_exits_by_health() {
             "{t}"
         );
 
+        // Each sidecar has estimated its clock against its peer's from the stream (a
+        // round trip within seconds, recorded every 10 s); both clusters share this
+        // machine's clock, so the skew is small and nothing warns.
+        let mut r = Value::Null;
+        wait_until("clock skew estimates in status", &log, || {
+            r = json(&pgmesh(&["status", "--json"], &cfg));
+            r["directions"]
+                .as_array()
+                .is_some_and(|ds| ds.iter().all(|d| d["clock_skew"].is_object()))
+        });
+        for (from, to) in [("a", "b"), ("b", "a")] {
+            let d = direction(&r, from, to);
+            let c = &d["clock_skew"];
+            let skew = c["skew_seconds"].as_f64().unwrap();
+            let uncertainty = c["uncertainty_seconds"].as_f64().unwrap();
+            assert!(skew.abs() < 1.0, "PG{major}: {d:#}");
+            assert!((0.0..1.0).contains(&uncertainty), "PG{major}: {d:#}");
+            assert!(c["samples"].as_i64().unwrap() >= 1, "{d:#}");
+            assert_eq!(c["beyond_warn"], false, "{d:#}");
+            assert_eq!(d["warnings"].as_array().unwrap().len(), 0, "{d:#}");
+        }
+        let t = text(&pgmesh(&["status"], &cfg));
+        for (node, peer) in [("a", "b"), ("b", "a")] {
+            let line = t
+                .lines()
+                .find(|l| l.starts_with(&format!("  {node}: clock skew vs {peer}: ")))
+                .unwrap_or_else(|| panic!("no clock skew line for {node}:\n{t}"));
+            assert!(line.ends_with(" s") && line.contains(" s ± "), "{line}");
+        }
+
         // b's sidecar stops while a keeps writing: a -> b is down and falls behind.
         sb.take().unwrap().stop();
         q(

@@ -56,6 +56,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             publication: names::PUBLICATION.to_string(),
             limits,
             reconnect: BackoffPolicy::default(),
+            clock_skew_warn: cfg.replication.clock_skew_warn,
         });
     }
     Ok(out)

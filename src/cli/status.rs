@@ -63,6 +63,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let limits = Thresholds {
         max_lag_bytes,
         max_lag_seconds: args.max_lag_seconds,
+        clock_skew_warn_seconds: cfg.replication.clock_skew_warn.as_secs_f64(),
     };
     let report = status::status(
         &cfg,

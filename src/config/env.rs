@@ -74,6 +74,7 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("REPLICATION", "TABLES", Kind::List),
     ("REPLICATION", "FULL_IDENTITY", Kind::List),
     ("REPLICATION", "EXCLUDE", Kind::List),
+    ("REPLICATION", "CLOCK_SKEW_WARN", Kind::Str),
     ("CONTROL", "ETCD", Kind::List),
     ("CONTROL", "CLUSTER", Kind::Str),
     ("CONTROL", "LEASE_TTL", Kind::Str),

@@ -10,6 +10,7 @@
 //! tables = ["public.*"]   # schema.table patterns, `*` wildcard
 //! full_identity = []      # tables allowed without a primary key (REPLICA IDENTITY FULL)
 //! exclude = []
+//! clock_skew_warn = "500ms"  # warn when a node's clock is surely this far from its peer's
 //! [apply]                 # optional, defaults shown
 //! batch_max_rows = 5000
 //! batch_max_bytes = "16MB"
@@ -99,7 +100,15 @@ pub struct ReplicationConfig {
     /// Tables allowed without a primary key; they must be REPLICA IDENTITY FULL.
     pub full_identity: Vec<TablePattern>,
     pub exclude: Vec<TablePattern>,
+    /// The sidecar warns (log, `/readyz`) and `pgmesh status` shows a warning when a
+    /// node's clock is surely further than this from its peer's: last-writer-wins then
+    /// favours the node whose clock is ahead (README "What last-writer-wins does under
+    /// clock skew").
+    pub clock_skew_warn: Duration,
 }
+
+/// Default of `[replication] clock_skew_warn`.
+pub const DEFAULT_CLOCK_SKEW_WARN: Duration = Duration::from_millis(500);
 
 impl ReplicationConfig {
     /// Whether a table is replicated: matched by `tables`, not by `exclude`.
@@ -175,6 +184,7 @@ struct RawReplication {
     full_identity: Vec<String>,
     #[serde(default)]
     exclude: Vec<String>,
+    clock_skew_warn: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -308,10 +318,25 @@ impl Config {
                 .map(|s| TablePattern::parse(s).map_err(|m| invalid(key, m)))
                 .collect()
         };
+        let clock_skew_warn = match repl.clock_skew_warn {
+            None => DEFAULT_CLOCK_SKEW_WARN,
+            Some(text) => {
+                let key = "replication.clock_skew_warn";
+                let d = parse_duration(&text).map_err(|m| invalid(key, m))?;
+                if d.is_zero() {
+                    return Err(invalid(
+                        key,
+                        "must be more than 0 (every measurable skew would warn); the default is \"500ms\"".into(),
+                    ));
+                }
+                d
+            }
+        };
         let replication = ReplicationConfig {
             tables: patterns("replication.tables", tables)?,
             full_identity: patterns("replication.full_identity", repl.full_identity)?,
             exclude: patterns("replication.exclude", repl.exclude)?,
+            clock_skew_warn,
         };
 
         let defaults = ApplyConfig::default();

@@ -400,6 +400,53 @@ fn bad_values_name_their_flag_or_variable() {
 }
 
 #[test]
+fn clock_skew_warn_defaults_parses_and_is_validated() {
+    let c = parse(GOOD, &[("PW_A", "x")]).unwrap();
+    assert_eq!(c.replication.clock_skew_warn, Duration::from_millis(500));
+    let with = |v: &str| {
+        GOOD.replace(
+            "[replication]\n",
+            &format!("[replication]\nclock_skew_warn = {v}\n"),
+        )
+    };
+    let c = parse(&with("\"2s\""), &[("PW_A", "x")]).unwrap();
+    assert_eq!(c.replication.clock_skew_warn, Duration::from_secs(2));
+    let c = parse(
+        &with("\"2s\""),
+        &[
+            ("PW_A", "x"),
+            ("PGMESH_REPLICATION_CLOCK_SKEW_WARN", "250ms"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.replication.clock_skew_warn, Duration::from_millis(250));
+    for (v, needles) in [
+        (
+            "\"0ms\"",
+            &["replication.clock_skew_warn", "more than 0"][..],
+        ),
+        ("\"500\"", &["replication.clock_skew_warn", "no unit"]),
+        (
+            "\"soon\"",
+            &["replication.clock_skew_warn", "not a duration"],
+        ),
+        ("500", &["clock_skew_warn", "string"]),
+    ] {
+        let e = parse(&with(v), &[("PW_A", "x")]).unwrap_err().to_string();
+        for n in needles {
+            assert!(e.contains(n), "{v}: {n:?} not in {e:?}");
+        }
+    }
+    let e = parse(
+        GOOD,
+        &[("PW_A", "x"), ("PGMESH_REPLICATION_CLOCK_SKEW_WARN", "0s")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("PGMESH_REPLICATION_CLOCK_SKEW_WARN"), "{e}");
+}
+
+#[test]
 fn guardrail_defaults_are_safe() {
     let c = parse(GOOD, &[("PW_A", "x")]).unwrap();
     assert_eq!(c.guardrail, GuardrailConfig::default());

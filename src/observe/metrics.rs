@@ -44,6 +44,11 @@ pub const SLOT_ACTIVE: &str = "pgmesh_slot_active";
 pub const GUARDRAIL_STATE: &str = "pgmesh_guardrail_state";
 /// Per slot: slots dropped by the guardrail (policy drop_slot).
 pub const GUARDRAIL_DROPS: &str = "pgmesh_guardrail_slot_drops_total";
+/// Per direction: this node's clock minus the peer's, in seconds (signed), estimated
+/// from the replication stream ([`super::skew`]); absent until measured.
+pub const CLOCK_SKEW: &str = "pgmesh_clock_skew_seconds";
+/// Per direction: the true skew is within `pgmesh_clock_skew_seconds` ± this.
+pub const CLOCK_SKEW_UNCERTAINTY: &str = "pgmesh_clock_skew_uncertainty_seconds";
 /// Always 1, label `version`: the sidecar is up and which version it runs.
 pub const BUILD_INFO: &str = "pgmesh_build_info";
 
@@ -63,6 +68,8 @@ pub const ALL: &[&str] = &[
     SLOT_ACTIVE,
     GUARDRAIL_STATE,
     GUARDRAIL_DROPS,
+    CLOCK_SKEW,
+    CLOCK_SKEW_UNCERTAINTY,
     BUILD_INFO,
 ];
 
@@ -149,6 +156,16 @@ fn describe() {
         GUARDRAIL_DROPS,
         "Slots on this node dropped by the WAL guardrail (policy drop_slot)"
     );
+    describe_gauge!(
+        CLOCK_SKEW,
+        Unit::Seconds,
+        "This node's clock minus the peer's (positive: ours is ahead), from the replication stream"
+    );
+    describe_gauge!(
+        CLOCK_SKEW_UNCERTAINTY,
+        Unit::Seconds,
+        "Half the smallest status round trip: the true clock skew is within the estimate plus or minus this"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; label version");
 }
 
@@ -188,6 +205,13 @@ impl DirectionMetrics {
     /// `n` conflicts of `kind` were committed.
     pub fn conflicts(&self, kind: &'static str, n: u64) {
         counter!(CONFLICTS, "peer" => self.peer.clone(), "kind" => kind).increment(n);
+    }
+
+    /// The clock skew estimate (registered on the first one, so an unmeasured skew shows
+    /// no series rather than a 0 that looks like a measurement).
+    pub fn clock_skew(&self, skew_seconds: f64, uncertainty_seconds: f64) {
+        gauge!(CLOCK_SKEW, "peer" => self.peer.clone()).set(skew_seconds);
+        gauge!(CLOCK_SKEW_UNCERTAINTY, "peer" => self.peer.clone()).set(uncertainty_seconds);
     }
 }
 
@@ -250,6 +274,7 @@ mod tests {
             m.applied_rows.increment(3);
             m.batch_rows.record(3.0);
             m.conflicts("insert_exists", 2);
+            m.clock_skew(-1.25, 0.004);
             slot_checked("a", Some(4096), Some("reserved"), true, 1);
         });
         let text = handle.render();
@@ -262,6 +287,8 @@ mod tests {
             "pgmesh_slot_wal_status{peer=\"a\",wal_status=\"reserved\"} 1",
             "pgmesh_slot_wal_status{peer=\"a\",wal_status=\"lost\"} 0",
             "pgmesh_guardrail_state{peer=\"a\"} 1",
+            "pgmesh_clock_skew_seconds{peer=\"a\"} -1.25",
+            "pgmesh_clock_skew_uncertainty_seconds{peer=\"a\"} 0.004",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::guardrail::{GuardrailReport, GuardrailStatus};
-pub use state::{DirectionReport, DirectionState, Phase};
+pub use state::{ClockSkewReport, DirectionReport, DirectionState, Phase};
 
 /// Everything `/readyz` reports on: this node's directions and its guardrail.
 pub struct Health {
@@ -55,6 +55,14 @@ impl Health {
                 )
             })
             .collect();
+        warnings.extend(directions.iter().filter_map(|d| {
+            let c = d.clock_skew.filter(|c| c.beyond_warn)?;
+            Some(format!(
+                "clock skew vs {}: {} (beyond [replication] clock_skew_warn): last-writer-wins favours the node whose clock is ahead; sync both clocks (chrony/NTP)",
+                d.peer,
+                format_skew(c.skew_seconds, c.uncertainty_seconds)
+            ))
+        }));
         warnings.extend(guardrail.slots.iter().filter_map(|s| s.message.clone()));
         warnings.extend(
             guardrail
@@ -69,5 +77,29 @@ impl Health {
             guardrail,
             warnings,
         }
+    }
+}
+
+/// `+1.203 s ± 0.004 s`: a clock skew estimate for people (sign: this node's clock minus
+/// the peer's).
+#[must_use]
+pub fn format_skew(skew_seconds: f64, uncertainty_seconds: f64) -> String {
+    // Below half a millisecond either way is "+0.000", not "-0.000".
+    let skew = if skew_seconds.abs() < 0.0005 {
+        0.0
+    } else {
+        skew_seconds
+    };
+    format!("{skew:+.3} s ± {uncertainty_seconds:.3} s")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn skew_is_signed_with_milliseconds() {
+        assert_eq!(super::format_skew(1.2034, 0.0041), "+1.203 s ± 0.004 s");
+        assert_eq!(super::format_skew(-0.5, 0.0), "-0.500 s ± 0.000 s");
+        assert_eq!(super::format_skew(0.0, 0.0001), "+0.000 s ± 0.000 s");
+        assert_eq!(super::format_skew(-0.0004, 0.0), "+0.000 s ± 0.000 s");
     }
 }

@@ -6,8 +6,9 @@
 //! Every keepalive (and XLogData) carries the peer's send time by its clock. Its arrival
 //! here, by our clock, minus that time is `skew + one-way delay + queueing`. The smallest
 //! such offset in a window has the least queueing; the delay is estimated as half the
-//! smallest round trip of a status update the server answered at once (a keepalive with
-//! `reply_requested`). So
+//! smallest round trip of a status update the server answered at once (a status update
+//! with `reply_requested`, answered by the walsender with a keepalive; matched in
+//! [`crate::source::clock`]). So
 //!
 //! ```text
 //! skew ≈ min(offset) − min(rtt) / 2      (± min(rtt) / 2 if the path is asymmetric)
@@ -28,6 +29,7 @@ pub struct SkewEstimate {
     /// Half the smallest round trip: the true skew is within `skew_us ± uncertainty_us`
     /// however asymmetric the path is.
     pub uncertainty_us: i64,
+    /// Message offsets in the window, one per [`BUCKET`] (its least).
     pub samples: usize,
 }
 
@@ -51,6 +53,11 @@ pub struct SkewEstimator {
 /// Samples kept at most per kind, whatever the window (a busy stream sends many).
 const MAX_SAMPLES: usize = 4096;
 
+/// Message offsets that arrive within this of the newest kept one are folded into it
+/// (the least wins): a busy stream brings thousands of messages a second, and only the
+/// least queued of them matters.
+pub const BUCKET: Duration = Duration::from_millis(100);
+
 impl SkewEstimator {
     #[must_use]
     pub fn new(window: Duration) -> SkewEstimator {
@@ -64,7 +71,14 @@ impl SkewEstimator {
     /// A message the peer sent at `peer_us` (its clock, Unix µs) arrived at `local_us`
     /// (ours) at monotonic time `at`.
     pub fn observe_message(&mut self, at: Instant, peer_us: i64, local_us: i64) {
-        push(&mut self.offsets, at, local_us.saturating_sub(peer_us));
+        let offset = local_us.saturating_sub(peer_us);
+        if let Some((t, o)) = self.offsets.back_mut() {
+            if at.saturating_duration_since(*t) < BUCKET {
+                *o = (*o).min(offset);
+                return;
+            }
+        }
+        push(&mut self.offsets, at, offset);
         self.expire(at);
     }
 
@@ -177,5 +191,27 @@ mod tests {
         feed(&mut e, later, -3_000 * MS, MS, &[0; 5]);
         assert_eq!(e.estimate().unwrap().skew_us, -3_000 * MS);
         assert!(e.estimate().unwrap().samples <= 11);
+    }
+
+    #[test]
+    fn messages_close_together_are_one_sample_holding_their_least_offset() {
+        let mut e = SkewEstimator::new(Duration::from_secs(60));
+        let start = Instant::now();
+        e.observe_rtt(start, Duration::from_millis(2));
+        // A burst of 1,000 messages within 10 ms, the least queued in the middle.
+        for i in 0..1_000i64 {
+            let at = start + Duration::from_micros(u64::try_from(i).unwrap() * 10);
+            let queue = if i == 500 { 0 } else { 5 * MS };
+            e.observe_message(
+                at,
+                1_000_000_000 + i * 10,
+                1_000_000_000 + i * 10 + MS + queue,
+            );
+        }
+        let est = e.estimate().unwrap();
+        assert_eq!(est.samples, 1);
+        assert_eq!(est.skew_us, 0, "{est:?}");
+        e.observe_message(start + BUCKET, 0, 7 * MS);
+        assert_eq!(e.estimate().unwrap().samples, 2);
     }
 }

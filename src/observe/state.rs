@@ -2,13 +2,14 @@
 //! Written by the direction's tasks with plain atomics (the error text behind a mutex,
 //! taken only when an error happens), read by the HTTP handler.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::metrics::DirectionMetrics;
+use super::skew::SkewEstimate;
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::Lsn;
 
@@ -77,6 +78,12 @@ pub struct DirectionState {
     /// Peer time (PgTimestamp micros) such that every change of the peer not applied here
     /// yet commits after it; `i64::MIN` until known. What tombstone pruning waits for.
     horizon: AtomicI64,
+    /// This node's clock minus the peer's (µs); `i64::MIN` until estimated.
+    skew_us: AtomicI64,
+    skew_uncertainty_us: AtomicI64,
+    skew_samples: AtomicU64,
+    /// The skew is surely beyond `[replication] clock_skew_warn`.
+    skew_beyond: AtomicBool,
     pub metrics: DirectionMetrics,
 }
 
@@ -90,6 +97,21 @@ pub struct DirectionReport {
     pub lag_seconds: f64,
     pub reconnects: u64,
     pub last_error: Option<String>,
+    /// This node's clock against the peer's; `None` until estimated.
+    pub clock_skew: Option<ClockSkewReport>,
+}
+
+/// The clock skew estimate of a direction ([`super::skew`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClockSkewReport {
+    /// This node's clock minus the peer's (positive: ours is ahead).
+    pub skew_seconds: f64,
+    /// The true skew is within `skew_seconds ± uncertainty_seconds`.
+    pub uncertainty_seconds: f64,
+    /// Message offsets it rests on (one per 100 ms of stream).
+    pub samples: u64,
+    /// Surely beyond `[replication] clock_skew_warn`.
+    pub beyond_warn: bool,
 }
 
 impl DirectionState {
@@ -107,6 +129,10 @@ impl DirectionState {
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(None),
             horizon: AtomicI64::new(i64::MIN),
+            skew_us: AtomicI64::new(i64::MIN),
+            skew_uncertainty_us: AtomicI64::new(0),
+            skew_samples: AtomicU64::new(0),
+            skew_beyond: AtomicBool::new(false),
             metrics: DirectionMetrics::new(peer),
         })
     }
@@ -129,6 +155,31 @@ impl DirectionState {
     pub fn horizon(&self) -> Option<PgTimestamp> {
         let h = self.horizon.load(Ordering::Relaxed);
         (h != i64::MIN).then_some(PgTimestamp(h))
+    }
+
+    /// The latest clock skew estimate, and whether it is surely beyond the warning bound.
+    pub fn clock_skew(&self, est: &SkewEstimate, beyond_warn: bool) {
+        self.skew_us.store(est.skew_us, Ordering::Relaxed);
+        self.skew_uncertainty_us
+            .store(est.uncertainty_us, Ordering::Relaxed);
+        self.skew_samples
+            .store(est.samples as u64, Ordering::Relaxed);
+        self.skew_beyond.store(beyond_warn, Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        self.metrics
+            .clock_skew(est.skew_us as f64 / 1e6, est.uncertainty_us as f64 / 1e6);
+    }
+
+    #[must_use]
+    pub fn clock_skew_report(&self) -> Option<ClockSkewReport> {
+        let skew = self.skew_us.load(Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        (skew != i64::MIN).then(|| ClockSkewReport {
+            skew_seconds: skew as f64 / 1e6,
+            uncertainty_seconds: self.skew_uncertainty_us.load(Ordering::Relaxed) as f64 / 1e6,
+            samples: self.skew_samples.load(Ordering::Relaxed),
+            beyond_warn: self.skew_beyond.load(Ordering::Relaxed),
+        })
     }
 
     #[must_use]
@@ -239,6 +290,7 @@ impl DirectionState {
             lag_seconds,
             reconnects: self.reconnects.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            clock_skew: self.clock_skew_report(),
         }
     }
 }
@@ -292,5 +344,16 @@ mod tests {
         assert_eq!(r.reconnects, 1);
         assert_eq!(r.last_error.as_deref(), Some("connection refused"));
         assert_eq!(r.applied_lsn, "0/190");
+        assert_eq!(r.clock_skew, None, "not estimated yet");
+        let est = SkewEstimate {
+            skew_us: -1_203_000,
+            uncertainty_us: 4_000,
+            samples: 12,
+        };
+        s.clock_skew(&est, true);
+        let c = s.report().clock_skew.unwrap();
+        assert!((c.skew_seconds + 1.203).abs() < 1e-9, "{c:?}");
+        assert!((c.uncertainty_seconds - 0.004).abs() < 1e-9, "{c:?}");
+        assert_eq!((c.samples, c.beyond_warn), (12, true));
     }
 }

@@ -16,6 +16,8 @@
 //!   itself needs REPLICATION), and the peer's sidecar reads why its slot is gone.
 //! - `pgmesh.schema_changes` (read): a sidecar whose peer's stream still carries columns
 //!   both nodes dropped checks that `pgmesh ddl` dropped them (not renamed them).
+//! - `pgmesh.clock_skew` (upserted): the sidecar records its clock skew estimate for
+//!   `pgmesh status`.
 //! - `SET ON PARAMETER session_replication_role` (PostgreSQL 15+; the parameter is
 //!   superuser-only otherwise): the apply session runs as replica so user triggers and
 //!   foreign-key checks do not fire for changes already checked on the peer.
@@ -75,6 +77,7 @@ GRANT USAGE ON SCHEMA pgmesh TO {r};
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgmesh.conflicts, pgmesh.tombstones, pgmesh.outbox TO {r};
 GRANT SELECT, INSERT ON pgmesh.guardrail_drops TO {r};
 GRANT SELECT ON pgmesh.schema_changes TO {r};
+GRANT SELECT, INSERT, UPDATE ON pgmesh.clock_skew TO {r};
 GRANT USAGE ON SEQUENCE pgmesh.conflicts_id_seq, pgmesh.outbox_id_seq TO {r};
 GRANT SET ON PARAMETER session_replication_role TO {r};
 GRANT EXECUTE ON FUNCTION

@@ -47,6 +47,9 @@ pub struct PeerLink {
     /// (`BackoffPolicy::default()`: 100 ms doubling to 30 s). Tests shorten the cap to
     /// reach it in seconds instead of minutes.
     pub reconnect: BackoffPolicy,
+    /// Warn when this node's clock is surely further than this from the peer's
+    /// (`[replication] clock_skew_warn`).
+    pub clock_skew_warn: Duration,
 }
 
 /// Why a peer stream stopped.

@@ -2,6 +2,7 @@
 //! a maintenance task keeps the local ledger bounded.
 
 mod applier;
+mod clock;
 pub mod link;
 mod maintenance;
 mod peer_probe;

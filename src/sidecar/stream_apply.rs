@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio::sync::watch;
 
 use super::applier::{Applier, Work};
+use super::clock::ClockWatch;
 use super::link::{PeerLink, SidecarError};
 use crate::apply::kill::{Kill, KILL_PREFIX};
 use crate::apply::row::Row;
@@ -44,13 +45,14 @@ pub async fn run_direction(
 ) -> Result<(), SidecarError> {
     let _probe = super::peer_probe::spawn_wal_probe(&link, state.clone());
     let mut backoff = Backoff::new(link.reconnect);
+    let mut clock = ClockWatch::new(link.clock_skew_warn);
     loop {
         if *stop.borrow() {
             state.set_phase(Phase::Stopped);
             return Ok(());
         }
         backoff.connected(Instant::now());
-        match run_once(&link, &mut stop, &state).await {
+        match run_once(&link, &mut stop, &state, &mut clock).await {
             Ok(()) => {
                 state.set_phase(Phase::Stopped);
                 return Ok(());
@@ -138,6 +140,7 @@ async fn run_once(
     link: &PeerLink,
     stop: &mut watch::Receiver<bool>,
     state: &Arc<DirectionState>,
+    clock: &mut ClockWatch,
 ) -> Result<(), SidecarError> {
     let apply =
         ApplySession::connect(&link.local, &link.peer_sql, &link.local_node, &link.peer).await?;
@@ -204,6 +207,9 @@ async fn run_once(
                 let Some(ev) = ev? else {
                     return Err(SidecarError::Source(crate::source::SourceError::Closed { target: stream.target().to_string() }));
                 };
+                if let Some(c) = stream.take_clock_sample() {
+                    clock.observe(c);
+                }
                 match ev {
                     ReplicationEvent::XLogData(x) => {
                         let msg = decoder.decode(x.data)?;
@@ -251,6 +257,7 @@ async fn run_once(
                     stream.send_status(false).await?;
                 }
                 d.report_progress();
+                clock.tick(&link.local_node, &link.peer, state, &d.catalog).await;
             }
             e = d.applier.failure() => return Err(e),
             _ = stop.changed() => {

@@ -7,6 +7,7 @@
 //!   password, md5, SCRAM-SHA-256), simple queries.
 //! - [`commands`]: IDENTIFY_SYSTEM, CREATE/DROP_REPLICATION_SLOT, slot lookup.
 //! - [`stream`]: START_REPLICATION, CopyBoth, keepalives and standby status updates.
+//! - [`clock`]: send times and round trips the stream carries (for the clock skew).
 //! - [`reconnect`]: backoff policy and a stream that reconnects from the flushed LSN.
 //! - [`error`]: errors with a retry kind (transient / needs operator / bug).
 //! - `wire`: backend message framing (internal).
@@ -27,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod connection;

@@ -12,12 +12,18 @@
 //!
 //! Liveness: when nothing arrived for a status interval, the periodic status asks the
 //! server to reply; nothing at all for `idle_timeout` is a transient timeout error.
+//!
+//! Clocks: every frame's send time and arrival are kept for the caller
+//! ([`ReplicationStream::take_clock_sample`]), and a status update asks for a reply at
+//! least every [`ROUND_TRIP_INTERVAL`] so the caller learns the round trip too (see
+//! [`super::clock`]; one extra keepalive from the server per interval).
 
 use std::time::{Duration, SystemTime};
 
 use postgres_protocol::message::frontend;
 use tokio::time::Instant;
 
+use super::clock::{ClockSample, RoundTrips};
 use super::commands::{quote_literal, validate_slot_name};
 use super::connection::ReplicationConnection;
 use super::error::{ErrorContext, SourceError};
@@ -29,6 +35,10 @@ use crate::Lsn;
 /// A keepalive the server did not ask a reply to is answered only when no status went out
 /// for this long.
 pub const KEEPALIVE_REPLY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A status update asks the server for a reply at least this often (when one goes out
+/// anyway), to measure the round trip for the clock skew estimate.
+pub const ROUND_TRIP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// pgoutput's `streaming` option: large in-progress transactions sent before commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -245,6 +255,8 @@ pub struct ReplicationStream {
     last_status: Instant,
     last_recv: Instant,
     ended: bool,
+    round_trips: RoundTrips,
+    clock: Option<ClockSample>,
 }
 
 impl ReplicationStream {
@@ -320,6 +332,8 @@ impl ReplicationStream {
             last_status: now,
             last_recv: now,
             ended: false,
+            round_trips: RoundTrips::default(),
+            clock: None,
         })
     }
 
@@ -361,8 +375,24 @@ impl ReplicationStream {
         self.conn.server_major()
     }
 
+    /// The send time and arrival of the last XLogData or keepalive returned, with the
+    /// round trip when it answered our request for a reply; taken once.
+    pub fn take_clock_sample(&mut self) -> Option<ClockSample> {
+        self.clock.take()
+    }
+
+    /// Whether a status update sent now should ask for a reply to measure the round trip.
+    fn round_trip_due(&self, now: Instant) -> bool {
+        self.round_trips
+            .since_request(now)
+            .is_none_or(|d| d >= ROUND_TRIP_INTERVAL)
+    }
+
     /// Sends a standby status update now.
     pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), SourceError> {
+        if reply_requested {
+            self.round_trips.requested(Instant::now());
+        }
         let update = StandbyStatusUpdate {
             write: self.received.max(self.flushed),
             flush: self.flushed,
@@ -388,7 +418,7 @@ impl ReplicationStream {
             let status_due = self.last_status + self.status_interval;
             if now >= status_due {
                 let idle = now.duration_since(self.last_recv) >= self.status_interval;
-                self.send_status(idle).await?;
+                self.send_status(idle || self.round_trip_due(now)).await?;
                 continue;
             }
             let mut wake = status_due;
@@ -407,11 +437,24 @@ impl ReplicationStream {
                 f = self.conn.recv() => f?,
                 () = tokio::time::sleep_until(wake) => continue,
             };
-            self.last_recv = Instant::now();
+            let arrived = Instant::now();
+            self.last_recv = arrived;
             match frame.tag {
                 b'd' => {
                     let msg = parse_copy_data(frame.body)
                         .map_err(|e| SourceError::protocol(self.conn.target(), e.to_string()))?;
+                    let (send_time, keepalive) = match &msg {
+                        ReplicationMessage::XLogData(x) => (x.send_time, false),
+                        ReplicationMessage::PrimaryKeepalive(k) => (k.send_time, true),
+                    };
+                    let round_trip = self.round_trips.arrived(arrived, send_time.0, keepalive);
+                    self.clock =
+                        PgTimestamp::from_system_time(SystemTime::now()).map(|local| ClockSample {
+                            at: arrived,
+                            local_us: local.0,
+                            peer_us: send_time.0,
+                            round_trip,
+                        });
                     match msg {
                         ReplicationMessage::XLogData(x) => {
                             self.received = self.received.max(x.wal_start);
@@ -425,7 +468,8 @@ impl ReplicationStream {
                             if k.reply_requested
                                 || self.last_status.elapsed() >= KEEPALIVE_REPLY_INTERVAL
                             {
-                                self.send_status(false).await?;
+                                let ask = self.round_trip_due(arrived);
+                                self.send_status(ask).await?;
                             }
                             return Ok(Some(ReplicationEvent::Keepalive {
                                 wal_end: k.wal_end,

@@ -1,10 +1,14 @@
 //! Judging one direction from what its two nodes said: a state, the numbers, and every
 //! problem with what to do. Pure: the tests are tables of facts.
 
-use super::facts::{NodeFacts, Pending, SlotFacts};
-use super::{DirectionStatus, SidecarHealth, State, Thresholds};
+use super::facts::{NodeFacts, Pending, SkewFacts, SlotFacts};
+use super::{
+    ClockSkewStatus, DirectionStatus, SidecarHealth, State, Thresholds, CLOCK_SKEW_STALE_SECONDS,
+};
 pub use crate::config::human_bytes;
 use crate::config::{names, ByteSize};
+use crate::observe::format_skew;
+use crate::observe::skew::SkewEstimate;
 
 /// `from`'s changes applied into `to`: the slot `pgmesh_<to>` on `from`, the origin
 /// `pgmesh_<from>` and the apply session on `to`. `Err` holds why a node did not answer.
@@ -69,7 +73,20 @@ pub fn assess(
                 .and_then(|w| w.application_name.clone()),
             apply_session: apply_sessions.map(|n| n > 0),
         },
+        clock_skew: target
+            .ok()
+            .and_then(|f| f.clock_skew.get(from))
+            .map(|s| clock_skew(s, limits)),
+        warnings: Vec::new(),
     };
+    if let Some(c) = d.clock_skew.as_ref().filter(|c| c.beyond_warn) {
+        let ahead = if c.skew_seconds > 0.0 { to } else { from };
+        d.warnings.push(format!(
+            "WARNING: node {to}'s clock minus node {from}'s is {} (beyond [replication] clock_skew_warn {}s): last-writer-wins favours writes made on {ahead}, whose clock is ahead; sync both clocks (chrony/NTP)",
+            format_skew(c.skew_seconds, c.uncertainty_seconds),
+            limits.clock_skew_warn_seconds
+        ));
+    }
 
     let (lag_bytes, lag_secs) = (d.lag_bytes, d.lag_seconds);
     let mut problem = |state: Option<State>, text: String| {
@@ -175,6 +192,25 @@ pub fn assess(
     d
 }
 
+/// A recorded estimate, judged against the bound while fresh.
+fn clock_skew(s: &SkewFacts, limits: &Thresholds) -> ClockSkewStatus {
+    let est = SkewEstimate {
+        skew_us: s.skew_us,
+        uncertainty_us: s.uncertainty_us,
+        samples: usize::try_from(s.samples).unwrap_or(0),
+    };
+    let bound = std::time::Duration::try_from_secs_f64(limits.clock_skew_warn_seconds)
+        .unwrap_or(std::time::Duration::MAX);
+    #[allow(clippy::cast_precision_loss)]
+    ClockSkewStatus {
+        skew_seconds: s.skew_us as f64 / 1e6,
+        uncertainty_seconds: s.uncertainty_us as f64 / 1e6,
+        samples: s.samples,
+        age_seconds: s.age_seconds,
+        beyond_warn: s.age_seconds <= CLOCK_SKEW_STALE_SECONDS && est.beyond(bound),
+    }
+}
+
 /// Seconds behind: the walsender's measurement while one streams (PostgreSQL clears it
 /// once the reader has confirmed everything sent, so none means caught up), else the age
 /// of the oldest waiting commit.
@@ -202,6 +238,7 @@ mod tests {
     const LIMITS: Thresholds = Thresholds {
         max_lag_bytes: 1 << 20,
         max_lag_seconds: 60.0,
+        clock_skew_warn_seconds: 0.5,
     };
 
     fn slot(active: bool) -> SlotFacts {
@@ -348,6 +385,56 @@ mod tests {
         }
         let (a, b) = pair(Some(s), 1);
         assert_eq!(assess("a", "b", Ok(&a), Ok(&b), &LIMITS).lag_seconds, None);
+    }
+
+    #[test]
+    fn clock_skew_beyond_the_bound_is_a_warning_not_a_problem() {
+        let skew = |skew_us, uncertainty_us, age_seconds| SkewFacts {
+            skew_us,
+            uncertainty_us,
+            samples: 30,
+            age_seconds,
+        };
+        let (a, mut b) = pair(Some(slot(true)), 1);
+        let d = assess("a", "b", Ok(&a), Ok(&b), &LIMITS);
+        assert_eq!((d.clock_skew, d.warnings.len()), (None, 0), "not recorded");
+        // b's clock 1.2 s ahead of a's.
+        b.clock_skew.insert("a".into(), skew(1_203_000, 4_000, 3.0));
+        let d = assess("a", "b", Ok(&a), Ok(&b), &LIMITS);
+        assert!(d.healthy, "{:?}", d.problems);
+        let c = d.clock_skew.clone().unwrap();
+        assert!(
+            (c.skew_seconds - 1.203).abs() < 1e-9 && c.beyond_warn,
+            "{c:?}"
+        );
+        assert_eq!(d.warnings.len(), 1);
+        assert!(
+            d.warnings[0].contains("+1.203 s ± 0.004 s")
+                && d.warnings[0].contains("favours writes made on b"),
+            "{:?}",
+            d.warnings
+        );
+        // a's clock ahead: a's writes win.
+        b.clock_skew.insert("a".into(), skew(-900_000, 1_000, 3.0));
+        let d = assess("a", "b", Ok(&a), Ok(&b), &LIMITS);
+        assert!(
+            d.warnings[0].contains("favours writes made on a"),
+            "{:?}",
+            d.warnings
+        );
+        for (within, why) in [
+            (skew(450_000, 1_000, 3.0), "below the bound"),
+            (
+                skew(700_000, 300_000, 3.0),
+                "beyond only within the uncertainty",
+            ),
+            (skew(5_000_000, 1_000, 600.0), "stale: not judged"),
+        ] {
+            b.clock_skew.insert("a".into(), within);
+            let d = assess("a", "b", Ok(&a), Ok(&b), &LIMITS);
+            assert!(d.clock_skew.is_some_and(|c| !c.beyond_warn), "{why}");
+            assert!(d.warnings.is_empty(), "{why}: {:?}", d.warnings);
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct NodeFacts {
     pub recent_conflicts: Option<Vec<(Option<String>, i64)>>,
     /// The node's newest commit: (time, name of its replication origin if any).
     pub last_commit: Option<(String, Option<String>)>,
+    /// The sidecar's clock skew estimates by peer (`pgmesh.clock_skew`); empty when none
+    /// was recorded or the table is missing (then a note says so).
+    pub clock_skew: BTreeMap<String, SkewFacts>,
     /// Things that could not be read (permissions, versions); reported, not fatal.
     pub notes: Vec<String>,
 }
@@ -74,6 +77,17 @@ pub enum Pending {
     Since { commit_time: String, seconds: f64 },
     /// The peek failed or found only transactions the reader would skip.
     Unknown(String),
+}
+
+/// One row of `pgmesh.clock_skew`: this node's clock minus the peer's, as its sidecar
+/// last estimated it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SkewFacts {
+    pub skew_us: i64,
+    pub uncertainty_us: i64,
+    pub samples: i32,
+    /// How long ago it was written, by this node's clock.
+    pub age_seconds: f64,
 }
 
 /// A replication origin's progress.

@@ -15,6 +15,10 @@
 //! - sidecar health: the slot is in use (a walsender streams it) and the target has a
 //!   `pgmesh apply` session;
 //! - conflicts: `pgmesh.conflicts` on the target, last hour, `remote_origin` = the peer.
+//! - clock skew: `pgmesh.clock_skew` on the target, where its sidecar records its clock
+//!   minus the source's, estimated from the stream ([`crate::observe::skew`]); a warning
+//!   (not a problem: replication still converges) when surely beyond
+//!   `[replication] clock_skew_warn`.
 
 pub mod assess;
 pub mod facts;
@@ -61,6 +65,26 @@ impl State {
 pub struct Thresholds {
     pub max_lag_bytes: u64,
     pub max_lag_seconds: f64,
+    /// `[replication] clock_skew_warn`, seconds.
+    pub clock_skew_warn_seconds: f64,
+}
+
+/// A clock skew estimate older than this is shown with its age and not judged (the
+/// sidecar writes one every 10 s while it streams).
+pub const CLOCK_SKEW_STALE_SECONDS: f64 = 60.0;
+
+/// The target's clock against the source's, as the target's sidecar estimated it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClockSkewStatus {
+    /// The target's clock minus the source's (positive: the target's is ahead).
+    pub skew_seconds: f64,
+    /// The true skew is within `skew_seconds ± uncertainty_seconds`.
+    pub uncertainty_seconds: f64,
+    pub samples: i32,
+    /// How long ago the sidecar recorded it.
+    pub age_seconds: f64,
+    /// Surely beyond `[replication] clock_skew_warn` (judged only while fresh).
+    pub beyond_warn: bool,
 }
 
 /// Whether the sidecar of the target node serves this direction.
@@ -99,6 +123,10 @@ pub struct DirectionStatus {
     pub safe_wal_size: Option<i64>,
     pub conflicts_last_hour: Option<i64>,
     pub sidecar: SidecarHealth,
+    /// `None`: not recorded (sidecar never streamed since setup, or an old schema).
+    pub clock_skew: Option<ClockSkewStatus>,
+    /// Things to look at that do not make the direction unhealthy (a clock skew).
+    pub warnings: Vec<String>,
 }
 
 /// One node as status saw it.

@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_postgres::Client;
 
-use super::facts::{NodeFacts, NodeProbe, OriginFacts, Pending, SlotFacts, WalsenderFacts};
+use super::facts::{
+    NodeFacts, NodeProbe, OriginFacts, Pending, SkewFacts, SlotFacts, WalsenderFacts,
+};
 use super::pending::first_local_commit;
 use crate::config::{names, NodeConfig};
 use crate::sqlconn::{connect_sql, pg_message};
@@ -40,6 +42,11 @@ const LAST_COMMIT_SQL: &str = "\
 SELECT to_char(x.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), o.roname::text
   FROM pg_last_committed_xact() x LEFT JOIN pg_replication_origin o ON o.roident = x.roident
  WHERE x.xid IS NOT NULL";
+
+const CLOCK_SKEW_SQL: &str = "\
+SELECT peer, skew_us, uncertainty_us, samples,
+       extract(epoch FROM now() - measured_at)::float8
+  FROM pgmesh.clock_skew";
 
 /// Reads `node`: the given slots and origins, plus node-wide facts. Never fails: a node
 /// that cannot be reached comes back with the reason.
@@ -193,6 +200,25 @@ async fn read_facts(
     match crate::ledger::read::recent_by_origin(client, node, 3_600).await {
         Ok(c) => f.recent_conflicts = c,
         Err(e) => f.notes.push(format!("cannot count recent conflicts: {e}")),
+    }
+    match client.query(CLOCK_SKEW_SQL, &[]).await {
+        Ok(rows) => {
+            for r in rows {
+                f.clock_skew.insert(
+                    r.get(0),
+                    SkewFacts {
+                        skew_us: r.get(1),
+                        uncertainty_us: r.get(2),
+                        samples: r.get(3),
+                        age_seconds: r.get(4),
+                    },
+                );
+            }
+        }
+        Err(e) => f.notes.push(format!(
+            "clock skew unknown: cannot read pgmesh.clock_skew on node {node} ({}); run `pgmesh setup` to add it (migration V8)",
+            pg_message(&e)
+        )),
     }
     // Best effort (needs track_commit_timestamp, which pgmesh requires anyway).
     if let Ok(Some(r)) = client.query_opt(LAST_COMMIT_SQL, &[]).await {

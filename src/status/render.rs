@@ -1,7 +1,8 @@
 //! `pgmesh status` for people (a table, then nodes and problems) and for scripts (JSON,
 //! every field of [`StatusReport`]).
 
-use super::{human_bytes, DirectionStatus, StatusReport};
+use super::{human_bytes, DirectionStatus, StatusReport, CLOCK_SKEW_STALE_SECONDS};
+use crate::observe::format_skew;
 use crate::text_table;
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
@@ -33,6 +34,20 @@ fn sidecar_cell(d: &DirectionStatus) -> String {
     } else {
         parts.join(", ")
     }
+}
+
+/// `clock skew vs a: +1.203 s ± 0.004 s`, measured by the target's sidecar.
+fn clock_line(d: &DirectionStatus) -> String {
+    let what = match &d.clock_skew {
+        None => "not measured (its sidecar has not streamed since setup)".to_string(),
+        Some(c) if c.age_seconds > CLOCK_SKEW_STALE_SECONDS => format!(
+            "{} (measured {:.0} s ago)",
+            format_skew(c.skew_seconds, c.uncertainty_seconds),
+            c.age_seconds
+        ),
+        Some(c) => format_skew(c.skew_seconds, c.uncertainty_seconds),
+    };
+    format!("  {}: clock skew vs {}: {what}\n", d.to, d.from)
 }
 
 /// The table people read.
@@ -90,6 +105,12 @@ pub fn to_table(r: &StatusReport) -> String {
             out.push_str(&format!("     note: {note}\n"));
         }
     }
+    if !r.directions.is_empty() {
+        out.push_str("\nclocks (each node's clock minus its peer's, as its sidecar estimates):\n");
+        for d in &r.directions {
+            out.push_str(&clock_line(d));
+        }
+    }
     let problems: Vec<String> = r
         .directions
         .iter()
@@ -106,11 +127,32 @@ pub fn to_table(r: &StatusReport) -> String {
             out.push('\n');
         }
     }
+    let warnings: Vec<String> = r
+        .directions
+        .iter()
+        .flat_map(|d| {
+            d.warnings
+                .iter()
+                .map(move |w| format!("  {} -> {}: {w}", d.from, d.to))
+        })
+        .collect();
+    if !warnings.is_empty() {
+        out.push_str("\nwarnings:\n");
+        for w in &warnings {
+            out.push_str(w);
+            out.push('\n');
+        }
+    }
     let bad = r.directions.iter().filter(|d| !d.healthy).count();
     if r.healthy {
         out.push_str(&format!(
-            "\nstatus: healthy ({} direction(s) streaming)\n",
-            r.directions.len()
+            "\nstatus: healthy ({} direction(s) streaming){}\n",
+            r.directions.len(),
+            if warnings.is_empty() {
+                String::new()
+            } else {
+                format!(", {} warning(s)", warnings.len())
+            }
         ));
     } else {
         out.push_str(&format!(
@@ -133,7 +175,7 @@ pub fn to_json(r: &StatusReport) -> Result<String, serde_json::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{NodeStatus, SidecarHealth, State, Thresholds};
+    use super::super::{ClockSkewStatus, NodeStatus, SidecarHealth, State, Thresholds};
     use super::*;
 
     fn report() -> StatusReport {
@@ -159,6 +201,14 @@ mod tests {
                 apply_session: Some(false),
                 ..SidecarHealth::default()
             },
+            clock_skew: Some(ClockSkewStatus {
+                skew_seconds: 1.2034,
+                uncertainty_seconds: 0.0041,
+                samples: 40,
+                age_seconds: 2.0,
+                beyond_warn: true,
+            }),
+            warnings: vec!["WARNING: node b's clock minus node a's is +1.203 s".into()],
         };
         StatusReport {
             healthy: false,
@@ -174,6 +224,7 @@ mod tests {
             thresholds: Thresholds {
                 max_lag_bytes: 1,
                 max_lag_seconds: 1.0,
+                clock_skew_warn_seconds: 0.5,
             },
         }
     }
@@ -191,10 +242,29 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("status: UNHEALTHY (1 of 1"), "{t}");
+        assert!(
+            t.contains("  b: clock skew vs a: +1.203 s ± 0.004 s\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("warnings:\n  a -> b: WARNING: node b's clock minus node a's"),
+            "{t}"
+        );
+        let mut stale = report();
+        stale.directions[0].clock_skew.as_mut().unwrap().age_seconds = 125.0;
+        stale.directions[0].warnings.clear();
+        let t = to_table(&stale);
+        assert!(
+            t.contains("vs a: +1.203 s ± 0.004 s (measured 125 s ago)"),
+            "{t}"
+        );
+        assert!(!t.contains("warnings:"), "{t}");
         let j: serde_json::Value = serde_json::from_str(&to_json(&report()).unwrap()).unwrap();
         assert_eq!(j["directions"][0]["state"], "sidecar_down");
         assert_eq!(j["directions"][0]["lag_bytes"], 5 << 20);
         assert_eq!(j["directions"][0]["sidecar"]["apply_session"], false);
         assert_eq!(j["healthy"], false);
+        assert_eq!(j["directions"][0]["clock_skew"]["samples"], 40);
+        assert_eq!(j["directions"][0]["clock_skew"]["beyond_warn"], true);
     }
 }

@@ -198,6 +198,7 @@ impl Mesh {
             publication: "pgmesh".to_string(),
             limits: self.limits,
             reconnect: self.reconnect,
+            clock_skew_warn: pgmesh::config::DEFAULT_CLOCK_SKEW_WARN,
         };
         let rx = self
             .stop
