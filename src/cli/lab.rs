@@ -21,6 +21,10 @@ pub struct LabArgs {
     /// Ports of node a and node b.
     #[arg(long, value_delimiter = ',', default_values_t = [6501u16, 6502u16])]
     pub ports: Vec<u16>,
+    /// The cross-region lab instead: regions a and b, a witness and a client site, each a
+    /// network namespace, with a 70 ms WAN between them (needs root; see README).
+    #[arg(long)]
+    pub regions: bool,
 }
 
 /// Each node hands out odd or even ids, so inserts on both sides never collide.

@@ -9,6 +9,7 @@ mod conflicts;
 mod control;
 mod ddl;
 mod lab;
+mod lab_regions;
 mod run;
 mod sequences;
 mod setup;
@@ -96,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Sequences(args) => block_on(sequences::run(args)),
         Command::Ddl(args) => block_on(ddl::run(args)),
         Command::Teardown(args) => block_on(teardown::run(args)),
+        Command::Lab(args) if args.regions => lab_regions::run(&args),
         Command::Lab(args) => block_on(lab::run(args)),
         Command::Status(args) => block_on(status::run(args)),
         Command::Conflicts(args) => block_on(conflicts::run(args)),

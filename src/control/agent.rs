@@ -37,6 +37,8 @@ const PERMIT_SLACK: Duration = Duration::from_millis(200);
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 /// The loop's pace while a switchover involves this region.
 pub const FAST_TICK: Duration = Duration::from_millis(10);
+/// A tick longer than this is logged: decisions (and renewals) wait on it.
+const SLOW_TICK: Duration = Duration::from_secs(1);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,10 @@ pub struct Agent {
     pub(super) last_action_error: Option<(String, Instant)>,
     /// The lease deadline the database's write permit was last set to.
     pub(super) permit_deadline: Option<Instant>,
+    /// How long each step of the last tick took (logged when the tick was slow).
+    phases: Vec<(&'static str, Duration)>,
+    /// Wakes the watchdog's heartbeat task when the published deadline may have moved.
+    deadline_moved: watch::Sender<()>,
     pub(super) policy: FencePolicy,
     seq: u64,
     pending_events: Vec<Event>,
@@ -191,6 +197,8 @@ impl Agent {
             absent_since: BTreeMap::new(),
             vanished: BTreeSet::new(),
             permit_deadline: None,
+            phases: Vec::new(),
+            deadline_moved: watch::channel(()).0,
             last_action_error: None,
             policy,
             seq: 0,
@@ -222,7 +230,19 @@ impl Agent {
     /// Runs until `stop` flips; then revokes the lease (endpoints move at once) and
     /// leaves the primary fenced.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>, heartbeat: Option<Heartbeat>) {
-        let mut heartbeat = heartbeat;
+        // The watchdog hears from its own task, at once when the deadline moves and at
+        // least every HEARTBEAT_EVERY: a tick slowed by a far etcd leader must not let it
+        // fence a region whose lease is renewed. A stuck tick cannot extend anything (the
+        // deadline only moves on a confirmed renewal), and a frozen process beats no more.
+        let (beats_stop, beats_stop_rx) = watch::channel(false);
+        let beats = heartbeat.map(|hb| {
+            tokio::spawn(beat_loop(
+                hb,
+                self.shared.clone(),
+                self.deadline_moved.subscribe(),
+                beats_stop_rx,
+            ))
+        });
         loop {
             // A planned move in progress is watched closely: its write pause is made of
             // these ticks (the old owner's drain check, the new owner's first serve).
@@ -241,20 +261,27 @@ impl Agent {
             if *stop.borrow() {
                 break;
             }
+            let began = Instant::now();
             let decision = self.tick().await;
-            if let Some(hb) = heartbeat.as_mut() {
-                let until = {
-                    let p = self.shared.read().unwrap_or_else(|e| e.into_inner());
-                    if p.writable_at(Instant::now()) && !p.forced {
-                        p.deadline
-                    } else {
-                        None
-                    }
-                };
-                hb.beat(until, decision.as_ref().map_or("", |d| d.why.as_str()))
-                    .await;
+            let took = began.elapsed();
+            if took > SLOW_TICK {
+                // The watchdog fences when ticks outlast the deadline's slack: say so.
+                let phases = self
+                    .phases
+                    .iter()
+                    .map(|(p, d)| format!("{p} {} ms", d.as_millis()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                tracing::warn!(node = %self.me, took_ms = took.as_millis(), %phases, "slow agent tick");
             }
+            let _ = decision;
+            self.deadline_moved.send_replace(());
         }
+        let _ = beats_stop.send(true);
+        let mut heartbeat = match beats {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
         tracing::info!(node = %self.me, "agent stopping: fencing and giving the lease up");
         if let Some(c) = self.local.get().await {
             let _ = super::fence::fence(
@@ -273,6 +300,23 @@ impl Agent {
         }
         if let Some(hb) = heartbeat.as_mut() {
             hb.beat(None, "agent stopped").await;
+        }
+    }
+
+    /// A renewal of the lease the last decision wrote under was just confirmed: publish
+    /// the later deadline now rather than at the end of the tick, so the watchdog and
+    /// `/owner` see it at once. The lease is live until then whatever this tick decides;
+    /// a decision to stop writing fences and disarms as before.
+    fn extend_published_deadline(&mut self, now: Instant) {
+        let live = self.lease.live(now);
+        let mut p = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        if live.is_some() && p.lease == live {
+            let d = self.lease.deadline();
+            if d > p.deadline {
+                p.deadline = d;
+                drop(p);
+                self.deadline_moved.send_replace(());
+            }
         }
     }
 
@@ -302,8 +346,12 @@ impl Agent {
             }
         }
         let store = self.store.clone();
+        self.phases.clear();
         if let Some(store) = &store {
-            match self.lease.tick(store).await {
+            let phase = Instant::now();
+            let lease_change = self.lease.tick(store).await;
+            self.phases.push(("lease", phase.elapsed()));
+            match lease_change {
                 LeaseChange::Granted(id) => {
                     tracing::info!(node = %self.me, lease = id, "lease granted");
                 }
@@ -316,9 +364,13 @@ impl Agent {
                 }
                 LeaseChange::None => {}
             }
-            match store.snapshot().await {
+            let phase = Instant::now();
+            let snapshot = store.snapshot().await;
+            self.phases.push(("snapshot", phase.elapsed()));
+            match snapshot {
                 Ok(s) => {
                     self.lease.confirm(s.raft_term);
+                    self.extend_published_deadline(now);
                     self.track_presence(&s, now);
                     self.snapshot = s;
                     self.fresh = true;
@@ -350,9 +402,13 @@ impl Agent {
             .is_none_or(|t| now.duration_since(t) >= self.ctl.probe_interval)
         {
             self.last_probe = Some(now);
+            let phase = Instant::now();
             self.probe().await;
+            self.phases.push(("probe", phase.elapsed()));
         }
+        let phase = Instant::now();
         self.read_fence().await;
+        self.phases.push(("read_fence", phase.elapsed()));
 
         let lease = self.usable_lease(Instant::now());
         let view: ClusterView = self.snapshot.view.clone();
@@ -391,12 +447,16 @@ impl Agent {
             tracing::info!(node = %self.me, writable = decision.writable, why = %decision.why, "region write state");
             self.last_writable = Some(decision.writable);
         }
+        let phase = Instant::now();
         self.execute(&decision, lease).await;
+        self.phases.push(("execute", phase.elapsed()));
         if let Some(t) = self.traffic.as_mut() {
             t.follow(&self.snapshot.view, &decision.serving);
             t.events(&self.pending_events);
         }
+        let phase = Instant::now();
         self.publish(&decision).await;
+        self.phases.push(("publish", phase.elapsed()));
         Some(decision)
     }
 
@@ -686,6 +746,40 @@ impl Agent {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// The longest the watchdog goes without a heartbeat while the agent runs.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+
+/// Tells the watchdog the published deadline whenever it may have moved and every
+/// [`HEARTBEAT_EVERY`]; returns the heartbeat when told to stop (the agent's last words
+/// to the watchdog come after its own fencing).
+async fn beat_loop(
+    mut hb: Heartbeat,
+    shared: SharedState,
+    mut moved: watch::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
+) -> Heartbeat {
+    loop {
+        let (until, why) = {
+            let p = shared.read().unwrap_or_else(|e| e.into_inner());
+            let until = if p.writable_at(Instant::now()) && !p.forced {
+                p.deadline
+            } else {
+                None
+            };
+            (until, p.why.clone())
+        };
+        hb.beat(until, &why).await;
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = moved.changed() => {}
+            _ = stop.changed() => return hb,
+        }
+        if *stop.borrow() {
+            return hb;
         }
     }
 }

@@ -1,6 +1,10 @@
-//! The cross-region lab (issue 14, in progress): network pieces that let one machine play
-//! two regions, a witness and clients: network namespaces per site ([`netns`]) and the WAN
-//! between them ([`wan`]).
+//! The cross-region lab (issue 14): one machine plays two regions, a witness and clients.
+//! Each site is a network namespace ([`netns`]); every connection between sites crosses
+//! a userspace WAN ([`wan`], [`hub`]) that drills delay, stall and cut; [`topology`] is
+//! the pure map of addresses, ports and configs; [`regions`] starts the programs.
 
+pub mod hub;
 pub mod netns;
+pub mod regions;
+pub mod topology;
 pub mod wan;

@@ -105,8 +105,46 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Joins this namespace to the host's (the lab process's) with a veth pair:
+    /// `addr` here, `host_addr` on the host's end (named `host_if`).
+    pub fn connect_host(
+        &self,
+        addr: &str,
+        host_if: &str,
+        host_addr: &str,
+    ) -> Result<(), NetnsError> {
+        let _ = ip(&["link", "del", host_if]);
+        ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", "uplink", "netns", &self.name,
+        ])?;
+        ip(&["addr", "add", host_addr, "dev", host_if])?;
+        ip(&["-n", &self.name, "addr", "add", addr, "dev", "uplink"])?;
+        ip(&["link", "set", host_if, "up"])?;
+        ip(&["-n", &self.name, "link", "set", "uplink", "up"])?;
+        Ok(())
+    }
+
+    /// Adds a route inside the namespace (`ip route add DEST via GATEWAY`).
+    pub fn route(&self, dest: &str, via: &str) -> Result<(), NetnsError> {
+        ip(&["-n", &self.name, "route", "add", dest, "via", via])?;
+        Ok(())
+    }
+}
+
+/// Kills every process still inside namespace `name` (a namespace outlives its deletion
+/// while a process holds it, and so would its servers' ports and files).
+fn kill_inside(name: &str) {
+    if let Ok(out) = ip(&["netns", "pids", name]) {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        kill_inside(&self.name);
         // Deleting the namespace deletes its veth ends (and their peers) with it.
         let _ = ip(&["netns", "del", &self.name]);
     }
@@ -121,6 +159,7 @@ pub fn remove_leftovers(prefix: &str) -> Result<Vec<String>, NetnsError> {
         // `NAME` or `NAME (id: 3)`.
         let name = line.split_whitespace().next().unwrap_or("");
         if !prefix.is_empty() && name.starts_with(prefix) {
+            kill_inside(name);
             ip(&["netns", "del", name])?;
             removed.push(name.to_string());
         }

@@ -82,12 +82,65 @@ impl Rng {
     }
 }
 
+/// One directed path between two sites: the settings every connection on it follows.
+/// Clones share the path, so a drill changes it once for all its listeners.
+#[derive(Clone, Debug)]
+pub struct Link {
+    settings: Arc<RwLock<WanSettings>>,
+    changed: watch::Sender<()>,
+}
+
+impl Link {
+    #[must_use]
+    pub fn new(settings: WanSettings) -> Link {
+        let (changed, _) = watch::channel(());
+        Link {
+            settings: Arc::new(RwLock::new(settings)),
+            changed,
+        }
+    }
+
+    #[must_use]
+    pub fn settings(&self) -> WanSettings {
+        read(&self.settings)
+    }
+
+    /// Changes the path; open connections follow at once (a cut closes them).
+    pub fn set(&self, settings: WanSettings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+        let _ = self.changed.send(());
+    }
+
+    /// Carries an accepted connection to `target` over this path (refused when cut).
+    pub fn carry(&self, client: TcpStream, target: SocketAddr, seed: u64) {
+        if self.settings().cut {
+            drop(client); // refused: the link is cut
+            return;
+        }
+        tokio::spawn(forward(
+            client,
+            target,
+            self.settings.clone(),
+            self.changed.subscribe(),
+            seed,
+        ));
+    }
+}
+
+/// Next seed of a listener's connections (each connection gets its own randomness).
+pub(crate) fn next_seed(seed: &mut u64) -> u64 {
+    *seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    *seed
+}
+
 /// A running link: listens on `listen`, forwards to `target` through the settings.
 #[derive(Debug)]
 pub struct WanLink {
     addr: SocketAddr,
-    settings: Arc<RwLock<WanSettings>>,
-    changed: watch::Sender<()>,
+    link: Link,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -100,29 +153,18 @@ impl WanLink {
     ) -> std::io::Result<WanLink> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(RwLock::new(settings));
-        let (changed, _) = watch::channel(());
-        let (s, c) = (shared.clone(), changed.clone());
+        let link = Link::new(settings);
+        let path = link.clone();
         let task = tokio::spawn(async move {
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(addr.port());
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                if read(&s).cut {
-                    drop(client); // refused: the link is cut
-                    continue;
-                }
-                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                tokio::spawn(forward(client, target, s.clone(), c.subscribe(), seed));
+                path.carry(client, target, next_seed(&mut seed));
             }
         });
-        Ok(WanLink {
-            addr,
-            settings: shared,
-            changed,
-            task,
-        })
+        Ok(WanLink { addr, link, task })
     }
 
     /// Where clients connect.
@@ -133,23 +175,19 @@ impl WanLink {
 
     #[must_use]
     pub fn settings(&self) -> WanSettings {
-        read(&self.settings)
+        self.link.settings()
     }
 
     /// Changes the link; open connections follow at once (a cut closes them).
     pub fn set(&self, settings: WanSettings) {
-        *self
-            .settings
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
-        let _ = self.changed.send(());
+        self.link.set(settings);
     }
 }
 
 impl Drop for WanLink {
     fn drop(&mut self) {
         self.task.abort();
-        // Open connections end with their `changed` receivers.
+        // Open connections end when the link's `changed` sender goes with the last clone.
     }
 }
 
@@ -174,15 +212,14 @@ async fn forward(
     let (sr, sw) = server.into_split();
     let up = pump(cr, sw, settings.clone(), changed.clone(), seed);
     let down = pump(sr, cw, settings, changed, seed.rotate_left(17));
-    // Either side closing (or a cut) ends both.
-    tokio::select! {
-        () = up => {}
-        () = down => {}
-    }
+    // Each direction ends on its own: a client that half-closes after its request (an
+    // HTTP/1.0 health check) still gets the answer. A cut ends both.
+    tokio::join!(up, down);
 }
 
-/// Reads chunks from `from` and writes each to `to` at its scheduled time; returns when
-/// either side closes or the link is cut.
+/// Reads chunks from `from` and writes each to `to` at its scheduled time; at the end of
+/// `from`, passes the end on (after the bytes still under way); returns then, on an error,
+/// or when the link is cut.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -225,7 +262,11 @@ async fn pump(
                     continue;
                 }
             };
-            let Some((at, bytes)) = next else { return };
+            let Some((at, bytes)) = next else {
+                // `from` ended and everything read was written: end `to` likewise.
+                let _ = to.shutdown().await;
+                return;
+            };
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(at) => break,
@@ -252,10 +293,14 @@ async fn pump(
             }
         }
     };
+    // The writer decides when the direction is over: on a cut or an error at once, at
+    // the end of `from` once the bytes under way are written.
+    tokio::pin!(writer);
     tokio::select! {
+        () = &mut writer => return,
         () = reader => {}
-        () = writer => {}
     }
+    writer.await;
 }
 
 #[cfg(test)]

@@ -68,9 +68,19 @@ pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     hba_lines: Vec<String>,
     port: Option<u16>,
+    netns: Option<(String, String)>,
+    data_dir: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
+    /// Keeps the cluster in `dir` (which must not exist) instead of a fresh temp dir: the
+    /// lab puts everything of one run under one directory it can remove after a crash.
+    #[must_use]
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Adds `key = value` to postgresql.conf (value as PostgreSQL expects it, quoted if text).
     #[must_use]
     pub fn setting(mut self, key: &str, value: &str) -> Self {
@@ -92,10 +102,21 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs the server inside network namespace `netns` (the cross-region lab's sites),
+    /// listening on every address there; [`Cluster::dsn`] then names `host`, the address
+    /// the caller reaches it by.
+    #[must_use]
+    pub fn netns(mut self, netns: &str, host: &str) -> Self {
+        self.netns = Some((netns.to_string(), host.to_string()));
+        self.settings
+            .push(("listen_addresses".to_string(), "'*'".to_string()));
+        self
+    }
+
     /// initdb, configure and start the cluster on a free port.
     pub fn start(self) -> Result<Cluster, TestkitError> {
         let bin = bin_dir(self.major)?;
-        let data_dir = fresh_data_dir();
+        let data_dir = self.data_dir.clone().unwrap_or_else(fresh_data_dir);
         let run_as_pg = running_as_root();
         let cluster = Cluster {
             major: self.major,
@@ -103,6 +124,7 @@ impl ClusterBuilder {
             bin,
             data_dir,
             run_as_pg,
+            netns: self.netns.clone(),
         };
         cluster.initdb()?;
         let mut cluster = cluster;
@@ -140,6 +162,8 @@ pub struct Cluster {
     bin: PathBuf,
     data_dir: PathBuf,
     run_as_pg: bool,
+    /// The network namespace the server runs in and the address that reaches it.
+    netns: Option<(String, String)>,
 }
 
 impl Cluster {
@@ -155,6 +179,8 @@ impl Cluster {
             settings: Vec::new(),
             hba_lines: Vec::new(),
             port: None,
+            netns: None,
+            data_dir: None,
         }
     }
 
@@ -181,8 +207,9 @@ impl Cluster {
     /// key=value DSN over TCP as the `postgres` superuser (trust by default).
     #[must_use]
     pub fn dsn(&self) -> String {
+        let host = self.netns.as_ref().map_or("127.0.0.1", |(_, h)| h.as_str());
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            "host={host} port={} user=postgres dbname=postgres",
             self.port
         )
     }
@@ -315,7 +342,19 @@ impl Cluster {
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), TestkitError> {
-        let mut cmd = self.as_server_user(&self.bin.join("pg_ctl"));
+        let mut cmd = match &self.netns {
+            // pg_ctl forks the postmaster, which stays in the namespace.
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if self.run_as_pg {
+                    c.args(["runuser", "-u", "postgres", "--"]);
+                }
+                c.arg(self.bin.join("pg_ctl"));
+                c
+            }
+            None => self.as_server_user(&self.bin.join("pg_ctl")),
+        };
         cmd.arg("-D").arg(&self.data_dir);
         cmd.arg("-l").arg(self.data_dir.join("server.log"));
         cmd.args(args);
@@ -378,7 +417,7 @@ fn free_port() -> Result<u16, TestkitError> {
 }
 
 /// The server refuses to run as root, so as root everything runs through `runuser`.
-pub(super) fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -15,7 +15,7 @@ use super::TestkitError;
 
 /// A spawned program whose stdout and stderr are appended to `log_path`.
 #[derive(Debug)]
-pub(super) struct Daemon {
+pub struct Daemon {
     what: String,
     child: Option<Child>,
     paused: AtomicBool,
@@ -24,11 +24,7 @@ pub(super) struct Daemon {
 impl Daemon {
     /// Spawns `cmd` with stdin closed and both output streams appended to `log_path` (append,
     /// so a restarted daemon's log follows its previous life's).
-    pub(super) fn spawn(
-        what: &str,
-        mut cmd: Command,
-        log_path: &Path,
-    ) -> Result<Daemon, TestkitError> {
+    pub fn spawn(what: &str, mut cmd: Command, log_path: &Path) -> Result<Daemon, TestkitError> {
         let io = |source| TestkitError::Io {
             path: log_path.to_path_buf(),
             source,
@@ -56,7 +52,7 @@ impl Daemon {
     }
 
     /// Whether the process is still running; `Some(status)` once it exited on its own.
-    pub(super) fn exit_status(&mut self) -> Option<String> {
+    pub fn exit_status(&mut self) -> Option<String> {
         match self.child.as_mut().map(Child::try_wait) {
             None => Some("killed".to_string()),
             Some(Ok(Some(status))) => Some(status.to_string()),
@@ -67,7 +63,7 @@ impl Daemon {
 
     /// SIGKILL and reap. A stopped (SIGSTOPped) process dies from SIGKILL too; it is continued
     /// first anyway so nothing depends on that corner of signal semantics.
-    pub(super) fn kill(&mut self) -> Result<(), TestkitError> {
+    pub fn kill(&mut self) -> Result<(), TestkitError> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -90,7 +86,7 @@ impl Daemon {
     }
 
     /// SIGSTOP: the process keeps its sockets open but runs no code, like a frozen VM.
-    pub(super) fn pause(&self) -> Result<(), TestkitError> {
+    pub fn pause(&self) -> Result<(), TestkitError> {
         let pid = self.running_pid()?;
         send_signal(pid, "STOP", &self.what)?;
         self.paused.store(true, Ordering::SeqCst);
@@ -98,7 +94,7 @@ impl Daemon {
     }
 
     /// SIGCONT after [`Daemon::pause`].
-    pub(super) fn resume(&self) -> Result<(), TestkitError> {
+    pub fn resume(&self) -> Result<(), TestkitError> {
         let pid = self.running_pid()?;
         send_signal(pid, "CONT", &self.what)?;
         self.paused.store(false, Ordering::SeqCst);

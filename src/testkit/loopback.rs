@@ -35,9 +35,9 @@ pub(super) fn free_ports(n: usize) -> Result<Vec<u16>, TestkitError> {
 
 /// An HTTP answer: status code and body.
 #[derive(Debug, Clone)]
-pub(super) struct HttpReply {
-    pub(super) status: u16,
-    pub(super) body: String,
+pub struct HttpReply {
+    pub status: u16,
+    pub body: String,
 }
 
 /// `GET path` from `127.0.0.1:port` with `timeout` for connecting and for each read/write.
@@ -46,12 +46,15 @@ pub(super) struct HttpReply {
 /// but never answers, and a health poll must not hang on it. `path` must already be
 /// percent-encoded.
 pub(super) fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<HttpReply> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    http_get_at(SocketAddr::from(([127, 0, 0, 1], port)), path, timeout)
+}
+
+/// `GET path` from `addr` (HTTP/1.0, whole body); any address, not only loopback.
+pub fn http_get_at(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<HttpReply> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -59,7 +62,7 @@ pub(super) fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Res
     let bad = |what: &str| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{what} from 127.0.0.1:{port}{path}: {:?}", truncate(&text)),
+            format!("{what} from {addr}{path}: {:?}", truncate(&text)),
         )
     };
     let (head, body) = text

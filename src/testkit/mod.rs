@@ -27,10 +27,12 @@ mod writer;
 
 pub use alertmanager::{ActiveAlert, Alertmanager, Received};
 pub use binaries::{bin_dir, versions_under_test, SUPPORTED_MAJORS};
-pub use cluster::{Cluster, ClusterBuilder, TestkitError};
+pub use cluster::{running_as_root, Cluster, ClusterBuilder, TestkitError};
+pub use daemon::Daemon;
 pub use etcd::EtcdCluster;
 pub use haproxy::{haproxy_config, haproxy_config_with, Haproxy, HaproxyServer, HealthChecks};
 pub use knot::{KnotDns, KNOT_KEY_NAME};
+pub use loopback::{http_get_at, HttpReply};
 pub use pgbouncer::{Pgbouncer, PgbouncerPaths, PGBOUNCER_ADMIN};
 pub use prometheus::{PromSample, Prometheus};
 pub use writer::{AckWriter, Router, WriterReport};

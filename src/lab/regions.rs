@@ -1,0 +1,625 @@
+//! `pgmesh lab --regions`: two regions, a witness and a client site on one machine, each
+//! site a network namespace, every path between them through the lab's WAN ([`Hub`]).
+//! Region a and b each run PostgreSQL, the sidecar, the agent (with its watchdog), an
+//! etcd member and HAProxy; the witness runs the third etcd member. Clients (the drills'
+//! load) reach the regions' HAProxies over the client site's WAN paths.
+//!
+//! Everything of one lab lives under one directory and in namespaces named by one prefix,
+//! so a second start removes what a crashed first one left (its processes included).
+//! The API is blocking: the WAN runs on the lab's own runtime threads, so a drill that
+//! waits in a loop never delays a byte.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::hub::Hub;
+use super::netns::{remove_leftovers, Netns, NetnsError};
+use super::topology::{Layout, Service, Site};
+use super::wan::WanSettings;
+use crate::testkit::{http_get_at, Cluster, Daemon, TestkitError};
+
+/// The application's table and role (the agents fence `app`; superusers bypass fences).
+pub const APP_SCHEMA: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, payload text);
+CREATE ROLE app LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO app;";
+
+/// The sidecars' HTTP port inside each region (`/metrics`, `/healthz`).
+const SIDECAR_HTTP_PORT: u16 = 7760;
+/// How long the whole lab may take to come up.
+const START_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Why the lab could not start or do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabError {
+    #[error("the cross-region lab needs root (network namespaces): run it as root, e.g. `sudo make lab-regions`")]
+    NotRoot,
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Testkit(#[from] TestkitError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}\n--- log ---\n{log}")]
+    NotReady { what: String, log: String },
+    #[error("pgmesh setup of the lab failed: {0}")]
+    Setup(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub layout: Layout,
+    /// PostgreSQL major version of both regions.
+    pub pg: u32,
+    /// The pgmesh binary the sites run (the running one for the CLI).
+    pub pgmesh: PathBuf,
+    /// Where the lab keeps everything (removed at start and at the end).
+    pub dir: PathBuf,
+    /// The WAN's settings between every two sites.
+    pub wan: WanSettings,
+}
+
+impl LabOptions {
+    #[must_use]
+    pub fn new(pg: u32, pgmesh: PathBuf) -> LabOptions {
+        let layout = Layout::default();
+        let dir = std::env::temp_dir().join(format!("pgmesh-lab-{}", layout.prefix));
+        LabOptions {
+            layout,
+            pg,
+            pgmesh,
+            dir,
+            wan: WanSettings::default(),
+        }
+    }
+}
+
+/// The hub's address on the host's loopback, removed on drop.
+#[derive(Debug)]
+struct HubAddress(String);
+
+impl HubAddress {
+    fn add(layout: &Layout) -> Result<HubAddress, LabError> {
+        let cidr = format!("{}/32", layout.hub());
+        let _ = run_ip(&["addr", "del", &cidr, "dev", "lo"]);
+        run_ip(&["addr", "add", &cidr, "dev", "lo"])?;
+        Ok(HubAddress(cidr))
+    }
+}
+
+impl Drop for HubAddress {
+    fn drop(&mut self) {
+        let _ = run_ip(&["addr", "del", &self.0, "dev", "lo"]);
+    }
+}
+
+fn run_ip(args: &[&str]) -> Result<(), LabError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(io("running ip(8)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Io {
+            what: format!("ip {}", args.join(" ")),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        })
+    }
+}
+
+/// Removes what an earlier lab with this layout left: processes, namespaces, the hub
+/// address, its directory. Returns the namespaces it found.
+pub fn clean_leftovers(layout: &Layout, dir: &Path) -> Result<Vec<String>, LabError> {
+    let removed = remove_leftovers(&format!("{}-", layout.prefix))?;
+    let _ = run_ip(&["addr", "del", &format!("{}/32", layout.hub()), "dev", "lo"]);
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))?;
+    }
+    Ok(removed)
+}
+
+/// A running lab. Dropping it stops every program and removes every trace.
+pub struct RegionsLab {
+    // Fields drop in this order: programs first, then the WAN, then the namespaces.
+    haproxy: BTreeMap<Site, Daemon>,
+    agents: BTreeMap<Site, Daemon>,
+    sidecars: BTreeMap<Site, Daemon>,
+    pg: BTreeMap<Site, Cluster>,
+    etcd: BTreeMap<Site, Daemon>,
+    hub: Hub,
+    rt: tokio::runtime::Runtime,
+    namespaces: BTreeMap<Site, Netns>,
+    _hub_address: HubAddress,
+    opts: LabOptions,
+    config: PathBuf,
+    /// What the last start found of an earlier lab.
+    pub leftovers: Vec<String>,
+    pub started_in: Duration,
+}
+
+impl RegionsLab {
+    /// Builds the sites, starts every program and returns once each region's agent
+    /// serves its home endpoint and each HAProxy listens.
+    pub fn start(opts: LabOptions) -> Result<RegionsLab, LabError> {
+        let began = Instant::now();
+        if !crate::testkit::running_as_root() {
+            return Err(LabError::NotRoot);
+        }
+        let layout = opts.layout.clone();
+        let leftovers = clean_leftovers(&layout, &opts.dir)?;
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(io(format!("creating {}", opts.dir.display())))?;
+        let hub_address = HubAddress::add(&layout)?;
+        let mut namespaces = BTreeMap::new();
+        for site in Site::ALL {
+            let ns = Netns::create(&layout.namespace(site))?;
+            ns.connect_host(
+                &format!("{}/30", layout.site_addr(site)),
+                &layout.host_interface(site),
+                &format!("{}/30", layout.hub_side(site)),
+            )?;
+            ns.route(
+                &format!("{}/32", layout.hub()),
+                &layout.hub_side(site).to_string(),
+            )?;
+            namespaces.insert(site, ns);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lab-wan")
+            .enable_all()
+            .build()
+            .map_err(io("starting the WAN's runtime"))?;
+        let hub = rt
+            .block_on(Hub::start(&layout, opts.wan))
+            .map_err(io(format!("listening on the hub {}", layout.hub())))?;
+        let config = opts.dir.join("pgmesh.toml");
+        let cluster_name = format!("lab-{}", layout.prefix);
+        std::fs::write(&config, layout.config(&cluster_name, SIDECAR_HTTP_PORT))
+            .map_err(io("writing pgmesh.toml"))?;
+        let mut lab = RegionsLab {
+            haproxy: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            sidecars: BTreeMap::new(),
+            pg: BTreeMap::new(),
+            etcd: BTreeMap::new(),
+            hub,
+            rt,
+            namespaces,
+            _hub_address: hub_address,
+            opts,
+            config,
+            leftovers,
+            started_in: Duration::ZERO,
+        };
+        for site in [Site::A, Site::B, Site::Witness] {
+            lab.start_etcd(site, "new")?;
+        }
+        for region in Site::REGIONS {
+            lab.start_postgres(region)?;
+        }
+        lab.wait_etcd()?;
+        lab.setup()?;
+        for region in Site::REGIONS {
+            lab.start_sidecar(region)?;
+            lab.start_agent(region)?;
+            lab.start_haproxy(region)?;
+        }
+        lab.wait_for("region a's agent to serve app-eu", START_DEADLINE, |l| {
+            l.serves(Site::A, "app-eu")
+        })?;
+        lab.wait_for("region b's agent to serve app-us", START_DEADLINE, |l| {
+            l.serves(Site::B, "app-us")
+        })?;
+        lab.started_in = began.elapsed();
+        Ok(lab)
+    }
+
+    #[must_use]
+    pub fn layout(&self) -> &Layout {
+        &self.opts.layout
+    }
+
+    #[must_use]
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    #[must_use]
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The lab's WAN settings (what [`Hub::heal`] returns every path to).
+    #[must_use]
+    pub fn wan(&self) -> WanSettings {
+        self.opts.wan
+    }
+
+    fn ns(&self, site: Site) -> &Netns {
+        &self.namespaces[&site]
+    }
+
+    fn log_path(&self, what: &str, site: Site) -> PathBuf {
+        self.opts.dir.join(format!("{what}-{site}.log"))
+    }
+
+    /// The log of `what` (`agent`, `sidecar`, `etcd`, `haproxy`) in `site`.
+    #[must_use]
+    pub fn log(&self, what: &str, site: Site) -> String {
+        std::fs::read_to_string(self.log_path(what, site)).unwrap_or_default()
+    }
+
+    fn start_etcd(&mut self, site: Site, state: &str) -> Result<(), LabError> {
+        let l = &self.opts.layout;
+        let initial = [Site::A, Site::B, Site::Witness]
+            .iter()
+            .map(|&s| format!("{s}=http://{}", l.via_hub(Service::EtcdPeer(s))))
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = Service::EtcdClient(site).port(l);
+        let peer = Service::EtcdPeer(site).port(l);
+        let mut cmd = self.ns(site).command("etcd");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.args(["--name", site.name()])
+            .arg("--data-dir")
+            .arg(self.opts.dir.join(format!("etcd-{site}")))
+            .args(["--listen-client-urls", &format!("http://0.0.0.0:{client}")])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://{}", l.via_hub(Service::EtcdClient(site))),
+            ])
+            .args(["--listen-peer-urls", &format!("http://0.0.0.0:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", l.via_hub(Service::EtcdPeer(site))),
+            ])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-token", &format!("lab-{}", l.prefix)])
+            .args(["--initial-cluster-state", state])
+            // Raft over a 70 ms round trip: heartbeat ~1.5 RTT, election 10 heartbeats.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        let d = Daemon::spawn(&format!("etcd {site}"), cmd, &self.log_path("etcd", site))?;
+        self.etcd.insert(site, d);
+        Ok(())
+    }
+
+    fn wait_etcd(&self) -> Result<(), LabError> {
+        for site in [Site::A, Site::B, Site::Witness] {
+            let addr = self.opts.layout.inside(Service::EtcdClient(site));
+            self.wait_for(
+                &format!("etcd member {site} to be healthy"),
+                START_DEADLINE,
+                |_| {
+                    http_get_at(addr, "/health", Duration::from_secs(1))
+                        .is_ok_and(|r| r.status == 200 && r.body.contains("true"))
+                },
+            )
+            .map_err(|e| self.with_log(e, "etcd", site))?;
+        }
+        Ok(())
+    }
+
+    fn start_postgres(&mut self, region: Site) -> Result<(), LabError> {
+        let l = &self.opts.layout;
+        // initdb runs as postgres, which cannot create directories in the lab's own.
+        let data = self.opts.dir.join(format!("pg-{region}"));
+        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+        let chown = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&data)
+            .status()
+            .map_err(io("chown"))?;
+        if !chown.success() {
+            return Err(LabError::Setup(format!(
+                "chown postgres {} failed",
+                data.display()
+            )));
+        }
+        let cluster = Cluster::builder(self.opts.pg)
+            .netns(&l.namespace(region), &l.site_addr(region).to_string())
+            .port(Service::Postgres(region).port(l))
+            .data_dir(&data)
+            .hba_line("host all all 10.0.0.0/8 trust")
+            .hba_line("host replication all 10.0.0.0/8 trust")
+            .start()?;
+        cluster.psql(APP_SCHEMA)?;
+        self.pg.insert(region, cluster);
+        Ok(())
+    }
+
+    fn setup(&self) -> Result<(), LabError> {
+        let text = std::fs::read_to_string(&self.config).map_err(io("reading pgmesh.toml"))?;
+        let cfg = crate::config::Config::parse(
+            &text,
+            &self.config.display().to_string(),
+            &crate::config::Env::from_pairs(Vec::<(String, String)>::new()),
+        )
+        .map_err(|e| LabError::Setup(e.to_string()))?;
+        let report = self
+            .rt
+            .block_on(crate::setup::setup(
+                &cfg,
+                &crate::setup::SetupOptions::default(),
+            ))
+            .map_err(|e| LabError::Setup(e.to_string()))?;
+        if crate::setup::error_count(&report.findings) > 0 {
+            return Err(LabError::Setup(crate::setup::finding::to_table(
+                &report.findings,
+            )));
+        }
+        Ok(())
+    }
+
+    fn pgmesh(&self, site: Site, args: &[&str]) -> Command {
+        let mut cmd = self
+            .ns(site)
+            .command(&self.opts.pgmesh.display().to_string());
+        cmd.args(["--log-format", "text"])
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--node", site.name()])
+            .env("NO_COLOR", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "pgmesh=info");
+        }
+        cmd
+    }
+
+    /// Starts (or restarts) region `site`'s sidecar.
+    pub fn start_sidecar(&mut self, site: Site) -> Result<(), LabError> {
+        let cmd = self.pgmesh(site, &["run"]);
+        let d = Daemon::spawn(
+            &format!("sidecar {site}"),
+            cmd,
+            &self.log_path("sidecar", site),
+        )?;
+        self.sidecars.insert(site, d);
+        Ok(())
+    }
+
+    /// SIGKILLs region `site`'s sidecar.
+    pub fn kill_sidecar(&mut self, site: Site) -> Result<(), LabError> {
+        if let Some(mut d) = self.sidecars.remove(&site) {
+            d.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) region `site`'s agent.
+    pub fn start_agent(&mut self, site: Site) -> Result<(), LabError> {
+        let listen = format!("0.0.0.0:{}", Service::Agent(site).port(&self.opts.layout));
+        let cmd = self.pgmesh(site, &["agent", "--http-listen", &listen]);
+        let d = Daemon::spawn(&format!("agent {site}"), cmd, &self.log_path("agent", site))?;
+        self.agents.insert(site, d);
+        Ok(())
+    }
+
+    /// SIGSTOPs region `site`'s agent (a frozen VM: its watchdog must fence).
+    pub fn freeze_agent(&self, site: Site) -> Result<(), LabError> {
+        if let Some(d) = self.agents.get(&site) {
+            d.pause()?;
+        }
+        Ok(())
+    }
+
+    pub fn thaw_agent(&self, site: Site) -> Result<(), LabError> {
+        if let Some(d) = self.agents.get(&site) {
+            d.resume()?;
+        }
+        Ok(())
+    }
+
+    fn start_haproxy(&mut self, region: Site) -> Result<(), LabError> {
+        let cfg = self.opts.dir.join(format!("haproxy-{region}.cfg"));
+        std::fs::write(&cfg, self.opts.layout.haproxy_config(region))
+            .map_err(io("writing haproxy.cfg"))?;
+        let mut cmd = self.ns(region).command("haproxy");
+        cmd.arg("-db").arg("-f").arg(&cfg);
+        let d = Daemon::spawn(
+            &format!("haproxy {region}"),
+            cmd,
+            &self.log_path("haproxy", region),
+        )?;
+        self.haproxy.insert(region, d);
+        let addr = self.opts.layout.inside(Service::Haproxy(region));
+        self.wait_for(
+            &format!("haproxy {region} to listen"),
+            START_DEADLINE,
+            |_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+        )
+        .map_err(|e| self.with_log(e, "haproxy", region))?;
+        Ok(())
+    }
+
+    /// Kills everything in region `site` at once (a region lost: power, network, all),
+    /// and cuts its WAN paths so nothing half-alive answers.
+    pub fn kill_region(&mut self, site: Site) -> Result<(), LabError> {
+        for other in Site::ALL {
+            if other != site {
+                let cut = WanSettings {
+                    cut: true,
+                    ..self.opts.wan
+                };
+                self.hub.set_both(site, other, cut);
+            }
+        }
+        let ns = self.layout().namespace(site);
+        let out = Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .map_err(io("ip netns pids"))?;
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+        // Reap our children (their Daemons would otherwise kill them again later).
+        for map in [
+            &mut self.haproxy,
+            &mut self.agents,
+            &mut self.sidecars,
+            &mut self.etcd,
+        ] {
+            if let Some(mut d) = map.remove(&site) {
+                let _ = d.kill();
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings region `site` back after [`RegionsLab::kill_region`] (WAN healed first):
+    /// etcd member, PostgreSQL (crash recovery), sidecar, agent, HAProxy.
+    pub fn restore_region(&mut self, site: Site) -> Result<(), LabError> {
+        for other in Site::ALL {
+            if other != site {
+                self.hub.set_both(site, other, self.opts.wan);
+            }
+        }
+        if site != Site::Clients {
+            self.start_etcd(site, "existing")?;
+        }
+        if let Some(pg) = self.pg.get(&site) {
+            pg.start_again()?;
+        }
+        if Site::REGIONS.contains(&site) {
+            self.start_sidecar(site)?;
+            self.start_agent(site)?;
+            self.start_haproxy(site)?;
+        }
+        Ok(())
+    }
+
+    /// The region's PostgreSQL.
+    #[must_use]
+    pub fn postgres(&self, region: Site) -> &Cluster {
+        &self.pg[&region]
+    }
+
+    /// GET `path` of the agent in `region`, straight (not over the WAN); `None` when it
+    /// does not answer within 300 ms.
+    #[must_use]
+    pub fn agent_http(&self, region: Site, path: &str) -> Option<(u16, String)> {
+        let addr: SocketAddr = self.opts.layout.inside(Service::Agent(region));
+        http_get_at(addr, path, Duration::from_millis(300))
+            .ok()
+            .map(|r| (r.status, r.body))
+    }
+
+    /// Whether `region`'s agent says it serves `endpoint` (what HAProxy asks).
+    #[must_use]
+    pub fn serves(&self, region: Site, endpoint: &str) -> bool {
+        self.agent_http(region, &format!("/owner/{endpoint}"))
+            .is_some_and(|(code, _)| code == 200)
+    }
+
+    /// Whether `region`'s database takes a write from the application role now (rolled
+    /// back): false while fenced or down.
+    #[must_use]
+    pub fn writable(&self, region: Site) -> bool {
+        let pg = &self.pg[&region];
+        Command::new(pg.bin_dir().join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(format!(
+                "host={} port={} user=app dbname=postgres connect_timeout=2",
+                self.opts.layout.site_addr(region),
+                pg.port()
+            ))
+            .args([
+                "-c",
+                "BEGIN; INSERT INTO orders VALUES (-1, 'probe'); ROLLBACK;",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The application's DSN from the client site (through the regions' HAProxies).
+    #[must_use]
+    pub fn client_dsn(&self) -> String {
+        self.opts.layout.client_dsn("app")
+    }
+
+    /// Polls `done` every 50 ms until it holds or `timeout` passes.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&RegionsLab) -> bool,
+    ) -> Result<Duration, LabError> {
+        let began = Instant::now();
+        loop {
+            if done(self) {
+                return Ok(began.elapsed());
+            }
+            if began.elapsed() > timeout {
+                return Err(LabError::NotReady {
+                    what: format!("waited {timeout:?} for {what}"),
+                    log: String::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn with_log(&self, e: LabError, what: &str, site: Site) -> LabError {
+        match e {
+            LabError::NotReady { what: w, .. } => LabError::NotReady {
+                what: w,
+                log: tail(&self.log(what, site), 25),
+            },
+            other => other,
+        }
+    }
+
+    /// Runs pgmesh `args` against the lab's config from the host (status, verify, ...).
+    pub fn pgmesh_here(&self, args: &[&str]) -> Result<std::process::Output, LabError> {
+        Command::new(&self.opts.pgmesh)
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .output()
+            .map_err(io("running pgmesh"))
+    }
+}
+
+impl Drop for RegionsLab {
+    fn drop(&mut self) {
+        // Programs stop with their fields; the directory goes last (PostgreSQL's data
+        // directories inside it are removed by their clusters).
+        self.haproxy.clear();
+        self.agents.clear();
+        self.sidecars.clear();
+        self.pg.clear();
+        self.etcd.clear();
+        let _ = std::fs::remove_dir_all(&self.opts.dir);
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
