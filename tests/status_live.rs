@@ -199,7 +199,7 @@ fn status_reports_each_direction_and_exits_by_health() {
         );
 
         // Each sidecar has estimated its clock against its peer's from the stream (a
-        // round trip within seconds, recorded every 10 s); both clusters share this
+        // round trip within seconds, recorded at once); both clusters share this
         // machine's clock, so the skew is small and nothing warns.
         let mut r = Value::Null;
         wait_until("clock skew estimates in status", &log, || {

@@ -1,7 +1,8 @@
 //! How far this node's clock is from the peer's, for one direction: the stream's clock
 //! samples ([`crate::source::clock`]) go into the estimator ([`crate::observe::skew`]);
 //! the estimate goes to `/readyz` and the metrics at every acknowledgement tick, to
-//! `pgmesh.clock_skew` (read by `pgmesh status`) every [`STORE_INTERVAL`], and to the log
+//! `pgmesh.clock_skew` (read by `pgmesh status`) when it moved by [`STORE_CHANGE_US`]
+//! (at most every [`STORE_INTERVAL`]) or at least every [`STORE_REFRESH`], and to the log
 //! as a warning at most every [`WARN_INTERVAL`] while it is surely beyond
 //! `[replication] clock_skew_warn`.
 //!
@@ -18,8 +19,13 @@ use crate::source::clock::ClockSample;
 
 /// Samples older than this leave the estimate (a stepped clock shows within it).
 pub const WINDOW: Duration = Duration::from_secs(300);
-/// How often the estimate is written to `pgmesh.clock_skew`.
+/// The estimate is written to `pgmesh.clock_skew` at most this often...
 pub const STORE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...when it moved by this much (µs, skew or uncertainty) since it was last written...
+pub const STORE_CHANGE_US: i64 = 1_000;
+/// ...and at least this often, so `pgmesh status` sees it is current (it shows an
+/// estimate older than a minute with its age). Each write is a commit record in the WAL.
+pub const STORE_REFRESH: Duration = Duration::from_secs(30);
 /// A skew beyond the bound is logged at most this often.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -45,7 +51,7 @@ pub struct ClockWatch {
     estimator: SkewEstimator,
     bound: Duration,
     warned: Option<Instant>,
-    stored: Option<Instant>,
+    stored: Option<(Instant, SkewEstimate)>,
     /// Writing to `pgmesh.clock_skew` failed; when, so it is retried (and logged) rarely.
     store_failed: Option<Instant>,
 }
@@ -81,12 +87,18 @@ impl ClockWatch {
         if warn {
             self.warned = Some(now);
         }
-        let since = |t: Option<Instant>, every: Duration| {
-            t.is_none_or(|t| now.saturating_duration_since(t) >= every)
-        };
-        let store = since(self.stored, STORE_INTERVAL) && since(self.store_failed, WARN_INTERVAL);
+        let retry = self
+            .store_failed
+            .is_none_or(|t| now.saturating_duration_since(t) >= WARN_INTERVAL);
+        let store = retry
+            && self.stored.is_none_or(|(t, last)| {
+                let age = now.saturating_duration_since(t);
+                let moved = (estimate.skew_us - last.skew_us).abs() >= STORE_CHANGE_US
+                    || (estimate.uncertainty_us - last.uncertainty_us).abs() >= STORE_CHANGE_US;
+                age >= STORE_REFRESH || (age >= STORE_INTERVAL && moved)
+            });
         if store {
-            self.stored = Some(now);
+            self.stored = Some((now, estimate));
         }
         Some(Due {
             estimate,
@@ -180,8 +192,19 @@ mod tests {
         assert!(first.beyond && first.warn && first.store, "{first:?}");
         let soon = w.due(at(200)).unwrap();
         assert!(soon.beyond && !soon.warn && !soon.store, "{soon:?}");
-        assert!(w.due(at(10_000)).unwrap().store);
-        assert!(!w.due(at(10_000)).unwrap().warn);
+        // Unchanged: written again only after the refresh interval.
+        assert!(!w.due(at(10_000)).unwrap().store);
+        assert!(w.due(at(30_000)).unwrap().store);
+        // Moved by 2 ms: written once the minimum interval passed.
+        w.observe(sample(
+            at(31_000),
+            1_200_000,
+            Some(Duration::from_millis(4)),
+        ));
+        assert!(!w.due(at(35_000)).unwrap().store);
+        let moved = w.due(at(40_000)).unwrap();
+        assert!(moved.store && !moved.warn, "{moved:?}");
+        assert_eq!(moved.estimate.skew_us, 1_198_000);
         // Still beyond after the interval (the samples keep coming): warned again.
         w.observe(sample(
             at(299_000),
