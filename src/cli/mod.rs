@@ -8,6 +8,7 @@ mod agent;
 mod conflicts;
 mod control;
 mod ddl;
+mod drill;
 mod lab;
 mod lab_regions;
 mod run;
@@ -58,6 +59,9 @@ pub enum Command {
     Teardown(teardown::TeardownArgs),
     /// Start two local nodes replicating both ways, with a demo table (Ctrl-C stops).
     Lab(lab::LabArgs),
+    /// Break the cross-region lab on purpose under load and report RTO, RPO, lost writes
+    /// and divergence (README "Drills"; needs root).
+    Drill(drill::DrillArgs),
     /// Show every direction's state, lag, retained WAL, conflicts and sidecar health.
     Status(status::StatusArgs),
     /// List, summarize or prune the conflict ledger.
@@ -97,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Sequences(args) => block_on(sequences::run(args)),
         Command::Ddl(args) => block_on(ddl::run(args)),
         Command::Teardown(args) => block_on(teardown::run(args)),
+        Command::Drill(args) => drill::run(&args),
         Command::Lab(args) if args.regions => lab_regions::run(&args),
         Command::Lab(args) => block_on(lab::run(args)),
         Command::Status(args) => block_on(status::run(args)),

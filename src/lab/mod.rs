@@ -3,6 +3,7 @@
 //! a userspace WAN ([`wan`], [`hub`]) that drills delay, stall and cut; [`topology`] is
 //! the pure map of addresses, ports and configs; [`regions`] starts the programs.
 
+pub mod drill;
 pub mod hub;
 pub mod netns;
 pub mod regions;

@@ -411,6 +411,13 @@ impl RegionsLab {
         Ok(())
     }
 
+    /// Whether region `site`'s sidecar process is running.
+    pub fn sidecar_running(&mut self, site: Site) -> bool {
+        self.sidecars
+            .get_mut(&site)
+            .is_some_and(|d| d.exit_status().is_none())
+    }
+
     /// Starts (or restarts) region `site`'s agent.
     pub fn start_agent(&mut self, site: Site) -> Result<(), LabError> {
         let listen = format!("0.0.0.0:{}", Service::Agent(site).port(&self.opts.layout));
