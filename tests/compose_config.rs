@@ -199,3 +199,103 @@ fn ports_and_names_agree_between_compose_pgmesh_and_haproxy() {
         format!("http://sidecar-{{node}}:{}", http.listen.port())
     );
 }
+
+/// The cross-region lab (`pgmesh lab --regions`, `pgmesh drill`) and the compose file
+/// describe the same deployment: the same pgmesh commands per region, the same config
+/// keys and control settings, endpoints, tables and application schema.
+#[test]
+fn the_netns_lab_runs_what_compose_runs() {
+    use pgmesh::lab::regions::{APP_SCHEMA, REGION_COMMANDS};
+    use pgmesh::lab::topology::Layout;
+    let c = resolved();
+    // Commands: each region runs `run` and `agent --http-listen` in both.
+    let compose_cmds: BTreeSet<Vec<String>> = pgmesh_commands(&c)
+        .into_iter()
+        .filter(|(_, argv)| argv[0] != "setup")
+        .map(|(_, argv)| {
+            let mut v = vec![argv[0].clone()];
+            v.extend(
+                argv.iter()
+                    .filter(|a| a.starts_with("--") && *a != "--node")
+                    .cloned(),
+            );
+            v
+        })
+        .collect();
+    let lab_cmds: BTreeSet<Vec<String>> = REGION_COMMANDS
+        .iter()
+        .map(|c| c.iter().map(|s| (*s).to_string()).collect())
+        .collect();
+    assert_eq!(compose_cmds, lab_cmds);
+    // Config: the same keys everywhere, the same control settings, endpoints, tables.
+    let lab_text = Layout::default().config("lab", 7760);
+    let compose_text =
+        std::fs::read_to_string(format!("{ROOT}/deploy/compose/pgmesh.toml")).unwrap();
+    let lab: toml::Value = toml::from_str(&lab_text).unwrap();
+    let compose: toml::Value = toml::from_str(&compose_text).unwrap();
+    fn keys(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        if let Some(t) = v.as_table() {
+            for (k, v) in t {
+                // Node names are data, not keys.
+                let k = if prefix == "nodes" {
+                    "NODE"
+                } else {
+                    k.as_str()
+                };
+                let path = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.insert(path.clone());
+                keys(v, &path, out);
+            }
+        }
+    }
+    let (mut lk, mut ck) = (BTreeSet::new(), BTreeSet::new());
+    keys(&lab, "", &mut lk);
+    keys(&compose, "", &mut ck);
+    assert_eq!(lk, ck, "config keys differ between the lab and compose");
+    for key in [
+        "lease_ttl",
+        "safety_margin",
+        "probe_interval",
+        "failback",
+        "failback_after",
+    ] {
+        assert_eq!(
+            lab["control"][key], compose["control"][key],
+            "control.{key}"
+        );
+    }
+    assert_eq!(lab["endpoints"], compose["endpoints"]);
+    assert_eq!(lab["replication"], compose["replication"]);
+    // The application's schema: compose's init.sql creates what the lab creates.
+    let init = std::fs::read_to_string(format!("{ROOT}/deploy/compose/init.sql")).unwrap();
+    for stmt in APP_SCHEMA
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let head = stmt
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let in_init = init
+            .split(';')
+            .map(|s| {
+                s.lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .any(|s| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .starts_with(&stmt.split_whitespace().collect::<Vec<_>>().join(" "))
+            });
+        assert!(in_init, "init.sql lacks the lab's `{head} ...`: {stmt}");
+    }
+}

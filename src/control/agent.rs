@@ -20,7 +20,8 @@ use super::event::{Event, EventKind};
 use super::fence::FencePolicy;
 use super::health::{self, HealthState, HealthTracker, Signal, SignalStatus};
 use super::keys::{now_ms, MemberValue};
-use super::lease::{LeaseChange, LeaseState};
+use super::lease::{LeaseChange, LeaseView};
+use super::lease_keeper::LeaseKeeper;
 use super::probe;
 use super::store::{Snapshot, Store};
 use super::traffic::{SharedTraffic, TrafficDriver, TrafficStatus};
@@ -102,7 +103,9 @@ pub struct Agent {
     pub(super) cfg: Arc<Config>,
     pub(super) ctl: ControlConfig,
     pub(super) store: Option<Store>,
-    pub(super) lease: LeaseState,
+    /// The lease as its keeper task last published it (read at the start of each tick).
+    pub(super) lease: LeaseView,
+    keeper: Option<LeaseKeeper>,
     pub(super) local: Conn,
     peers: Vec<(String, Conn)>,
     tracker: HealthTracker,
@@ -173,7 +176,8 @@ impl Agent {
         };
         Ok(Agent {
             me: me.to_string(),
-            lease: LeaseState::new(ctl.lease_ttl, ctl.safety_margin),
+            lease: LeaseView::default(),
+            keeper: None,
             tracker: HealthTracker::new(ctl.failed_after),
             ctl,
             cfg,
@@ -235,14 +239,14 @@ impl Agent {
         // fence a region whose lease is renewed. A stuck tick cannot extend anything (the
         // deadline only moves on a confirmed renewal), and a frozen process beats no more.
         let (beats_stop, beats_stop_rx) = watch::channel(false);
-        let beats = heartbeat.map(|hb| {
-            tokio::spawn(beat_loop(
-                hb,
-                self.shared.clone(),
-                self.deadline_moved.subscribe(),
-                beats_stop_rx,
-            ))
-        });
+        let lease_watch = self.keeper().watch();
+        let beats = tokio::spawn(follow_lease(
+            heartbeat,
+            self.shared.clone(),
+            lease_watch,
+            self.deadline_moved.subscribe(),
+            beats_stop_rx,
+        ));
         loop {
             // A planned move in progress is watched closely: its write pause is made of
             // these ticks (the old owner's drain check, the new owner's first serve).
@@ -278,10 +282,7 @@ impl Agent {
             self.deadline_moved.send_replace(());
         }
         let _ = beats_stop.send(true);
-        let mut heartbeat = match beats {
-            Some(task) => task.await.ok(),
-            None => None,
-        };
+        let mut heartbeat = beats.await.ok().flatten();
         tracing::info!(node = %self.me, "agent stopping: fencing and giving the lease up");
         if let Some(c) = self.local.get().await {
             let _ = super::fence::fence(
@@ -295,29 +296,19 @@ impl Agent {
             )
             .await;
         }
-        if let Some(store) = self.store.clone() {
-            self.lease.revoke(&store).await;
+        if let Some(k) = self.keeper.as_mut() {
+            k.revoke().await;
         }
         if let Some(hb) = heartbeat.as_mut() {
             hb.beat(None, "agent stopped").await;
         }
     }
 
-    /// A renewal of the lease the last decision wrote under was just confirmed: publish
-    /// the later deadline now rather than at the end of the tick, so the watchdog and
-    /// `/owner` see it at once. The lease is live until then whatever this tick decides;
-    /// a decision to stop writing fences and disarms as before.
-    fn extend_published_deadline(&mut self, now: Instant) {
-        let live = self.lease.live(now);
-        let mut p = self.shared.write().unwrap_or_else(|e| e.into_inner());
-        if live.is_some() && p.lease == live {
-            let d = self.lease.deadline();
-            if d > p.deadline {
-                p.deadline = d;
-                drop(p);
-                self.deadline_moved.send_replace(());
-            }
-        }
+    /// The lease keeper, started on first use (inside the runtime).
+    fn keeper(&mut self) -> &mut LeaseKeeper {
+        let (ttl, margin) = (self.ctl.lease_ttl, self.ctl.safety_margin);
+        self.keeper
+            .get_or_insert_with(|| LeaseKeeper::spawn(ttl, margin))
     }
 
     /// One round: observe, decide, act, publish.
@@ -347,11 +338,9 @@ impl Agent {
         }
         let store = self.store.clone();
         self.phases.clear();
-        if let Some(store) = &store {
-            let phase = Instant::now();
-            let lease_change = self.lease.tick(store).await;
-            self.phases.push(("lease", phase.elapsed()));
-            match lease_change {
+        self.keeper().use_store(store.clone());
+        for change in self.keeper().changes() {
+            match change {
                 LeaseChange::Granted(id) => {
                     tracing::info!(node = %self.me, lease = id, "lease granted");
                 }
@@ -364,13 +353,14 @@ impl Agent {
                 }
                 LeaseChange::None => {}
             }
+        }
+        self.lease = self.keeper().view();
+        if let Some(store) = &store {
             let phase = Instant::now();
             let snapshot = store.snapshot().await;
             self.phases.push(("snapshot", phase.elapsed()));
             match snapshot {
                 Ok(s) => {
-                    self.lease.confirm(s.raft_term);
-                    self.extend_published_deadline(now);
                     self.track_presence(&s, now);
                     self.snapshot = s;
                     self.fresh = true;
@@ -394,7 +384,6 @@ impl Agent {
             }
         } else {
             // Without a store the lease cannot be renewed: its deadline still applies.
-            let _ = self.lease.live(now);
             self.fresh = false;
         }
         if self
@@ -753,29 +742,46 @@ impl Agent {
 /// The longest the watchdog goes without a heartbeat while the agent runs.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
 
-/// Tells the watchdog the published deadline whenever it may have moved and every
-/// [`HEARTBEAT_EVERY`]; returns the heartbeat when told to stop (the agent's last words
-/// to the watchdog come after its own fencing).
-async fn beat_loop(
-    mut hb: Heartbeat,
+/// Follows the lease keeper: when a confirmed renewal extends the lease the last
+/// decision wrote under, the published deadline moves at once (so `/owner` and the
+/// watchdog see it), not at the end of a tick the WAN slowed down. The lease is live
+/// until then whatever the running tick decides; a decision to stop writing fences and
+/// disarms as before. Also tells the watchdog the published deadline when it may have
+/// moved and every [`HEARTBEAT_EVERY`]; returns the heartbeat when told to stop (the
+/// agent's last words to the watchdog come after its own fencing).
+async fn follow_lease(
+    mut hb: Option<Heartbeat>,
     shared: SharedState,
+    mut lease: watch::Receiver<LeaseView>,
     mut moved: watch::Receiver<()>,
     mut stop: watch::Receiver<bool>,
-) -> Heartbeat {
+) -> Option<Heartbeat> {
     loop {
         let (until, why) = {
-            let p = shared.read().unwrap_or_else(|e| e.into_inner());
-            let until = if p.writable_at(Instant::now()) && !p.forced {
+            let now = Instant::now();
+            let view = *lease.borrow_and_update();
+            let mut p = shared.write().unwrap_or_else(|e| e.into_inner());
+            let live = view.live(now);
+            if live.is_some() && p.lease == live && view.deadline() > p.deadline {
+                p.deadline = view.deadline();
+            }
+            let until = if p.writable_at(now) && !p.forced {
                 p.deadline
             } else {
                 None
             };
             (until, p.why.clone())
         };
-        hb.beat(until, &why).await;
+        if let Some(hb) = hb.as_mut() {
+            hb.beat(until, &why).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
             _ = moved.changed() => {}
+            r = lease.changed() => if r.is_err() {
+                // The keeper is gone (shutting down): keep the plain pace.
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+            },
             _ = stop.changed() => return hb,
         }
         if *stop.borrow() {

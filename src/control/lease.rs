@@ -30,6 +30,39 @@ pub enum LeaseChange {
     },
 }
 
+/// The lease as the agent's decisions see it: a copy the keeper task publishes after each
+/// step, with the same answers as [`LeaseState`] for that moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseView {
+    id: Option<i64>,
+    deadline: Option<Instant>,
+    lost_at: Option<Instant>,
+    ttl: Duration,
+}
+
+impl LeaseView {
+    /// The lease id while it is live by our clock.
+    #[must_use]
+    pub fn live(&self, now: Instant) -> Option<i64> {
+        match (self.id, self.deadline) {
+            (Some(id), Some(d)) if now < d => Some(id),
+            _ => None,
+        }
+    }
+
+    /// When the region must be fenced unless the lease is renewed.
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.id.and(self.deadline)
+    }
+
+    /// Within one TTL of losing a lease.
+    #[must_use]
+    pub fn quarantined(&self, now: Instant) -> bool {
+        self.lost_at.is_some_and(|t| now < t + self.ttl)
+    }
+}
+
 pub struct LeaseState {
     ttl: Duration,
     margin: Duration,
@@ -73,6 +106,23 @@ impl LeaseState {
         }
     }
 
+    /// Whether a renewal waits for a quorum read to confirm it.
+    #[must_use]
+    pub fn unconfirmed(&self) -> bool {
+        self.unconfirmed.is_some()
+    }
+
+    /// What the agent reads of the lease.
+    #[must_use]
+    pub fn view(&self) -> LeaseView {
+        LeaseView {
+            id: self.id,
+            deadline: self.deadline,
+            lost_at: self.lost_at,
+            ttl: self.ttl,
+        }
+    }
+
     /// When the region must be fenced unless the lease is renewed.
     #[must_use]
     pub fn deadline(&self) -> Option<Instant> {
@@ -95,7 +145,7 @@ impl LeaseState {
         LeaseChange::Lost { lease, reason }
     }
 
-    /// Renews when due (every TTL/3, and every tick after a failure), grants a new lease
+    /// Renews when due (every TTL/6, and at every call after a failure: the keeper task calls it every 100 ms, and a renewal plus its confirming read take two to four WAN round trips), grants a new lease
     /// when there is none; never blocks longer than the store's timeout per call.
     pub async fn tick(&mut self, store: &Store) -> LeaseChange {
         let now = Instant::now();
@@ -131,7 +181,7 @@ impl LeaseState {
         let due = self.last_error.is_some()
             || self
                 .last_sent
-                .is_none_or(|t| now.duration_since(t) >= self.ttl / 3);
+                .is_none_or(|t| now.duration_since(t) >= self.ttl / 6);
         if !due {
             return LeaseChange::None;
         }

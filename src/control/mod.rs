@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod keys;
 pub mod lease;
+pub mod lease_keeper;
 pub mod probe;
 pub mod store;
 pub mod traffic;

@@ -115,6 +115,22 @@ impl Store {
         Ok(())
     }
 
+    /// The raft term of a linearizable read (which needs a quorum): confirms that the
+    /// leader that answered a renewal still led then. Counts keys only, so it is cheap.
+    pub async fn term(&self) -> Result<u64, StoreError> {
+        let mut c = self.client.clone();
+        let resp = self
+            .bounded(
+                "read",
+                c.get(
+                    self.keys.prefix(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                ),
+            )
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.raft_term()))
+    }
+
     /// Opens a keep-alive stream for `lease`.
     pub async fn keeper(&self, lease: i64) -> Result<Renewer, StoreError> {
         let mut c = self.client.clone();

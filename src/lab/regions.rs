@@ -26,6 +26,10 @@ pub const APP_SCHEMA: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, payloa
 CREATE ROLE app LOGIN;
 GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO app;";
 
+/// The pgmesh commands each region runs (with `-c CONFIG --node NAME`); the agent's
+/// flag is followed by its listen address. `docker-compose.yml` runs the same.
+pub const REGION_COMMANDS: [&[&str]; 2] = [&["run"], &["agent", "--http-listen"]];
+
 /// The sidecars' HTTP port inside each region (`/metrics`, `/healthz`).
 const SIDECAR_HTTP_PORT: u16 = 7760;
 /// How long the whole lab may take to come up.
@@ -302,6 +306,10 @@ impl RegionsLab {
             .args(["--initial-cluster-state", state])
             // Raft over a 70 ms round trip: heartbeat ~1.5 RTT, election 10 heartbeats.
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            // A member cut from the leader (a WAN cut, the witness still seeing both)
+            // must not win votes from members that still hear the leader: without
+            // pre-vote its elections left the cluster leaderless for seconds.
+            .arg("--pre-vote")
             .args(["--logger", "zap", "--log-outputs", "stderr"]);
         let d = Daemon::spawn(&format!("etcd {site}"), cmd, &self.log_path("etcd", site))?;
         self.etcd.insert(site, d);
@@ -393,7 +401,7 @@ impl RegionsLab {
 
     /// Starts (or restarts) region `site`'s sidecar.
     pub fn start_sidecar(&mut self, site: Site) -> Result<(), LabError> {
-        let cmd = self.pgmesh(site, &["run"]);
+        let cmd = self.pgmesh(site, REGION_COMMANDS[0]);
         let d = Daemon::spawn(
             &format!("sidecar {site}"),
             cmd,
@@ -421,7 +429,9 @@ impl RegionsLab {
     /// Starts (or restarts) region `site`'s agent.
     pub fn start_agent(&mut self, site: Site) -> Result<(), LabError> {
         let listen = format!("0.0.0.0:{}", Service::Agent(site).port(&self.opts.layout));
-        let cmd = self.pgmesh(site, &["agent", "--http-listen", &listen]);
+        let mut args = REGION_COMMANDS[1].to_vec();
+        args.push(&listen);
+        let cmd = self.pgmesh(site, &args);
         let d = Daemon::spawn(&format!("agent {site}"), cmd, &self.log_path("agent", site))?;
         self.agents.insert(site, d);
         Ok(())

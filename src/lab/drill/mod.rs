@@ -124,6 +124,7 @@ fn drill(
     r.takeover_s = t.takeover_s;
     r.dual_owner_samples = t.dual_owner_samples;
     r.samples = t.samples;
+    r.owner_refused_samples = t.refused_samples;
     r.client_rto_s = report.max_gap_within(fault, Instant::now()).as_secs_f64();
     r.acked_writes = report.acked.len() as u64;
     r.client_errors = report.failures;
@@ -159,11 +160,24 @@ fn judge(s: Scenario, r: &mut DrillReport, settle_error: Option<LabError>) {
             r.takeover_s.is_some(),
             format!("takeover after {}", secs(r.takeover_s)),
         ),
-        Failover::Forbidden => r.check(
-            "app-eu did not move",
-            r.takeover_s.is_none() && r.owners.get(1).is_some_and(|o| o == "a"),
-            format!("owners {}", r.owners.join(" → ")),
-        ),
+        Failover::Forbidden => {
+            // A frozen agent answers no health check, so "who serves" during the fault
+            // is not the test: region b never served, a serves after, and a's database
+            // never refused a write (no fence, no lost lease).
+            r.check(
+                "app-eu did not move",
+                r.takeover_s.is_none() && r.owners.last().is_some_and(|o| o == "a"),
+                format!("owners {}", r.owners.join(" → ")),
+            );
+            r.check(
+                "region a kept its write permission",
+                r.owner_refused_samples == 0,
+                format!(
+                    "a's database refused writes in {} of the fault's samples",
+                    r.owner_refused_samples
+                ),
+            );
+        }
         Failover::Either => {}
     }
     if s.old_owner_must_fence() {
@@ -267,6 +281,13 @@ fn settle_after(lab: &RegionsLab, s: Scenario) -> Result<(), LabError> {
         return lab
             .wait_for("region a to get app-eu back (auto failback)", SETTLE, |l| {
                 l.serves(Site::A, "app-eu") && !l.serves(Site::B, "app-eu")
+            })
+            .map(|_| ());
+    }
+    if s.failover() == Failover::Forbidden {
+        return lab
+            .wait_for("region a to serve app-eu again", SETTLE, |l| {
+                l.serves(Site::A, "app-eu") && l.serves(Site::B, "app-us")
             })
             .map(|_| ());
     }

@@ -46,6 +46,8 @@ pub struct DrillReport {
     /// Samples in which both regions' agents said they serve the endpoint.
     pub dual_owner_samples: u64,
     pub samples: u64,
+    /// Samples during the fault in which the old owner's database refused writes.
+    pub owner_refused_samples: u64,
     /// Rows that differ between the nodes per `pgmesh verify` after healing.
     pub divergent_rows: Option<u64>,
     /// Conflicts the ledgers recorded during the drill (both nodes).

@@ -143,6 +143,8 @@ pub struct Timeline {
     pub takeover_s: Option<f64>,
     pub dual_owner_samples: u64,
     pub samples: u64,
+    /// Samples during the fault in which the old owner's database refused the write.
+    pub refused_samples: u64,
 }
 
 /// Reads the timeline: `owner` is the region index that served before the fault.
@@ -175,6 +177,7 @@ pub fn read_timeline(samples: &[Sample], owner: usize, fault: Instant, heal: Ins
             .filter(|s| s.serves[0] && s.serves[1])
             .count() as u64,
         samples: samples.len() as u64,
+        refused_samples: during.iter().filter(|s| !s.writable[owner]).count() as u64,
     }
 }
 
@@ -214,6 +217,7 @@ mod tests {
         assert_eq!(t.fence_s, Some(1.5));
         assert_eq!(t.takeover_s, Some(2.5));
         assert_eq!(t.dual_owner_samples, 0);
+        assert_eq!(t.refused_samples, 3);
     }
 
     #[test]
