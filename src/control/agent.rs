@@ -106,6 +106,8 @@ pub struct Agent {
     /// The lease as its keeper task last published it (read at the start of each tick).
     pub(super) lease: LeaseView,
     keeper: Option<LeaseKeeper>,
+    /// The session the lease follower renews the database's write permit on.
+    permit_conn: Option<Conn>,
     pub(super) local: Conn,
     peers: Vec<(String, Conn)>,
     tracker: HealthTracker,
@@ -156,6 +158,7 @@ impl Agent {
             .ok_or_else(|| AgentError::UnknownNode(me.to_string()))?;
         let io_timeout = io_timeout(&ctl);
         let local = Conn::new(node.sql_config()?, io_timeout);
+        let permit_conn = Some(Conn::new(node.sql_config()?, io_timeout));
         let mut peers = Vec::new();
         for p in cfg.peers(me) {
             peers.push((p.name.clone(), Conn::new(p.sql_config()?, io_timeout)));
@@ -178,6 +181,7 @@ impl Agent {
             me: me.to_string(),
             lease: LeaseView::default(),
             keeper: None,
+            permit_conn,
             tracker: HealthTracker::new(ctl.failed_after),
             ctl,
             cfg,
@@ -242,6 +246,7 @@ impl Agent {
         let lease_watch = self.keeper().watch();
         let beats = tokio::spawn(follow_lease(
             heartbeat,
+            self.permit_conn.take(),
             self.shared.clone(),
             lease_watch,
             self.deadline_moved.subscribe(),
@@ -305,7 +310,7 @@ impl Agent {
     }
 
     /// The lease keeper, started on first use (inside the runtime).
-    fn keeper(&mut self) -> &mut LeaseKeeper {
+    pub(super) fn keeper(&mut self) -> &mut LeaseKeeper {
         let (ttl, margin) = (self.ctl.lease_ttl, self.ctl.safety_margin);
         self.keeper
             .get_or_insert_with(|| LeaseKeeper::spawn(ttl, margin))
@@ -751,13 +756,15 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
 /// agent's last words to the watchdog come after its own fencing).
 async fn follow_lease(
     mut hb: Option<Heartbeat>,
+    mut permit_conn: Option<Conn>,
     shared: SharedState,
     mut lease: watch::Receiver<LeaseView>,
     mut moved: watch::Receiver<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Heartbeat> {
+    let mut permit_until: Option<Instant> = None;
     loop {
-        let (until, why) = {
+        let (until, why, extend_permit) = {
             let now = Instant::now();
             let view = *lease.borrow_and_update();
             let mut p = shared.write().unwrap_or_else(|e| e.into_inner());
@@ -770,10 +777,18 @@ async fn follow_lease(
             } else {
                 None
             };
-            (until, p.why.clone())
+            // The database's permit follows too, while the region writes unfenced: a
+            // tick slowed by the WAN must not let it lapse under a live lease.
+            let extend = p.writable && p.fenced == Some(false) && until > permit_until;
+            (until, p.why.clone(), if extend { until } else { None })
         };
         if let Some(hb) = hb.as_mut() {
             hb.beat(until, &why).await;
+        }
+        if let (Some(deadline), Some(conn)) = (extend_permit, permit_conn.as_mut()) {
+            if extend_db_permit(conn, deadline).await {
+                permit_until = Some(deadline);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
@@ -786,6 +801,32 @@ async fn follow_lease(
         }
         if *stop.borrow() {
             return hb;
+        }
+    }
+}
+
+/// Moves the database's write permit to `deadline` (never past a fence: the statement
+/// does nothing on a fenced database). Whether it was moved.
+async fn extend_db_permit(conn: &mut Conn, deadline: Instant) -> bool {
+    let Some(ms) = deadline
+        .checked_duration_since(Instant::now())
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+    else {
+        return false;
+    };
+    let permit = super::fence::Permit::For {
+        ms,
+        not_after_ms: now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+    };
+    let Some(client) = conn.get().await else {
+        return false;
+    };
+    match super::fence::renew_permit(client, permit).await {
+        Ok(moved) => moved,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot extend the write permit from the lease follower");
+            conn.drop_session();
+            false
         }
     }
 }

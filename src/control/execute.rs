@@ -82,6 +82,13 @@ impl Agent {
     /// Keeps the database's write permit in step with the lease: each renewal of the
     /// lease moves the deadline, and the permit with it.
     async fn renew_permit(&mut self) {
+        // The keeper may have confirmed a renewal since the tick began (the lease
+        // follower may have moved the permit already): never move it back.
+        let fresh = self.keeper().view();
+        let now = Instant::now();
+        if fresh.live(now).is_some() && fresh.live(now) == self.lease.live(now) {
+            self.lease = fresh;
+        }
         let deadline = self.lease.deadline();
         if deadline.is_some() && deadline == self.permit_deadline {
             return;

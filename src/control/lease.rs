@@ -100,10 +100,7 @@ impl LeaseState {
     /// The lease id while it is live by our clock.
     #[must_use]
     pub fn live(&self, now: Instant) -> Option<i64> {
-        match (self.id, self.deadline) {
-            (Some(id), Some(d)) if now < d => Some(id),
-            _ => None,
-        }
+        self.view().live(now)
     }
 
     /// Whether a renewal waits for a quorum read to confirm it.
@@ -126,13 +123,13 @@ impl LeaseState {
     /// When the region must be fenced unless the lease is renewed.
     #[must_use]
     pub fn deadline(&self) -> Option<Instant> {
-        self.id.and(self.deadline)
+        self.view().deadline()
     }
 
     /// Within one TTL of losing a lease.
     #[must_use]
     pub fn quarantined(&self, now: Instant) -> bool {
-        self.lost_at.is_some_and(|t| now < t + self.ttl)
+        self.view().quarantined(now)
     }
 
     fn lose(&mut self, now: Instant, reason: String) -> LeaseChange {

@@ -70,6 +70,12 @@ impl Store {
             .with_connect_timeout(timeout)
             .with_keep_alive(Duration::from_secs(1), timeout)
             .with_require_leader(true);
+        // Talk to the nearest member that has a leader: over a WAN, a client balanced
+        // across every member sends two of three calls to another region, a round trip
+        // more each, and the lease's renewals lapse. When it fails, the agent reconnects
+        // and the next nearest answers.
+        let near = nearest(endpoints, options.clone(), timeout).await;
+        let endpoints = near.as_ref().map_or(endpoints, std::slice::from_ref);
         let client = tokio::time::timeout(timeout * 3, Client::connect(endpoints, Some(options)))
             .await
             .map_err(|_| StoreError {
@@ -442,6 +448,44 @@ impl Store {
 }
 
 /// A lease's keep-alive stream.
+/// The member that answered a connect and status call first among those that see a
+/// leader;
+/// `None` with one endpoint, or when none answered (then all of them are used).
+async fn nearest(
+    endpoints: &[String],
+    options: ConnectOptions,
+    timeout: Duration,
+) -> Option<String> {
+    if endpoints.len() < 2 {
+        return None;
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    for e in endpoints {
+        let (e, options) = (e.clone(), options.clone());
+        probes.spawn(async move {
+            let probe = async {
+                let mut c = Client::connect([e.as_str()], Some(options)).await.ok()?;
+                let status = c.status().await.ok()?;
+                (status.leader() != 0).then_some(())
+            };
+            tokio::time::timeout(timeout, probe)
+                .await
+                .ok()
+                .flatten()
+                .map(|()| e)
+        });
+    }
+    // The first to answer is the nearest (connect and status both cross its path);
+    // a frozen member is not waited for.
+    while let Some(done) = probes.join_next().await {
+        if let Ok(Some(e)) = done {
+            probes.abort_all();
+            return Some(e);
+        }
+    }
+    None
+}
+
 pub struct Renewer {
     keeper: LeaseKeeper,
     stream: LeaseKeepAliveStream,

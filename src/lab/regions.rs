@@ -53,6 +53,8 @@ pub enum LabError {
     },
     #[error("{what}\n--- log ---\n{log}")]
     NotReady { what: String, log: String },
+    #[error("another lab is running (pgmesh pid {0}): stop it (Ctrl-C) first")]
+    Running(u32),
     #[error("pgmesh setup of the lab failed: {0}")]
     Setup(String),
 }
@@ -136,6 +138,23 @@ pub fn clean_leftovers(layout: &Layout, dir: &Path) -> Result<Vec<String>, LabEr
     Ok(removed)
 }
 
+/// The pid of a lab process that still runs with this directory (its pid file names a
+/// live pgmesh): its sites are not leftovers.
+fn running_lab(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join("lab.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if pid == std::process::id() {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("pgmesh")
+        .then_some(pid)
+}
+
 /// A running lab. Dropping it stops every program and removes every trace.
 pub struct RegionsLab {
     // Fields drop in this order: programs first, then the WAN, then the namespaces.
@@ -164,9 +183,14 @@ impl RegionsLab {
             return Err(LabError::NotRoot);
         }
         let layout = opts.layout.clone();
+        if let Some(pid) = running_lab(&opts.dir) {
+            return Err(LabError::Running(pid));
+        }
         let leftovers = clean_leftovers(&layout, &opts.dir)?;
         std::fs::create_dir_all(&opts.dir)
             .map_err(io(format!("creating {}", opts.dir.display())))?;
+        std::fs::write(opts.dir.join("lab.pid"), std::process::id().to_string())
+            .map_err(io("writing lab.pid"))?;
         let hub_address = HubAddress::add(&layout)?;
         let mut namespaces = BTreeMap::new();
         for site in Site::ALL {
@@ -229,6 +253,15 @@ impl RegionsLab {
         lab.wait_for("region b's agent to serve app-us", START_DEADLINE, |l| {
             l.serves(Site::B, "app-us")
         })?;
+        for region in Site::REGIONS {
+            // HAProxy marks a server up one check after its agent serves.
+            lab.wait_for(
+                &format!("HAProxy {region} to route app-eu to its owner"),
+                START_DEADLINE,
+                |l| l.routes(region),
+            )
+            .map_err(|e| lab.with_log(e, "haproxy", region))?;
+        }
         lab.started_in = began.elapsed();
         Ok(lab)
     }
@@ -569,6 +602,21 @@ impl RegionsLab {
                 "-c",
                 "BEGIN; INSERT INTO orders VALUES (-1, 'probe'); ROLLBACK;",
             ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Whether a client reaches the owner of app-eu through `region`'s HAProxy now.
+    #[must_use]
+    pub fn routes(&self, region: Site) -> bool {
+        let pg = &self.pg[&Site::A];
+        Command::new(pg.bin_dir().join("psql"))
+            .args(["-X", "-q", "-d"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user=app dbname=postgres connect_timeout=2",
+                self.opts.layout.client_port(region)
+            ))
+            .args(["-c", "SELECT 1"])
             .output()
             .is_ok_and(|o| o.status.success())
     }
