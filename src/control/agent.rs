@@ -21,7 +21,7 @@ use super::fence::FencePolicy;
 use super::health::{self, HealthState, HealthTracker, Signal, SignalStatus};
 use super::keys::{now_ms, MemberValue};
 use super::lease::{LeaseChange, LeaseView};
-use super::lease_keeper::LeaseKeeper;
+use super::lease_keeper::{EtcdTarget, LeaseKeeper};
 use super::probe;
 use super::store::{Snapshot, Store};
 use super::traffic::{SharedTraffic, TrafficDriver, TrafficStatus};
@@ -312,8 +312,13 @@ impl Agent {
     /// The lease keeper, started on first use (inside the runtime).
     pub(super) fn keeper(&mut self) -> &mut LeaseKeeper {
         let (ttl, margin) = (self.ctl.lease_ttl, self.ctl.safety_margin);
+        let etcd = EtcdTarget {
+            endpoints: self.ctl.etcd.clone(),
+            cluster: self.ctl.cluster.clone(),
+            timeout: etcd_timeout(&self.ctl),
+        };
         self.keeper
-            .get_or_insert_with(|| LeaseKeeper::spawn(ttl, margin))
+            .get_or_insert_with(|| LeaseKeeper::spawn(ttl, margin, etcd))
     }
 
     /// One round: observe, decide, act, publish.
@@ -343,7 +348,6 @@ impl Agent {
         }
         let store = self.store.clone();
         self.phases.clear();
-        self.keeper().use_store(store.clone());
         for change in self.keeper().changes() {
             match change {
                 LeaseChange::Granted(id) => {
@@ -404,6 +408,9 @@ impl Agent {
         self.read_fence().await;
         self.phases.push(("read_fence", phase.elapsed()));
 
+        // The keeper renewed while this tick read etcd and probed (over a slow WAN that
+        // takes seconds): decide on the lease as it is now, not as the tick found it.
+        self.lease = self.keeper().view();
         let lease = self.usable_lease(Instant::now());
         let view: ClusterView = self.snapshot.view.clone();
         let caught_up = self.caught_up();

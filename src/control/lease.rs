@@ -61,6 +61,34 @@ impl LeaseView {
     pub fn quarantined(&self, now: Instant) -> bool {
         self.lost_at.is_some_and(|t| now < t + self.ttl)
     }
+
+    /// A confirmed renewal of lease `id` moved its deadline to `deadline` (never back).
+    pub fn extend(&mut self, id: i64, deadline: Instant) {
+        if self.id == Some(id) {
+            self.deadline = Some(self.deadline.map_or(deadline, |d| d.max(deadline)));
+        }
+    }
+}
+
+/// A renewal of lease `lease` sent at `sent`, answered by the leader of raft term `term`
+/// for `ttl`, waiting for a quorum read in the same term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unconfirmed {
+    pub lease: i64,
+    pub sent: Instant,
+    pub ttl: Duration,
+    pub term: u64,
+    pub margin: Duration,
+}
+
+impl Unconfirmed {
+    /// The deadline the renewal earns if a quorum read answered in `read_term` (sent
+    /// after the renewal was answered) confirms it: only in the same term.
+    #[must_use]
+    pub fn confirmed_by(&self, read_term: u64) -> Option<Instant> {
+        (self.term == read_term && self.term != 0)
+            .then(|| self.sent + self.ttl.saturating_sub(self.margin))
+    }
 }
 
 pub struct LeaseState {
@@ -213,15 +241,39 @@ impl LeaseState {
         Ok(renewer.renew().await?.map(|(ttl, term)| (sent, ttl, term)))
     }
 
+    /// Forgets the keep-alive stream (it is bound to the client being replaced).
+    pub fn drop_renewer(&mut self) {
+        self.renewer = None;
+    }
+
+    /// The renewal waiting for its confirming read, taken out (the keeper reads in a
+    /// task of its own, so the next renewal need not wait for it).
+    pub fn take_unconfirmed(&mut self) -> Option<Unconfirmed> {
+        let (sent, ttl, term) = self.unconfirmed.take()?;
+        Some(Unconfirmed {
+            lease: self.id?,
+            sent,
+            ttl,
+            term,
+            margin: self.margin,
+        })
+    }
+
+    /// A confirmed renewal of lease `id` moved its deadline to `deadline` (never back;
+    /// nothing for a lease given up since).
+    pub fn extend(&mut self, id: i64, deadline: Instant) {
+        if self.id == Some(id) {
+            self.deadline = Some(self.deadline.map_or(deadline, |d| d.max(deadline)));
+        }
+    }
+
     /// A linearizable read in raft term `term` succeeded after the last renewal was
     /// answered: the renewal now moves the deadline (if the terms match).
     pub fn confirm(&mut self, term: u64) {
-        if let Some((sent, ttl, t)) = self.unconfirmed.take() {
-            if t == term && t != 0 && self.id.is_some() {
-                let d = sent + ttl.saturating_sub(self.margin);
-                self.deadline = Some(self.deadline.map_or(d, |old| old.max(d)));
-            } else {
-                tracing::info!(renewed_in = t, read_in = term, "lease renewal not confirmed by a quorum read in its raft term; not extending the deadline");
+        if let Some(u) = self.take_unconfirmed() {
+            match u.confirmed_by(term) {
+                Some(d) => self.extend(u.lease, d),
+                None => tracing::info!(renewed_in = u.term, read_in = term, "lease renewal not confirmed by a quorum read in its raft term; not extending the deadline"),
             }
         }
     }
@@ -260,5 +312,38 @@ mod tests {
         l.unconfirmed = Some((t0, ttl, 6));
         l.confirm(6);
         assert_eq!(l.deadline, Some(t0 + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_renewal_confirmed_in_a_task_extends_only_its_own_lease_and_never_back() {
+        let ttl = Duration::from_secs(5);
+        let margin = Duration::from_millis(1500);
+        let mut l = LeaseState::new(ttl, margin);
+        let t0 = Instant::now();
+        l.id = Some(7);
+        l.deadline = Some(t0 + Duration::from_secs(3));
+        l.unconfirmed = Some((t0 + Duration::from_secs(1), ttl, 4));
+        let u = l.take_unconfirmed().unwrap();
+        assert!(l.take_unconfirmed().is_none());
+        assert_eq!(
+            u.confirmed_by(5),
+            None,
+            "a read from another term confirms nothing"
+        );
+        let d = u.confirmed_by(4).unwrap();
+        assert_eq!(d, t0 + Duration::from_millis(4500));
+        l.extend(8, d + Duration::from_secs(9));
+        assert_eq!(
+            l.deadline(),
+            Some(t0 + Duration::from_secs(3)),
+            "another lease"
+        );
+        l.extend(7, d);
+        assert_eq!(l.deadline(), Some(d));
+        l.extend(7, t0);
+        assert_eq!(l.deadline(), Some(d), "never back");
+        let mut v = l.view();
+        v.extend(7, d + Duration::from_secs(1));
+        assert_eq!(v.deadline(), Some(d + Duration::from_secs(1)));
     }
 }

@@ -9,7 +9,7 @@
 //! raft term ([`LeaseState::confirm`]), and the watchdog still fences at the last
 //! deadline when the process freezes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -18,12 +18,25 @@ use super::store::Store;
 
 /// How often the keeper looks (it renews every TTL/6, and at once after a failure).
 const KEEP_EVERY: Duration = Duration::from_millis(100);
+/// The least time between two connects after failures.
+const RECONNECT_EVERY: Duration = Duration::from_millis(300);
+/// How often the keeper looks for the leader again (etcd moves it; a member that is not
+/// the leader costs every renewal a round trip more).
+const FOLLOW_LEADER_EVERY: Duration = Duration::from_secs(10);
+
+/// Where the keeper's own etcd client connects (the nearest member, see
+/// [`Store::connect_nearest`]).
+#[derive(Clone, Debug)]
+pub struct EtcdTarget {
+    pub endpoints: Vec<String>,
+    pub cluster: String,
+    pub timeout: Duration,
+}
 
 /// The agent's end of the keeper task.
 pub struct LeaseKeeper {
     view: watch::Receiver<LeaseView>,
     changes: mpsc::UnboundedReceiver<LeaseChange>,
-    store: watch::Sender<Option<Store>>,
     revoke: Option<oneshot::Sender<oneshot::Sender<()>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -31,17 +44,15 @@ pub struct LeaseKeeper {
 impl LeaseKeeper {
     /// Starts the task (inside a runtime).
     #[must_use]
-    pub fn spawn(ttl: Duration, margin: Duration) -> LeaseKeeper {
+    pub fn spawn(ttl: Duration, margin: Duration, etcd: EtcdTarget) -> LeaseKeeper {
         let lease = LeaseState::new(ttl, margin);
         let (view_tx, view) = watch::channel(lease.view());
         let (changes_tx, changes) = mpsc::unbounded_channel();
-        let (store, store_rx) = watch::channel(None);
         let (revoke, revoke_rx) = oneshot::channel();
-        let task = tokio::spawn(keep(lease, view_tx, changes_tx, store_rx, revoke_rx));
+        let task = tokio::spawn(keep(lease, view_tx, changes_tx, etcd, revoke_rx));
         LeaseKeeper {
             view,
             changes,
-            store,
             revoke: Some(revoke),
             task,
         }
@@ -57,11 +68,6 @@ impl LeaseKeeper {
     #[must_use]
     pub fn watch(&self) -> watch::Receiver<LeaseView> {
         self.view.clone()
-    }
-
-    /// The etcd client to renew through (`None` while the agent has none).
-    pub fn use_store(&self, store: Option<Store>) {
-        self.store.send_replace(store);
     }
 
     /// Grants and losses since the last call.
@@ -94,16 +100,28 @@ async fn keep(
     mut lease: LeaseState,
     view: watch::Sender<LeaseView>,
     changes: mpsc::UnboundedSender<LeaseChange>,
-    store: watch::Receiver<Option<Store>>,
+    etcd: EtcdTarget,
     mut revoke: oneshot::Receiver<oneshot::Sender<()>>,
 ) {
+    let mut store: Option<Store> = None;
+    let mut last_connect: Option<tokio::time::Instant> = None;
+    // Confirming reads run in tasks of their own and report here: the next renewal is
+    // sent without waiting for the last one's read (over a slow WAN a renewal and its
+    // read take two round trips each; one after the other they outlast the margin).
+    let (confirmed_tx, mut confirmed) = mpsc::unbounded_channel::<Confirmation>();
     loop {
         tokio::select! {
             () = tokio::time::sleep(KEEP_EVERY) => {}
+            Some(c) = confirmed.recv() => {
+                if apply(&mut lease, c) {
+                    store = None;
+                }
+                publish(&view, &lease);
+                continue;
+            }
             done = &mut revoke => {
-                let current = store.borrow().clone();
-                if let Some(s) = current {
-                    lease.revoke(&s).await;
+                if let Some(s) = &store {
+                    lease.revoke(s).await;
                 }
                 view.send_replace(lease.view());
                 if let Ok(done) = done {
@@ -112,26 +130,124 @@ async fn keep(
                 return;
             }
         }
-        let current = store.borrow().clone();
-        let Some(s) = current else {
-            // No client: nothing renews, the deadline still applies (the view's
-            // `live` says so by itself).
+        if store.is_some() && last_connect.is_some_and(|t| t.elapsed() >= FOLLOW_LEADER_EVERY) {
+            store = None;
+        }
+        if store.is_none() && last_connect.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY) {
+            last_connect = Some(tokio::time::Instant::now());
+            store = Store::connect_nearest(&etcd.endpoints, &etcd.cluster, etcd.timeout)
+                .await
+                .ok();
+            // The keep-alive stream belongs to the old client.
+            lease.drop_renewer();
+        }
+        // Without a client nothing renews; the deadline still applies (the view's `live`
+        // says so by itself).
+        let Some(s) = store.clone() else {
+            publish(&view, &lease);
             continue;
         };
-        let change = lease.tick(&s).await;
-        if lease.unconfirmed() {
-            if let Ok(term) = s.term().await {
-                lease.confirm(term);
+        // Reads that confirm while a renewal is under way go to the view at once; the
+        // lease itself takes them when the renewal is done.
+        let mut early = Vec::new();
+        let tick_began = Instant::now();
+        let change = {
+            let tick = lease.tick(&s);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    change = &mut tick => break change,
+                    Some(c) = confirmed.recv() => {
+                        if let Confirmation::Confirmed { lease: id, deadline } = c {
+                            view.send_if_modified(|v| {
+                                let before = *v;
+                                v.extend(id, deadline);
+                                *v != before
+                            });
+                        }
+                        early.push(c);
+                    }
+                }
             }
+        };
+        for c in early {
+            if apply(&mut lease, c) {
+                store = None;
+            }
+        }
+        if let Some(why) = lease.last_error.clone() {
+            tracing::info!(error = %why, "lease renewal failed; reconnecting to the etcd leader or the nearest member that has one");
+            store = None;
+        }
+        if let Some(u) = lease.take_unconfirmed() {
+            tracing::debug!(renew_ms = tick_began.elapsed().as_millis(), "lease renewed");
+            let (s, tx) = (s.clone(), confirmed_tx.clone());
+            tokio::spawn(async move {
+                let c = match s.term().await {
+                    Ok(term) => match u.confirmed_by(term) {
+                        Some(deadline) => Confirmation::Confirmed {
+                            lease: u.lease,
+                            deadline,
+                        },
+                        None => Confirmation::OtherTerm {
+                            renewed_in: u.term,
+                            read_in: term,
+                        },
+                    },
+                    Err(e) => Confirmation::Failed(e.to_string()),
+                };
+                let _ = tx.send(c);
+            });
         }
         if change != LeaseChange::None {
             let _ = changes.send(change);
         }
-        view.send_if_modified(|v| {
-            let next = lease.view();
-            let changed = *v != next;
-            *v = next;
-            changed
-        });
+        publish(&view, &lease);
     }
+}
+
+/// What a confirming read found.
+enum Confirmation {
+    Confirmed { lease: i64, deadline: Instant },
+    OtherTerm { renewed_in: u64, read_in: u64 },
+    Failed(String),
+}
+
+/// Applies a confirmation; true when the client should be replaced.
+fn apply(lease: &mut LeaseState, c: Confirmation) -> bool {
+    match c {
+        Confirmation::Confirmed {
+            lease: id,
+            deadline,
+        } => {
+            lease.extend(id, deadline);
+            tracing::debug!(
+                left_ms = lease
+                    .deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()).as_millis()),
+                "lease renewal confirmed"
+            );
+            false
+        }
+        Confirmation::OtherTerm {
+            renewed_in,
+            read_in,
+        } => {
+            tracing::info!(renewed_in, read_in, "lease renewal not confirmed by a quorum read in its raft term; not extending the deadline");
+            false
+        }
+        Confirmation::Failed(why) => {
+            tracing::info!(error = %why, "the read confirming a lease renewal failed; reconnecting");
+            true
+        }
+    }
+}
+
+fn publish(view: &watch::Sender<LeaseView>, lease: &LeaseState) {
+    view.send_if_modified(|v| {
+        let next = lease.view();
+        let changed = *v != next;
+        *v = next;
+        changed
+    });
 }

@@ -70,12 +70,6 @@ impl Store {
             .with_connect_timeout(timeout)
             .with_keep_alive(Duration::from_secs(1), timeout)
             .with_require_leader(true);
-        // Talk to the nearest member that has a leader: over a WAN, a client balanced
-        // across every member sends two of three calls to another region, a round trip
-        // more each, and the lease's renewals lapse. When it fails, the agent reconnects
-        // and the next nearest answers.
-        let near = nearest(endpoints, options.clone(), timeout).await;
-        let endpoints = near.as_ref().map_or(endpoints, std::slice::from_ref);
         let client = tokio::time::timeout(timeout * 3, Client::connect(endpoints, Some(options)))
             .await
             .map_err(|_| StoreError {
@@ -88,6 +82,29 @@ impl Store {
             keys: Keys::new(cluster),
             timeout,
         })
+    }
+
+    /// Like [`Store::connect`], to one member: the leader when it answers, else the first
+    /// member to answer that sees a leader, else all. Over a WAN a client spread over
+    /// every member sends most calls through another region and then on to the leader;
+    /// the lease keeper, whose renewals must land within the safety margin, uses this
+    /// and reconnects as soon as a call fails (a WAN cut may leave only the witness).
+    pub async fn connect_nearest(
+        endpoints: &[String],
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let options = ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout)
+            .with_require_leader(true);
+        match nearest(endpoints, options, timeout).await {
+            Some(e) => {
+                tracing::debug!(member = %e, "lease keeper's etcd member");
+                Store::connect(std::slice::from_ref(&e), cluster, timeout).await
+            }
+            None => Store::connect(endpoints, cluster, timeout).await,
+        }
     }
 
     async fn bounded<T>(
@@ -448,9 +465,10 @@ impl Store {
 }
 
 /// A lease's keep-alive stream.
-/// The member that answered a connect and status call first among those that see a
-/// leader;
-/// `None` with one endpoint, or when none answered (then all of them are used).
+/// The etcd leader's endpoint if it answers, else the first member to answer that sees
+/// a leader; `None` with one endpoint, or when none answered. A renewal sent to the
+/// leader takes one round trip, through another member two, and its confirming read
+/// likewise: across a slow WAN that is what keeps a lease alive.
 async fn nearest(
     endpoints: &[String],
     options: ConnectOptions,
@@ -466,24 +484,23 @@ async fn nearest(
             let probe = async {
                 let mut c = Client::connect([e.as_str()], Some(options)).await.ok()?;
                 let status = c.status().await.ok()?;
-                (status.leader() != 0).then_some(())
+                let me = status.header().map_or(0, |h| h.member_id());
+                (status.leader() != 0).then_some((status.leader() == me, e))
             };
-            tokio::time::timeout(timeout, probe)
-                .await
-                .ok()
-                .flatten()
-                .map(|()| e)
+            tokio::time::timeout(timeout, probe).await.ok().flatten()
         });
     }
-    // The first to answer is the nearest (connect and status both cross its path);
-    // a frozen member is not waited for.
+    let mut first = None;
     while let Some(done) = probes.join_next().await {
-        if let Ok(Some(e)) = done {
-            probes.abort_all();
-            return Some(e);
+        if let Ok(Some((is_leader, e))) = done {
+            if is_leader {
+                probes.abort_all();
+                return Some(e);
+            }
+            first.get_or_insert(e);
         }
     }
-    None
+    first
 }
 
 pub struct Renewer {

@@ -563,6 +563,71 @@ impl RegionsLab {
         Ok(())
     }
 
+    /// Makes `site`'s etcd member the leader (`etcdctl move-leader`), so a drill meets
+    /// its worst case on purpose rather than by chance.
+    pub fn move_etcd_leader(&self, site: Site) -> Result<(), LabError> {
+        let l = &self.opts.layout;
+        let members = [Site::A, Site::B, Site::Witness];
+        let endpoints = members
+            .iter()
+            .map(|&s| l.inside(Service::EtcdClient(s)).to_string())
+            .collect::<Vec<_>>();
+        let etcdctl = |args: &[&str]| -> Result<std::process::Output, LabError> {
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(args)
+                .output()
+                .map_err(io("running etcdctl"))
+        };
+        let out = etcdctl(&[
+            "--endpoints",
+            &endpoints.join(","),
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            LabError::Setup(format!(
+                "etcdctl endpoint status: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+        let rows = status.as_array().cloned().unwrap_or_default();
+        let id_of = |ep: &str| {
+            rows.iter()
+                .find(|r| r["Endpoint"] == ep)
+                .and_then(|r| r["Status"]["header"]["member_id"].as_u64())
+        };
+        let target_ep = l.inside(Service::EtcdClient(site)).to_string();
+        let target = id_of(&target_ep)
+            .ok_or_else(|| LabError::Setup(format!("etcd member {site} did not answer")))?;
+        let leader = rows
+            .iter()
+            .find_map(|r| r["Status"]["leader"].as_u64())
+            .ok_or_else(|| LabError::Setup("etcd has no leader".into()))?;
+        if leader == target {
+            return Ok(());
+        }
+        let leader_ep = endpoints
+            .iter()
+            .find(|ep| id_of(ep) == Some(leader))
+            .ok_or_else(|| LabError::Setup("the etcd leader did not answer".into()))?;
+        let out = etcdctl(&[
+            "--endpoints",
+            leader_ep,
+            "move-leader",
+            &format!("{target:x}"),
+        ])?;
+        if !out.status.success() {
+            return Err(LabError::Setup(format!(
+                "etcdctl move-leader: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
     /// The region's PostgreSQL.
     #[must_use]
     pub fn postgres(&self, region: Site) -> &Cluster {

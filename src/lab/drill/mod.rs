@@ -62,6 +62,9 @@ fn drill(
     o: &DrillOptions,
     r: &mut DrillReport,
 ) -> Result<(), LabError> {
+    if let Some(site) = s.etcd_leader() {
+        lab.move_etcd_leader(site)?;
+    }
     settle_home(lab)?;
     let conflicts_before = conflicts(lab);
     let base = next_id(lab)?;
@@ -93,7 +96,9 @@ fn drill(
         let waiting_for_takeover = matches!(s.failover(), Failover::Required | Failover::Planned)
             && taken_over_at.is_none()
             && elapsed < Duration::from_secs(30);
-        if elapsed >= hold && !waiting_for_takeover {
+        // The sampler (which can lag a poll behind) must see a takeover before the heal.
+        let seen = taken_over_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if elapsed >= hold && !waiting_for_takeover && seen {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -121,7 +126,12 @@ fn drill(
     } else {
         None
     };
-    r.takeover_s = t.takeover_s;
+    // The drill's own poll saw it even if the sampler's slower round did not.
+    r.takeover_s = match (t.takeover_s, taken_over_at) {
+        (Some(t), _) => Some(t),
+        (None, Some(at)) => Some(at.duration_since(fault).as_secs_f64()),
+        (None, None) => None,
+    };
     r.dual_owner_samples = t.dual_owner_samples;
     r.samples = t.samples;
     r.owner_refused_samples = t.refused_samples;

@@ -115,6 +115,23 @@ impl Scenario {
         )
     }
 
+    /// Where the etcd leader is put before the fault: the harder place for it.
+    #[must_use]
+    pub fn etcd_leader(self) -> Option<Site> {
+        match self {
+            // Region a's member loses the leader; a must keep its lease via the witness.
+            Scenario::WanCut | Scenario::DegradedWan | Scenario::AsymmetricPartition => {
+                Some(Site::B)
+            }
+            // The leader goes with the region: an election first, then the lease expiry.
+            Scenario::RegionKilled | Scenario::RegionIsolated | Scenario::OldOwnerReturns => {
+                Some(Site::A)
+            }
+            Scenario::WitnessLost => Some(Site::Witness),
+            _ => None,
+        }
+    }
+
     /// How long the fault is held at least (the drill also waits for the takeover).
     #[must_use]
     pub fn hold(self, short: bool) -> Duration {
