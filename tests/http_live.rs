@@ -307,8 +307,11 @@ fn health_readiness_and_metrics_of_a_running_mesh() {
         }
         assert!(m.contains("pgmesh_apply_batch_seconds_bucket{"), "{m}");
         // The guardrail's view of slot pgmesh_a on b (read by a's sidecar).
-        let m = wait_http(pb, "/metrics", "slot metrics", |_, m| {
+        // The clock skew gauges appear once the stream measured a round trip (the
+        // sidecar asks for one at least every 10 s): wait for that too.
+        let m = wait_http(pb, "/metrics", "slot and clock skew metrics", |_, m| {
             metric(m, "pgmesh_slot_active", &["peer=\"a\""]) == Some(1.0)
+                && m.contains("pgmesh_clock_skew_seconds{")
         });
         assert!(
             metric(
