@@ -76,6 +76,15 @@ pub struct Published {
     /// Forced writable by an operator: no lease deadline applies.
     #[serde(skip)]
     pub forced: bool,
+    /// Whether the lease follower may move the database's write permit: open only
+    /// between a decision that keeps writing and the next decision. The decision loop
+    /// closes it before it reads `permit_until` and decides, so the permit it counts
+    /// on having run out (before it gives an endpoint up) is never moved behind its back.
+    #[serde(skip)]
+    pub permit_gate: bool,
+    /// The latest permit the follower wrote (recorded before it writes).
+    #[serde(skip)]
+    pub permit_until: Option<Instant>,
 }
 
 impl Published {
@@ -411,6 +420,13 @@ impl Agent {
         // The keeper renewed while this tick read etcd and probed (over a slow WAN that
         // takes seconds): decide on the lease as it is now, not as the tick found it.
         self.lease = self.keeper().view();
+        {
+            let mut p = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            p.permit_gate = false;
+            if p.permit_until > self.permit_deadline && self.db_fenced == Some(false) {
+                self.permit_deadline = p.permit_until;
+            }
+        }
         let lease = self.usable_lease(Instant::now());
         let view: ClusterView = self.snapshot.view.clone();
         let caught_up = self.caught_up();
@@ -658,6 +674,7 @@ impl Agent {
         {
             let mut p = self.shared.write().unwrap_or_else(|e| e.into_inner());
             p.writable = d.writable;
+            p.permit_gate = d.writable;
             p.why = d.why.clone();
             p.serving = d.serving.clone();
             p.lease = lease;
@@ -786,7 +803,15 @@ async fn follow_lease(
             };
             // The database's permit follows too, while the region writes unfenced: a
             // tick slowed by the WAN must not let it lapse under a live lease.
-            let extend = p.writable && p.fenced == Some(false) && until > permit_until;
+            let extend = p.permit_gate
+                && p.writable
+                && p.fenced == Some(false)
+                && until > permit_until
+                && until > p.permit_until;
+            if extend {
+                // Recorded before the write: a decision that follows counts it.
+                p.permit_until = until;
+            }
             (until, p.why.clone(), if extend { until } else { None })
         };
         if let Some(hb) = hb.as_mut() {
