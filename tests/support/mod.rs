@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS pgmesh.tombstones (
   decided_ts timestamptz, decided_node text, PRIMARY KEY (table_name, key));
 CREATE TABLE IF NOT EXISTS pgmesh.outbox (
   id bigserial PRIMARY KEY, prefix text NOT NULL, body jsonb NOT NULL);
+CREATE UNLOGGED TABLE IF NOT EXISTS pgmesh.clock_skew (
+  peer text PRIMARY KEY, skew_us bigint NOT NULL, uncertainty_us bigint NOT NULL,
+  samples integer NOT NULL, measured_at timestamptz NOT NULL);
 ";
 
 pub struct Node {
