@@ -8,6 +8,8 @@
 #  - prometheus: the scraper behind src/testkit/prometheus.rs (and promtool for the rules);
 #  - the traffic layers the agent drives and its tests start for real: haproxy, pgbouncer,
 #    knot (+ knot-dnsutils for kdig) as the RFC 2136 DNS server, prometheus-alertmanager;
+#  - faketime: libfaketime, which shifts one node's clock in tests/clock_skew_live.rs and
+#    the lab's clock-skew drill (src/testkit/faketime.rs);
 #  - docker-compose: no container runs here, but `docker-compose config` checks the
 #    top-level docker-compose.yml (tests/compose_config.rs).
 # Prints nothing but progress; exits non-zero with the reason on failure.
@@ -16,7 +18,7 @@ set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 want=(etcd-server etcd-client protobuf-compiler libprotobuf-dev prometheus
-      haproxy pgbouncer knot knot-dnsutils prometheus-alertmanager docker-compose)
+      haproxy pgbouncer knot knot-dnsutils prometheus-alertmanager docker-compose faketime)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,6 +36,7 @@ for svc in etcd prometheus haproxy pgbouncer knot prometheus-alertmanager; do
   as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 for bin in /usr/bin/etcd /usr/bin/etcdctl /usr/bin/protoc /usr/bin/prometheus \
-  /usr/sbin/haproxy /usr/sbin/pgbouncer /usr/sbin/knotd /usr/bin/kdig /usr/bin/prometheus-alertmanager /usr/bin/docker-compose; do
+  /usr/sbin/haproxy /usr/sbin/pgbouncer /usr/sbin/knotd /usr/bin/kdig /usr/bin/prometheus-alertmanager /usr/bin/docker-compose \
+  /usr/bin/faketime; do
   [ -x "$bin" ] || { echo "install-control: $bin missing after install" >&2; exit 1; }
 done

@@ -4,6 +4,15 @@
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
+/// This machine's clock in microseconds since the Unix epoch (0 before it).
+#[must_use]
+pub fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// `2026-11-25T20:01:02.123456Z` for a PostgreSQL timestamp.
 #[must_use]
 pub fn rfc3339(pg_micros: i64) -> String {

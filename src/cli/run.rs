@@ -57,6 +57,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             limits,
             reconnect: BackoffPolicy::default(),
             clock_skew_warn: cfg.replication.clock_skew_warn,
+            clock_wait_max: cfg.replication.clock_wait_max,
         });
     }
     Ok(out)

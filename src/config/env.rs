@@ -75,6 +75,7 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("REPLICATION", "FULL_IDENTITY", Kind::List),
     ("REPLICATION", "EXCLUDE", Kind::List),
     ("REPLICATION", "CLOCK_SKEW_WARN", Kind::Str),
+    ("REPLICATION", "CLOCK_WAIT_MAX", Kind::Str),
     ("CONTROL", "ETCD", Kind::List),
     ("CONTROL", "CLUSTER", Kind::Str),
     ("CONTROL", "LEASE_TTL", Kind::Str),

@@ -11,6 +11,7 @@
 //! full_identity = []      # tables allowed without a primary key (REPLICA IDENTITY FULL)
 //! exclude = []
 //! clock_skew_warn = "500ms"  # warn when a node's clock is surely this far from its peer's
+//! clock_wait_max = "10s"    # apply a change only once our clock passed its commit time
 //! [apply]                 # optional, defaults shown
 //! batch_max_rows = 5000
 //! batch_max_bytes = "16MB"
@@ -105,10 +106,17 @@ pub struct ReplicationConfig {
     /// favours the node whose clock is ahead (README "What last-writer-wins does under
     /// clock skew").
     pub clock_skew_warn: Duration,
+    /// A peer change whose commit time is ahead of this node's clock waits (up to this)
+    /// until the clock passed it, so a local write made after it is stamped later
+    /// ([`crate::conflict::causality`]). Zero: never wait.
+    pub clock_wait_max: Duration,
 }
 
 /// Default of `[replication] clock_skew_warn`.
 pub const DEFAULT_CLOCK_SKEW_WARN: Duration = Duration::from_millis(500);
+/// Default of `[replication] clock_wait_max`: well past any skew a disciplined clock
+/// shows, short of stalling a direction for long.
+pub const DEFAULT_CLOCK_WAIT_MAX: Duration = Duration::from_secs(10);
 
 impl ReplicationConfig {
     /// Whether a table is replicated: matched by `tables`, not by `exclude`.
@@ -185,6 +193,7 @@ struct RawReplication {
     #[serde(default)]
     exclude: Vec<String>,
     clock_skew_warn: Option<String>,
+    clock_wait_max: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -332,11 +341,18 @@ impl Config {
                 d
             }
         };
+        let clock_wait_max = match repl.clock_wait_max {
+            None => DEFAULT_CLOCK_WAIT_MAX,
+            Some(text) => {
+                parse_duration(&text).map_err(|m| invalid("replication.clock_wait_max", m))?
+            }
+        };
         let replication = ReplicationConfig {
             tables: patterns("replication.tables", tables)?,
             full_identity: patterns("replication.full_identity", repl.full_identity)?,
             exclude: patterns("replication.exclude", repl.exclude)?,
             clock_skew_warn,
+            clock_wait_max,
         };
 
         let defaults = ApplyConfig::default();

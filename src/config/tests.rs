@@ -656,3 +656,27 @@ fn control_keys_take_environment_overrides() {
     .to_string();
     assert!(e.contains("PGMESH_CONTROL_LEASE_TTL"), "{e}");
 }
+
+#[test]
+fn clock_wait_max_defaults_to_10s_and_zero_turns_waiting_off() {
+    let c = parse(GOOD, &[("PW_A", "x")]).unwrap();
+    assert_eq!(c.replication.clock_wait_max, Duration::from_secs(10));
+    let with = |v: &str| {
+        GOOD.replace(
+            "[replication]\n",
+            &format!("[replication]\nclock_wait_max = {v}\n"),
+        )
+    };
+    let c = parse(&with("\"0s\""), &[("PW_A", "x")]).unwrap();
+    assert_eq!(c.replication.clock_wait_max, Duration::ZERO);
+    let c = parse(
+        GOOD,
+        &[("PW_A", "x"), ("PGMESH_REPLICATION_CLOCK_WAIT_MAX", "30s")],
+    )
+    .unwrap();
+    assert_eq!(c.replication.clock_wait_max, Duration::from_secs(30));
+    let e = parse(&with("\"later\""), &[("PW_A", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("replication.clock_wait_max"), "{e}");
+}

@@ -49,6 +49,10 @@ pub const GUARDRAIL_DROPS: &str = "pgmesh_guardrail_slot_drops_total";
 pub const CLOCK_SKEW: &str = "pgmesh_clock_skew_seconds";
 /// Per direction: the true skew is within `pgmesh_clock_skew_seconds` ± this.
 pub const CLOCK_SKEW_UNCERTAINTY: &str = "pgmesh_clock_skew_uncertainty_seconds";
+/// Per direction: peer transactions held back until this node's clock passed their
+/// commit time ([`crate::conflict::causality`]); rises only while the peer's clock is
+/// ahead.
+pub const CLOCK_WAITS: &str = "pgmesh_clock_waits_total";
 /// Always 1, label `version`: the sidecar is up and which version it runs.
 pub const BUILD_INFO: &str = "pgmesh_build_info";
 
@@ -70,6 +74,7 @@ pub const ALL: &[&str] = &[
     GUARDRAIL_DROPS,
     CLOCK_SKEW,
     CLOCK_SKEW_UNCERTAINTY,
+    CLOCK_WAITS,
     BUILD_INFO,
 ];
 
@@ -166,6 +171,10 @@ fn describe() {
         Unit::Seconds,
         "Half the smallest status round trip: the true clock skew is within the estimate plus or minus this"
     );
+    describe_counter!(
+        CLOCK_WAITS,
+        "Peer transactions held back until this node's clock passed their commit time (the peer's clock is ahead)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; label version");
 }
 
@@ -181,6 +190,7 @@ pub struct DirectionMetrics {
     pub batch_rows: Histogram,
     pub apply_seconds: Histogram,
     pub reconnects: Counter,
+    pub clock_waits: Counter,
 }
 
 impl DirectionMetrics {
@@ -198,6 +208,7 @@ impl DirectionMetrics {
             batch_rows: histogram!(BATCH_ROWS, &[p()]),
             apply_seconds: histogram!(APPLY_SECONDS, &[p()]),
             reconnects: counter!(RECONNECTS, &[p()]),
+            clock_waits: counter!(CLOCK_WAITS, &[p()]),
             peer,
         }
     }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -125,7 +125,7 @@ impl DirectionState {
             peer_wal: AtomicU64::new(0),
             peer_confirmed: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
-            down_since: AtomicI64::new(unix_micros()),
+            down_since: AtomicI64::new(crate::pgtime::unix_micros_now()),
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(None),
             horizon: AtomicI64::new(i64::MIN),
@@ -196,7 +196,8 @@ impl DirectionState {
         if streaming {
             self.down_since.store(0, Ordering::Relaxed);
         } else if was == Phase::Streaming {
-            self.down_since.store(unix_micros(), Ordering::Relaxed);
+            self.down_since
+                .store(crate::pgtime::unix_micros_now(), Ordering::Relaxed);
         }
     }
 
@@ -249,7 +250,8 @@ impl DirectionState {
         // time since it went down (when the peer has anything to send).
         let down = self.down_since.load(Ordering::Relaxed);
         if down != 0 && self.lag_bytes() > 0 {
-            let micros = u64::try_from(unix_micros().saturating_sub(down)).unwrap_or(0);
+            let micros =
+                u64::try_from(crate::pgtime::unix_micros_now().saturating_sub(down)).unwrap_or(0);
             let lag = self.lag_micros.load(Ordering::Relaxed).max(micros);
             self.lag_micros.store(lag, Ordering::Relaxed);
             #[allow(clippy::cast_precision_loss)]
@@ -305,13 +307,6 @@ pub fn age(ts: PgTimestamp) -> Option<Duration> {
             .duration_since(committed)
             .unwrap_or_default(),
     )
-}
-
-fn unix_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ pub struct PeerLink {
     /// Warn when this node's clock is surely further than this from the peer's
     /// (`[replication] clock_skew_warn`).
     pub clock_skew_warn: Duration,
+    /// Longest wait for this node's clock to pass a peer commit's time before applying
+    /// it (`[replication] clock_wait_max`; see [`crate::conflict::causality`]).
+    pub clock_wait_max: Duration,
 }
 
 /// Why a peer stream stopped.

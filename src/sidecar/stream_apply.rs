@@ -19,6 +19,7 @@ use crate::apply::shape_io::{map_relation, Sides};
 use crate::apply::table::TableMap;
 use crate::apply::{ApplyError, ApplySession};
 use crate::batch::{ChangeOp, Chunk, KeylessChange};
+use crate::conflict::causality::{clock_wait, ClockWait};
 use crate::filter::{OriginFilter, Verdict};
 use crate::observe::{DirectionState, Phase};
 use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Relation, Type};
@@ -134,6 +135,8 @@ struct Direction<'l> {
     /// the lag in seconds. Pruned as the writer commits, so it holds about as many as the
     /// writer's bounded queue.
     in_flight: VecDeque<(Lsn, PgTimestamp)>,
+    /// When the log last said that changes wait for this node's clock.
+    clock_noted: Option<Instant>,
 }
 
 async fn run_once(
@@ -195,6 +198,7 @@ async fn run_once(
         pending_txns: 0,
         batch_first_ts: None,
         in_flight: VecDeque::new(),
+        clock_noted: None,
     };
     state.applied(applied);
     state.set_phase(Phase::Streaming);
@@ -382,6 +386,13 @@ impl Direction<'_> {
                 if skip {
                     tracing::debug!(peer = %self.link.peer, xid = b.xid, final_lsn = %b.final_lsn,
                         applied = %self.sent_commit, "reading past a transaction applied before");
+                }
+                if let Some(wait) = self.clock_wait(b.commit_time).filter(|_| !skip) {
+                    // What is batched already goes first: the wait holds no row locks.
+                    if self.pending_commit.is_some() {
+                        self.commit_batch().await?;
+                    }
+                    tokio::time::sleep(wait).await;
                 }
                 self.open = Some(OpenTxn {
                     commit_lsn: b.final_lsn,
@@ -603,6 +614,11 @@ impl Direction<'_> {
         let Some((end, ts)) = self.pending_commit.take() else {
             return self.flush_chunk().await;
         };
+        // Each transaction waited at its Begin; commit times are not strictly ordered
+        // with the stream, so the batch's last is checked once more (rarely waits).
+        if let Some(wait) = self.clock_wait(ts) {
+            tokio::time::sleep(wait).await;
+        }
         // The last chunk goes with the commit, so the writer can send both at once.
         let chunk = (!self.chunk.is_empty()).then(|| self.chunk.take());
         let txns = std::mem::take(&mut self.pending_txns);
@@ -621,6 +637,43 @@ impl Direction<'_> {
             self.in_flight.push_back((end, first));
         }
         Ok(())
+    }
+}
+
+impl Direction<'_> {
+    /// How long to hold back what was committed at `ts` so that it is applied only once
+    /// this node's clock passed it ([`crate::conflict::causality`]).
+    fn clock_wait(&mut self, ts: PgTimestamp) -> Option<std::time::Duration> {
+        let now = crate::pgtime::unix_micros_now();
+        let wait = match clock_wait(ts, now, self.link.clock_wait_max) {
+            ClockWait::Ready => return None,
+            ClockWait::Wait(d) => d,
+            ClockWait::TooFar(ahead) => {
+                if self.note_clock() {
+                    tracing::warn!(node = %self.link.local_node, peer = %self.link.peer,
+                        ahead_s = ahead.as_secs_f64(), max_s = self.link.clock_wait_max.as_secs_f64(),
+                        "a change from the peer is committed further ahead of this node's clock than [replication] clock_wait_max; applied at once: a local write made on top of it in the next `ahead_s` can lose to it on the peer and the nodes then differ in that row (pgmesh verify / repair); sync both clocks (chrony/NTP)");
+                }
+                return None;
+            }
+        };
+        self.state.metrics.clock_waits.increment(1);
+        if wait >= std::time::Duration::from_millis(100) && self.note_clock() {
+            tracing::warn!(node = %self.link.local_node, peer = %self.link.peer, wait_s = wait.as_secs_f64(),
+                "the peer's commits are ahead of this node's clock: each is applied once this clock passed its commit time, so that a local write made after it is stamped later (last-writer-wins stays causal); the direction lags by the skew; sync both clocks (chrony/NTP)");
+        }
+        Some(wait)
+    }
+
+    /// Whether to log about the clock now (at most once a minute).
+    fn note_clock(&mut self) -> bool {
+        let due = self
+            .clock_noted
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            self.clock_noted = Some(Instant::now());
+        }
+        due
     }
 }
 

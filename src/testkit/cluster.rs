@@ -70,6 +70,7 @@ pub struct ClusterBuilder {
     port: Option<u16>,
     netns: Option<(String, String)>,
     data_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -113,6 +114,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Starts the server (every later start too) with `key=value` in its environment:
+    /// a clock shifted by libfaketime ([`super::faketime`]).
+    #[must_use]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// initdb, configure and start the cluster on a free port.
     pub fn start(self) -> Result<Cluster, TestkitError> {
         let bin = bin_dir(self.major)?;
@@ -125,6 +134,7 @@ impl ClusterBuilder {
             data_dir,
             run_as_pg,
             netns: self.netns.clone(),
+            env: self.env.clone(),
         };
         cluster.initdb()?;
         let mut cluster = cluster;
@@ -164,6 +174,8 @@ pub struct Cluster {
     run_as_pg: bool,
     /// The network namespace the server runs in and the address that reaches it.
     netns: Option<(String, String)>,
+    /// Extra environment of the server.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -181,6 +193,7 @@ impl Cluster {
             port: None,
             netns: None,
             data_dir: None,
+            env: Vec::new(),
         }
     }
 
@@ -342,19 +355,22 @@ impl Cluster {
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), TestkitError> {
-        let mut cmd = match &self.netns {
-            // pg_ctl forks the postmaster, which stays in the namespace.
-            Some((ns, _)) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]);
-                if self.run_as_pg {
-                    c.args(["runuser", "-u", "postgres", "--"]);
-                }
-                c.arg(self.bin.join("pg_ctl"));
-                c
-            }
-            None => self.as_server_user(&self.bin.join("pg_ctl")),
-        };
+        // pg_ctl forks the postmaster, which stays in the namespace and keeps the
+        // environment (`env` after runuser, which would reset some of it).
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some((ns, _)) = &self.netns {
+            argv.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
+        }
+        if self.run_as_pg {
+            argv.extend(["runuser", "-u", "postgres", "--"].map(Into::into));
+        }
+        if !self.env.is_empty() {
+            argv.push("env".into());
+            argv.extend(self.env.iter().map(|(k, v)| format!("{k}={v}").into()));
+        }
+        argv.push(self.bin.join("pg_ctl").into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.arg("-D").arg(&self.data_dir);
         cmd.arg("-l").arg(self.data_dir.join("server.log"));
         cmd.args(args);

@@ -18,6 +18,7 @@ mod binaries;
 mod cluster;
 mod daemon;
 mod etcd;
+pub mod faketime;
 mod haproxy;
 mod knot;
 mod loopback;

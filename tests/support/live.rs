@@ -49,8 +49,19 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn spawn(cfg: &Path, node: &str, log: PathBuf) -> Sidecar {
+        Sidecar::spawn_with_env(cfg, node, log, &[])
+    }
+
+    /// [`Sidecar::spawn`] with `env` added (a shifted clock).
+    pub fn spawn_with_env(
+        cfg: &Path,
+        node: &str,
+        log: PathBuf,
+        env: &[(String, String)],
+    ) -> Sidecar {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pgmesh"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--log-format", "text", "run", "-c"])
             .arg(cfg)
             .args(["--node", node])

@@ -202,6 +202,7 @@ impl Mesh {
             limits: self.limits,
             reconnect: self.reconnect,
             clock_skew_warn: pgmesh::config::DEFAULT_CLOCK_SKEW_WARN,
+            clock_wait_max: pgmesh::config::DEFAULT_CLOCK_WAIT_MAX,
         };
         let rx = self
             .stop
