@@ -19,6 +19,7 @@ use super::hub::Hub;
 use super::netns::{remove_leftovers, Netns, NetnsError};
 use super::topology::{Layout, Service, Site};
 use super::wan::WanSettings;
+use crate::testkit::faketime::FakeClock;
 use crate::testkit::{http_get_at, Cluster, Daemon, TestkitError};
 
 /// The application's table and role (the agents fence `app`; superusers bypass fences).
@@ -169,6 +170,9 @@ pub struct RegionsLab {
     _hub_address: HubAddress,
     opts: LabOptions,
     config: PathBuf,
+    /// Each region's host clock (PostgreSQL, sidecar, agent), when libfaketime is
+    /// installed: at real time unless a drill shifts it.
+    clocks: BTreeMap<Site, FakeClock>,
     /// What the last start found of an earlier lab.
     pub leftovers: Vec<String>,
     pub started_in: Duration,
@@ -219,6 +223,13 @@ impl RegionsLab {
         let cluster_name = format!("lab-{}", layout.prefix);
         std::fs::write(&config, layout.config(&cluster_name, SIDECAR_HTTP_PORT))
             .map_err(io("writing pgmesh.toml"))?;
+        let mut clocks = BTreeMap::new();
+        if FakeClock::available() {
+            for region in Site::REGIONS {
+                let file = opts.dir.join(format!("clock-{region}"));
+                clocks.insert(region, FakeClock::new(&file)?);
+            }
+        }
         let mut lab = RegionsLab {
             haproxy: BTreeMap::new(),
             agents: BTreeMap::new(),
@@ -231,6 +242,7 @@ impl RegionsLab {
             _hub_address: hub_address,
             opts,
             config,
+            clocks,
             leftovers,
             started_in: Duration::ZERO,
         };
@@ -381,7 +393,16 @@ impl RegionsLab {
                 data.display()
             )));
         }
-        let cluster = Cluster::builder(self.opts.pg)
+        let mut builder = Cluster::builder(self.opts.pg);
+        for (k, v) in self
+            .clocks
+            .get(&region)
+            .map(|c| c.env(false))
+            .unwrap_or_default()
+        {
+            builder = builder.env(&k, &v);
+        }
+        let cluster = builder
             .netns(&l.namespace(region), &l.site_addr(region).to_string())
             .port(Service::Postgres(region).port(l))
             .data_dir(&data)
@@ -429,7 +450,21 @@ impl RegionsLab {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "pgmesh=info");
         }
+        if let Some(clock) = self.clocks.get(&site) {
+            cmd.envs(clock.env(true));
+        }
         cmd
+    }
+
+    /// Shifts region `site`'s host clock (its PostgreSQL, sidecar and agent) `ms` from
+    /// real time, while they run; 0 puts it back. Needs libfaketime (Debian `faketime`).
+    pub fn set_clock_offset(&self, site: Site, ms: i64) -> Result<(), LabError> {
+        let clock = self.clocks.get(&site).ok_or_else(|| {
+            LabError::Setup(format!(
+                "region {site} has no shiftable clock: install libfaketime (Debian package faketime, scripts/install-control.sh) and start the lab again"
+            ))
+        })?;
+        Ok(clock.set_offset_ms(ms)?)
     }
 
     /// Starts (or restarts) region `site`'s sidecar.
@@ -749,7 +784,8 @@ impl Drop for RegionsLab {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
+/// The last `n` lines of `s`.
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -8,9 +8,11 @@
 //! Correctness expectations are checks (a failed one fails the drill); timing targets
 //! are reported beside them and summarized over trials.
 
+pub mod hot_rows;
 pub mod report;
 pub mod sampler;
 pub mod scenarios;
+mod slot_loss;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -66,6 +68,9 @@ fn drill(
         lab.move_etcd_leader(site)?;
     }
     settle_home(lab)?;
+    if s == Scenario::ClockSkew {
+        hot_rows::prepare(lab)?;
+    }
     let conflicts_before = conflicts(lab);
     let base = next_id(lab)?;
     let sampler = Sampler::start(targets(lab));
@@ -86,6 +91,13 @@ fn drill(
     let fault = Instant::now();
     let hold = s.hold(o.short);
     scenarios::inject(lab, s, fault + hold)?;
+    let hot = (s == Scenario::ClockSkew).then(|| {
+        let dsns = targets(lab).app_dsns;
+        hot_rows::HotWriters::start(
+            &[(Site::A, dsns[0].clone()), (Site::B, dsns[1].clone())],
+            &format!("t{}", o.trial),
+        )
+    });
     // Hold the fault; a failover scenario also waits for the takeover (up to 30 s).
     let mut taken_over_at = None;
     loop {
@@ -111,6 +123,16 @@ fn drill(
         ));
     }
     r.owners.push(owner(lab));
+    let hot = hot.map(|w| {
+        // Stopped before b's clock is stepped back: a step back while b's "future"
+        // versions are still ahead of real time is a hazard of its own (README).
+        let log = w.stop();
+        r.measure(
+            "region b's clock skew as region a measured it",
+            skew_seen(lab),
+        );
+        log
+    });
     let healed = Instant::now();
     r.fault_held_s = healed.duration_since(fault).as_secs_f64();
     scenarios::heal(lab, s)?;
@@ -149,8 +171,78 @@ fn drill(
     r.in_doubt_committed = in_doubt(lab, base, last, &acked);
     r.divergent_rows = verify(lab);
     r.conflicts_recorded = conflicts(lab).saturating_sub(conflicts_before);
+    if let Some(log) = hot {
+        judge_hot_rows(lab, &log, r);
+    }
     judge(s, r, back.err());
     Ok(())
+}
+
+/// The clock-skew drill's own checks: every row the two regions fought over holds its
+/// latest commit on both nodes, and neither region's application was refused a write
+/// (each region's write permit is counted on its own, shifted, clock).
+fn judge_hot_rows(lab: &RegionsLab, log: &hot_rows::HotLog, r: &mut DrillReport) {
+    let writes = log.writes.len();
+    r.measure(
+        "conflicting updates acknowledged (both regions)",
+        writes.to_string(),
+    );
+    for node in [Site::A, Site::B] {
+        match hot_rows::held(lab, node) {
+            Ok(held) => {
+                let v = hot_rows::judge(&log.writes, &held);
+                if node == Site::A {
+                    r.measure(
+                        "rows won by an earlier write with a later commit time (the skew's bias)",
+                        format!("{} of {}", v.decided_by_skew, v.rows_written),
+                    );
+                }
+                r.check(
+                    &format!("every contested row on {node} holds its latest commit"),
+                    v.not_latest.is_empty() && writes > 0,
+                    if v.not_latest.is_empty() {
+                        format!("{} rows, {writes} updates", v.rows_written)
+                    } else {
+                        v.not_latest.join("; ")
+                    },
+                );
+            }
+            Err(e) => r.check(
+                &format!("every contested row on {node} holds its latest commit"),
+                false,
+                e.to_string(),
+            ),
+        }
+    }
+    let refused: u64 = log.errors.values().sum();
+    r.check(
+        "both regions' applications wrote throughout",
+        refused == 0,
+        log.last_error.as_ref().map_or_else(
+            || "no update failed".to_string(),
+            |e| format!("{refused} updates failed, last: {e}"),
+        ),
+    );
+}
+
+/// Region a's estimate of its clock minus b's (`pgmesh.clock_skew`), once it shows
+/// the drill's skew (or what it shows after 20 s).
+fn skew_seen(lab: &RegionsLab) -> String {
+    let read = |l: &RegionsLab| {
+        l.postgres(Site::A)
+            .psql("SELECT skew_us FROM pgmesh.clock_skew WHERE peer = 'b'")
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    let want = -scenarios::SKEW_MS * 1_000 * 8 / 10;
+    let _ = lab.wait_for(
+        "region a to measure b's skew",
+        Duration::from_secs(20),
+        |l| read(l).is_some_and(|us| us <= want),
+    );
+    read(lab).map_or("not measured".into(), |us| {
+        format!("{:+.3} s", us as f64 / 1e6)
+    })
 }
 
 /// Correctness checks and timing targets of `s` on the measured report.

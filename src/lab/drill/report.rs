@@ -54,6 +54,9 @@ pub struct DrillReport {
     pub conflicts_recorded: u64,
     /// Who owned `app-eu` before, at the end of the fault, and after healing.
     pub owners: Vec<String>,
+    /// What only some scenarios measure (name, value), e.g. the skew a node saw.
+    #[serde(default)]
+    pub measures: Vec<(String, String)>,
     /// Correctness: any failed check fails the drill.
     pub checks: Vec<Check>,
     /// Timing targets (reported, and summarized over trials; a miss does not fail it).
@@ -81,6 +84,11 @@ impl DrillReport {
             passed: met,
             detail: detail.into(),
         });
+    }
+
+    /// Records a scenario's own measure.
+    pub fn measure(&mut self, name: &str, value: impl Into<String>) {
+        self.measures.push((name.to_string(), value.into()));
     }
 
     /// Stops the drill's verdict: it failed for `why`.
@@ -139,6 +147,9 @@ impl DrillReport {
             ),
         ];
         for (k, v) in rows {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        for (k, v) in &self.measures {
             let _ = writeln!(s, "| {k} | {v} |");
         }
         s.push('\n');

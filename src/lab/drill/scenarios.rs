@@ -33,10 +33,12 @@ pub enum Scenario {
     DegradedWan,
     Switchover,
     SidecarKilled,
+    SlotInvalidated,
+    ClockSkew,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::RegionKilled,
         Scenario::RegionIsolated,
         Scenario::WanCut,
@@ -48,6 +50,8 @@ impl Scenario {
         Scenario::DegradedWan,
         Scenario::Switchover,
         Scenario::SidecarKilled,
+        Scenario::SlotInvalidated,
+        Scenario::ClockSkew,
     ];
 
     #[must_use]
@@ -64,6 +68,8 @@ impl Scenario {
             Scenario::DegradedWan => "degraded-wan",
             Scenario::Switchover => "switchover",
             Scenario::SidecarKilled => "sidecar-killed",
+            Scenario::SlotInvalidated => "slot-invalidated",
+            Scenario::ClockSkew => "clock-skew",
         }
     }
 
@@ -81,6 +87,8 @@ impl Scenario {
             Scenario::DegradedWan => "every WAN path at 300 ms round trip with 5 % loss for minutes: nothing may move, writes go on",
             Scenario::Switchover => "pgmesh switchover app-eu --to b under load: no acknowledged write lost, a short pause",
             Scenario::SidecarKilled => "region a's sidecar SIGKILLed and restarted repeatedly under load: nothing lost or applied twice",
+            Scenario::SlotInvalidated => "region b's sidecar down while a's WAL passes max_slot_wal_keep_size: the slot is invalidated, b's sidecar stops saying how to recover, and `pgmesh setup` + `pgmesh repair` bring every acknowledged write back",
+            Scenario::ClockSkew => "region b's host clock (PostgreSQL, sidecar, agent) 3 s ahead while both regions' applications update the same rows: nothing moves, every row ends at its latest commit on both nodes",
         }
     }
 
@@ -102,7 +110,9 @@ impl Scenario {
             | Scenario::WitnessLost
             | Scenario::AgentFrozenShort
             | Scenario::DegradedWan
-            | Scenario::SidecarKilled => Failover::Forbidden,
+            | Scenario::SidecarKilled
+            | Scenario::SlotInvalidated
+            | Scenario::ClockSkew => Failover::Forbidden,
         }
     }
 
@@ -142,6 +152,7 @@ impl Scenario {
             Scenario::AgentFrozenShort => Duration::from_secs(1),
             Scenario::AgentFrozenLong => Duration::from_secs(8),
             Scenario::SidecarKilled => s(20, 8),
+            Scenario::ClockSkew => s(20, 8),
             _ => s(5, 2),
         }
     }
@@ -150,6 +161,9 @@ impl Scenario {
 fn cut(wan: WanSettings) -> WanSettings {
     WanSettings { cut: true, ..wan }
 }
+
+/// The skew the clock-skew drill puts on region b's host.
+pub const SKEW_MS: i64 = 3_000;
 
 /// Injects the fault. Long-running faults (repeated kills) run until `until`.
 pub fn inject(
@@ -192,6 +206,8 @@ pub fn inject(
                 )));
             }
         }
+        Scenario::SlotInvalidated => super::slot_loss::invalidate(lab)?,
+        Scenario::ClockSkew => lab.set_clock_offset(Site::B, SKEW_MS)?,
         Scenario::SidecarKilled => {
             while std::time::Instant::now() < until {
                 lab.kill_sidecar(Site::A)?;
@@ -216,6 +232,8 @@ pub fn heal(lab: &mut RegionsLab, s: Scenario) -> Result<(), LabError> {
                 lab.start_sidecar(Site::A)?;
             }
         }
+        Scenario::SlotInvalidated => super::slot_loss::recover(lab)?,
+        Scenario::ClockSkew => lab.set_clock_offset(Site::B, 0)?,
         _ => lab.hub().heal(wan),
     }
     Ok(())
