@@ -13,6 +13,12 @@ pub fn unix_micros_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// This machine's clock as RFC 3339 text (reports, file names).
+#[must_use]
+pub fn rfc3339_now() -> String {
+    rfc3339(unix_micros_now() - PG_EPOCH_UNIX_MICROS)
+}
+
 /// `2026-11-25T20:01:02.123456Z` for a PostgreSQL timestamp.
 #[must_use]
 pub fn rfc3339(pg_micros: i64) -> String {

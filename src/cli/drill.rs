@@ -130,10 +130,7 @@ fn run_drills(args: &DrillArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn stamp() -> String {
-    let unix_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0));
-    crate::pgtime::rfc3339(unix_us - 946_684_800_000_000)
+    crate::pgtime::rfc3339_now()
         .chars()
         .take(19)
         .map(|c| if c == ':' { '-' } else { c })

@@ -136,10 +136,7 @@ pub struct SwitchoverValue {
 /// Unix milliseconds now (for values people read; decisions use the monotonic clock).
 #[must_use]
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::pgtime::unix_micros_now() / 1_000
 }
 
 #[cfg(test)]

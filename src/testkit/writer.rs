@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::spawn_with_runtime;
+
 /// Where the next write should go: a DSN, or `None` while no node takes writes.
 pub type Router = Box<dyn FnMut() -> Option<String> + Send>;
 
@@ -34,7 +36,7 @@ pub struct WriterReport {
 pub struct AckWriter {
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<WriterReport>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<()>>>,
 }
 
 impl AckWriter {
@@ -45,89 +47,80 @@ impl AckWriter {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(WriterReport::default()));
         let (s, r, table) = (stop.clone(), report.clone(), table.to_string());
-        let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let mut id = first_id;
-                let mut session: Option<(String, tokio_postgres::Client)> = None;
-                let mut last_ack = Instant::now();
-                while !s.load(Ordering::Relaxed) {
-                    let Some(dsn) = router() else {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    };
-                    if session
-                        .as_ref()
-                        .is_none_or(|(d, c)| *d != dsn || c.is_closed())
+        let thread = spawn_with_runtime(move || async move {
+            let mut id = first_id;
+            let mut session: Option<(String, tokio_postgres::Client)> = None;
+            let mut last_ack = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                let Some(dsn) = router() else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                if session
+                    .as_ref()
+                    .is_none_or(|(d, c)| *d != dsn || c.is_closed())
+                {
+                    session = None;
+                    match tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio_postgres::connect(&dsn, tokio_postgres::NoTls),
+                    )
+                    .await
                     {
-                        session = None;
-                        match tokio::time::timeout(
-                            Duration::from_secs(2),
-                            tokio_postgres::connect(&dsn, tokio_postgres::NoTls),
-                        )
-                        .await
-                        {
-                            Ok(Ok((c, conn))) => {
-                                tokio::spawn(conn);
-                                session = Some((dsn.clone(), c));
-                            }
-                            Ok(Err(e)) => {
-                                fail(&r, format!("connect: {e}"));
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                            Err(_) => {
-                                fail(&r, "connect timed out".into());
-                                continue;
-                            }
-                        }
-                    }
-                    let Some((_, client)) = session.as_ref() else {
-                        continue;
-                    };
-                    // The simple protocol, values inline: what works through pgbouncer's
-                    // transaction pooling (no server-side prepared statements).
-                    let sql = format!(
-                        "INSERT INTO {table} (id, payload) VALUES ({id}, '{}')",
-                        format!("written via {dsn}").replace('\'', "''")
-                    );
-                    let result =
-                        tokio::time::timeout(Duration::from_secs(5), client.simple_query(&sql))
-                            .await;
-                    match result {
-                        Ok(Ok(_)) => {
-                            let now = Instant::now();
-                            if let Ok(mut rep) = r.lock() {
-                                let gap = now.duration_since(last_ack);
-                                if gap > rep.max_gap {
-                                    rep.max_gap = gap;
-                                    rep.max_gap_started = Some(last_ack);
-                                }
-                                rep.acked.push((id, dsn.clone()));
-                                rep.acked_at.push(now);
-                            }
-                            last_ack = now;
+                        Ok(Ok((c, conn))) => {
+                            tokio::spawn(conn);
+                            session = Some((dsn.clone(), c));
                         }
                         Ok(Err(e)) => {
-                            fail(&r, crate::sqlconn::pg_message(&e));
-                            session = None;
+                            fail(&r, format!("connect: {e}"));
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
                         }
                         Err(_) => {
-                            fail(&r, "insert timed out".into());
-                            session = None;
+                            fail(&r, "connect timed out".into());
+                            continue;
                         }
                     }
-                    id += 1;
-                    if !pace.is_zero() {
-                        tokio::time::sleep(pace).await;
+                }
+                let Some((_, client)) = session.as_ref() else {
+                    continue;
+                };
+                // The simple protocol, values inline: what works through pgbouncer's
+                // transaction pooling (no server-side prepared statements).
+                let sql = format!(
+                    "INSERT INTO {table} (id, payload) VALUES ({id}, '{}')",
+                    format!("written via {dsn}").replace('\'', "''")
+                );
+                let result =
+                    tokio::time::timeout(Duration::from_secs(5), client.simple_query(&sql)).await;
+                match result {
+                    Ok(Ok(_)) => {
+                        let now = Instant::now();
+                        if let Ok(mut rep) = r.lock() {
+                            let gap = now.duration_since(last_ack);
+                            if gap > rep.max_gap {
+                                rep.max_gap = gap;
+                                rep.max_gap_started = Some(last_ack);
+                            }
+                            rep.acked.push((id, dsn.clone()));
+                            rep.acked_at.push(now);
+                        }
+                        last_ack = now;
+                    }
+                    Ok(Err(e)) => {
+                        fail(&r, crate::sqlconn::pg_message(&e));
+                        session = None;
+                    }
+                    Err(_) => {
+                        fail(&r, "insert timed out".into());
+                        session = None;
                     }
                 }
-            });
+                id += 1;
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
+            }
         });
         AckWriter {
             stop,

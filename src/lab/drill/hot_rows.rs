@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::super::regions::{LabError, RegionsLab};
 use super::super::topology::Site;
+use crate::testkit::spawn_with_runtime;
 
 /// How many rows both regions fight over (ids -1 ..= -ROWS, below every logger id).
 pub const ROWS: i64 = 20;
@@ -57,7 +58,7 @@ pub fn prepare(lab: &RegionsLab) -> Result<(), LabError> {
 /// Both regions' writers, running until [`HotWriters::stop`].
 pub struct HotWriters {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<HotLog>>,
+    threads: Vec<JoinHandle<Option<HotLog>>>,
 }
 
 impl HotWriters {
@@ -72,7 +73,9 @@ impl HotWriters {
                 let (stop, site, dsn) = (stop.clone(), *site, dsn.clone());
                 let tag = format!("{site}-{tag}");
                 let seed = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i as u64 + 1);
-                std::thread::spawn(move || write_loop(&stop, site, &dsn, &tag, seed))
+                spawn_with_runtime(move || async move {
+                    write_loop(&stop, site, &dsn, &tag, seed).await
+                })
             })
             .collect();
         HotWriters { stop, threads }
@@ -84,7 +87,7 @@ impl HotWriters {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = HotLog::default();
         for t in self.threads {
-            if let Ok(log) = t.join() {
+            if let Ok(Some(log)) = t.join() {
                 all.writes.extend(log.writes);
                 for (site, n) in log.errors {
                     *all.errors.entry(site).or_default() += n;
@@ -96,55 +99,47 @@ impl HotWriters {
     }
 }
 
-fn write_loop(stop: &AtomicBool, site: Site, dsn: &str, tag: &str, seed: u64) -> HotLog {
+async fn write_loop(stop: &AtomicBool, site: Site, dsn: &str, tag: &str, seed: u64) -> HotLog {
     let mut log = HotLog::default();
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return log;
-    };
-    rt.block_on(async {
-        let mut rng = seed;
-        let mut client: Option<tokio_postgres::Client> = None;
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            if client
-                .as_ref()
-                .is_none_or(tokio_postgres::Client::is_closed)
-            {
-                match tokio_postgres::connect(dsn, tokio_postgres::NoTls).await {
-                    Ok((c, conn)) => {
-                        tokio::spawn(conn);
-                        client = Some(c);
-                    }
-                    Err(e) => {
-                        fail(&mut log, site, format!("connect: {e}"));
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
+    let mut rng = seed;
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if client
+            .as_ref()
+            .is_none_or(tokio_postgres::Client::is_closed)
+        {
+            match tokio_postgres::connect(dsn, tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    client = Some(c);
+                }
+                Err(e) => {
+                    fail(&mut log, site, format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
             }
-            let Some(c) = client.as_ref() else { continue };
-            rng = rng
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let id = -1 - i64::try_from((rng >> 33) % ROWS.unsigned_abs()).unwrap_or(0);
-            n += 1;
-            let payload = format!("{tag}-{n}");
-            match update(c, id, &payload).await {
-                Ok(commit_us) => log.writes.push(HotWrite {
-                    id,
-                    payload,
-                    commit_us,
-                    node: site,
-                    acked_at: Instant::now(),
-                }),
-                Err(e) => fail(&mut log, site, e.to_string()),
-            }
-            tokio::time::sleep(PACE).await;
         }
-    });
+        let Some(c) = client.as_ref() else { continue };
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let id = -1 - i64::try_from((rng >> 33) % ROWS.unsigned_abs()).unwrap_or(0);
+        n += 1;
+        let payload = format!("{tag}-{n}");
+        match update(c, id, &payload).await {
+            Ok(commit_us) => log.writes.push(HotWrite {
+                id,
+                payload,
+                commit_us,
+                node: site,
+                acked_at: Instant::now(),
+            }),
+            Err(e) => fail(&mut log, site, e.to_string()),
+        }
+        tokio::time::sleep(PACE).await;
+    }
     log
 }
 

@@ -87,7 +87,7 @@ fn drill(
         Duration::from_secs(5)
     });
     r.owners.push(owner(lab));
-    r.started_at = now_rfc3339();
+    r.started_at = crate::pgtime::rfc3339_now();
     let fault = Instant::now();
     let hold = s.hold(o.short);
     scenarios::inject(lab, s, fault + hold)?;
@@ -481,11 +481,4 @@ fn conflicts(lab: &RegionsLab) -> u64 {
                 .and_then(|s| s.trim().parse::<u64>().ok())
         })
         .sum()
-}
-
-fn now_rfc3339() -> String {
-    let unix_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    crate::pgtime::rfc3339(unix_us - 946_684_800_000_000)
 }

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::testkit::spawn_with_runtime;
+
 use crate::testkit::http_get_at;
 
 /// One look at both regions.
@@ -32,7 +34,7 @@ pub struct Targets {
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<()>>>,
 }
 
 const EVERY: Duration = Duration::from_millis(50);
@@ -43,35 +45,27 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (s, out) = (stop.clone(), samples.clone());
-        let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let mut clients: [Option<tokio_postgres::Client>; 2] = [None, None];
-                let path = format!("/owner/{}", t.endpoint);
-                while !s.load(Ordering::Relaxed) {
-                    let at = Instant::now();
-                    let mut serves = [false; 2];
-                    let mut writable = [false; 2];
-                    for i in 0..2 {
-                        serves[i] = http_get_at(t.agents[i], &path, Duration::from_millis(200))
-                            .is_ok_and(|r| r.status == 200);
-                        writable[i] = probe_write(&mut clients[i], &t.app_dsns[i]).await;
-                    }
-                    if let Ok(mut v) = out.lock() {
-                        v.push(Sample {
-                            at,
-                            serves,
-                            writable,
-                        });
-                    }
-                    tokio::time::sleep_until((at + EVERY).into()).await;
+        let thread = spawn_with_runtime(move || async move {
+            let mut clients: [Option<tokio_postgres::Client>; 2] = [None, None];
+            let path = format!("/owner/{}", t.endpoint);
+            while !s.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let mut serves = [false; 2];
+                let mut writable = [false; 2];
+                for i in 0..2 {
+                    serves[i] = http_get_at(t.agents[i], &path, Duration::from_millis(200))
+                        .is_ok_and(|r| r.status == 200);
+                    writable[i] = probe_write(&mut clients[i], &t.app_dsns[i]).await;
                 }
-            });
+                if let Ok(mut v) = out.lock() {
+                    v.push(Sample {
+                        at,
+                        serves,
+                        writable,
+                    });
+                }
+                tokio::time::sleep_until((at + EVERY).into()).await;
+            }
         });
         Sampler {
             stop,
