@@ -50,12 +50,37 @@ pub struct RoleFacts {
     pub create_on_database: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SlotFacts {
     pub name: String,
     pub plugin: Option<String>,
     pub database: Option<String>,
     pub active_pid: Option<i32>,
+    /// `reserved`, `extended`, `unreserved`, or `lost`: PostgreSQL invalidated the slot
+    /// (its WAL passed `max_slot_wal_keep_size`) and it can never stream again.
+    pub wal_status: Option<String>,
+    /// `pg_replication_slots.invalidation_reason` (PostgreSQL 17+), e.g. `wal_removed`.
+    pub invalidation_reason: Option<String>,
+}
+
+impl SlotFacts {
+    /// PostgreSQL invalidated it: setup drops it and creates it again.
+    #[must_use]
+    pub fn lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
+/// Why a slot with `wal_status = lost` was invalidated, from its `invalidation_reason`
+/// (PostgreSQL 17+; before 17 the only cause on a primary is removed WAL).
+#[must_use]
+pub fn lost_cause(invalidation_reason: Option<&str>) -> String {
+    match invalidation_reason {
+        None | Some("wal_removed") => {
+            "its WAL was removed, past max_slot_wal_keep_size".to_string()
+        }
+        Some(r) => format!("invalidation_reason {r}"),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

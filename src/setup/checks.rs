@@ -177,6 +177,32 @@ pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &m
             ));
         }
     }
+    check_lost_slots(f, peers, out);
+}
+
+/// A pgmesh slot PostgreSQL invalidated (`wal_status = lost`): the peer reading it stops,
+/// and what was written here meanwhile never reaches the peer through it. A warning, not
+/// an error: `pgmesh setup` itself is the fix (it drops the slot and creates it again).
+fn check_lost_slots(f: &NodeFacts, peers: &[&str], out: &mut Vec<Finding>) {
+    let n = f.node.as_str();
+    for peer in peers {
+        let name = names::slot_name(peer);
+        let lost = f.slots.iter().find(|s| {
+            s.name == name && s.database.as_deref() == Some(f.database.as_str()) && s.lost()
+        });
+        if let Some(s) = lost {
+            out.push(Finding::warning(
+                n,
+                format!(
+                    "slot {name} was invalidated by PostgreSQL (wal_status lost: {}): changes written on node {n} since then never reach node {peer} through it (node {peer}'s sidecar stops that direction)",
+                    super::catalog::lost_cause(s.invalidation_reason.as_deref())
+                ),
+                format!(
+                    "pgmesh setup  -- drops the slot and creates it again\nthen restart node {peer}'s sidecar and run `pgmesh verify` and `pgmesh repair`"
+                ),
+            ));
+        }
+    }
 }
 
 /// Two node entries pointing at the same database (a copy-pasted dsn) would replicate a

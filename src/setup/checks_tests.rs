@@ -72,6 +72,7 @@ fn server_settings_each_give_an_error_with_the_fix() {
         plugin: None,
         database: None,
         active_pid: None,
+        ..SlotFacts::default()
     }];
     b.max_wal_senders = 1;
     b.role = RoleFacts {
@@ -121,6 +122,65 @@ fn same_database_twice_and_newer_schema_are_errors() {
 }
 
 #[test]
+fn a_lost_own_slot_is_a_warning_that_setup_recreates_it() {
+    let mut a = good("a");
+    let slot = |name: &str, status: &str, reason: Option<&str>| SlotFacts {
+        name: name.into(),
+        plugin: Some("pgoutput".into()),
+        database: Some("postgres".into()),
+        wal_status: Some(status.into()),
+        invalidation_reason: reason.map(Into::into),
+        ..SlotFacts::default()
+    };
+    a.slots = vec![slot("pgmesh_b", "lost", Some("wal_removed"))];
+    let f = check_all(&cfg(""), &[a.clone(), good("b")], OutputPlugin::Pgoutput);
+    assert_eq!(f.len(), 1, "{:#?}", whats(&f));
+    // A warning: setup itself is the fix, so it must not refuse to run.
+    assert_eq!(f[0].severity, Severity::Warning);
+    assert_eq!(f[0].node, "a");
+    for needle in [
+        "slot pgmesh_b was invalidated by PostgreSQL",
+        "max_slot_wal_keep_size",
+        "never reach node b",
+    ] {
+        assert!(f[0].what.contains(needle), "{:#?}", whats(&f));
+    }
+    for needle in [
+        "pgmesh setup",
+        "node b's sidecar",
+        "pgmesh verify",
+        "pgmesh repair",
+    ] {
+        assert!(f[0].fix.contains(needle), "{:#?}", whats(&f));
+    }
+    // PG15/16 have no invalidation_reason; another reason is named as it is.
+    a.slots = vec![slot("pgmesh_b", "lost", Some("idle_timeout"))];
+    let w = whats(&check_all(
+        &cfg(""),
+        &[a.clone(), good("b")],
+        OutputPlugin::Pgoutput,
+    ));
+    assert!(w[0].contains("invalidation_reason idle_timeout"), "{w:#?}");
+    // Not lost, or not pgmesh's own slot: nothing to say.
+    for s in [
+        slot("pgmesh_b", "unreserved", None),
+        slot("other", "lost", None),
+        SlotFacts {
+            database: Some("otherdb".into()),
+            ..slot("pgmesh_b", "lost", None)
+        },
+    ] {
+        a.slots = vec![s];
+        let w = whats(&check_all(
+            &cfg(""),
+            &[a.clone(), good("b")],
+            OutputPlugin::Pgoutput,
+        ));
+        assert!(!w.iter().any(|l| l.contains("invalidated")), "{w:#?}");
+    }
+}
+
+#[test]
 fn existing_own_slots_do_not_count_against_the_limit() {
     let mut a = good("a");
     a.max_replication_slots = 2;
@@ -129,6 +189,7 @@ fn existing_own_slots_do_not_count_against_the_limit() {
         plugin: Some("pgoutput".into()),
         database: Some("postgres".into()),
         active_pid: None,
+        ..SlotFacts::default()
     }];
     assert!(check_all(&cfg(""), &[a.clone(), good("b")], OutputPlugin::Pgoutput).is_empty());
     a.slots[0].plugin = Some("test_decoding".into());

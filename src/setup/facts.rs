@@ -22,8 +22,11 @@ SELECT current_setting('server_version_num')::int4,
        to_regclass('pgmesh.refinery_schema_history') IS NOT NULL
   FROM pg_roles r WHERE r.rolname = current_user";
 
+/// `invalidation_reason` exists from PostgreSQL 17 on: read through jsonb, NULL before.
 const SLOTS_SQL: &str = "\
-SELECT slot_name::text, plugin::text, database::text, active_pid FROM pg_replication_slots";
+SELECT slot_name::text, plugin::text, database::text, active_pid, wal_status,
+       to_jsonb(s) ->> 'invalidation_reason'
+  FROM pg_replication_slots s";
 
 /// Walsenders not serving one of this database's pgmesh slots.
 const OTHER_WALSENDERS_SQL: &str = "\
@@ -127,6 +130,8 @@ pub async fn gather(
             plugin: r.get(1),
             database: r.get(2),
             active_pid: r.get(3),
+            wal_status: r.get(4),
+            invalidation_reason: r.get(5),
         })
         .collect();
     f.other_walsenders = client

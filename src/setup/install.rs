@@ -346,6 +346,11 @@ async fn sync_publication(
 /// The logical slot `pgmesh_<peer>` (pgoutput) for every peer, unless it exists. Run on
 /// every node before any sidecar starts: a slot only keeps WAL from its creation on, so
 /// writes made before it would never reach the peer.
+///
+/// A pgmesh slot PostgreSQL invalidated (`wal_status = lost`: its WAL passed
+/// `max_slot_wal_keep_size`) can never stream again: it is dropped and created anew (by
+/// the initial copy when one pins a snapshot with it, see `skip`). What was written here
+/// while it was lost reaches the peer only through `pgmesh verify` / `pgmesh repair`.
 pub async fn create_slots(
     client: &Client,
     cfg: &Config,
@@ -355,7 +360,24 @@ pub async fn create_slots(
 ) -> Result<(), SetupError> {
     for peer in cfg.peers(node) {
         let slot = names::slot_name(&peer.name);
+        let lost = drop_lost_slot(client, node, &slot).await?;
+        let recovery = |created: &str| {
+            lost.as_deref().map(|cause| {
+                format!(
+                    "dropped slot {slot} (invalidated: {cause}) and {created}; rows written on \
+                     {node} while it was lost need `pgmesh verify` / `pgmesh repair` (after \
+                     node {peer}'s sidecar is restarted)",
+                    peer = peer.name
+                )
+            })
+        };
         if skip.contains(&(node.to_string(), slot.clone())) {
+            if let Some(what) = recovery("left it to the initial copy to create again") {
+                changes.push(Change {
+                    node: node.to_string(),
+                    what,
+                });
+            }
             continue;
         }
         let exists = client
@@ -382,9 +404,31 @@ pub async fn create_slots(
                 ))?;
             changes.push(Change {
                 node: node.to_string(),
-                what: format!("created logical replication slot {slot} (pgoutput)"),
+                what: recovery("created it again").unwrap_or_else(|| {
+                    format!("created logical replication slot {slot} (pgoutput)")
+                }),
             });
         }
     }
     Ok(())
+}
+
+/// Drops `slot` when it is this database's and PostgreSQL invalidated it
+/// (`wal_status = lost`); why it was invalidated, when it dropped it.
+async fn drop_lost_slot(
+    client: &Client,
+    node: &str,
+    slot: &str,
+) -> Result<Option<String>, SetupError> {
+    // invalidation_reason exists from PostgreSQL 17 on: read through jsonb, NULL before.
+    let dropped = client
+        .query_opt(
+            "SELECT to_jsonb(s) ->> 'invalidation_reason', pg_drop_replication_slot(s.slot_name)::text
+               FROM pg_replication_slots s
+              WHERE s.slot_name = $1 AND s.database = current_database() AND s.wal_status = 'lost'",
+            &[&slot],
+        )
+        .await
+        .map_err(query_err(node, "dropping an invalidated replication slot"))?;
+    Ok(dropped.map(|r| super::catalog::lost_cause(r.get::<_, Option<String>>(0).as_deref())))
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::apply::ApplyError;
 use crate::protocol::pgoutput::DecodeError;
+use crate::source::error::Invalidation;
 use crate::source::{BackoffPolicy, SourceConfig, SourceError};
 use crate::sqlconn::SqlConfig;
 
@@ -83,6 +84,22 @@ pub enum SidecarError {
         retained: String,
         limit: String,
     },
+    /// PostgreSQL on the peer invalidated the slot this direction reads (its WAL passed
+    /// `max_slot_wal_keep_size`; `wal_status = lost`): like a dropped slot, changes were
+    /// lost for it and it can never stream again, so the direction stops.
+    #[error(
+        "slot {slot} on node {peer} was invalidated by PostgreSQL ({cause}); changes written \
+         on node {peer} since then will never reach node {local} through it, so this direction \
+         stopped. To recover: run `pgmesh setup` (it drops the invalidated slot and creates it \
+         again), restart this sidecar, then `pgmesh verify` and `pgmesh repair` to bring over \
+         the rows written on node {peer} while the slot was lost"
+    )]
+    SlotInvalidated {
+        local: String,
+        peer: String,
+        slot: String,
+        cause: Invalidation,
+    },
 }
 
 impl SidecarError {
@@ -91,7 +108,26 @@ impl SidecarError {
         match self {
             SidecarError::Source(e) => e.is_transient(),
             SidecarError::Apply(e) => e.is_transient(),
-            SidecarError::Decode(_) | SidecarError::SlotDroppedByGuardrail { .. } => false,
+            SidecarError::Decode(_)
+            | SidecarError::SlotDroppedByGuardrail { .. }
+            | SidecarError::SlotInvalidated { .. } => false,
+        }
+    }
+
+    /// When `self` says PostgreSQL invalidated the slot `link` reads, the error the
+    /// direction stops with for good (retrying can never succeed).
+    #[must_use]
+    pub fn invalidated_slot(&self, link: &PeerLink) -> Option<SidecarError> {
+        match self {
+            SidecarError::Source(SourceError::SlotInvalidated { slot, cause, .. }) => {
+                Some(SidecarError::SlotInvalidated {
+                    local: link.local_node.clone(),
+                    peer: link.peer.clone(),
+                    slot: slot.clone(),
+                    cause: cause.clone(),
+                })
+            }
+            _ => None,
         }
     }
 
@@ -102,5 +138,58 @@ impl SidecarError {
             SidecarError::Apply(e) => e.schema_mismatch(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::DbError;
+
+    fn link() -> PeerLink {
+        let dsn = "host=127.0.0.1 port=1 user=rep dbname=app";
+        PeerLink {
+            local_node: "b".into(),
+            peer: "a".into(),
+            local: SqlConfig::from_dsn("b", dsn).unwrap(),
+            peer_source: SourceConfig::from_dsn(dsn).unwrap(),
+            peer_sql: SqlConfig::from_dsn("a", dsn).unwrap(),
+            slot: "pgmesh_b".into(),
+            publication: "pgmesh".into(),
+            limits: BatchLimits::default(),
+            reconnect: BackoffPolicy::default(),
+            clock_skew_warn: Duration::from_secs(1),
+            clock_wait_max: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn an_invalidated_slot_stops_the_direction_with_the_recovery() {
+        let e = SidecarError::Source(SourceError::SlotInvalidated {
+            target: "127.0.0.1:1".into(),
+            slot: "pgmesh_b".into(),
+            cause: Invalidation::WalRemoved,
+            db: Box::new(DbError {
+                severity: "ERROR".into(),
+                code: "55000".into(),
+                message: "can no longer access replication slot \"pgmesh_b\"".into(),
+                ..DbError::default()
+            }),
+        });
+        let fatal = e.invalidated_slot(&link()).expect("a stop");
+        assert!(!fatal.is_transient());
+        let text = fatal.to_string();
+        for needle in [
+            "slot pgmesh_b on node a was invalidated by PostgreSQL (its WAL passed max_slot_wal_keep_size)",
+            "will never reach node b",
+            "this direction stopped",
+            "`pgmesh setup` (it drops the invalidated slot and creates it again)",
+            "restart this sidecar",
+            "`pgmesh verify` and `pgmesh repair`",
+        ] {
+            assert!(text.contains(needle), "{text:?} lacks {needle:?}");
+        }
+        let other = SidecarError::Source(SourceError::Closed { target: "x".into() });
+        assert!(other.invalidated_slot(&link()).is_none());
     }
 }

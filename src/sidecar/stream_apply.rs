@@ -38,7 +38,8 @@ pub async fn run_peer(link: PeerLink, stop: watch::Receiver<bool>) {
 
 /// [`run_peer`], reporting into `state` (phase, positions, lag, metrics). Returns an
 /// error only when the direction cannot go on without an operator and retrying is
-/// pointless: its slot on the peer was dropped by the peer's WAL guardrail.
+/// pointless: its slot on the peer was dropped by the peer's WAL guardrail, or
+/// invalidated by PostgreSQL (`max_slot_wal_keep_size`).
 pub async fn run_direction(
     link: PeerLink,
     mut stop: watch::Receiver<bool>,
@@ -59,7 +60,11 @@ pub async fn run_direction(
                 return Ok(());
             }
             Err(e) => {
-                if let Some(fatal) = super::peer_probe::dropped_by_guardrail(&link, &e).await {
+                let fatal = match e.invalidated_slot(&link) {
+                    Some(f) => Some(f),
+                    None => super::peer_probe::dropped_by_guardrail(&link, &e).await,
+                };
+                if let Some(fatal) = fatal {
                     tracing::error!(node = %link.local_node, peer = %link.peer, error = %fatal, "stream from peer stopped for good");
                     state.failed(&fatal.to_string());
                     return Err(fatal);

@@ -4,8 +4,9 @@
 //!   refused/reset, server shutting down or starting up, timeouts, slot still held by a
 //!   walsender that has not noticed its client is gone). Retry with backoff from the
 //!   caller's flushed LSN.
-//! - [`ErrorKind::NeedsOperator`]: configuration or privileges are wrong. Stop this stream,
-//!   keep the position, and show the message: it names the object and the fix.
+//! - [`ErrorKind::NeedsOperator`]: configuration or privileges are wrong, or the slot can
+//!   no longer serve (PostgreSQL invalidated it). Stop this stream, keep the position, and
+//!   show the message: it names the object and the fix.
 //! - [`ErrorKind::Bug`]: the server sent something we do not understand. Fail loudly.
 //!
 //! Server errors keep their SQLSTATE and the server's own message ([`DbError`]).
@@ -145,6 +146,22 @@ pub enum SourceError {
         db: Box<DbError>,
     },
 
+    /// PostgreSQL invalidated the slot (on a primary: its WAL passed
+    /// `max_slot_wal_keep_size`, or on 18+ it sat idle past `idle_replication_slot_timeout`).
+    /// It can never stream again; the changes it still held are gone.
+    #[error(
+        "replication slot {slot:?} on {target} was invalidated by PostgreSQL ({cause}) ({db}): \
+         the changes it still held are gone and it can never stream again; drop it and create \
+         it again (`pgmesh setup` does both for pgmesh's slots), then bring over what was \
+         missed with `pgmesh verify` and `pgmesh repair`"
+    )]
+    SlotInvalidated {
+        target: String,
+        slot: String,
+        cause: Invalidation,
+        db: Box<DbError>,
+    },
+
     #[error(
         "publication {publication:?} does not exist in the database on {target} ({db}): \
          create it with `pgmesh setup` (or CREATE PUBLICATION {publication} FOR ...)"
@@ -213,6 +230,7 @@ impl SourceError {
             | E::AuthFailed { .. }
             | E::ServerTooOld { .. }
             | E::SlotMissing { .. }
+            | E::SlotInvalidated { .. }
             | E::PublicationMissing { .. }
             | E::WalLevelNotLogical { .. }
             | E::PluginNotAllowed { .. }
@@ -236,6 +254,7 @@ impl SourceError {
             E::AuthFailed { db, .. }
             | E::SlotMissing { db, .. }
             | E::SlotActive { db, .. }
+            | E::SlotInvalidated { db, .. }
             | E::PublicationMissing { db, .. }
             | E::WalLevelNotLogical { db, .. }
             | E::PluginNotAllowed { db, .. }
@@ -257,6 +276,62 @@ impl SourceError {
             detail: detail.into(),
         }
     }
+}
+
+/// Why PostgreSQL invalidated a slot, as its error's detail says
+/// (`pg_replication_slots.invalidation_reason` on 17+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// `wal_removed`: the slot held more WAL than `max_slot_wal_keep_size` allows, and a
+    /// checkpoint removed WAL it still needed.
+    WalRemoved,
+    /// Another reason, in PostgreSQL's words (`idle_timeout`, `wal_level_insufficient`,
+    /// `rows_removed`, "it was conflicting with recovery", …).
+    Other(String),
+}
+
+impl Invalidation {
+    /// Reads the reason from the detail of the server's error: PG15–17 say "This slot has
+    /// been invalidated because it exceeded the maximum reserved size.", PG18 "This
+    /// replication slot has been invalidated due to \"wal_removed\"."
+    #[must_use]
+    pub fn from_detail(detail: Option<&str>) -> Invalidation {
+        let Some(d) = detail.map(str::trim) else {
+            return Invalidation::Other("no reason given".into());
+        };
+        if d.contains("maximum reserved size") || d.contains("\"wal_removed\"") {
+            return Invalidation::WalRemoved;
+        }
+        let reason = if let Some(i) = d.find("due to \"") {
+            let rest = &d[i + "due to \"".len()..];
+            rest.split('"').next().unwrap_or(rest)
+        } else if let Some(i) = d.find("invalidated because ") {
+            &d[i + "invalidated because ".len()..]
+        } else {
+            d
+        };
+        Invalidation::Other(reason.trim_end_matches('.').to_string())
+    }
+}
+
+impl fmt::Display for Invalidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalidation::WalRemoved => f.write_str("its WAL passed max_slot_wal_keep_size"),
+            Invalidation::Other(r) => write!(f, "reason: {r}"),
+        }
+    }
+}
+
+/// Whether a server message says the slot was invalidated. The wording changed twice:
+/// PG15 `cannot read from logical replication slot "s"` (walsender), PG16–17 `can no
+/// longer get changes from replication slot "s"` (also PG15's SQL functions), PG18 `can
+/// no longer access replication slot "s"`; all with SQLSTATE 55000.
+fn says_invalidated(msg: &str) -> bool {
+    msg.starts_with("cannot read from logical replication slot")
+        || msg.starts_with("can no longer get changes from replication slot")
+        || msg.starts_with("can no longer access replication slot")
 }
 
 /// What the failing command was about, so a server error can name the object.
@@ -298,6 +373,12 @@ pub(crate) fn classify(db: DbError, ctx: &ErrorContext<'_>) -> SourceError {
         "55006" if msg.contains("replication slot") => SourceError::SlotActive {
             target,
             slot: named(ctx.slot),
+            db,
+        },
+        "55000" if says_invalidated(msg) => SourceError::SlotInvalidated {
+            target,
+            slot: named(ctx.slot),
+            cause: Invalidation::from_detail(db.detail.as_deref()),
             db,
         },
         "55000" if msg.contains("wal_level") => SourceError::WalLevelNotLogical { target, db },
@@ -442,6 +523,101 @@ mod tests {
             &ctx(),
         );
         assert!(matches!(e, SourceError::PluginNotAllowed { ref plugin, .. } if plugin == "x"));
+    }
+
+    /// START_REPLICATION on slot pgmesh_b after its WAL passed max_slot_wal_keep_size
+    /// (`wal_status = lost`), word for word as PostgreSQL 15.18, 16.15, 17.10 and 18.6 sent it.
+    #[test]
+    fn recognises_a_slot_invalidated_by_max_slot_wal_keep_size() {
+        const SIZE: &str =
+            "This slot has been invalidated because it exceeded the maximum reserved size.";
+        let cases = [
+            (
+                15,
+                "cannot read from logical replication slot \"pgmesh_b\"",
+                SIZE,
+            ),
+            (
+                16,
+                "can no longer get changes from replication slot \"pgmesh_b\"",
+                SIZE,
+            ),
+            (
+                17,
+                "can no longer get changes from replication slot \"pgmesh_b\"",
+                SIZE,
+            ),
+            (
+                18,
+                "can no longer access replication slot \"pgmesh_b\"",
+                "This replication slot has been invalidated due to \"wal_removed\".",
+            ),
+        ];
+        for (major, message, detail) in cases {
+            let mut d = db("55000", message);
+            d.detail = Some(detail.into());
+            let e = classify(d, &ctx());
+            assert!(
+                matches!(
+                    e,
+                    SourceError::SlotInvalidated { ref slot, cause: Invalidation::WalRemoved, .. }
+                        if slot == "pgmesh_b"
+                ),
+                "PG{major}: {e:?}"
+            );
+            assert_eq!(e.kind(), ErrorKind::NeedsOperator, "PG{major}");
+            assert!(!e.is_transient());
+            assert_eq!(e.sqlstate(), Some("55000"));
+            let text = e.to_string();
+            for needle in [
+                "\"pgmesh_b\"",
+                "invalidated",
+                "max_slot_wal_keep_size",
+                "pgmesh setup",
+                "pgmesh repair",
+                message,
+            ] {
+                assert!(
+                    text.contains(needle),
+                    "PG{major}: {text:?} lacks {needle:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_other_invalidation_reasons() {
+        let cases = [
+            (
+                Some("This replication slot has been invalidated due to \"idle_timeout\"."),
+                Invalidation::Other("idle_timeout".into()),
+            ),
+            (
+                Some("This slot has been invalidated because it was conflicting with recovery."),
+                Invalidation::Other("it was conflicting with recovery".into()),
+            ),
+            (None, Invalidation::Other("no reason given".into())),
+        ];
+        for (detail, want) in cases {
+            assert_eq!(Invalidation::from_detail(detail), want, "{detail:?}");
+        }
+        let mut d = db("55000", "can no longer access replication slot \"s9\"");
+        d.detail =
+            Some("This replication slot has been invalidated due to \"idle_timeout\".".into());
+        let text = classify(d, &ctx()).to_string();
+        assert!(
+            text.contains("\"s9\"") && text.contains("reason: idle_timeout"),
+            "{text}"
+        );
+        // Other 55000 errors keep their own variant.
+        let e = classify(
+            db(
+                "55000",
+                "logical decoding requires \"wal_level\" >= \"logical\"",
+            ),
+            &ctx(),
+        );
+        assert!(matches!(e, SourceError::WalLevelNotLogical { .. }), "{e:?}");
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub fn assess(
                 problem(
                     Some(State::SlotLost),
                     format!(
-                        "slot {slot_name} on node {from} has lost WAL that node {to} never received: drop it (SELECT pg_drop_replication_slot('{slot_name}') on {from}), run `pgmesh setup` to create it again, and copy what {to} missed"
+                        "slot {slot_name} on node {from} has lost WAL that node {to} never received: run `pgmesh setup -c <config>` (drops the invalidated slot and creates it again), restart node {to}'s sidecar, then `pgmesh verify` and `pgmesh repair` for what {to} missed"
                     ),
                 )
             }

@@ -3,7 +3,9 @@
 
 use super::SyncError;
 use crate::config::{names, NodeConfig};
-use crate::source::{create_slot, slot_exists, CreateSlot, ReplicationConnection, SnapshotAction};
+use crate::source::{
+    create_slot, drop_slot, slot_info, CreateSlot, ReplicationConnection, SnapshotAction,
+};
 use crate::Lsn;
 
 /// An exported snapshot, valid while this walsender connection stays open and idle.
@@ -24,6 +26,8 @@ impl PinnedSnapshot {
     /// Pins a snapshot on `source` for a copy into `target`. Creates the slot `target`'s
     /// sidecar streams from when it is missing; otherwise a temporary slot (the target's
     /// slot is behind it, so the overlap is streamed again and decided by commit time).
+    /// A slot PostgreSQL invalidated (`wal_status = lost`) counts as missing: it is
+    /// dropped and created again here (setup normally dropped it already).
     pub async fn pin(source: &NodeConfig, target: &str) -> Result<PinnedSnapshot, SyncError> {
         let cfg = source.source_config().map_err(SyncError::Config)?;
         let node = source.name.clone();
@@ -33,7 +37,14 @@ impl PinnedSnapshot {
         };
         let mut conn = ReplicationConnection::connect(&cfg).await.map_err(ctx)?;
         let own = names::slot_name(target);
-        let exists = slot_exists(&mut conn, &own).await.map_err(ctx)?;
+        let exists = match slot_info(&mut conn, &own).await.map_err(ctx)? {
+            Some(info) if info.wal_status.as_deref() == Some("lost") => {
+                tracing::warn!(node = %node, slot = %own, "dropping the slot PostgreSQL invalidated (wal_status lost) to create it again");
+                drop_slot(&mut conn, &own, false).await.map_err(ctx)?;
+                false
+            }
+            info => info.is_some(),
+        };
         let opts = if exists {
             CreateSlot {
                 temporary: true,
