@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::lab::LabArgs;
 use crate::lab::regions::{LabOptions, RegionsLab};
-use crate::lab::topology::{Service, Site};
+use crate::lab::topology::{Service, Site, DNS_ZONE};
 
 pub fn run(args: &LabArgs) -> ExitCode {
     match run_lab(args) {
@@ -51,7 +51,7 @@ fn overview(lab: &RegionsLab) -> String {
         let runs = match site {
             Site::A | Site::B => "postgres, pgmesh run, pgmesh agent, etcd, haproxy",
             Site::Witness => "etcd",
-            Site::Clients => "(the drills' load enters here)",
+            Site::Clients => "knotd (DNS); the drills' load enters here",
         };
         s.push_str(&format!(
             "{:<9} {:<10} {:<12} {runs}\n",
@@ -76,12 +76,23 @@ fn overview(lab: &RegionsLab) -> String {
         psql.display(),
         lab.client_dsn()
     ));
+    let dns = l.inside(Service::Dns(Site::Clients));
+    s.push_str(&format!(
+        "DNS: the client site's server for {DNS_ZONE} is {dns} (from sites: {}, UDP and TCP); \
+         the agents publish each endpoint's owner there (region a: {}, b: {}):\n  \
+         kdig @{} -p {} app-eu.{DNS_ZONE} A +short\n",
+        l.via_hub(Service::Dns(Site::Clients)),
+        l.site_addr(Site::A),
+        l.site_addr(Site::B),
+        dns.ip(),
+        dns.port()
+    ));
     s.push_str(&format!(
         "status of both regions:\n  pgmesh status -c {}\n",
         lab.config_path().display()
     ));
     s.push_str(&format!(
-        "logs: {}/{{agent,sidecar,etcd,haproxy}}-SITE.log\nrun a drill against a fresh lab: pgmesh drill region-killed   (pgmesh drill --list)\n\nPress Ctrl-C to stop the lab (everything is removed).\n",
+        "logs: {0}/{{agent,sidecar,etcd,haproxy}}-SITE.log, {0}/knot/knot.log\nrun a drill against a fresh lab: pgmesh drill region-killed   (pgmesh drill --list)\n\nPress Ctrl-C to stop the lab (everything is removed).\n",
         lab.dir().display()
     ));
     s

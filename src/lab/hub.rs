@@ -1,17 +1,27 @@
 //! The lab's WAN in one place: a listener per service on the hub's address, carrying each
 //! connection over the directed path from the site that opened it (known by its source
 //! address) to the service's site, plus loopback listeners that play the client site's
-//! connections to each region's HAProxy. Drills change paths with [`Hub::set`]; open
+//! connections to each region's HAProxy. A service clients also query over UDP (the
+//! client site's DNS server) gets a UDP relay on the same port ([`super::udp`]) whose
+//! datagrams follow the same paths. Drills change paths with [`Hub::set`]; open
 //! connections follow at once.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::topology::{Layout, Service, Site};
+use super::udp::UdpRelay;
 use super::wan::{next_seed, Link, WanSettings};
+
+/// A UDP client (a resolver's source port) that sent nothing for this long loses its
+/// mapping (and its socket). DNS clients use a new port per query and give up on an
+/// answer within seconds, so mappings need not outlive that: a publish that polls for
+/// its confirmation every few ms must not pile up sockets.
+const UDP_IDLE: Duration = Duration::from_secs(5);
 
 /// A directed path: connections opened in `from` to a service in `to`.
 pub type Path = (Site, Site);
@@ -23,6 +33,26 @@ pub struct Hub {
     /// Within a site, and for the lab's own connections: never delayed or cut.
     lan: Link,
     tasks: Vec<JoinHandle<()>>,
+    udp: Vec<UdpRelay>,
+}
+
+/// The paths into one site, chosen by where a connection or datagram comes from.
+#[derive(Clone)]
+struct Routes {
+    layout: Layout,
+    from: BTreeMap<Site, Link>,
+    /// From no site (the lab's own checks) or from within the site itself.
+    lan: Link,
+}
+
+impl Routes {
+    fn link(&self, peer: IpAddr) -> &Link {
+        let from = match peer {
+            IpAddr::V4(v4) => self.layout.site_of(v4),
+            IpAddr::V6(_) => None,
+        };
+        from.and_then(|f| self.from.get(&f)).unwrap_or(&self.lan)
+    }
 }
 
 /// Settings of a path that is not a WAN (within a site, the lab's own checks).
@@ -50,24 +80,34 @@ impl Hub {
             links,
             lan: Link::new(lan()),
             tasks: Vec::new(),
+            udp: Vec::new(),
         };
         for service in Service::all() {
             let listener = TcpListener::bind(layout.via_hub(service)).await?;
             let target = layout.inside(service);
-            let to = service.site();
-            let (routes, lan, layout) = (hub.routes_to(to), hub.lan.clone(), layout.clone());
+            let routes = Routes {
+                layout: layout.clone(),
+                from: hub.routes_to(service.site()),
+                lan: hub.lan.clone(),
+            };
+            if service.udp() {
+                let routes = routes.clone();
+                let relay =
+                    UdpRelay::start(layout.via_hub(service), target, UDP_IDLE, move |peer| {
+                        routes.link(peer.ip()).clone()
+                    })
+                    .await?;
+                hub.udp.push(relay);
+            }
             hub.tasks.push(tokio::spawn(async move {
                 let mut seed = u64::from(target.port());
                 loop {
                     let Ok((conn, peer)) = listener.accept().await else {
                         continue;
                     };
-                    let from = match peer.ip() {
-                        IpAddr::V4(v4) => layout.site_of(v4),
-                        IpAddr::V6(_) => None,
-                    };
-                    let link = from.and_then(|f| routes.get(&f)).unwrap_or(&lan);
-                    link.carry(conn, target, next_seed(&mut seed));
+                    routes
+                        .link(peer.ip())
+                        .carry(conn, target, next_seed(&mut seed));
                 }
             }));
         }

@@ -2,7 +2,8 @@
 //! site a network namespace, every path between them through the lab's WAN ([`Hub`]).
 //! Region a and b each run PostgreSQL, the sidecar, the agent (with its watchdog), an
 //! etcd member and HAProxy; the witness runs the third etcd member. Clients (the drills'
-//! load) reach the regions' HAProxies over the client site's WAN paths.
+//! load) reach the regions' HAProxies over the client site's WAN paths; the client site
+//! also runs a DNS server (Knot) that both agents update over their WAN paths.
 //!
 //! Everything of one lab lives under one directory and in namespaces named by one prefix,
 //! so a second start removes what a crashed first one left (its processes included).
@@ -15,12 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+
 use super::hub::Hub;
 use super::netns::{remove_leftovers, Netns, NetnsError};
-use super::topology::{Layout, Service, Site};
+use super::topology::{Layout, Service, Site, DNS_KEY, DNS_ZONE};
 use super::wan::WanSettings;
 use crate::testkit::faketime::FakeClock;
-use crate::testkit::{http_get_at, Cluster, Daemon, TestkitError};
+use crate::testkit::{http_get_at, Cluster, Daemon, KnotDns, TestkitError};
+use crate::traffic::dns::RecordSet;
 
 /// The application's table and role (the agents fence `app`; superusers bypass fences).
 pub const APP_SCHEMA: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, payload text);
@@ -164,6 +168,8 @@ pub struct RegionsLab {
     sidecars: BTreeMap<Site, Daemon>,
     pg: BTreeMap<Site, Cluster>,
     etcd: BTreeMap<Site, Daemon>,
+    /// The client site's DNS server (`[traffic.dns]` of the lab's config).
+    dns: KnotDns,
     hub: Hub,
     rt: tokio::runtime::Runtime,
     namespaces: BTreeMap<Site, Netns>,
@@ -219,10 +225,21 @@ impl RegionsLab {
         let hub = rt
             .block_on(Hub::start(&layout, opts.wan))
             .map_err(io(format!("listening on the hub {}", layout.hub())))?;
+        // The DNS server before the config that names its key (parsing reads the secret).
+        let dns = KnotDns::builder(DNS_ZONE)
+            .key_name(DNS_KEY)
+            .netns(&layout.namespace(Site::Clients))
+            .listen(layout.inside(Service::Dns(Site::Clients)))
+            .dir(&opts.dir.join("knot"))
+            .start()?;
+        let secret_file = opts.dir.join("tsig.secret");
+        let secret = base64::engine::general_purpose::STANDARD.encode(dns.tsig().1);
+        std::fs::write(&secret_file, format!("{secret}\n")).map_err(io("writing tsig.secret"))?;
         let config = opts.dir.join("pgmesh.toml");
         let cluster_name = format!("lab-{}", layout.prefix);
-        std::fs::write(&config, layout.config(&cluster_name, SIDECAR_HTTP_PORT))
-            .map_err(io("writing pgmesh.toml"))?;
+        let text =
+            layout.config(&cluster_name, SIDECAR_HTTP_PORT) + &layout.dns_config(&secret_file);
+        std::fs::write(&config, text).map_err(io("writing pgmesh.toml"))?;
         let mut clocks = BTreeMap::new();
         if FakeClock::available() {
             for region in Site::REGIONS {
@@ -236,6 +253,7 @@ impl RegionsLab {
             sidecars: BTreeMap::new(),
             pg: BTreeMap::new(),
             etcd: BTreeMap::new(),
+            dns,
             hub,
             rt,
             namespaces,
@@ -273,6 +291,18 @@ impl RegionsLab {
                 |l| l.routes(region),
             )
             .map_err(|e| lab.with_log(e, "haproxy", region))?;
+        }
+        // The owners published their endpoints when they took them (`[traffic.dns]`).
+        for (region, endpoint) in [(Site::A, "app-eu"), (Site::B, "app-us")] {
+            let want = layout.site_addr(region).to_string();
+            lab.wait_for(
+                &format!(
+                    "the client site's DNS to answer {endpoint} with region {region}'s {want}"
+                ),
+                START_DEADLINE,
+                |l| l.dns_answer(endpoint).as_deref() == Some(want.as_str()),
+            )
+            .map_err(|e| lab.with_log(e, "agent", region))?;
         }
         lab.started_in = began.elapsed();
         Ok(lab)
@@ -586,6 +616,8 @@ impl RegionsLab {
         }
         if site != Site::Clients {
             self.start_etcd(site, "existing")?;
+        } else {
+            self.dns.restart()?;
         }
         if let Some(pg) = self.pg.get(&site) {
             pg.start_again()?;
@@ -686,6 +718,29 @@ impl RegionsLab {
             .is_some_and(|(code, _)| code == 200)
     }
 
+    /// What the client site's DNS server answers for `<endpoint>.lab.pgmesh.` now, asked
+    /// from the lab process straight at the site's address (not over the WAN): the
+    /// addresses, comma-separated (`10.77.1.2`), or a CNAME's target; `None` when the name
+    /// has no answer or the server none within 500 ms.
+    #[must_use]
+    pub fn dns_answer(&self, endpoint: &str) -> Option<String> {
+        let server = self.opts.layout.inside(Service::Dns(Site::Clients));
+        let name = format!("{endpoint}.{DNS_ZONE}");
+        let answer = self.rt.block_on(crate::traffic::dns::answer(
+            server,
+            &name,
+            Duration::from_millis(500),
+        ));
+        match answer.ok()?? {
+            RecordSet::Addresses(list) => {
+                let mut list: Vec<String> = list.iter().map(ToString::to_string).collect();
+                list.sort();
+                Some(list.join(","))
+            }
+            RecordSet::Cname(target) => Some(target),
+        }
+    }
+
     /// Whether `region`'s database takes a write from the application role now (rolled
     /// back): false while fenced or down.
     #[must_use]
@@ -780,6 +835,7 @@ impl Drop for RegionsLab {
         self.sidecars.clear();
         self.pg.clear();
         self.etcd.clear();
+        let _ = self.dns.kill();
         let _ = std::fs::remove_dir_all(&self.opts.dir);
     }
 }

@@ -12,6 +12,13 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+/// The zone the lab's DNS server (in the client site) serves; the agents publish
+/// `<endpoint>.<zone>` there.
+pub const DNS_ZONE: &str = "lab.pgmesh.";
+/// The TSIG key's name the agents sign their UPDATEs with.
+pub const DNS_KEY: &str = "pgmesh-lab.";
 
 /// A site of the lab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,6 +109,9 @@ pub enum Service {
     Agent(Site),
     /// The region's HAProxy, in front of whichever region owns `app-eu`.
     Haproxy(Site),
+    /// An authoritative DNS server (Knot) for [`DNS_ZONE`]: the lab runs one, in the
+    /// client site. TCP and UDP on the same port.
+    Dns(Site),
 }
 
 impl Service {
@@ -115,7 +125,15 @@ impl Service {
         for s in [Site::A, Site::B, Site::Witness] {
             v.extend([Service::EtcdClient(s), Service::EtcdPeer(s)]);
         }
+        v.push(Service::Dns(Site::Clients));
         v
+    }
+
+    /// Whether clients also reach the service over UDP (DNS queries), so the hub relays
+    /// datagrams on its port too ([`super::udp`]).
+    #[must_use]
+    pub fn udp(self) -> bool {
+        matches!(self, Service::Dns(_))
     }
 
     #[must_use]
@@ -125,11 +143,13 @@ impl Service {
             | Service::EtcdClient(s)
             | Service::EtcdPeer(s)
             | Service::Agent(s)
-            | Service::Haproxy(s) => s,
+            | Service::Haproxy(s)
+            | Service::Dns(s) => s,
         }
     }
 
-    /// `port_base` + 10 × kind + site index: 7701 is region a's PostgreSQL.
+    /// `port_base` + 10 × kind + site index: 7701 is region a's PostgreSQL, 7754 the
+    /// client site's DNS server.
     #[must_use]
     pub fn port(self, layout: &Layout) -> u16 {
         let kind = match self {
@@ -138,6 +158,7 @@ impl Service {
             Service::EtcdPeer(_) => 2,
             Service::Agent(_) => 3,
             Service::Haproxy(_) => 4,
+            Service::Dns(_) => 5,
         };
         layout.port_base + kind * 10 + u16::from(self.site().index())
     }
@@ -245,6 +266,27 @@ impl Layout {
         c
     }
 
+    /// `[traffic.dns]` of the lab, appended to [`Layout::config`]: the agents publish
+    /// `<endpoint>.lab.pgmesh.` on the client site's DNS server through the hub, so every
+    /// UPDATE (TCP) and confirming query (UDP) crosses the WAN path from the owner's
+    /// region to the client site. Each region's answer is its HAProxy's site address.
+    /// The secret is read from `tsig_secret_file` when the config is parsed. Kept apart
+    /// from [`Layout::config`] because that is the deployment `docker-compose.yml` runs
+    /// too (`tests/compose_config.rs` compares their keys), and compose has no DNS server.
+    #[must_use]
+    pub fn dns_config(&self, tsig_secret_file: &Path) -> String {
+        let mut c = format!(
+            "\n[traffic.dns]\nzone = \"{DNS_ZONE}\"\nservers = [\"{}\"]\nttl = \"1s\"\n\
+             tsig_key = \"{DNS_KEY}\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_file = \"{}\"\n",
+            self.via_hub(Service::Dns(Site::Clients)),
+            tsig_secret_file.display()
+        );
+        for r in Site::REGIONS {
+            c.push_str(&format!("records.{r} = [\"{}\"]\n", self.site_addr(r)));
+        }
+        c
+    }
+
     /// The HAProxy config of `region`: `app-eu` on the region's port, sent to whichever
     /// region's agent answers 200 on `/owner/app-eu`.
     #[must_use]
@@ -279,6 +321,9 @@ mod tests {
         assert_eq!(ports.len(), n);
         assert_eq!(Service::Postgres(Site::A).port(&l), 7701);
         assert_eq!(Service::EtcdPeer(Site::Witness).port(&l), 7723);
+        assert_eq!(Service::Dns(Site::Clients).port(&l), 7754);
+        // The sidecars' HTTP port (inside each region) is none of them.
+        assert!(!ports.contains(&7760));
         // Client ports do not collide with services either.
         assert!(Site::REGIONS
             .iter()
@@ -321,5 +366,37 @@ mod tests {
         assert_eq!(cfg.nodes.len(), 2);
         assert!(text.contains("host=10.77.0.1 port=7701"));
         assert!(text.contains("\"http://10.77.0.1:7713\""));
+    }
+
+    #[test]
+    fn the_dns_section_points_the_agents_at_the_client_site_over_the_hub() {
+        let l = Layout::default();
+        let dir = std::env::temp_dir().join(format!("pgmesh-topology-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("tsig.secret");
+        std::fs::write(&secret, "c2VjcmV0LW9mLTMyLWJ5dGVzLWZvci10aGUtbGFiLi4=\n").unwrap();
+        let text = l.config("lab", 7760) + &l.dns_config(&secret);
+        let cfg = crate::config::Config::parse(
+            &text,
+            "lab",
+            &crate::config::Env::from_pairs(Vec::<(String, String)>::new()),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let dns = cfg.unwrap().traffic.dns.expect("[traffic.dns]");
+        assert_eq!(dns.zone, DNS_ZONE);
+        assert_eq!(dns.servers, vec![l.via_hub(Service::Dns(Site::Clients))]);
+        assert_eq!(dns.servers[0].to_string(), "10.77.0.1:7754");
+        assert_eq!(dns.ttl, std::time::Duration::from_secs(1));
+        let key = dns.tsig.expect("a TSIG key");
+        assert_eq!(key.name, DNS_KEY);
+        assert_eq!(key.secret, b"secret-of-32-bytes-for-the-lab..");
+        for (node, addr) in [("a", "10.77.1.2"), ("b", "10.77.2.2")] {
+            assert_eq!(
+                dns.records[node],
+                crate::traffic::dns::RecordSet::Addresses(vec![addr.parse().unwrap()])
+            );
+        }
+        assert!(Service::Dns(Site::Clients).udp());
+        assert!(!Service::Postgres(Site::A).udp());
     }
 }

@@ -1,9 +1,11 @@
-//! A throwaway authoritative DNS server (Knot DNS, Debian's `knotd` 3.2) on loopback.
+//! A throwaway authoritative DNS server (Knot DNS, Debian's `knotd` 3.2), on loopback or
+//! inside a network namespace (the cross-region lab's client site, [`KnotDns::builder`]).
 //!
 //! DNS switching is only proven against a real server: the UPDATE must be accepted as one
 //! transaction, TSIG must verify both ways, and a query must then answer the new set. A
 //! [`KnotDns`] serves one zone (SOA, NS and the NS's address) from a zone file in its scratch
-//! directory, on 127.0.0.1 with UDP and TCP on the same free port, with one TSIG key
+//! directory, on 127.0.0.1 with UDP and TCP on the same free port (or a given address and
+//! directory), with one TSIG key
 //! (hmac-sha256) and an ACL that allows UPDATE only when signed with that key. Knot keeps
 //! the zone's changes in its journal and writes them back to the zone file, both in the
 //! scratch directory, so [`KnotDns::restart`] brings the same data back on the same port.
@@ -15,7 +17,7 @@
 
 use std::fmt::Write as _;
 use std::io::Read as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -43,37 +45,72 @@ const START_ATTEMPTS: usize = 5;
 const LOG_TAIL: usize = 30;
 const SCRIPT: &str = "scripts/install-control.sh";
 
-/// A running knotd on 127.0.0.1 serving one zone; killed and deleted on drop.
+/// A running knotd serving one zone; killed and its directory deleted on drop.
 #[derive(Debug)]
 pub struct KnotDns {
     zone: String,
     key_name: String,
     secret: Vec<u8>,
+    ip: IpAddr,
     port: u16,
+    /// The network namespace knotd runs in (`ip netns exec`), if any.
+    netns: Option<String>,
     dir: PathBuf,
     daemon: Option<Daemon>,
 }
 
-impl KnotDns {
-    /// Starts knotd serving `zone` (e.g. `db.example.com.`) with a fresh random TSIG key
-    /// named [`KNOT_KEY_NAME`], and waits until it answers the zone's SOA.
-    pub fn start(zone: &str) -> Result<KnotDns, TestkitError> {
-        let mut secret = vec![0; 32];
-        let mut urandom =
-            std::fs::File::open("/dev/urandom").map_err(|source| io("/dev/urandom", source))?;
-        urandom
-            .read_exact(&mut secret)
-            .map_err(|source| io("/dev/urandom", source))?;
-        KnotDns::start_with_key(zone, KNOT_KEY_NAME, &secret)
+/// How to start a [`KnotDns`]: by default on a free port of 127.0.0.1, in a fresh scratch
+/// directory, with a random key named [`KNOT_KEY_NAME`].
+#[derive(Debug)]
+#[must_use]
+pub struct KnotBuilder {
+    zone: String,
+    key_name: String,
+    /// `None`: a random one.
+    secret: Option<Vec<u8>>,
+    netns: Option<String>,
+    listen: Option<SocketAddr>,
+    dir: Option<PathBuf>,
+}
+
+impl KnotBuilder {
+    /// Signs with the hmac-sha256 key `name` / `secret` (raw bytes) instead of a random one.
+    pub fn key(mut self, name: &str, secret: &[u8]) -> Self {
+        self.key_name = name.to_string();
+        self.secret = Some(secret.to_vec());
+        self
     }
 
-    /// Like [`KnotDns::start`] with a given hmac-sha256 key, so several servers can share one
-    /// (as the authoritative servers of one zone do).
-    pub fn start_with_key(
-        zone: &str,
-        key_name: &str,
-        secret: &[u8],
-    ) -> Result<KnotDns, TestkitError> {
+    /// Names the key `name` (its secret random unless [`KnotBuilder::key`] gives one).
+    pub fn key_name(mut self, name: &str) -> Self {
+        self.key_name = name.to_string();
+        self
+    }
+
+    /// Runs knotd inside network namespace `name` (`ip netns exec`). Give it an address of
+    /// that namespace with [`KnotBuilder::listen`] that this process reaches: readiness is
+    /// checked with a query from here.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
+    /// Listens on `addr` (UDP and TCP; a fixed port, not 0) instead of a free port of
+    /// 127.0.0.1.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Keeps config, zone file, journal, control socket and log in `dir` (created if
+    /// missing, removed on drop) instead of a scratch directory.
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Starts knotd and waits until it answers the zone's SOA.
+    pub fn start(self) -> Result<KnotDns, TestkitError> {
         for program in [KNOTD, KNOTC] {
             if !Path::new(program).exists() {
                 return Err(TestkitError::ProgramMissing {
@@ -82,19 +119,44 @@ impl KnotDns {
                 });
             }
         }
-        let zone = absolute(zone);
-        let key_name = absolute(key_name);
-        let dir = scratch_dir("knot")?;
+        if self.listen.is_some_and(|a| a.port() == 0) {
+            return Err(TestkitError::Failed {
+                what: "starting knotd".to_string(),
+                status: "listen port 0".to_string(),
+                stderr: "give KnotBuilder::listen a fixed port, or leave it out for a free one"
+                    .to_string(),
+            });
+        }
+        let secret = match self.secret {
+            Some(secret) => secret,
+            None => random_secret()?,
+        };
+        let dir = match self.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(|source| io(&dir, source))?;
+                dir
+            }
+            None => scratch_dir("knot")?,
+        };
         let mut knot = KnotDns {
-            zone,
-            key_name,
-            secret: secret.to_vec(),
+            zone: absolute(&self.zone),
+            key_name: absolute(&self.key_name),
+            secret,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
+            netns: self.netns,
             dir,
             daemon: None,
         };
         let zone_file = knot.dir.join("zone.db");
         write(&zone_file, &zone_text(&knot.zone))?;
+        if let Some(listen) = self.listen {
+            knot.ip = listen.ip();
+            knot.port = listen.port();
+            write(&knot.config_path(), &knot.config_text())?;
+            knot.spawn_and_wait()?;
+            return Ok(knot);
+        }
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             knot.port = free_udp_tcp_port()?;
@@ -116,11 +178,42 @@ impl KnotDns {
             log: String::new(),
         }))
     }
+}
+
+impl KnotDns {
+    /// Starts knotd serving `zone` (e.g. `db.example.com.`) with a fresh random TSIG key
+    /// named [`KNOT_KEY_NAME`], and waits until it answers the zone's SOA.
+    pub fn start(zone: &str) -> Result<KnotDns, TestkitError> {
+        KnotDns::builder(zone).start()
+    }
+
+    /// Like [`KnotDns::start`] with a given hmac-sha256 key, so several servers can share one
+    /// (as the authoritative servers of one zone do).
+    pub fn start_with_key(
+        zone: &str,
+        key_name: &str,
+        secret: &[u8],
+    ) -> Result<KnotDns, TestkitError> {
+        KnotDns::builder(zone).key(key_name, secret).start()
+    }
+
+    /// A server of `zone` to place ([`KnotBuilder::netns`], [`KnotBuilder::listen`],
+    /// [`KnotBuilder::dir`]) before [`KnotBuilder::start`].
+    pub fn builder(zone: &str) -> KnotBuilder {
+        KnotBuilder {
+            zone: zone.to_string(),
+            key_name: KNOT_KEY_NAME.to_string(),
+            secret: None,
+            netns: None,
+            listen: None,
+            dir: None,
+        }
+    }
 
     /// Where the server listens (UDP and TCP).
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::new(self.ip, self.port)
     }
 
     /// The zone served, absolute (`db.example.com.`).
@@ -202,7 +295,14 @@ impl KnotDns {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), TestkitError> {
-        let mut cmd = Command::new(KNOTD);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str(), KNOTD]);
+                c
+            }
+            None => Command::new(KNOTD),
+        };
         cmd.arg("-c").arg(self.config_path());
         self.daemon = Some(Daemon::spawn("knotd", cmd, &self.log_path())?);
         self.wait_ready()
@@ -258,7 +358,7 @@ impl KnotDns {
         let _ = write!(
             c,
             "# written by pgmesh testkit\n\
-             server:\n    rundir: \"{dir}\"\n    listen: 127.0.0.1@{port}\n    \
+             server:\n    rundir: \"{dir}\"\n    listen: {ip}@{port}\n    \
              udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n\
              control:\n    listen: \"{socket}\"\n\
              database:\n    storage: \"{dir}\"\n    journal-db-max-size: 64M\n    \
@@ -268,6 +368,7 @@ impl KnotDns {
              acl:\n  - id: pgmesh-update\n    key: {key}\n    action: update\n\
              zone:\n  - domain: {zone}\n    storage: \"{dir}\"\n    file: zone.db\n    \
              acl: pgmesh-update\n",
+            ip = self.ip,
             port = self.port,
             socket = self.socket_path().display(),
             key = self.key_name,
@@ -295,6 +396,17 @@ fn zone_text(zone: &str) -> String {
          @ NS ns1\n\
          ns1 A 127.0.0.1\n"
     )
+}
+
+/// 32 random bytes: a fresh hmac-sha256 secret.
+fn random_secret() -> Result<Vec<u8>, TestkitError> {
+    let mut secret = vec![0; 32];
+    let mut urandom =
+        std::fs::File::open("/dev/urandom").map_err(|source| io("/dev/urandom", source))?;
+    urandom
+        .read_exact(&mut secret)
+        .map_err(|source| io("/dev/urandom", source))?;
+    Ok(secret)
 }
 
 fn absolute(name: &str) -> String {
@@ -335,7 +447,13 @@ fn soa_query(server: SocketAddr, zone: &str, timeout: Duration) -> Result<(), St
     query.metadata.recursion_desired = false;
     query.add_query(Query::query(name.clone(), RecordType::SOA));
     let bytes = query.to_vec().map_err(|e| e.to_string())?;
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    // Any local address: a server in a namespace (10.77.4.2) is not reached from loopback.
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).map_err(|e| e.to_string())?;
     socket.connect(server).map_err(|e| e.to_string())?;
     socket
         .set_read_timeout(Some(timeout))
@@ -370,16 +488,31 @@ fn io(path: impl AsRef<Path>, source: std::io::Error) -> TestkitError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_allows_update_only_with_the_key() {
-        let knot = KnotDns {
+    fn unstarted(ip: &str, port: u16) -> KnotDns {
+        KnotDns {
             zone: "db.example.com.".into(),
             key_name: "k.".into(),
             secret: vec![0; 4],
-            port: 5353,
+            ip: ip.parse().unwrap(),
+            port,
+            netns: None,
             dir: PathBuf::from("/x"),
             daemon: None,
-        };
+        }
+    }
+
+    #[test]
+    fn listens_where_it_is_placed() {
+        let knot = unstarted("10.77.4.2", 7754);
+        let c = knot.config_text();
+        assert!(c.contains("listen: 10.77.4.2@7754\n"), "{c}");
+        assert_eq!(knot.addr().to_string(), "10.77.4.2:7754");
+        std::mem::forget(knot); // its Drop would remove /x
+    }
+
+    #[test]
+    fn config_allows_update_only_with_the_key() {
+        let knot = unstarted("127.0.0.1", 5353);
         let c = knot.config_text();
         assert!(c.contains("listen: 127.0.0.1@5353\n"), "{c}");
         assert!(
@@ -395,5 +528,56 @@ mod tests {
             c.contains("rundir: \"/x\"") && c.contains("listen: \"/x/knot.sock\""),
             "{c}"
         );
+    }
+
+    /// knotd in a network namespace, reached from here at the namespace's address: the
+    /// readiness query (UDP) and a signed UPDATE (TCP) both cross the veth pair.
+    #[test]
+    fn serves_from_inside_a_network_namespace() {
+        use crate::lab::netns::Netns;
+        use crate::traffic::dns::{answer, DnsConfig, DnsPublisher, RecordSet};
+        if !super::super::running_as_root() || !Path::new(KNOTD).exists() {
+            eprintln!("skipped: needs root (network namespaces) and {KNOTD}");
+            return;
+        }
+        let n = std::process::id() % 100_000;
+        let ns = Netns::create(&format!("pmk{n}")).unwrap();
+        ns.connect_host("10.202.7.2/30", &format!("pmk{n}h"), "10.202.7.1/30")
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("pgmesh-knot-netns-{n}"));
+        let knot = KnotDns::builder("ns.example.")
+            .key_name("k-ns.")
+            .netns(ns.name())
+            .listen("10.202.7.2:5399".parse().unwrap())
+            .dir(&dir)
+            .start()
+            .unwrap();
+        assert_eq!(knot.addr().to_string(), "10.202.7.2:5399");
+        assert_eq!(knot.tsig().0, "k-ns.");
+        let set = RecordSet::Addresses(vec!["10.77.1.2".parse().unwrap()]);
+        let publisher = DnsPublisher::new(DnsConfig {
+            zone: knot.zone().to_string(),
+            servers: vec![knot.addr()],
+            ttl: Duration::from_secs(1),
+            tsig: Some(knot.tsig_key()),
+            timeout: Duration::from_secs(10),
+            records: [("a".to_string(), set.clone())].into(),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = rt.block_on(publisher.publish("app", "a"));
+        assert!(outcome.done(), "{}\n{}", outcome.summary(), knot.log());
+        let now = rt
+            .block_on(answer(
+                knot.addr(),
+                "app.ns.example.",
+                Duration::from_secs(2),
+            ))
+            .unwrap();
+        assert_eq!(now, Some(set));
+        drop(knot);
+        assert!(!dir.exists(), "the server's directory goes with it");
     }
 }
