@@ -313,7 +313,7 @@ mod tests {
                 }),
                 0,
                 State::SlotLost,
-                "pg_drop_replication_slot('pgmesh_b')",
+                "drops the invalidated slot and creates it again",
             ),
             (
                 Some(slot(false)),

@@ -18,10 +18,6 @@ const LIB_DIRS: &[&str] = &[
     "/usr/lib/faketime",
 ];
 
-/// How often the preloaded library re-reads the offset file, in seconds: a change
-/// reaches every process within this.
-pub const REREAD_S: u32 = 1;
-
 /// The offset file of one node's clock.
 #[derive(Debug, Clone)]
 pub struct FakeClock {
@@ -61,7 +57,7 @@ impl FakeClock {
     }
 
     /// Shifts the clock by `ms` (signed) from real time; every process started with
-    /// [`FakeClock::env`] follows within [`REREAD_S`].
+    /// [`FakeClock::env`] follows at once.
     pub fn set_offset_ms(&self, ms: i64) -> Result<(), TestkitError> {
         // libfaketime's relative format: "+3.5" is seconds; write it whole and then
         // rename so that no reader sees a half-written file.
@@ -91,7 +87,10 @@ impl FakeClock {
                 "FAKETIME_TIMESTAMP_FILE".into(),
                 self.file.display().to_string(),
             ),
-            ("FAKETIME_CACHE_DURATION".into(), REREAD_S.to_string()),
+            // Read at every call, not cached for a second per process: a host's clock
+            // steps for all its programs at once, and an agent a second behind its
+            // database on the step lets the write permit lapse (or stretch).
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
             ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
         ]
     }

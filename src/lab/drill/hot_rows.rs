@@ -16,8 +16,10 @@ use super::super::regions::{LabError, RegionsLab};
 use super::super::topology::Site;
 use crate::testkit::spawn_with_runtime;
 
-/// How many rows both regions fight over (ids -1 ..= -ROWS, below every logger id).
+/// How many rows both regions fight over: ids FIRST_ID - 1 down to FIRST_ID - ROWS, below
+/// every logger id and clear of the sampler's probe row (-1).
 pub const ROWS: i64 = 20;
+const FIRST_ID: i64 = -1_000;
 /// Pause between one writer's updates.
 const PACE: Duration = Duration::from_millis(15);
 
@@ -36,17 +38,17 @@ pub struct HotWrite {
 #[derive(Debug, Default)]
 pub struct HotLog {
     pub writes: Vec<HotWrite>,
-    /// Updates that failed, per region (a refused write permit among them).
-    pub errors: BTreeMap<Site, u64>,
+    /// Updates that failed: where and when (a refused write permit among them).
+    pub failed: Vec<(Site, Instant)>,
     pub last_error: Option<String>,
 }
 
 /// Creates the rows on region a (superuser) and waits until b has them too.
 pub fn prepare(lab: &RegionsLab) -> Result<(), LabError> {
     lab.postgres(Site::A).psql(&format!(
-        "INSERT INTO orders SELECT -g, 'hot' FROM generate_series(1, {ROWS}) g ON CONFLICT DO NOTHING"
+        "INSERT INTO orders SELECT {FIRST_ID} - g, 'hot' FROM generate_series(1, {ROWS}) g ON CONFLICT DO NOTHING"
     ))?;
-    let count = format!("SELECT count(*) FROM orders WHERE id < 0 AND id >= -{ROWS}");
+    let count = format!("SELECT count(*) FROM orders WHERE {}", id_range());
     lab.wait_for("the hot rows on b", Duration::from_secs(60), |l| {
         l.postgres(Site::B)
             .psql(&count)
@@ -89,9 +91,7 @@ impl HotWriters {
         for t in self.threads {
             if let Ok(Some(log)) = t.join() {
                 all.writes.extend(log.writes);
-                for (site, n) in log.errors {
-                    *all.errors.entry(site).or_default() += n;
-                }
+                all.failed.extend(log.failed);
                 all.last_error = log.last_error.or(all.last_error);
             }
         }
@@ -125,7 +125,7 @@ async fn write_loop(stop: &AtomicBool, site: Site, dsn: &str, tag: &str, seed: u
         rng = rng
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let id = -1 - i64::try_from((rng >> 33) % ROWS.unsigned_abs()).unwrap_or(0);
+        let id = FIRST_ID - 1 - i64::try_from((rng >> 33) % ROWS.unsigned_abs()).unwrap_or(0);
         n += 1;
         let payload = format!("{tag}-{n}");
         match update(c, id, &payload).await {
@@ -136,7 +136,7 @@ async fn write_loop(stop: &AtomicBool, site: Site, dsn: &str, tag: &str, seed: u
                 node: site,
                 acked_at: Instant::now(),
             }),
-            Err(e) => fail(&mut log, site, e.to_string()),
+            Err(e) => fail(&mut log, site, super::sampler::db_text(&e)),
         }
         tokio::time::sleep(PACE).await;
     }
@@ -166,7 +166,7 @@ async fn update(
 }
 
 fn fail(log: &mut HotLog, site: Site, e: String) {
-    *log.errors.entry(site).or_default() += 1;
+    log.failed.push((site, Instant::now()));
     log.last_error = Some(format!("{site}: {e}"));
 }
 
@@ -217,10 +217,16 @@ pub fn judge(writes: &[HotWrite], held: &BTreeMap<i64, String>) -> HotVerdict {
     v
 }
 
-/// What row ids -1 ..= -ROWS hold on `node`.
+/// The rows' condition in SQL.
+fn id_range() -> String {
+    format!("id BETWEEN {} AND {}", FIRST_ID - ROWS, FIRST_ID - 1)
+}
+
+/// What the contested rows hold on `node`.
 pub fn held(lab: &RegionsLab, node: Site) -> Result<BTreeMap<i64, String>, LabError> {
     let out = lab.postgres(node).psql(&format!(
-        "SELECT id || '|' || payload FROM orders WHERE id < 0 AND id >= -{ROWS}"
+        "SELECT id || '|' || payload FROM orders WHERE {}",
+        id_range()
     ))?;
     Ok(out
         .lines()

@@ -48,6 +48,9 @@ pub struct DrillReport {
     pub samples: u64,
     /// Samples during the fault in which the old owner's database refused writes.
     pub owner_refused_samples: u64,
+    /// Why region a's database last refused the sampler's write.
+    #[serde(default)]
+    pub refusal_a: Option<String>,
     /// Rows that differ between the nodes per `pgmesh verify` after healing.
     pub divergent_rows: Option<u64>,
     /// Conflicts the ledgers recorded during the drill (both nodes).

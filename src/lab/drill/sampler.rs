@@ -34,6 +34,8 @@ pub struct Targets {
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
+    /// Per region, why its database last refused the probe (for the report).
+    refusals: Arc<Mutex<[Option<String>; 2]>>,
     thread: Option<JoinHandle<Option<()>>>,
 }
 
@@ -44,7 +46,8 @@ impl Sampler {
     pub fn start(t: Targets) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let (s, out) = (stop.clone(), samples.clone());
+        let refusals = Arc::new(Mutex::new([None, None]));
+        let (s, out, why) = (stop.clone(), samples.clone(), refusals.clone());
         let thread = spawn_with_runtime(move || async move {
             let mut clients: [Option<tokio_postgres::Client>; 2] = [None, None];
             let path = format!("/owner/{}", t.endpoint);
@@ -55,7 +58,14 @@ impl Sampler {
                 for i in 0..2 {
                     serves[i] = http_get_at(t.agents[i], &path, Duration::from_millis(200))
                         .is_ok_and(|r| r.status == 200);
-                    writable[i] = probe_write(&mut clients[i], &t.app_dsns[i]).await;
+                    match probe_write(&mut clients[i], &t.app_dsns[i]).await {
+                        Ok(()) => writable[i] = true,
+                        Err(e) => {
+                            if let Ok(mut w) = why.lock() {
+                                w[i] = Some(e);
+                            }
+                        }
+                    }
                 }
                 if let Ok(mut v) = out.lock() {
                     v.push(Sample {
@@ -70,17 +80,21 @@ impl Sampler {
         Sampler {
             stop,
             samples,
+            refusals,
             thread: Some(thread),
         }
     }
 
-    /// Stops sampling and returns the timeline.
-    pub fn stop(mut self) -> Vec<Sample> {
+    /// Stops sampling and returns the timeline, and per region why its database last
+    /// refused the probe.
+    pub fn stop(mut self) -> (Vec<Sample>, [Option<String>; 2]) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.samples.lock().map(|v| v.clone()).unwrap_or_default()
+        let samples = self.samples.lock().map(|v| v.clone()).unwrap_or_default();
+        let why = self.refusals.lock().map(|w| w.clone()).unwrap_or_default();
+        (samples, why)
     }
 }
 
@@ -93,35 +107,48 @@ impl Drop for Sampler {
     }
 }
 
-/// An application write, rolled back, on a kept session (reconnected after an error).
-async fn probe_write(client: &mut Option<tokio_postgres::Client>, dsn: &str) -> bool {
+/// An application write, rolled back, on a kept session (reconnected after an error);
+/// why it failed otherwise.
+async fn probe_write(client: &mut Option<tokio_postgres::Client>, dsn: &str) -> Result<(), String> {
     let limit = Duration::from_millis(400);
     if client
         .as_ref()
         .is_none_or(tokio_postgres::Client::is_closed)
     {
         *client = None;
-        if let Ok(Ok((c, conn))) =
-            tokio::time::timeout(limit, tokio_postgres::connect(dsn, tokio_postgres::NoTls)).await
+        match tokio::time::timeout(limit, tokio_postgres::connect(dsn, tokio_postgres::NoTls)).await
         {
-            tokio::spawn(conn);
-            *client = Some(c);
+            Ok(Ok((c, conn))) => {
+                tokio::spawn(conn);
+                *client = Some(c);
+            }
+            Ok(Err(e)) => return Err(format!("connect: {}", db_text(&e))),
+            Err(_) => return Err(format!("connect: no answer within {limit:?}")),
         }
     }
     let Some(c) = client.as_ref() else {
-        return false;
+        return Err("no session".into());
     };
     let r = tokio::time::timeout(
         limit,
         c.batch_execute("BEGIN; INSERT INTO orders VALUES (-1, 'probe'); ROLLBACK"),
     )
     .await;
-    if matches!(r, Ok(Ok(()))) {
-        true
-    } else {
-        *client = None;
-        false
-    }
+    let why = match r {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => db_text(&e),
+        Err(_) => format!("no answer within {limit:?}"),
+    };
+    *client = None;
+    Err(why)
+}
+
+/// A server error's message and SQLSTATE, else the client's description.
+pub fn db_text(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map_or_else(
+        || e.to_string(),
+        |d| format!("{} ({})", d.message(), d.code().code()),
+    )
 }
 
 /// What the timeline says, in seconds from `fault`.
