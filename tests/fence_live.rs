@@ -534,3 +534,72 @@ fn sidecars_apply_into_a_fenced_node() {
         }
     }
 }
+
+/// An agent on another host than its database: the server's clock 3 s ahead of the
+/// agent's (libfaketime on the server). The write permit is written in the server's
+/// clock through the measured offset, so it lasts what the agent meant; counted on the
+/// agent's clock it would end 3 s early (the clock-skew drill's first runs saw a
+/// region's writes refused that way).
+#[test]
+fn a_permit_lasts_what_the_agent_meant_when_the_servers_clock_is_ahead() {
+    use pgmesh::control::fence::clock_offset_ms;
+    use pgmesh::testkit::faketime::FakeClock;
+    let _turn = turn();
+    for major in versions_under_test() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let clock = FakeClock::new(&dir.path().join("clock")).expect("libfaketime");
+        clock.set_offset_ms(3_000).unwrap();
+        let mut builder = Cluster::builder(major);
+        for (k, v) in clock.env(false) {
+            builder = builder.env(&k, &v);
+        }
+        let a = builder.start().unwrap();
+        let b = Cluster::start(major).unwrap();
+        for c in [&a, &b] {
+            c.psql(DDL).unwrap();
+            c.psql(ROLES).unwrap();
+        }
+        let cfg = support::cli::write_config(dir.path(), &a, &b, "\"public.items\"");
+        let out = pgmesh(&["setup"], &cfg);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "PG{major} setup: {}",
+            text(&out)
+        );
+        support::runtime().block_on(async {
+            let agent = session(&a, "postgres").await;
+            let state = fence_state(&agent).await.unwrap();
+            let offset = clock_offset_ms(state.server_now_ms, pgmesh::control::keys::now_ms());
+            assert!(
+                (2_500..=3_500).contains(&offset),
+                "PG{major}: measured offset {offset} ms, the server is 3 s ahead"
+            );
+            for (offset, lasts) in [(0, 0..=1_200), (offset, 3_500..=4_000)] {
+                unfence(
+                    &agent,
+                    "owns app-eu",
+                    1,
+                    "agent a",
+                    Permit::until(4_000, offset),
+                )
+                .await
+                .unwrap();
+                let left = fence_state(&agent).await.unwrap().permit_left_ms.unwrap();
+                assert!(
+                    lasts.contains(&left),
+                    "PG{major}: with offset {offset} ms a 4 s permit has {left} ms left"
+                );
+            }
+            let app = session(&a, "app").await;
+            app.batch_execute("INSERT INTO items VALUES (1, 'written')")
+                .await
+                .unwrap();
+        });
+    }
+}

@@ -85,6 +85,10 @@ pub struct Published {
     /// The latest permit the follower wrote (recorded before it writes).
     #[serde(skip)]
     pub permit_until: Option<Instant>,
+    /// How far the database server's clock is ahead of this agent's (a lower bound, ms;
+    /// [`super::fence::clock_offset_ms`]): permits are written in the server's clock.
+    #[serde(skip)]
+    pub db_clock_offset_ms: i64,
 }
 
 impl Published {
@@ -634,6 +638,11 @@ impl Agent {
         if state.is_none() {
             self.local.drop_session();
         }
+        if let Some(s) = &state {
+            let offset = super::fence::clock_offset_ms(s.server_now_ms, now_ms());
+            let mut p = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            p.db_clock_offset_ms = offset;
+        }
         self.db_fenced = state.map(|s| s.fenced);
     }
 
@@ -818,7 +827,11 @@ async fn follow_lease(
             hb.beat(until, &why).await;
         }
         if let (Some(deadline), Some(conn)) = (extend_permit, permit_conn.as_mut()) {
-            if extend_db_permit(conn, deadline).await {
+            let offset = shared
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .db_clock_offset_ms;
+            if extend_db_permit(conn, deadline, offset).await {
                 permit_until = Some(deadline);
             }
         }
@@ -838,18 +851,16 @@ async fn follow_lease(
 }
 
 /// Moves the database's write permit to `deadline` (never past a fence: the statement
-/// does nothing on a fenced database). Whether it was moved.
-async fn extend_db_permit(conn: &mut Conn, deadline: Instant) -> bool {
+/// does nothing on a fenced database); `offset_ms`: the server's clock ahead of ours.
+/// Whether it was moved.
+async fn extend_db_permit(conn: &mut Conn, deadline: Instant, offset_ms: i64) -> bool {
     let Some(ms) = deadline
         .checked_duration_since(Instant::now())
         .and_then(|d| u64::try_from(d.as_millis()).ok())
     else {
         return false;
     };
-    let permit = super::fence::Permit::For {
-        ms,
-        not_after_ms: now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
-    };
+    let permit = super::fence::Permit::until(ms, offset_ms);
     let Some(client) = conn.get().await else {
         return false;
     };

@@ -69,10 +69,12 @@ impl Agent {
         match self.lease.deadline() {
             Some(d) if d > now => {
                 let ms = u64::try_from(d.duration_since(now).as_millis()).unwrap_or(u64::MAX);
-                Some(Permit::For {
-                    ms,
-                    not_after_ms: now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
-                })
+                let offset = self
+                    .shared
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .db_clock_offset_ms;
+                Some(Permit::until(ms, offset))
             }
             _ if !self.forced.is_empty() => Some(Permit::Unlimited),
             _ => None,

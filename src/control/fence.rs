@@ -91,6 +91,9 @@ pub struct FenceState {
     /// RFC 3339, UTC, microseconds (`2026-12-04T10:00:00.123456Z`).
     pub changed_at: Option<String>,
     pub changed_by: Option<String>,
+    /// The server's clock when it answered, Unix ms.
+    #[serde(default)]
+    pub server_now_ms: i64,
 }
 
 /// Why a fence operation failed; each says what to do. [`FenceError::is_transient`]
@@ -243,7 +246,7 @@ pub async fn fence_state(client: &Client) -> Result<FenceState, FenceError> {
             &format!(
                 "SELECT fenced OR {PERMIT_LEFT} <= 0, reason, epoch,
                     to_char(changed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                    changed_by, {PERMIT_LEFT}
+                    changed_by, {PERMIT_LEFT}, {NOW_MS}
                FROM pgmesh.fence WHERE id"
             ),
             &[],
@@ -258,7 +261,20 @@ pub async fn fence_state(client: &Client) -> Result<FenceState, FenceError> {
         changed_at: row.get(3),
         changed_by: row.get(4),
         permit_left_ms: Some(row.get::<_, i64>(5)).filter(|ms| *ms < i64::MAX / 2),
+        server_now_ms: row.get(6),
     })
+}
+
+/// How far the database server's clock is ahead of ours (ms; negative: behind), from its
+/// clock as it answered (`server_ms`) and ours when the answer arrived: a lower bound,
+/// short by at most the round trip. A permit end carried over with it
+/// ([`Permit::until`]) is never later in the server's clock than meant, however far the
+/// two clocks are apart: an agent on another host than its database (a managed service)
+/// neither lets the permit lapse early when the server's clock is ahead nor stretches
+/// it when it is behind.
+#[must_use]
+pub fn clock_offset_ms(server_ms: i64, received_ms: i64) -> i64 {
+    server_ms.saturating_sub(received_ms)
 }
 
 /// Replicated tables (publication `pgmesh`) without an enabled, well-formed
@@ -289,9 +305,10 @@ const NOW_MS: &str = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permit {
     /// Until the agent's lease deadline: `ms` from now by the server's clock, and never
-    /// past `not_after_ms` (Unix ms by the agent's clock when it computed `ms`, so a
-    /// request delayed in flight — an agent frozen between deciding and sending — cannot
-    /// stretch the permit).
+    /// past `not_after_ms` (Unix ms in the server's clock: the agent's clock when it
+    /// computed `ms`, plus `ms`, plus the measured offset, so a request delayed in flight
+    /// — an agent frozen between deciding and sending — cannot stretch the permit).
+    /// Build it with [`Permit::until`].
     For { ms: u64, not_after_ms: i64 },
     /// For good: no control plane (`pgmesh setup` without `[control]`), or an operator's
     /// forced failover while etcd has no quorum.
@@ -299,6 +316,19 @@ pub enum Permit {
 }
 
 impl Permit {
+    /// A permit for `ms` from now, bounded by now + `ms` on our clock carried into the
+    /// server's with `offset_ms` ([`clock_offset_ms`]; 0 before one was measured).
+    #[must_use]
+    pub fn until(ms: u64, offset_ms: i64) -> Permit {
+        let not_after = crate::control::keys::now_ms()
+            .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+            .saturating_add(offset_ms);
+        Permit::For {
+            ms,
+            not_after_ms: not_after,
+        }
+    }
+
     fn value_sql(self) -> String {
         match self {
             Permit::For { ms, not_after_ms } => {
@@ -467,6 +497,21 @@ async fn rollback(client: &Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_permit_end_is_carried_into_the_servers_clock() {
+        // The server answered with 10_000 (its clock) and the answer arrived at 7_000
+        // (ours): it is at least 3 s ahead.
+        assert_eq!(clock_offset_ms(10_000, 7_000), 3_000);
+        assert_eq!(clock_offset_ms(7_000, 10_050), -3_050);
+        let before = crate::control::keys::now_ms();
+        let Permit::For { ms, not_after_ms } = Permit::until(4_000, 3_000) else {
+            panic!("a bounded permit");
+        };
+        let after = crate::control::keys::now_ms();
+        assert_eq!(ms, 4_000);
+        assert!((before + 7_000..=after + 7_000).contains(&not_after_ms));
+    }
 
     #[test]
     fn literals_hold_any_text() {
