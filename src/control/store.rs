@@ -485,21 +485,47 @@ async fn nearest(
                 let mut c = Client::connect([e.as_str()], Some(options)).await.ok()?;
                 let status = c.status().await.ok()?;
                 let me = status.header().map_or(0, |h| h.member_id());
-                (status.leader() != 0).then_some((status.leader() == me, e))
+                if status.leader() == 0 {
+                    return None;
+                }
+                // A member cut off from the leader still names it until its election
+                // timeout: a linearizable read proves it reaches the leader now.
+                c.get("pgmesh-probe", Some(GetOptions::new().with_count_only()))
+                    .await
+                    .ok()?;
+                Some((status.leader() == me, e))
             };
             tokio::time::timeout(timeout, probe).await.ok().flatten()
         });
     }
+    // The leader is preferred, but a member cut off from us answers only at the
+    // timeout: once one member that sees a leader answered, the leader gets a short
+    // grace, not the whole timeout (a WAN cut between a region and the leader would
+    // otherwise cost the lease a full timeout before the keeper renews elsewhere).
+    let grace = timeout / 4;
     let mut first = None;
-    while let Some(done) = probes.join_next().await {
+    let mut until: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match until {
+            Some(u) => match tokio::time::timeout_at(u, probes.join_next()).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => probes.join_next().await,
+        };
+        let Some(done) = next else { break };
         if let Ok(Some((is_leader, e))) = done {
             if is_leader {
                 probes.abort_all();
                 return Some(e);
             }
-            first.get_or_insert(e);
+            if first.is_none() {
+                first = Some(e);
+                until = Some(tokio::time::Instant::now() + grace);
+            }
         }
     }
+    probes.abort_all();
     first
 }
 
