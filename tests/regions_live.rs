@@ -217,7 +217,11 @@ fn every_drill_runs_in_its_short_form_and_holds_its_checks() {
     )
     .unwrap();
     let scenarios = summary["scenarios"].as_object().unwrap();
-    assert_eq!(scenarios.len(), 11, "{stdout}");
+    assert_eq!(
+        scenarios.len(),
+        pgmesh::lab::drill::Scenario::ALL.len(),
+        "{stdout}"
+    );
     let failed: Vec<String> = scenarios
         .iter()
         .filter(|(_, s)| s["passed"] != s["trials"])
