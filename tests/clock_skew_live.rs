@@ -9,10 +9,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pgmesh::testkit::faketime::FakeClock;
 use pgmesh::testkit::{versions_under_test, Cluster};
 use support::cli::{pgmesh, text, write_config};
-use support::live::{turn, wait_converged_or_show, wait_for, Sidecar};
+use support::live::{cluster_on, shiftable_clock, turn, wait_converged_or_show, wait_for, Sidecar};
 
 const DDL: &str = "CREATE TABLE hot (id int PRIMARY KEY, v text NOT NULL)";
 const ROWS: i32 = 20;
@@ -30,20 +29,9 @@ fn a_node_seconds_ahead_converges_and_keeps_overwrites_of_its_future_versions() 
 }
 
 fn run(major: u32) {
-    let dir = tempfile::tempdir().unwrap();
-    // The server user reads the clock file.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let clock = FakeClock::new(&dir.path().join("clock-b")).expect("libfaketime");
+    let (dir, clock) = shiftable_clock();
     let a = Cluster::start(major).unwrap();
-    let mut builder = Cluster::builder(major);
-    for (k, v) in clock.env(false) {
-        builder = builder.env(&k, &v);
-    }
-    let b = builder.start().unwrap();
+    let b = cluster_on(major, &clock);
     a.psql(DDL).unwrap();
     b.psql(DDL).unwrap();
     let cfg = write_config(dir.path(), &a, &b, "\"public.hot\"");

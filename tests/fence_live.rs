@@ -547,22 +547,11 @@ fn sidecars_apply_into_a_fenced_node() {
 #[test]
 fn a_permit_lasts_what_the_agent_meant_when_the_servers_clock_is_ahead() {
     use pgmesh::control::fence::clock_offset_ms;
-    use pgmesh::testkit::faketime::FakeClock;
     let _turn = turn();
     for major in versions_under_test() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        let clock = FakeClock::new(&dir.path().join("clock")).expect("libfaketime");
+        let (dir, clock) = support::live::shiftable_clock();
         clock.set_offset_ms(3_000).unwrap();
-        let mut builder = Cluster::builder(major);
-        for (k, v) in clock.env(false) {
-            builder = builder.env(&k, &v);
-        }
-        let a = builder.start().unwrap();
+        let a = support::live::cluster_on(major, &clock);
         let b = Cluster::start(major).unwrap();
         for c in [&a, &b] {
             c.psql(DDL).unwrap();

@@ -41,6 +41,29 @@ pub fn nodes_with_setup(
     (a, b, dir, cfg)
 }
 
+/// A scratch directory the server user can read (for a [`FakeClock`]'s file) and a
+/// clock there at offset 0.
+pub fn shiftable_clock() -> (tempfile::TempDir, pgmesh::testkit::faketime::FakeClock) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let clock = pgmesh::testkit::faketime::FakeClock::new(&dir.path().join("clock"))
+        .expect("libfaketime (scripts/install-control.sh)");
+    (dir, clock)
+}
+
+/// A cluster of `major` whose server runs on `clock`.
+pub fn cluster_on(major: u32, clock: &pgmesh::testkit::faketime::FakeClock) -> Cluster {
+    let mut builder = Cluster::builder(major);
+    for (k, v) in clock.env(false) {
+        builder = builder.env(&k, &v);
+    }
+    builder.start().unwrap()
+}
+
 /// A `pgmesh run` process; its log (stderr) goes to a file. Killed when dropped.
 pub struct Sidecar {
     child: Child,
