@@ -32,6 +32,10 @@ pub struct DrillArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
+    /// Copy the lab's logs (agents, sidecars, etcd, HAProxy) next to every report, not
+    /// only a failed one's: to see where a takeover's seconds went.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 pub fn run(args: &DrillArgs) -> ExitCode {
@@ -100,10 +104,12 @@ fn run_drills(args: &DrillArgs) -> anyhow::Result<ExitCode> {
                 serde_json::to_string_pretty(&r)?,
             )?;
             std::fs::write(stem.with_extension("md"), r.to_markdown())?;
-            if !r.passed {
-                // Keep the logs of a failed drill, then start the next on a fresh lab.
-                let logs = out.join(format!("{}-{trial}-logs", s.name()));
+            let logs = out.join(format!("{}-{trial}-logs", s.name()));
+            if !r.passed || args.keep_logs {
                 let _ = copy_logs(lab_now.dir(), &logs);
+            }
+            if !r.passed {
+                // The next drill starts on a fresh lab.
                 eprintln!(
                     "drill failed; its logs are in {}; restarting the lab",
                     logs.display()

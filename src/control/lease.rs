@@ -16,8 +16,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::store::{Renewer, Store, StoreError};
-
 /// What happened to the lease in one [`LeaseState::tick`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseChange {
@@ -91,21 +89,19 @@ impl Unconfirmed {
     }
 }
 
+/// The lease's life by our clock: granted, extended by confirmed renewals, lost at its
+/// deadline or when etcd says it is gone. The I/O (grants, renewals through one or more
+/// members) is the keeper's ([`super::lease_keeper`]); this only decides.
 pub struct LeaseState {
     ttl: Duration,
     margin: Duration,
     id: Option<i64>,
-    renewer: Option<Renewer>,
     deadline: Option<Instant>,
-    last_sent: Option<Instant>,
-    /// A renewal waiting for a quorum read in its term: (sent, ttl, raft term).
-    unconfirmed: Option<(Instant, Duration, u64)>,
     lost_at: Option<Instant>,
     /// A lease we gave up on by our clock that etcd may still hold: revoked as soon as
     /// etcd answers, so the keys bound to it (our member key, endpoints we can no longer
     /// serve) go at once instead of a TTL later.
     stale: Option<i64>,
-    pub last_error: Option<String>,
 }
 
 impl LeaseState {
@@ -115,13 +111,9 @@ impl LeaseState {
             ttl,
             margin,
             id: None,
-            renewer: None,
             deadline: None,
-            last_sent: None,
-            unconfirmed: None,
             lost_at: None,
             stale: None,
-            last_error: None,
         }
     }
 
@@ -131,10 +123,20 @@ impl LeaseState {
         self.view().live(now)
     }
 
-    /// Whether a renewal waits for a quorum read to confirm it.
+    /// The lease being kept (live or not yet found lost).
     #[must_use]
-    pub fn unconfirmed(&self) -> bool {
-        self.unconfirmed.is_some()
+    pub fn id(&self) -> Option<i64> {
+        self.id
+    }
+
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    #[must_use]
+    pub fn margin(&self) -> Duration {
+        self.margin
     }
 
     /// What the agent reads of the lease.
@@ -163,100 +165,46 @@ impl LeaseState {
     fn lose(&mut self, now: Instant, reason: String) -> LeaseChange {
         let lease = self.id.take().unwrap_or(0);
         self.stale = Some(lease);
-        self.renewer = None;
         self.deadline = None;
-        self.unconfirmed = None;
         self.lost_at = Some(now);
         LeaseChange::Lost { lease, reason }
     }
 
-    /// Renews when due (every TTL/6, and at every call after a failure: the keeper task calls it every 100 ms, and a renewal plus its confirming read take two to four WAN round trips), grants a new lease
-    /// when there is none; never blocks longer than the store's timeout per call.
-    pub async fn tick(&mut self, store: &Store) -> LeaseChange {
-        let now = Instant::now();
-        if let (Some(_), Some(d)) = (self.id, self.deadline) {
-            if now >= d {
-                return self.lose(now, "the fence deadline passed without a renewal".into());
-            }
-        }
-        if let Some(old) = self.stale {
-            match store.revoke(old).await {
-                Ok(()) => self.stale = None,
-                // Expired already: nothing left to revoke.
-                Err(e) if e.message.contains("not found") => self.stale = None,
-                Err(_) => {}
-            }
-        }
-        let Some(id) = self.id else {
-            let sent = Instant::now();
-            return match store.grant(self.ttl).await {
-                Ok(id) => {
-                    self.id = Some(id);
-                    self.deadline = Some(sent + self.ttl - self.margin);
-                    self.last_sent = Some(sent);
-                    self.last_error = None;
-                    LeaseChange::Granted(id)
-                }
-                Err(e) => {
-                    self.last_error = Some(e.to_string());
-                    LeaseChange::None
-                }
-            };
-        };
-        let due = self.last_error.is_some()
-            || self
-                .last_sent
-                .is_none_or(|t| now.duration_since(t) >= self.ttl / 6);
-        if !due {
+    /// A grant requested at `sent` answered with lease `id`: live until `sent + TTL −
+    /// margin` unless renewed.
+    pub fn granted(&mut self, id: i64, sent: Instant) -> LeaseChange {
+        if self.id.is_some() {
+            // Two grants raced; keep the first, the other expires unused.
+            self.stale = Some(id);
             return LeaseChange::None;
         }
-        match self.renew(store, id).await {
-            Ok(Some((sent, ttl, term))) => {
-                self.unconfirmed = Some((sent, ttl, term));
-                self.last_sent = Some(sent);
-                self.last_error = None;
-                LeaseChange::None
+        self.id = Some(id);
+        self.deadline = Some(sent + self.ttl.saturating_sub(self.margin));
+        LeaseChange::Granted(id)
+    }
+
+    /// The lease is lost once its deadline passed without a confirmed renewal.
+    pub fn expire(&mut self, now: Instant) -> LeaseChange {
+        match (self.id, self.deadline) {
+            (Some(_), Some(d)) if now >= d => {
+                self.lose(now, "the fence deadline passed without a renewal".into())
             }
-            Ok(None) => self.lose(Instant::now(), "etcd says the lease expired".into()),
-            Err(e) => {
-                self.renewer = None;
-                self.last_error = Some(e.to_string());
-                LeaseChange::None
-            }
+            _ => LeaseChange::None,
         }
     }
 
-    async fn renew(
-        &mut self,
-        store: &Store,
-        id: i64,
-    ) -> Result<Option<(Instant, Duration, u64)>, StoreError> {
-        if self.renewer.is_none() {
-            self.renewer = Some(store.keeper(id).await?);
+    /// etcd answered a renewal of `id` with "no such lease": it expired there.
+    pub fn gone(&mut self, id: i64, now: Instant) -> LeaseChange {
+        if self.id == Some(id) {
+            self.lose(now, "etcd says the lease expired".into())
+        } else {
+            LeaseChange::None
         }
-        let sent = Instant::now();
-        let Some(renewer) = self.renewer.as_mut() else {
-            return Ok(None);
-        };
-        Ok(renewer.renew().await?.map(|(ttl, term)| (sent, ttl, term)))
     }
 
-    /// Forgets the keep-alive stream (it is bound to the client being replaced).
-    pub fn drop_renewer(&mut self) {
-        self.renewer = None;
-    }
-
-    /// The renewal waiting for its confirming read, taken out (the keeper reads in a
-    /// task of its own, so the next renewal need not wait for it).
-    pub fn take_unconfirmed(&mut self) -> Option<Unconfirmed> {
-        let (sent, ttl, term) = self.unconfirmed.take()?;
-        Some(Unconfirmed {
-            lease: self.id?,
-            sent,
-            ttl,
-            term,
-            margin: self.margin,
-        })
+    /// A lease given up on that etcd may still hold, taken out to be revoked.
+    pub fn take_stale(&mut self) -> Option<i64> {
+        self.stale.take()
     }
 
     /// A confirmed renewal of lease `id` moved its deadline to `deadline` (never back;
@@ -267,24 +215,10 @@ impl LeaseState {
         }
     }
 
-    /// A linearizable read in raft term `term` succeeded after the last renewal was
-    /// answered: the renewal now moves the deadline (if the terms match).
-    pub fn confirm(&mut self, term: u64) {
-        if let Some(u) = self.take_unconfirmed() {
-            match u.confirmed_by(term) {
-                Some(d) => self.extend(u.lease, d),
-                None => tracing::info!(renewed_in = u.term, read_in = term, "lease renewal not confirmed by a quorum read in its raft term; not extending the deadline"),
-            }
-        }
-    }
-
-    /// Gives the lease up on purpose (shutdown): its keys go at once.
-    pub async fn revoke(&mut self, store: &Store) {
-        if let Some(id) = self.id.take() {
-            let _ = store.revoke(id).await;
-        }
-        self.renewer = None;
+    /// Gives the lease up on purpose (shutdown); returns it for revoking.
+    pub fn give_up(&mut self) -> Option<i64> {
         self.deadline = None;
+        self.id.take()
     }
 }
 
@@ -295,36 +229,67 @@ mod tests {
     #[test]
     fn a_renewal_moves_the_deadline_only_when_a_quorum_read_in_its_term_confirms_it() {
         let ttl = Duration::from_secs(3);
-        let mut l = LeaseState::new(ttl, Duration::from_secs(1));
+        let margin = Duration::from_secs(1);
         let t0 = Instant::now();
-        l.id = Some(7);
-        l.deadline = Some(t0 + Duration::from_secs(2));
+        let renewed = |term| Unconfirmed {
+            lease: 7,
+            sent: t0 + Duration::from_secs(1),
+            ttl,
+            term,
+            margin,
+        };
         // Renewed by the leader of term 5, but the next quorum read came from term 6.
-        l.unconfirmed = Some((t0 + Duration::from_secs(1), ttl, 5));
-        l.confirm(6);
-        assert_eq!(l.deadline, Some(t0 + Duration::from_secs(2)));
-        assert!(l.unconfirmed.is_none());
+        assert_eq!(renewed(5).confirmed_by(6), None);
         // Same term: the deadline moves to the renewal's send time + TTL - margin.
-        l.unconfirmed = Some((t0 + Duration::from_secs(1), ttl, 6));
-        l.confirm(6);
-        assert_eq!(l.deadline, Some(t0 + Duration::from_secs(3)));
-        // An older renewal confirmed late never moves the deadline back.
-        l.unconfirmed = Some((t0, ttl, 6));
-        l.confirm(6);
-        assert_eq!(l.deadline, Some(t0 + Duration::from_secs(3)));
+        assert_eq!(
+            renewed(6).confirmed_by(6),
+            Some(t0 + Duration::from_secs(3))
+        );
+        // A term of 0 (no header) confirms nothing.
+        assert_eq!(renewed(0).confirmed_by(0), None);
     }
 
     #[test]
-    fn a_renewal_confirmed_in_a_task_extends_only_its_own_lease_and_never_back() {
+    fn a_lease_lives_from_its_grant_until_its_deadline_or_etcd_says_it_is_gone() {
         let ttl = Duration::from_secs(5);
         let margin = Duration::from_millis(1500);
         let mut l = LeaseState::new(ttl, margin);
         let t0 = Instant::now();
-        l.id = Some(7);
-        l.deadline = Some(t0 + Duration::from_secs(3));
-        l.unconfirmed = Some((t0 + Duration::from_secs(1), ttl, 4));
-        let u = l.take_unconfirmed().unwrap();
-        assert!(l.take_unconfirmed().is_none());
+        assert_eq!(l.granted(7, t0), LeaseChange::Granted(7));
+        assert_eq!(l.deadline(), Some(t0 + Duration::from_millis(3500)));
+        // A second grant that raced the first is not used, and is revoked.
+        assert_eq!(l.granted(8, t0), LeaseChange::None);
+        assert_eq!(l.take_stale(), Some(8));
+        assert_eq!(l.expire(t0 + Duration::from_secs(3)), LeaseChange::None);
+        assert!(matches!(
+            l.expire(t0 + Duration::from_millis(3500)),
+            LeaseChange::Lost { lease: 7, .. }
+        ));
+        assert!(l.quarantined(t0 + Duration::from_secs(4)));
+        assert_eq!(l.take_stale(), Some(7));
+        assert_eq!(
+            l.granted(9, t0 + Duration::from_secs(9)),
+            LeaseChange::Granted(9)
+        );
+        assert_eq!(l.gone(7, t0), LeaseChange::None, "an old lease's answer");
+        assert!(matches!(l.gone(9, t0), LeaseChange::Lost { lease: 9, .. }));
+        assert_eq!(l.id(), None);
+    }
+
+    #[test]
+    fn a_confirmed_renewal_extends_only_its_own_lease_and_never_back() {
+        let ttl = Duration::from_secs(5);
+        let margin = Duration::from_millis(1500);
+        let mut l = LeaseState::new(ttl, margin);
+        let t0 = Instant::now();
+        l.granted(7, t0 - Duration::from_millis(500));
+        let u = Unconfirmed {
+            lease: 7,
+            sent: t0 + Duration::from_secs(1),
+            ttl,
+            term: 4,
+            margin,
+        };
         assert_eq!(
             u.confirmed_by(5),
             None,

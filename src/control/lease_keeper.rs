@@ -1,31 +1,41 @@
 //! The lease renewed in a task of its own. The agent's tick reads etcd, probes, fences
 //! and publishes, one call after another; across a WAN each etcd call is a round trip or
 //! two, and a 1.3 s tick let a 3 s lease lapse between renewals (the cross-region lab
-//! showed it: a lost lease every few seconds with nothing wrong). Here the renewal and
-//! the quorum read that confirms it run every [`KEEP_EVERY`], whatever the tick does;
-//! the agent reads the latest [`LeaseView`] and the changes (granted, lost) to record.
+//! showed it: a lost lease every few seconds with nothing wrong). Here renewals run every
+//! TTL/6, whatever the tick does; the agent reads the latest [`LeaseView`] and the changes
+//! (granted, lost) to record.
 //!
-//! Safety is unchanged: the deadline still moves only on a renewal confirmed in its
-//! raft term ([`LeaseState::confirm`]), and the watchdog still fences at the last
-//! deadline when the process freezes.
+//! **Two paths.** Renewals go through two members at once, the etcd leader and the next
+//! member to answer, each on its own connection, each renewal followed by the quorum read
+//! that confirms it. On a lossy WAN one lost packet stalls a TCP connection for a
+//! retransmission timeout (half a second to seconds at 300 ms RTT), and a leader that
+//! moves leaves a connection forwarding through a third region: with one path the
+//! `degraded-wan` drill lost a's lease whenever the etcd leader moved just before the loss
+//! began. A path that fails is dropped and replaced in the background while the other
+//! goes on; every few seconds the keeper looks for the leader again.
+//!
+//! Safety is unchanged: the deadline still moves only on a renewal confirmed in its raft
+//! term ([`super::lease::Unconfirmed::confirmed_by`]), whichever path carried it, and the
+//! watchdog still fences at the last deadline when the process freezes.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::lease::{LeaseChange, LeaseState, LeaseView};
-use super::store::Store;
+use super::lease::{LeaseChange, LeaseState, LeaseView, Unconfirmed};
+use super::store::{RankedStore, Renewer, Store};
 
-/// How often the keeper looks (it renews every TTL/6, and at once after a failure).
+/// How often the keeper looks (it renews every TTL/6 on each path).
 const KEEP_EVERY: Duration = Duration::from_millis(100);
-/// The least time between two connects after failures.
+/// The least time between two searches for members while fewer than [`PATHS`] work.
 const RECONNECT_EVERY: Duration = Duration::from_millis(300);
-/// How often the keeper looks for the leader again (etcd moves it; a member that is not
-/// the leader costs every renewal a round trip more).
-const FOLLOW_LEADER_EVERY: Duration = Duration::from_secs(10);
+/// How often the keeper looks for the leader again (etcd moves it; a path through a
+/// member that is not the leader costs every renewal a round trip more).
+const FOLLOW_LEADER_EVERY: Duration = Duration::from_secs(3);
+/// Members renewed through at once.
+const PATHS: usize = 2;
 
-/// Where the keeper's own etcd client connects (the nearest member, see
-/// [`Store::connect_nearest`]).
+/// Where the keeper's own etcd clients connect (see [`Store::connect_ranked`]).
 #[derive(Clone, Debug)]
 pub struct EtcdTarget {
     pub endpoints: Vec<String>,
@@ -96,6 +106,40 @@ impl Drop for LeaseKeeper {
     }
 }
 
+/// One member renewals go through.
+struct Path {
+    id: u64,
+    member: String,
+    leader: bool,
+    store: Store,
+    /// The keep-alive stream, while no renewal holds it.
+    renewer: Option<Box<Renewer>>,
+    busy: bool,
+    last_sent: Option<Instant>,
+}
+
+/// What a task of the keeper reports.
+enum Report {
+    Ranked(Vec<RankedStore>),
+    Granted {
+        sent: Instant,
+        result: Result<i64, String>,
+    },
+    Renewed {
+        path: u64,
+        renewer: Option<Box<Renewer>>,
+        outcome: Outcome,
+    },
+}
+
+/// What one renewal and its confirming read found.
+enum Outcome {
+    Confirmed { lease: i64, deadline: Instant },
+    OtherTerm { renewed_in: u64, read_in: u64 },
+    Gone { lease: i64 },
+    Failed(String),
+}
+
 async fn keep(
     mut lease: LeaseState,
     view: watch::Sender<LeaseView>,
@@ -103,25 +147,42 @@ async fn keep(
     etcd: EtcdTarget,
     mut revoke: oneshot::Receiver<oneshot::Sender<()>>,
 ) {
-    let mut store: Option<Store> = None;
-    let mut last_connect: Option<tokio::time::Instant> = None;
-    // Confirming reads run in tasks of their own and report here: the next renewal is
-    // sent without waiting for the last one's read (over a slow WAN a renewal and its
-    // read take two round trips each; one after the other they outlast the margin).
-    let (confirmed_tx, mut confirmed) = mpsc::unbounded_channel::<Confirmation>();
+    let (report_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+    let mut paths: Vec<Path> = Vec::new();
+    let mut next_path_id = 0u64;
+    let mut ranking = false;
+    let mut last_rank: Option<Instant> = None;
+    let mut granting = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(KEEP_EVERY) => {}
-            Some(c) = confirmed.recv() => {
-                if apply(&mut lease, c) {
-                    store = None;
+            Some(r) = reports.recv() => match r {
+                Report::Ranked(found) => {
+                    ranking = false;
+                    merge(&mut paths, found, &mut next_path_id);
                 }
-                publish(&view, &lease);
-                continue;
-            }
+                Report::Granted { sent, result } => {
+                    granting = false;
+                    match result {
+                        Ok(id) => send(&changes, lease.granted(id, sent)),
+                        Err(why) => tracing::info!(error = %why, "lease grant failed; retrying"),
+                    }
+                }
+                Report::Renewed { path, renewer, outcome } => {
+                    let failed = matches!(outcome, Outcome::Failed(_));
+                    let member = paths.iter().find(|p| p.id == path).map(|p| p.member.clone());
+                    apply(&mut lease, &changes, outcome, member.as_deref());
+                    if failed {
+                        paths.retain(|p| p.id != path);
+                    } else if let Some(p) = paths.iter_mut().find(|p| p.id == path) {
+                        p.busy = false;
+                        p.renewer = renewer;
+                    }
+                }
+            },
             done = &mut revoke => {
-                if let Some(s) = &store {
-                    lease.revoke(s).await;
+                if let (Some(id), Some(p)) = (lease.give_up(), paths.first()) {
+                    let _ = p.store.revoke(id).await;
                 }
                 view.send_replace(lease.view());
                 if let Ok(done) = done {
@@ -130,115 +191,192 @@ async fn keep(
                 return;
             }
         }
-        if store.is_some() && last_connect.is_some_and(|t| t.elapsed() >= FOLLOW_LEADER_EVERY) {
-            store = None;
-        }
-        if store.is_none() && last_connect.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY) {
-            last_connect = Some(tokio::time::Instant::now());
-            store = Store::connect_nearest(&etcd.endpoints, &etcd.cluster, etcd.timeout)
-                .await
-                .ok();
-            // The keep-alive stream belongs to the old client.
-            lease.drop_renewer();
-        }
-        // Without a client nothing renews; the deadline still applies (the view's `live`
-        // says so by itself).
-        let Some(s) = store.clone() else {
-            publish(&view, &lease);
-            continue;
-        };
-        // Reads that confirm while a renewal is under way go to the view at once; the
-        // lease itself takes them when the renewal is done.
-        let mut early = Vec::new();
-        let tick_began = Instant::now();
-        let change = {
-            let tick = lease.tick(&s);
-            tokio::pin!(tick);
-            loop {
-                tokio::select! {
-                    change = &mut tick => break change,
-                    Some(c) = confirmed.recv() => {
-                        if let Confirmation::Confirmed { lease: id, deadline } = c {
-                            view.send_if_modified(|v| {
-                                let before = *v;
-                                v.extend(id, deadline);
-                                *v != before
-                            });
-                        }
-                        early.push(c);
-                    }
-                }
-            }
-        };
-        for c in early {
-            if apply(&mut lease, c) {
-                store = None;
-            }
-        }
-        if let Some(why) = lease.last_error.clone() {
-            tracing::info!(error = %why, "lease renewal failed; reconnecting to the etcd leader or the nearest member that has one");
-            store = None;
-        }
-        if let Some(u) = lease.take_unconfirmed() {
-            tracing::debug!(renew_ms = tick_began.elapsed().as_millis(), "lease renewed");
-            let (s, tx) = (s.clone(), confirmed_tx.clone());
+        let now = Instant::now();
+        send(&changes, lease.expire(now));
+        let rank_due = last_rank.is_none_or(|t| {
+            let since = now.duration_since(t);
+            (paths.len() < PATHS && since >= RECONNECT_EVERY)
+                || since >= FOLLOW_LEADER_EVERY
+                || (paths.is_empty() && since >= KEEP_EVERY)
+        });
+        if !ranking && rank_due {
+            ranking = true;
+            last_rank = Some(now);
+            let (etcd, tx) = (etcd.clone(), report_tx.clone());
             tokio::spawn(async move {
-                let c = match s.term().await {
-                    Ok(term) => match u.confirmed_by(term) {
-                        Some(deadline) => Confirmation::Confirmed {
-                            lease: u.lease,
-                            deadline,
-                        },
-                        None => Confirmation::OtherTerm {
-                            renewed_in: u.term,
-                            read_in: term,
-                        },
-                    },
-                    Err(e) => Confirmation::Failed(e.to_string()),
-                };
-                let _ = tx.send(c);
+                let found =
+                    Store::connect_ranked(&etcd.endpoints, &etcd.cluster, etcd.timeout, PATHS)
+                        .await;
+                let _ = tx.send(Report::Ranked(found));
             });
         }
-        if change != LeaseChange::None {
-            let _ = changes.send(change);
+        if let (Some(old), Some(p)) = (lease.take_stale(), paths.first()) {
+            let store = p.store.clone();
+            tokio::spawn(async move {
+                // Unrevoked, it expires by its TTL: this only makes its keys go sooner.
+                let _ = store.revoke(old).await;
+            });
+        }
+        match lease.id() {
+            None if !granting => {
+                if let Some(p) = paths.first() {
+                    granting = true;
+                    let (store, tx, ttl) = (p.store.clone(), report_tx.clone(), lease.ttl());
+                    tokio::spawn(async move {
+                        let sent = Instant::now();
+                        let result = store.grant(ttl).await.map_err(|e| e.to_string());
+                        let _ = tx.send(Report::Granted { sent, result });
+                    });
+                }
+            }
+            None => {}
+            Some(id) => {
+                let every = lease.ttl() / 6;
+                for p in paths.iter_mut().filter(|p| {
+                    !p.busy && p.last_sent.is_none_or(|t| now.duration_since(t) >= every)
+                }) {
+                    p.busy = true;
+                    p.last_sent = Some(now);
+                    let (store, renewer, tx) =
+                        (p.store.clone(), p.renewer.take(), report_tx.clone());
+                    let (path, ttl_margin) = (p.id, lease.margin());
+                    tokio::spawn(async move {
+                        let (renewer, outcome) = renew(store, renewer, id, ttl_margin).await;
+                        let _ = tx.send(Report::Renewed {
+                            path,
+                            renewer,
+                            outcome,
+                        });
+                    });
+                }
+            }
         }
         publish(&view, &lease);
     }
 }
 
-/// What a confirming read found.
-enum Confirmation {
-    Confirmed { lease: i64, deadline: Instant },
-    OtherTerm { renewed_in: u64, read_in: u64 },
-    Failed(String),
+fn send(changes: &mpsc::UnboundedSender<LeaseChange>, change: LeaseChange) {
+    if change != LeaseChange::None {
+        let _ = changes.send(change);
+    }
 }
 
-/// Applies a confirmation; true when the client should be replaced.
-fn apply(lease: &mut LeaseState, c: Confirmation) -> bool {
-    match c {
-        Confirmation::Confirmed {
+/// Takes the members found into the paths: the paths stay as they are while they are
+/// [`PATHS`] and include the leader (or no leader answered); otherwise the best members
+/// found replace them, keeping the connection of a member already in use.
+fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, next_id: &mut u64) {
+    if found.is_empty() {
+        return;
+    }
+    let leader_found = found.iter().find(|f| f.leader).map(|f| f.member.clone());
+    let have_leader = leader_found
+        .as_ref()
+        .is_none_or(|l| paths.iter().any(|p| &p.member == l));
+    if paths.len() >= PATHS && have_leader {
+        return;
+    }
+    let mut next = Vec::new();
+    for f in found.into_iter().take(PATHS) {
+        if let Some(pos) = paths.iter().position(|p| p.member == f.member) {
+            let mut p = paths.swap_remove(pos);
+            p.leader = f.leader;
+            next.push(p);
+        } else {
+            *next_id += 1;
+            tracing::debug!(member = %f.member, leader = f.leader, "lease keeper renews through this etcd member");
+            next.push(Path {
+                id: *next_id,
+                member: f.member,
+                leader: f.leader,
+                store: f.store,
+                renewer: None,
+                busy: false,
+                last_sent: None,
+            });
+        }
+    }
+    // A path not found again keeps going while there is room: it may still work, and a
+    // renewal in flight on it still counts.
+    for p in paths.drain(..) {
+        if next.len() < PATHS {
+            next.push(p);
+        }
+    }
+    next.sort_by_key(|p| !p.leader);
+    *paths = next;
+}
+
+/// One renewal through `store`, then the quorum read that confirms it.
+async fn renew(
+    store: Store,
+    renewer: Option<Box<Renewer>>,
+    lease: i64,
+    margin: Duration,
+) -> (Option<Box<Renewer>>, Outcome) {
+    let mut renewer = match renewer {
+        Some(r) => r,
+        None => match store.keeper(lease).await {
+            Ok(r) => Box::new(r),
+            Err(e) => return (None, Outcome::Failed(e.to_string())),
+        },
+    };
+    let sent = Instant::now();
+    let (ttl, term) = match renewer.renew().await {
+        Ok(Some(answer)) => answer,
+        Ok(None) => return (None, Outcome::Gone { lease }),
+        // A late answer would pair with the next request on this stream: drop it.
+        Err(e) => return (None, Outcome::Failed(e.to_string())),
+    };
+    let renewed = Unconfirmed {
+        lease,
+        sent,
+        ttl,
+        term,
+        margin,
+    };
+    let outcome = match store.term().await {
+        Ok(read_in) => match renewed.confirmed_by(read_in) {
+            Some(deadline) => Outcome::Confirmed { lease, deadline },
+            None => Outcome::OtherTerm {
+                renewed_in: term,
+                read_in,
+            },
+        },
+        Err(e) => Outcome::Failed(e.to_string()),
+    };
+    (Some(renewer), outcome)
+}
+
+fn apply(
+    lease: &mut LeaseState,
+    changes: &mpsc::UnboundedSender<LeaseChange>,
+    outcome: Outcome,
+    member: Option<&str>,
+) {
+    let member = member.unwrap_or("(a replaced path)");
+    match outcome {
+        Outcome::Confirmed {
             lease: id,
             deadline,
         } => {
             lease.extend(id, deadline);
             tracing::debug!(
+                member,
                 left_ms = lease
                     .deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()).as_millis()),
                 "lease renewal confirmed"
             );
-            false
         }
-        Confirmation::OtherTerm {
+        Outcome::OtherTerm {
             renewed_in,
             read_in,
         } => {
-            tracing::info!(renewed_in, read_in, "lease renewal not confirmed by a quorum read in its raft term; not extending the deadline");
-            false
+            tracing::info!(member, renewed_in, read_in, "lease renewal not confirmed by a quorum read in its raft term; not extending the deadline");
         }
-        Confirmation::Failed(why) => {
-            tracing::info!(error = %why, "the read confirming a lease renewal failed; reconnecting");
-            true
+        Outcome::Gone { lease: id } => send(changes, lease.gone(id, Instant::now())),
+        Outcome::Failed(why) => {
+            tracing::info!(member, error = %why, "lease renewal through this etcd member failed; renewing through the other, replacing this one");
         }
     }
 }

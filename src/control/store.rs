@@ -84,27 +84,47 @@ impl Store {
         })
     }
 
-    /// Like [`Store::connect`], to one member: the leader when it answers, else the first
-    /// member to answer that sees a leader, else all. Over a WAN a client spread over
+    /// One store per member that proved it reaches the etcd leader, the leader first,
+    /// then in the order they answered (at most `want`). Over a WAN a client spread over
     /// every member sends most calls through another region and then on to the leader;
-    /// the lease keeper, whose renewals must land within the safety margin, uses this
-    /// and reconnects as soon as a call fails (a WAN cut may leave only the witness).
-    pub async fn connect_nearest(
+    /// the lease keeper renews through the leader and one more member at once, so that
+    /// one stalled connection (a lost packet on a lossy WAN, a member cut off) never
+    /// decides alone whether the lease lives. With one endpoint: that endpoint.
+    pub async fn connect_ranked(
         endpoints: &[String],
         cluster: &str,
         timeout: Duration,
-    ) -> Result<Store, StoreError> {
+        want: usize,
+    ) -> Vec<RankedStore> {
+        if endpoints.len() < 2 {
+            return match Store::connect(endpoints, cluster, timeout).await {
+                Ok(store) => vec![RankedStore {
+                    member: endpoints.join(","),
+                    leader: false,
+                    store,
+                }],
+                Err(_) => Vec::new(),
+            };
+        }
         let options = ConnectOptions::new()
             .with_timeout(timeout)
             .with_connect_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(1), timeout)
             .with_require_leader(true);
-        match nearest(endpoints, options, timeout).await {
-            Some(e) => {
-                tracing::debug!(member = %e, "lease keeper's etcd member");
-                Store::connect(std::slice::from_ref(&e), cluster, timeout).await
-            }
-            None => Store::connect(endpoints, cluster, timeout).await,
-        }
+        ranked(endpoints, options, timeout)
+            .await
+            .into_iter()
+            .take(want)
+            .map(|(member, leader, client)| RankedStore {
+                member,
+                leader,
+                store: Store {
+                    client,
+                    keys: Keys::new(cluster),
+                    timeout,
+                },
+            })
+            .collect()
     }
 
     async fn bounded<T>(
@@ -465,18 +485,25 @@ impl Store {
 }
 
 /// A lease's keep-alive stream.
-/// The etcd leader's endpoint if it answers, else the first member to answer that sees
-/// a leader; `None` with one endpoint, or when none answered. A renewal sent to the
-/// leader takes one round trip, through another member two, and its confirming read
-/// likewise: across a slow WAN that is what keeps a lease alive.
-async fn nearest(
+/// A store connected to one member, from [`Store::connect_ranked`].
+#[derive(Clone)]
+pub struct RankedStore {
+    pub member: String,
+    pub leader: bool,
+    pub store: Store,
+}
+
+/// The members that answered a linearizable read, with their clients: the leader first
+/// (if it answered), then the others in the order they answered. Waits for the leader
+/// at most a quarter of `timeout` after the first other member answered: a member cut
+/// off from us answers only at the timeout, and a WAN cut between a region and the
+/// leader would otherwise cost the lease a full timeout before the keeper renews
+/// elsewhere.
+async fn ranked(
     endpoints: &[String],
     options: ConnectOptions,
     timeout: Duration,
-) -> Option<String> {
-    if endpoints.len() < 2 {
-        return None;
-    }
+) -> Vec<(String, bool, Client)> {
     let mut probes = tokio::task::JoinSet::new();
     for e in endpoints {
         let (e, options) = (e.clone(), options.clone());
@@ -493,17 +520,13 @@ async fn nearest(
                 c.get("pgmesh-probe", Some(GetOptions::new().with_count_only()))
                     .await
                     .ok()?;
-                Some((status.leader() == me, e))
+                Some((e, status.leader() == me, c))
             };
             tokio::time::timeout(timeout, probe).await.ok().flatten()
         });
     }
-    // The leader is preferred, but a member cut off from us answers only at the
-    // timeout: once one member that sees a leader answered, the leader gets a short
-    // grace, not the whole timeout (a WAN cut between a region and the leader would
-    // otherwise cost the lease a full timeout before the keeper renews elsewhere).
     let grace = timeout / 4;
-    let mut first = None;
+    let mut found: Vec<(String, bool, Client)> = Vec::new();
     let mut until: Option<tokio::time::Instant> = None;
     loop {
         let next = match until {
@@ -514,19 +537,18 @@ async fn nearest(
             None => probes.join_next().await,
         };
         let Some(done) = next else { break };
-        if let Ok(Some((is_leader, e))) = done {
-            if is_leader {
-                probes.abort_all();
-                return Some(e);
-            }
-            if first.is_none() {
-                first = Some(e);
-                until = Some(tokio::time::Instant::now() + grace);
+        if let Ok(Some(answer)) = done {
+            until.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+            found.push(answer);
+            if found.iter().any(|f| f.1) && found.len() >= 2 {
+                break;
             }
         }
     }
     probes.abort_all();
-    first
+    // Stable: the leader first, the rest in answer order.
+    found.sort_by_key(|f| !f.1);
+    found
 }
 
 pub struct Renewer {
