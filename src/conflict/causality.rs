@@ -6,11 +6,16 @@
 //! below `T`. On the peer the overwrite then loses to the version it replaced — the peer
 //! keeps its write, this node keeps the overwrite, and the two diverge for good.
 //!
-//! So a change is applied only once our clock has passed its commit time: anything
-//! written here after it became visible is then stamped later than it, on any clock
-//! (PostgreSQL BDR/PGD calls this `maximum_clock_skew_action = wait`). With clocks in
-//! step the commit time is always in our past when the change arrives and nothing
-//! waits; with a peer `d` ahead, its changes show up `d` late here.
+//! So a change becomes visible here (its downstream transaction commits) only once our
+//! clock has passed its commit time: anything written here after it became visible is
+//! then stamped later than it, on any clock (PostgreSQL BDR/PGD calls this
+//! `maximum_clock_skew_action = wait`). Before that commit its rows are invisible, and a
+//! local writer of one of them waits on the row lock and commits after it. With clocks
+//! in step the commit time is always in our past when the change arrives and nothing
+//! waits; with a peer `d` ahead, its changes show up `d` late here. A wait longer than a
+//! few milliseconds happens before the transaction is applied (the batch before it
+//! committed first, so no row lock is held while waiting); a shorter one at the batch's
+//! commit, so that a peer clock a little ahead does not end every batch.
 //!
 //! The wait is bounded (`[replication] clock_wait_max`): a peer clock hours ahead
 //! would otherwise stop the direction for hours. Past the bound the change is applied

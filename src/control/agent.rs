@@ -35,7 +35,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// counted it from when our statement arrived, a little after we measured.
 const PERMIT_SLACK: Duration = Duration::from_millis(200);
 /// A new etcd client after this long without an answer.
-const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// The loop's pace while a switchover involves this region.
 pub const FAST_TICK: Duration = Duration::from_millis(10);
 /// A tick longer than this is logged: decisions (and renewals) wait on it.
@@ -157,6 +157,13 @@ pub struct Agent {
     pub(super) shared: SharedState,
     last_writable: Option<bool>,
     last_published: Option<Instant>,
+    /// The write of this region's state and events to etcd, running on its own: across a
+    /// WAN it takes a round trip to the leader and one of raft (0.2-1.4 s in the lab),
+    /// and a tick waiting for it reacted that much later to an owner key going away.
+    publishing: Option<tokio::task::JoinHandle<PublishDone>>,
+    /// Set when this tick changed what the region owns: the next tick runs at once, so
+    /// the region serves (or stops) without waiting a pause and a slow tick more.
+    pub(super) again: bool,
     /// pgbouncer, DNS, hooks, Alertmanager: started at the first tick (they spawn tasks).
     pub(super) traffic: Option<TrafficDriver>,
     traffic_status: Option<SharedTraffic>,
@@ -232,6 +239,8 @@ impl Agent {
             })),
             last_writable: None,
             last_published: None,
+            publishing: None,
+            again: false,
             traffic: None,
             traffic_status: None,
         })
@@ -275,7 +284,13 @@ impl Agent {
                     .switchovers
                     .values()
                     .any(|s| s.to == self.me || s.from == self.me);
-            let pause = if moving { FAST_TICK } else { TICK };
+            let pause = if std::mem::take(&mut self.again) {
+                Duration::ZERO
+            } else if moving {
+                FAST_TICK
+            } else {
+                TICK
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => {}
@@ -328,7 +343,11 @@ impl Agent {
         let etcd = EtcdTarget {
             endpoints: self.ctl.etcd.clone(),
             cluster: self.ctl.cluster.clone(),
-            timeout: etcd_timeout(&self.ctl),
+            // Until the deadline: a renewal or probe through a member that is not the
+            // leader waits there for one and is answered as soon as an election ends
+            // (the witness-lost and region-isolated drills lost the lease of the region
+            // that should keep it when every call gave up after TTL/3 and reconnected).
+            timeout: ttl.saturating_sub(margin),
         };
         self.keeper
             .get_or_insert_with(|| LeaseKeeper::spawn(ttl, margin, etcd))
@@ -354,9 +373,22 @@ impl Agent {
             self.traffic = Some(t);
         }
         if self.store.is_none() {
-            match Store::connect(&self.ctl.etcd, &self.ctl.cluster, etcd_timeout(&self.ctl)).await {
-                Ok(s) => self.store = Some(s),
-                Err(e) => self.etcd_error = Some(e.to_string()),
+            // One member, the leader if it answers: a client spread over every member
+            // kept sending a share of its calls to a dead region's member (each failing
+            // a tick) and the rest through another region on to the leader.
+            let found = Store::connect_ranked(
+                &self.ctl.etcd,
+                &self.ctl.cluster,
+                etcd_timeout(&self.ctl),
+                1,
+            )
+            .await;
+            match found.into_iter().next() {
+                Some(r) => self.store = Some(r.store),
+                None => {
+                    self.etcd_error =
+                        Some("no etcd member answered with a leader (no quorum?)".into());
+                }
             }
         }
         let store = self.store.clone();
@@ -377,10 +409,34 @@ impl Agent {
             }
         }
         self.lease = self.keeper().view();
-        if let Some(store) = &store {
+        // The etcd read (a WAN round trip or two) and the health probes run side by side.
+        let reading = store.map(|store| {
+            tokio::spawn(async move {
+                let phase = Instant::now();
+                (store.snapshot().await, phase.elapsed())
+            })
+        });
+        if self
+            .last_probe
+            .is_none_or(|t| now.duration_since(t) >= self.ctl.probe_interval)
+        {
+            self.last_probe = Some(now);
             let phase = Instant::now();
-            let snapshot = store.snapshot().await;
-            self.phases.push(("snapshot", phase.elapsed()));
+            self.probe().await;
+            self.phases.push(("probe", phase.elapsed()));
+        }
+        if let Some(reading) = reading {
+            let (snapshot, took) = match reading.await {
+                Ok(r) => r,
+                Err(e) => (
+                    Err(super::store::StoreError {
+                        op: "read",
+                        message: e.to_string(),
+                    }),
+                    Duration::ZERO,
+                ),
+            };
+            self.phases.push(("snapshot", took));
             match snapshot {
                 Ok(s) => {
                     self.track_presence(&s, now);
@@ -407,15 +463,6 @@ impl Agent {
         } else {
             // Without a store the lease cannot be renewed: its deadline still applies.
             self.fresh = false;
-        }
-        if self
-            .last_probe
-            .is_none_or(|t| now.duration_since(t) >= self.ctl.probe_interval)
-        {
-            self.last_probe = Some(now);
-            let phase = Instant::now();
-            self.probe().await;
-            self.phases.push(("probe", phase.elapsed()));
         }
         let phase = Instant::now();
         self.read_fence().await;
@@ -714,6 +761,20 @@ impl Agent {
             metrics::gauge!("pgmesh_agent_endpoint_serving", "endpoint" => e.clone())
                 .set(if owned { 1.0 } else { 0.0 });
         }
+        // The last write still running: this tick's state goes with the next one.
+        if self.publishing.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = self.publishing.take() {
+            if let Ok(done) = h.await {
+                if !done.published {
+                    self.last_published = None;
+                }
+                let mut left = done.unrecorded;
+                left.append(&mut self.pending_events);
+                self.pending_events = left;
+            }
+        }
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -730,6 +791,7 @@ impl Agent {
                 .get(&self.me)
                 .is_some_and(|m| m.lease == l)
         });
+        let mut member = None;
         if due || (lease.is_some() && !mine_on_lease) {
             let value = MemberValue {
                 node: self.me.clone(),
@@ -757,23 +819,53 @@ impl Agent {
             if held_by_other && lease.is_some() {
                 tracing::warn!(node = %self.me, "member key of {} is held by another lease: another agent of this node may be running, or the last one died less than lease_ttl ago; waiting", self.me);
             }
-            match store.publish(&value, member_lease).await {
-                Ok(()) => self.last_published = Some(now),
-                Err(e) => {
-                    tracing::warn!(node = %self.me, error = %e, "cannot publish this region's state to etcd")
-                }
-            }
+            self.last_published = Some(now);
+            member = Some((value, member_lease));
         }
-        if self.fresh && !self.pending_events.is_empty() {
-            let events = std::mem::take(&mut self.pending_events);
-            for (i, e) in events.iter().enumerate() {
-                if let Err(err) = store.record(e).await {
-                    tracing::debug!(error = %err, "cannot record event yet");
-                    self.pending_events = events[i..].to_vec();
-                    break;
-                }
-            }
+        let events = if self.fresh {
+            std::mem::take(&mut self.pending_events)
+        } else {
+            Vec::new()
+        };
+        if member.is_none() && events.is_empty() {
+            return;
         }
+        let me = self.me.clone();
+        self.publishing = Some(tokio::spawn(publish_to_etcd(store, me, member, events)));
+    }
+}
+
+/// What a background write of the region's state left to do.
+pub(super) struct PublishDone {
+    published: bool,
+    unrecorded: Vec<Event>,
+}
+
+async fn publish_to_etcd(
+    store: Store,
+    me: String,
+    member: Option<(MemberValue, Option<i64>)>,
+    events: Vec<Event>,
+) -> PublishDone {
+    let mut published = true;
+    if let Some((value, lease)) = member {
+        if let Err(e) = store.publish(&value, lease).await {
+            tracing::warn!(node = %me, error = %e, "cannot publish this region's state to etcd");
+            published = false;
+        }
+    }
+    for (i, e) in events.iter().enumerate() {
+        if let Err(err) = store.record(e).await {
+            tracing::debug!(error = %err, "cannot record event yet");
+            return PublishDone {
+                published,
+                unrecorded: events[i..].to_vec(),
+            };
+        }
+    }
+    PublishDone {
+        published,
+        unrecorded: Vec::new(),
     }
 }
 

@@ -200,6 +200,8 @@ impl Agent {
                 {
                     return Ok(()); // someone was faster: the next view shows who
                 }
+                // Ours now: the next tick reads it back and serves, without a pause.
+                self.again = true;
                 let rpo = match takeover_from {
                     Some(from) => Some(self.rpo(from).await),
                     None => None,
@@ -226,6 +228,7 @@ impl Agent {
                     .claim(endpoint, lease, &value)
                     .await
                     .map_err(|e| e.to_string())?;
+                self.again = true;
                 if let Some(c) = self.local.get().await {
                     db::clear_forced(c, endpoint).await?;
                 }

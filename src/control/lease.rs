@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-/// What happened to the lease in one [`LeaseState::tick`].
+/// What happened to the lease: granted, or lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseChange {
     None,

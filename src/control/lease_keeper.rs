@@ -112,8 +112,8 @@ struct Path {
     member: String,
     leader: bool,
     store: Store,
-    /// The keep-alive stream, while no renewal holds it.
-    renewer: Option<Box<Renewer>>,
+    /// The keep-alive stream and the lease it renews, while no renewal holds it.
+    renewer: Option<(i64, Box<Renewer>)>,
     busy: bool,
     last_sent: Option<Instant>,
 }
@@ -127,7 +127,7 @@ enum Report {
     },
     Renewed {
         path: u64,
-        renewer: Option<Box<Renewer>>,
+        renewer: Option<(i64, Box<Renewer>)>,
         outcome: Outcome,
     },
 }
@@ -153,13 +153,16 @@ async fn keep(
     let mut ranking = false;
     let mut last_rank: Option<Instant> = None;
     let mut granting = false;
+    let mut last_any_sent: Option<Instant> = None;
+    // One endpoint (a single member, or a load balancer in front of etcd): one path.
+    let want = PATHS.min(etcd.endpoints.len()).max(1);
     loop {
         tokio::select! {
             () = tokio::time::sleep(KEEP_EVERY) => {}
             Some(r) = reports.recv() => match r {
                 Report::Ranked(found) => {
                     ranking = false;
-                    merge(&mut paths, found, &mut next_path_id);
+                    merge(&mut paths, found, want, &mut next_path_id);
                 }
                 Report::Granted { sent, result } => {
                     granting = false;
@@ -170,6 +173,10 @@ async fn keep(
                 }
                 Report::Renewed { path, renewer, outcome } => {
                     let failed = matches!(outcome, Outcome::Failed(_));
+                    if matches!(outcome, Outcome::OtherTerm { .. }) {
+                        // The leader changed: renew through the new one soon.
+                        last_rank = None;
+                    }
                     let member = paths.iter().find(|p| p.id == path).map(|p| p.member.clone());
                     apply(&mut lease, &changes, outcome, member.as_deref());
                     if failed {
@@ -195,7 +202,7 @@ async fn keep(
         send(&changes, lease.expire(now));
         let rank_due = last_rank.is_none_or(|t| {
             let since = now.duration_since(t);
-            (paths.len() < PATHS && since >= RECONNECT_EVERY)
+            (paths.len() < want && since >= RECONNECT_EVERY)
                 || since >= FOLLOW_LEADER_EVERY
                 || (paths.is_empty() && since >= KEEP_EVERY)
         });
@@ -205,8 +212,7 @@ async fn keep(
             let (etcd, tx) = (etcd.clone(), report_tx.clone());
             tokio::spawn(async move {
                 let found =
-                    Store::connect_ranked(&etcd.endpoints, &etcd.cluster, etcd.timeout, PATHS)
-                        .await;
+                    Store::connect_ranked(&etcd.endpoints, &etcd.cluster, etcd.timeout, want).await;
                 let _ = tx.send(Report::Ranked(found));
             });
         }
@@ -231,10 +237,18 @@ async fn keep(
             }
             None => {}
             Some(id) => {
+                // Each path every TTL/6, the paths in turn: a fault meets a renewal sent
+                // at most TTL/12 before it.
                 let every = lease.ttl() / 6;
-                for p in paths.iter_mut().filter(|p| {
-                    !p.busy && p.last_sent.is_none_or(|t| now.duration_since(t) >= every)
-                }) {
+                let turn = every / u32::try_from(want).unwrap_or(1);
+                for p in paths.iter_mut() {
+                    let due = !p.busy
+                        && p.last_sent.is_none_or(|t| now.duration_since(t) >= every)
+                        && last_any_sent.is_none_or(|t| now.duration_since(t) >= turn);
+                    if !due {
+                        continue;
+                    }
+                    last_any_sent = Some(now);
                     p.busy = true;
                     p.last_sent = Some(now);
                     let (store, renewer, tx) =
@@ -262,9 +276,9 @@ fn send(changes: &mpsc::UnboundedSender<LeaseChange>, change: LeaseChange) {
 }
 
 /// Takes the members found into the paths: the paths stay as they are while they are
-/// [`PATHS`] and include the leader (or no leader answered); otherwise the best members
+/// `want` and include the leader (or no leader answered); otherwise the best members
 /// found replace them, keeping the connection of a member already in use.
-fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, next_id: &mut u64) {
+fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, want: usize, next_id: &mut u64) {
     if found.is_empty() {
         return;
     }
@@ -272,11 +286,11 @@ fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, next_id: &mut u64) {
     let have_leader = leader_found
         .as_ref()
         .is_none_or(|l| paths.iter().any(|p| &p.member == l));
-    if paths.len() >= PATHS && have_leader {
+    if paths.len() >= want && have_leader {
         return;
     }
     let mut next = Vec::new();
-    for f in found.into_iter().take(PATHS) {
+    for f in found.into_iter().take(want) {
         if let Some(pos) = paths.iter().position(|p| p.member == f.member) {
             let mut p = paths.swap_remove(pos);
             p.leader = f.leader;
@@ -298,7 +312,7 @@ fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, next_id: &mut u64) {
     // A path not found again keeps going while there is room: it may still work, and a
     // renewal in flight on it still counts.
     for p in paths.drain(..) {
-        if next.len() < PATHS {
+        if next.len() < want {
             next.push(p);
         }
     }
@@ -309,13 +323,14 @@ fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, next_id: &mut u64) {
 /// One renewal through `store`, then the quorum read that confirms it.
 async fn renew(
     store: Store,
-    renewer: Option<Box<Renewer>>,
+    renewer: Option<(i64, Box<Renewer>)>,
     lease: i64,
     margin: Duration,
-) -> (Option<Box<Renewer>>, Outcome) {
+) -> (Option<(i64, Box<Renewer>)>, Outcome) {
+    // A stream opened for a lease given up since renews that one, not this.
     let mut renewer = match renewer {
-        Some(r) => r,
-        None => match store.keeper(lease).await {
+        Some((id, r)) if id == lease => r,
+        _ => match store.keeper(lease).await {
             Ok(r) => Box::new(r),
             Err(e) => return (None, Outcome::Failed(e.to_string())),
         },
@@ -344,7 +359,7 @@ async fn renew(
         },
         Err(e) => Outcome::Failed(e.to_string()),
     };
-    (Some(renewer), outcome)
+    (Some((lease, renewer)), outcome)
 }
 
 fn apply(

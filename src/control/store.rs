@@ -111,7 +111,7 @@ impl Store {
             .with_connect_timeout(timeout)
             .with_keep_alive(Duration::from_secs(1), timeout)
             .with_require_leader(true);
-        ranked(endpoints, options, timeout)
+        ranked(endpoints, options, timeout, want)
             .await
             .into_iter()
             .take(want)
@@ -495,14 +495,15 @@ pub struct RankedStore {
 
 /// The members that answered a linearizable read, with their clients: the leader first
 /// (if it answered), then the others in the order they answered. Waits for the leader
-/// at most a quarter of `timeout` after the first other member answered: a member cut
-/// off from us answers only at the timeout, and a WAN cut between a region and the
-/// leader would otherwise cost the lease a full timeout before the keeper renews
-/// elsewhere.
+/// at most a quarter of `timeout` (400 ms at most) after the first other member
+/// answered: a member cut off from us answers only at the timeout, and a WAN cut
+/// between a region and the leader would otherwise cost the lease a full timeout before
+/// the keeper renews elsewhere.
 async fn ranked(
     endpoints: &[String],
     options: ConnectOptions,
     timeout: Duration,
+    want: usize,
 ) -> Vec<(String, bool, Client)> {
     let mut probes = tokio::task::JoinSet::new();
     for e in endpoints {
@@ -525,7 +526,7 @@ async fn ranked(
             tokio::time::timeout(timeout, probe).await.ok().flatten()
         });
     }
-    let grace = timeout / 4;
+    let grace = (timeout / 4).min(Duration::from_millis(400));
     let mut found: Vec<(String, bool, Client)> = Vec::new();
     let mut until: Option<tokio::time::Instant> = None;
     loop {
@@ -540,7 +541,7 @@ async fn ranked(
         if let Ok(Some(answer)) = done {
             until.get_or_insert_with(|| tokio::time::Instant::now() + grace);
             found.push(answer);
-            if found.iter().any(|f| f.1) && found.len() >= 2 {
+            if found.iter().any(|f| f.1) && found.len() >= want {
                 break;
             }
         }

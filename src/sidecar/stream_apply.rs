@@ -136,6 +136,9 @@ struct Direction<'l> {
     pending_txns: u64,
     /// Commit time of the batch's first upstream transaction.
     batch_first_ts: Option<PgTimestamp>,
+    /// The latest commit time in the batch: its downstream commit waits until this
+    /// node's clock passed it ([`crate::conflict::causality`]).
+    batch_max_ts: Option<PgTimestamp>,
     /// Batches handed to the writer and not yet committed: (end, first commit time), for
     /// the lag in seconds. Pruned as the writer commits, so it holds about as many as the
     /// writer's bounded queue.
@@ -202,6 +205,7 @@ async fn run_once(
         state,
         pending_txns: 0,
         batch_first_ts: None,
+        batch_max_ts: None,
         in_flight: VecDeque::new(),
         clock_noted: None,
     };
@@ -392,12 +396,19 @@ impl Direction<'_> {
                     tracing::debug!(peer = %self.link.peer, xid = b.xid, final_lsn = %b.final_lsn,
                         applied = %self.sent_commit, "reading past a transaction applied before");
                 }
+                // A long wait happens here, with what is batched committed first: the
+                // wait then holds no row locks. A short one (a peer clock a few ms
+                // ahead) is left to the batch's commit, the only step that must come
+                // after our clock passed the commit time: ending the batch at every
+                // such Begin would cost the batching itself.
                 if let Some(wait) = self.clock_wait(b.commit_time).filter(|_| !skip) {
-                    // What is batched already goes first: the wait holds no row locks.
-                    if self.pending_commit.is_some() {
-                        self.commit_batch().await?;
+                    if wait > SHORT_CLOCK_WAIT {
+                        if self.pending_commit.is_some() {
+                            self.commit_batch().await?;
+                        }
+                        self.state.metrics.clock_waits.increment(1);
+                        tokio::time::sleep(wait).await;
                     }
-                    tokio::time::sleep(wait).await;
                 }
                 self.open = Some(OpenTxn {
                     commit_lsn: b.final_lsn,
@@ -425,6 +436,7 @@ impl Direction<'_> {
                 self.pending_commit = Some((c.end_lsn, c.commit_time));
                 self.pending_txns += 1;
                 self.batch_first_ts.get_or_insert(c.commit_time);
+                self.batch_max_ts = self.batch_max_ts.max(Some(c.commit_time));
                 let started = *self.batch_started.get_or_insert_with(Instant::now);
                 let l = &self.link.limits;
                 // Rows keep the downstream commit's time, which is the last upstream
@@ -619,9 +631,11 @@ impl Direction<'_> {
         let Some((end, ts)) = self.pending_commit.take() else {
             return self.flush_chunk().await;
         };
-        // Each transaction waited at its Begin; commit times are not strictly ordered
-        // with the stream, so the batch's last is checked once more (rarely waits).
-        if let Some(wait) = self.clock_wait(ts) {
+        // Nothing of the batch becomes visible before our clock passed its latest
+        // commit time (long waits happened at Begin; this covers the short ones).
+        let latest = self.batch_max_ts.take().max(Some(ts)).unwrap_or(ts);
+        if let Some(wait) = self.clock_wait(latest) {
+            self.state.metrics.clock_waits.increment(1);
             tokio::time::sleep(wait).await;
         }
         // The last chunk goes with the commit, so the writer can send both at once.
@@ -645,6 +659,10 @@ impl Direction<'_> {
     }
 }
 
+/// A wait for the local clock up to this long is left to the batch's commit
+/// ([`Direction::commit_batch`]) instead of ending the batch at the transaction's Begin.
+const SHORT_CLOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Direction<'_> {
     /// How long to hold back what was committed at `ts` so that it is applied only once
     /// this node's clock passed it ([`crate::conflict::causality`]).
@@ -662,7 +680,6 @@ impl Direction<'_> {
                 return None;
             }
         };
-        self.state.metrics.clock_waits.increment(1);
         if wait >= std::time::Duration::from_millis(100) && self.note_clock() {
             tracing::warn!(node = %self.link.local_node, peer = %self.link.peer, wait_s = wait.as_secs_f64(),
                 "the peer's commits are ahead of this node's clock: each is applied once this clock passed its commit time, so that a local write made after it is stamped later (last-writer-wins stays causal); the direction lags by the skew; sync both clocks (chrony/NTP)");
