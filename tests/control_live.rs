@@ -41,6 +41,20 @@ fn event_kinds(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
+/// Waits until every one of `kinds` is recorded (agents record events beside their
+/// decisions, a moment after acting on them); returns all recorded.
+fn wait_events(lab: &Lab, kinds: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = event_kinds(lab);
+        if kinds.iter().all(|k| got.iter().any(|g| g == k)) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "waited for {kinds:?}: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn primary_killed_with_agent_alive_releases_at_once_and_returns_fenced_until_switchover() {
     let _t = turn();
@@ -66,9 +80,7 @@ fn primary_killed_with_agent_alive_releases_at_once_and_returns_fenced_until_swi
         let _ = std::fs::copy(lab.dir.path().join("agent-a.log"), "/tmp/slow-agent-a.log");
         eprintln!("slow takeover; logs in /tmp/slow-agent-*.log");
     }
-    let kinds = event_kinds(&lab);
-    assert!(kinds.iter().any(|k| k == "a:released:app-eu"), "{kinds:?}");
-    assert!(kinds.iter().any(|k| k == "b:failover:app-eu"), "{kinds:?}");
+    wait_events(&lab, &["a:released:app-eu", "b:failover:app-eu"]);
     let failover = lab
         .events()
         .into_iter()
@@ -474,11 +486,8 @@ fn maintenance_fence_moves_the_endpoints_and_unfence_waits_for_a_decision() {
     lab.wait_serving("b", "app-eu", Duration::from_secs(15));
     let st = lab.status();
     assert_eq!(st["regions"][0]["maintenance"], true, "{st}");
-    let kinds = event_kinds(&lab);
-    assert!(
-        kinds.iter().any(|k| k == "a:switchover:app-eu"),
-        "drained like a switchover: {kinds:?}"
-    );
+    // Drained like a switchover.
+    wait_events(&lab, &["a:switchover:app-eu"]);
     // Lifting maintenance does not lift the fence: a owns nothing.
     let out = pgmesh(&["unfence", "--node", "a"], lab.cfg_path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -516,11 +525,7 @@ fn auto_failback_returns_the_home_endpoint_once_the_region_caught_up() {
     lab.a.start_again().unwrap();
     let back = lab.wait_serving("a", "app-eu", Duration::from_secs(60));
     eprintln!("PG{major}: a restarted -> serves app-eu again after {back:?} (auto failback)");
-    let kinds = event_kinds(&lab);
-    assert!(
-        kinds.iter().any(|k| k == "b:switchover:app-eu"),
-        "{kinds:?}"
-    );
+    wait_events(&lab, &["b:switchover:app-eu"]);
     assert_eq!(
         lab.a
             .psql("SELECT count(*) FROM acked WHERE payload = 'while a was down'")
