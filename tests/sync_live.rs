@@ -273,10 +273,14 @@ fn rows_on_both_nodes_are_refused_unless_merged_or_replaced() {
         );
 
         let cfg = write_config(dir.path(), &a, &b, "\"public.m\", \"public.r\"");
-        let out = pgmesh(&["setup", "--replace-existing-from", "zz"], &cfg);
+        // Deleting rows is asked for; without a terminal only --yes says so.
+        let out = pgmesh(&["setup", "--replace-existing-from", "a"], &cfg);
+        assert_eq!(out.status.code(), Some(2), "PG{major}: {}", text(&out));
+        assert!(text(&out).contains("--yes"), "{}", text(&out));
+        let out = pgmesh(&["setup", "--replace-existing-from", "zz", "--yes"], &cfg);
         assert_eq!(out.status.code(), Some(1), "PG{major}: {}", text(&out));
         assert!(text(&out).contains("'zz'"), "{}", text(&out));
-        let out = pgmesh(&["setup", "--replace-existing-from", "a"], &cfg);
+        let out = pgmesh(&["setup", "--replace-existing-from", "a", "--yes"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         assert_eq!(dump(&a, "r"), dump(&b, "r"), "PG{major}");
         assert_eq!(

@@ -5,6 +5,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 mod agent;
+mod confirm;
 mod conflicts;
 mod control;
 mod ddl;
@@ -154,8 +155,12 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("pgmesh=info"));
+    // Colour codes only for a person at a terminal, never into a log file or journal.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

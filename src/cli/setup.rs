@@ -33,6 +33,10 @@ pub struct SetupArgs {
     /// other nodes' rows (which are deleted there).
     #[arg(long, value_name = "NODE")]
     pub replace_existing_from: Option<String>,
+    /// Do not ask before `--replace-existing-from` deletes rows (needed without a
+    /// terminal).
+    #[arg(long)]
+    pub yes: bool,
     /// No progress lines on stderr while copying.
     #[arg(long, short)]
     pub quiet: bool,
@@ -61,6 +65,22 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if let (Some(from), false, false) = (&args.replace_existing_from, args.yes, args.check) {
+        let others: Vec<&str> = cfg
+            .nodes
+            .keys()
+            .map(String::as_str)
+            .filter(|n| n != from)
+            .collect();
+        let question = format!(
+            "Tables new to replication that hold rows on several nodes get node {from}'s rows; \
+             their rows on {} are DELETED.",
+            others.join(", ")
+        );
+        if !super::confirm::ask("setup --replace-existing-from", &question, "")? {
+            return Ok(ExitCode::from(2));
+        }
+    }
     let opts = SetupOptions {
         existing: if args.merge_existing {
             ExistingData::Merge

@@ -4,7 +4,6 @@
 //! explicitly). Exit codes: 0 done, 1 a node failed, 2 usage/config error or not confirmed.
 
 use crate::config::{Config, ConfigFlags};
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,23 +28,18 @@ pub async fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let nodes: Vec<&str> = cfg.nodes.keys().map(String::as_str).collect();
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            eprintln!("error: teardown needs --yes when stdin is not a terminal");
-            return Ok(ExitCode::from(2));
-        }
-        print!(
-            "This drops pgmesh's slots, replication origins, publication, tombstone triggers and schema pgmesh \
-             (conflict ledger, tombstones) on nodes {}. User tables and rows stay.\nType 'yes' to continue: ",
-            nodes.join(", ")
-        );
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            eprintln!("teardown cancelled");
-            return Ok(ExitCode::from(2));
-        }
+    if !args.yes
+        && !super::confirm::ask(
+            "teardown",
+            &format!(
+                "This drops pgmesh's slots, replication origins, publication, tombstone triggers and schema pgmesh \
+                 (conflict ledger, tombstones) on nodes {}. User tables and rows stay.",
+                nodes.join(", ")
+            ),
+            "",
+        )?
+    {
+        return Ok(ExitCode::from(2));
     }
     let (changes, errors) = crate::setup::teardown(&cfg).await;
     for c in &changes {

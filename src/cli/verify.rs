@@ -7,7 +7,6 @@
 //! changed meanwhile, failed) or verify could not finish, 2 usage/config errors or not
 //! confirmed.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -169,22 +168,15 @@ fn exit(ok: bool) -> ExitCode {
 
 /// Asks on the terminal; `Err` is the exit code when not confirmed.
 fn confirm(fixes: usize, nodes: [&str; 2]) -> anyhow::Result<Result<(), ExitCode>> {
-    if !std::io::stdin().is_terminal() {
-        eprintln!("error: repair needs --yes when stdin is not a terminal (or --dry-run to only see the plan)");
-        return Ok(Err(ExitCode::from(2)));
-    }
-    print!(
-        "Apply {fixes} fixes on nodes {} and {} (each recorded in pgmesh.conflicts)?\nType 'yes' to continue: ",
+    let question = format!(
+        "Apply {fixes} fixes on nodes {} and {} (each recorded in pgmesh.conflicts)?",
         nodes[0], nodes[1]
     );
-    std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if answer.trim() != "yes" {
-        eprintln!("repair cancelled");
-        return Ok(Err(ExitCode::from(2)));
+    if super::confirm::ask("repair", &question, " (or --dry-run to only see the plan)")? {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(ExitCode::from(2)))
     }
-    Ok(Ok(()))
 }
 
 pub async fn run_repair(args: RepairArgs) -> anyhow::Result<ExitCode> {
