@@ -55,8 +55,9 @@ pub struct ConflictsArgs {
 }
 
 pub async fn run(args: ConflictsArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json || args.jsonl;
     let usage = |m: String| {
-        eprintln!("error: {m}");
+        super::print_error(json, &m);
         Ok(ExitCode::from(2))
     };
     let filter = match ConflictFilter::parse(

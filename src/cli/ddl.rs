@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigFlags};
+use crate::config::ConfigFlags;
 use crate::ddl::{self, DdlOptions};
 
 #[derive(Debug, clap::Args)]
@@ -71,12 +71,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: DdlArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::load_with(&args.config, &args.overrides) {
+    let cfg = match super::load_config(&args.config, &args.overrides, args.json) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     if let Some(n) = &args.node {
         if let Err(e) = cfg.node(n) {

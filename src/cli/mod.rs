@@ -90,7 +90,10 @@ pub enum Command {
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     init_logging(cli.log_format);
     match cli.command {
         Command::Setup(args) => block_on(setup::run(args)),
@@ -116,6 +119,34 @@ pub fn main() -> ExitCode {
         Command::Fence(args) => block_on(control::fence_cmd(args, true)),
         Command::Unfence(args) => block_on(control::fence_cmd(args, false)),
     }
+}
+
+/// A command line clap refused: as JSON on stdout when the command asked for JSON (a
+/// script reading stdout gets an answer it can parse), else clap's own message; exit 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args().any(|a| a == "--json" || a == "--jsonl");
+    if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let text = e.to_string();
+        let message = text.trim().trim_start_matches("error: ");
+        print_error(true, &message);
+        return ExitCode::from(2);
+    }
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+}
+
+/// Loads the config; a bad one is reported the way the command's output mode wants
+/// (`{"ok": false, "error": …}` on stdout under `--json`) and gives exit code 2.
+fn load_config(
+    path: &std::path::Path,
+    overrides: &crate::config::ConfigFlags,
+    json: bool,
+) -> Result<crate::config::Config, ExitCode> {
+    crate::config::Config::load_with(path, overrides).map_err(|e| {
+        print_error(json, &e);
+        ExitCode::from(2)
+    })
 }
 
 /// Runs an async command on a fresh runtime; an unexpected error exits 1.

@@ -30,12 +30,9 @@ pub struct SequencesArgs {
 }
 
 pub async fn run(args: SequencesArgs) -> anyhow::Result<ExitCode> {
-    let cfg = match Config::load_with(&args.config, &args.overrides) {
+    let cfg = match super::load_config(&args.config, &args.overrides, args.json) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let fail = |message: String| {
         super::print_error(args.json, &message);

@@ -3,7 +3,7 @@
 //! Exit codes: 0 no errors (warnings allowed), 1 preflight or setup errors (including an
 //! unreachable node), 2 usage or config errors.
 
-use crate::config::{Config, ConfigFlags};
+use crate::config::ConfigFlags;
 use crate::setup::{self, error_count, OutputPlugin, SetupOptions};
 use crate::sync::ExistingData;
 use std::path::PathBuf;
@@ -58,12 +58,9 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let cfg = match Config::load_with(&args.config, &args.overrides) {
+    let cfg = match super::load_config(&args.config, &args.overrides, args.json) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     if let (Some(from), false, false) = (&args.replace_existing_from, args.yes, args.check) {
         let others: Vec<&str> = cfg

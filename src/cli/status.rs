@@ -37,8 +37,9 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
     let usage = |m: String| {
-        eprintln!("error: {m}");
+        super::print_error(json, &m);
         Ok(ExitCode::from(2))
     };
     let max_lag_bytes = match parse_size(&args.max_lag_bytes) {

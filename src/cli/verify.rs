@@ -118,10 +118,7 @@ fn fail(json: bool, e: &VerifyError) -> ExitCode {
 }
 
 fn load(args: &VerifyArgs) -> Result<Config, ExitCode> {
-    Config::load_with(&args.config, &args.overrides).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
+    super::load_config(&args.config, &args.overrides, args.json)
 }
 
 /// Connects and verifies; `Err` is the exit code of a failure already printed.
