@@ -31,6 +31,7 @@ pub mod setup;
 pub mod sidecar;
 pub mod source;
 pub mod sqlconn;
+pub mod sqlquote;
 pub mod status;
 pub mod sync;
 pub mod testkit;

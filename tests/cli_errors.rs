@@ -31,7 +31,10 @@ fn an_unknown_flag_under_json_is_a_json_error_with_exit_2() {
     // Without --json, clap's own message on stderr, nothing on stdout.
     let (code, stdout, stderr) = pgmesh(&["status", "--no-such-flag"]);
     assert_eq!(code, Some(2));
-    assert!(stdout.is_empty() && stderr.contains("--no-such-flag"), "{stderr}");
+    assert!(
+        stdout.is_empty() && stderr.contains("--no-such-flag"),
+        "{stderr}"
+    );
 }
 
 #[test]

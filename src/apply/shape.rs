@@ -26,8 +26,8 @@
 
 use std::fmt;
 
-use crate::config::names::quote_ident;
 use crate::protocol::pgoutput::{Oid, Relation, Type};
+use crate::sqlquote;
 
 /// OIDs below this belong to types created at bootstrap (`FirstGenbkiObjectId`): the same
 /// on every node and major. pgoutput sends a Type message (with the name) for the others.
@@ -146,7 +146,11 @@ impl RemoteShape {
                             name: t.name.clone(),
                         },
                         typmod: c.type_modifier,
-                        display: format!("{}.{}", quote_ident(schema), quote_ident(&t.name)),
+                        display: format!(
+                            "{}.{}",
+                            sqlquote::ident(schema),
+                            sqlquote::ident(&t.name)
+                        ),
                     }
                 } else {
                     ColumnType {
@@ -327,7 +331,7 @@ impl SchemaMismatch {
             .map(|d| match d {
                 Difference::MissingHere { column, peer_type } => format!(
                     "column {} ({peer_type}) exists on {peer} but not on {node}",
-                    quote_ident(column)
+                    sqlquote::ident(column)
                 ),
                 Difference::TypeDiffers {
                     column,
@@ -335,15 +339,15 @@ impl SchemaMismatch {
                     local_type,
                 } => format!(
                     "column {} is {peer_type} on {peer} but {local_type} on {node}",
-                    quote_ident(column)
+                    sqlquote::ident(column)
                 ),
                 Difference::NotNullHere { column, local_type } => format!(
                     "column {} ({local_type} NOT NULL, no default) exists only on {node}, so rows from {peer} cannot be inserted",
-                    quote_ident(column)
+                    sqlquote::ident(column)
                 ),
                 Difference::KeyNotSent { column } => format!(
                     "primary key column {} on {node} is not part of the replica identity (primary key) on {peer}",
-                    quote_ident(column)
+                    sqlquote::ident(column)
                 ),
                 Difference::PossibleRename { gone, new } => format!(
                     "{peer} sent column(s) {} that neither node has now, and column(s) {} are new on both: a rename? pgmesh cannot tell a rename from a drop and an add, and would lose the values sent before it",
@@ -363,17 +367,17 @@ impl SchemaMismatch {
             .map(|d| match d {
                 Difference::MissingHere { column, peer_type } => format!(
                     "ALTER TABLE {t} ADD COLUMN {} {peer_type};",
-                    quote_ident(column)
+                    sqlquote::ident(column)
                 ),
                 Difference::TypeDiffers {
                     column, peer_type, ..
                 } => format!(
                     "ALTER TABLE {t} ALTER COLUMN {} TYPE {peer_type};",
-                    quote_ident(column)
+                    sqlquote::ident(column)
                 ),
                 Difference::NotNullHere { column, .. } => format!(
                     "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL;  -- or SET DEFAULT …, or add the column on {}",
-                    quote_ident(column),
+                    sqlquote::ident(column),
                     self.peer
                 ),
                 Difference::KeyNotSent { .. } => format!(

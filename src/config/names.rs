@@ -91,203 +91,12 @@ pub fn tombstone_function(table_oid: u32) -> String {
 /// between majors; this list is the union of 15–18).
 #[must_use]
 pub fn qualified_table(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
+    format!(
+        "{}.{}",
+        crate::sqlquote::ident(schema),
+        crate::sqlquote::ident(table)
+    )
 }
-
-/// PostgreSQL's `quote_ident`: leaves `[a-z_][a-z0-9_]*` that is not a reserved-ish keyword
-/// as is, otherwise wraps in double quotes and doubles embedded quotes.
-#[must_use]
-pub fn quote_ident(ident: &str) -> String {
-    let safe = !ident.is_empty()
-        && ident
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && ident
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && RESERVED_KEYWORDS.binary_search(&ident).is_err();
-    if safe {
-        ident.to_string()
-    } else {
-        format!("\"{}\"", ident.replace('"', "\"\""))
-    }
-}
-
-/// SQL string literal (`'…'` with quotes doubled); `standard_conforming_strings` is on in
-/// every supported version, so backslashes need no escaping.
-#[must_use]
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// Keywords whose category is not UNRESERVED in PostgreSQL 15–18 (kwlist.h), sorted.
-const RESERVED_KEYWORDS: &[&str] = &[
-    "all",
-    "analyse",
-    "analyze",
-    "and",
-    "any",
-    "array",
-    "as",
-    "asc",
-    "asymmetric",
-    "authorization",
-    "between",
-    "bigint",
-    "binary",
-    "bit",
-    "boolean",
-    "both",
-    "case",
-    "cast",
-    "char",
-    "character",
-    "check",
-    "coalesce",
-    "collate",
-    "collation",
-    "column",
-    "concurrently",
-    "constraint",
-    "create",
-    "cross",
-    "current_catalog",
-    "current_date",
-    "current_role",
-    "current_schema",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "dec",
-    "decimal",
-    "default",
-    "deferrable",
-    "desc",
-    "distinct",
-    "do",
-    "else",
-    "end",
-    "except",
-    "exists",
-    "extract",
-    "false",
-    "fetch",
-    "float",
-    "for",
-    "foreign",
-    "freeze",
-    "from",
-    "full",
-    "grant",
-    "greatest",
-    "group",
-    "grouping",
-    "having",
-    "ilike",
-    "in",
-    "initially",
-    "inner",
-    "inout",
-    "int",
-    "integer",
-    "intersect",
-    "interval",
-    "into",
-    "is",
-    "isnull",
-    "join",
-    "json",
-    "json_array",
-    "json_arrayagg",
-    "json_exists",
-    "json_object",
-    "json_objectagg",
-    "json_query",
-    "json_scalar",
-    "json_serialize",
-    "json_table",
-    "json_value",
-    "lateral",
-    "leading",
-    "least",
-    "left",
-    "like",
-    "limit",
-    "localtime",
-    "localtimestamp",
-    "merge_action",
-    "national",
-    "natural",
-    "nchar",
-    "none",
-    "normalize",
-    "not",
-    "notnull",
-    "null",
-    "nullif",
-    "numeric",
-    "offset",
-    "on",
-    "only",
-    "or",
-    "order",
-    "out",
-    "outer",
-    "overlaps",
-    "overlay",
-    "placing",
-    "position",
-    "precision",
-    "primary",
-    "real",
-    "references",
-    "returning",
-    "right",
-    "row",
-    "select",
-    "session_user",
-    "setof",
-    "similar",
-    "smallint",
-    "some",
-    "substring",
-    "symmetric",
-    "system_user",
-    "table",
-    "tablesample",
-    "then",
-    "time",
-    "timestamp",
-    "to",
-    "trailing",
-    "treat",
-    "trim",
-    "true",
-    "union",
-    "unique",
-    "user",
-    "using",
-    "values",
-    "varchar",
-    "variadic",
-    "verbose",
-    "when",
-    "where",
-    "window",
-    "with",
-    "xmlattributes",
-    "xmlconcat",
-    "xmlelement",
-    "xmlexists",
-    "xmlforest",
-    "xmlnamespaces",
-    "xmlparse",
-    "xmlpi",
-    "xmlroot",
-    "xmlserialize",
-    "xmltable",
-];
 
 #[cfg(test)]
 mod tests {
@@ -301,13 +110,6 @@ mod tests {
     }
 
     #[test]
-    fn keywords_are_sorted_for_binary_search() {
-        let mut sorted = RESERVED_KEYWORDS.to_vec();
-        sorted.sort_unstable();
-        assert_eq!(sorted, RESERVED_KEYWORDS);
-    }
-
-    #[test]
     fn quoting_follows_quote_ident() {
         assert_eq!(qualified_table("public", "orders"), "public.orders");
         assert_eq!(qualified_table("public", "Orders"), "public.\"Orders\"");
@@ -318,12 +120,5 @@ mod tests {
             qualified_table("my schema", "a\"b"),
             "\"my schema\".\"a\"\"b\""
         );
-        assert_eq!(
-            quote_ident("comment"),
-            "comment",
-            "unreserved keyword stays bare"
-        );
-        assert_eq!(quote_ident("é"), "\"é\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

@@ -377,7 +377,8 @@ SELECT coalesce(array_agg(pid ORDER BY pid), '{}')::text AS terminated
   FROM victims WHERE pg_terminate_backend(pid)";
 
 /// The whole message [`fence`] sends. Values are literals (the simple protocol has no
-/// parameters), written as `E'…'` strings so `standard_conforming_strings` does not matter.
+/// parameters), written by [`crate::sqlquote::literal`], which reads the same whatever
+/// `standard_conforming_strings` says.
 fn fence_sql(req: &FenceRequest<'_>) -> Result<String, FenceError> {
     let roles = match &req.policy.roles {
         None => "NULL".to_string(),
@@ -413,15 +414,13 @@ COMMIT",
     ))
 }
 
-/// `E'…'` with backslashes and quotes escaped.
+/// A string literal ([`crate::sqlquote::literal`]); a NUL (which text cannot hold) is
+/// refused with the name of what carried it.
 fn literal(s: &str, what: &'static str) -> Result<String, FenceError> {
     if s.contains('\0') {
         return Err(FenceError::Nul(what));
     }
-    Ok(format!(
-        "E'{}'",
-        s.replace('\\', "\\\\").replace('\'', "''")
-    ))
+    Ok(crate::sqlquote::literal(s))
 }
 
 fn text_array(items: &[String], what: &'static str) -> Result<String, FenceError> {
@@ -520,7 +519,7 @@ mod tests {
         assert_eq!(text_array(&[], "x").unwrap(), "'{}'::text[]");
         assert_eq!(
             text_array(&["app".into(), "O'Brien".into()], "x").unwrap(),
-            "ARRAY[E'app', E'O''Brien']::text[]"
+            "ARRAY['app', 'O''Brien']::text[]"
         );
     }
 
@@ -546,11 +545,11 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.contains("reason = E'lease lost', epoch = 42, changed_by = E'agent a'"),
+            sql.contains("reason = 'lease lost', epoch = 42, changed_by = 'agent a'"),
             "{sql}"
         );
         assert!(
-            sql.contains("roles = ARRAY[E'app']::text[], exempt = ARRAY[E'ops']::text[]"),
+            sql.contains("roles = ARRAY['app']::text[], exempt = ARRAY['ops']::text[]"),
             "{sql}"
         );
         let every = fence_sql(&FenceRequest {

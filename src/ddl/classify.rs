@@ -2,7 +2,7 @@
 //! replication it knows, and refuses the others with what to do instead.
 
 use super::split::{tokens, Token};
-use crate::config::names::quote_ident;
+use crate::sqlquote;
 
 /// A table as a statement names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +16,8 @@ impl TableName {
     #[must_use]
     pub fn sql(&self) -> String {
         match &self.schema {
-            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&self.name)),
-            None => quote_ident(&self.name),
+            Some(s) => format!("{}.{}", sqlquote::ident(s), sqlquote::ident(&self.name)),
+            None => sqlquote::ident(&self.name),
         }
     }
 }
@@ -206,7 +206,7 @@ fn action(a: &[&Token], table: &TableName) -> Result<Action, Refusal> {
                 }
                 _ => Err(Refusal(format!(
                     "ALTER TABLE {t} ALTER COLUMN {} {} {}: identity and generated-column changes are not run by pgmesh ddl (each node has its own sequence: run them on every node, then `pgmesh sequences --apply`)",
-                    quote_ident(name),
+                    sqlquote::ident(name),
                     rest.0.to_uppercase(),
                     rest.1.to_uppercase()
                 ))),

@@ -388,7 +388,7 @@ async fn new_defaults(
         if has_rows != Some(true) {
             return Ok(());
         }
-        let column = format!("{table}.{}", names::quote_ident(&name));
+        let column = format!("{table}.{}", crate::sqlquote::ident(&name));
         if c.get::<_, bool>(1) {
             return Err(Err(DdlError::Refused(format!(
                 "new identity column {column} on a table with rows: each node would number its existing rows itself and the nodes would differ. Add the column without identity, fill it with an UPDATE on one node (replicated), then add the identity on every node and run `pgmesh sequences --apply`; nothing was changed"

@@ -746,7 +746,13 @@ pub fn escape_add_tables_part(name: &str) -> String {
 pub fn start_replication_option_list(options: &[(&str, String)]) -> String {
     let items: Vec<String> = options
         .iter()
-        .map(|(k, v)| format!("{} {}", quote_ident(k), quote_literal(v)))
+        .map(|(k, v)| {
+            format!(
+                "{} {}",
+                crate::sqlquote::quoted_ident(k),
+                crate::sqlquote::repl_literal(v)
+            )
+        })
         .collect();
     format!("({})", items.join(", "))
 }
@@ -756,19 +762,15 @@ pub fn start_replication_option_list(options: &[(&str, String)]) -> String {
 pub fn sql_option_args(options: &[(&str, String)]) -> String {
     options
         .iter()
-        .map(|(k, v)| format!("{}, {}", quote_literal(k), quote_literal(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}, {}",
+                crate::sqlquote::literal(k),
+                crate::sqlquote::literal(v)
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// A standard-conforming SQL string literal (backslashes are literal, as wal2json's
-/// `add-tables` escapes need).
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -982,7 +984,7 @@ mod tests {
         );
         assert_eq!(
             sql_option_args(&o),
-            r"'format-version', '2', 'add-tables', 'it''s.a\,b'"
+            r"'format-version', '2', 'add-tables', E'it''s.a\\,b'"
         );
         let empty = wal2json_options(&Wal2JsonOptions {
             add_tables: Some(vec![]),

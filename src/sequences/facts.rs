@@ -70,7 +70,7 @@ impl SequenceColumn {
         format!(
             "{}.{}",
             names::qualified_table(&self.schema, &self.table),
-            names::quote_ident(&self.column)
+            crate::sqlquote::ident(&self.column)
         )
     }
 }
@@ -181,7 +181,7 @@ async fn read_max(
     n: usize,
 ) -> Result<ColumnMax, tokio_postgres::Error> {
     let table = names::qualified_table(&c.schema, &c.table);
-    let col = names::quote_ident(&c.column);
+    let col = crate::sqlquote::ident(&c.column);
     let mut parts = vec![format!("(SELECT max({col})::int8 FROM {table})")];
     for r in 0..n {
         parts.push(format!(

@@ -124,7 +124,7 @@ pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &m
             ));
         }
     }
-    let role = names::quote_ident(&f.role.name);
+    let role = crate::sqlquote::ident(&f.role.name);
     if !f.role.superuser && !f.role.replication {
         out.push(Finding::error(
             n,
@@ -144,7 +144,7 @@ pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &m
             ),
             format!(
                 "GRANT CREATE ON DATABASE {} TO {role};",
-                names::quote_ident(&f.database)
+                crate::sqlquote::ident(&f.database)
             ),
         ));
     }
@@ -356,7 +356,7 @@ fn compare_columns(
         .map(|(c, ty)| (c.as_str(), ty.as_str()))
         .collect();
     for (c, ty) in &ours {
-        let col = names::quote_ident(c);
+        let col = crate::sqlquote::ident(c);
         match theirs.get(c) {
             None => out.push(Finding::error(
                 node,
@@ -372,7 +372,7 @@ fn compare_columns(
         }
     }
     for (c, ty) in theirs.iter().filter(|(c, _)| !ours.contains_key(*c)) {
-        let col = names::quote_ident(c);
+        let col = crate::sqlquote::ident(c);
         out.push(Finding::error(
             node,
             format!(

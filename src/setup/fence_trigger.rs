@@ -15,7 +15,8 @@
 //! One shared function for all tables (unlike the tombstone functions): it needs nothing
 //! from the table, and a statement trigger runs once per statement, not per row.
 
-use crate::config::names::{quote_literal, SCHEMA};
+use crate::config::names::SCHEMA;
+use crate::sqlquote;
 
 /// The trigger's name on every replicated table.
 pub const TRIGGER: &str = "pgmesh_fence";
@@ -58,8 +59,8 @@ pub fn list_sql() -> String {
                 t.tgfoid = to_regprocedure({func}) AND t.tgtype = {TGTYPE}, t.tgenabled::text
            FROM pg_trigger t
           WHERE t.tgname = {name} AND NOT t.tgisinternal",
-        func = quote_literal(FUNCTION),
-        name = quote_literal(TRIGGER),
+        func = sqlquote::literal(FUNCTION),
+        name = sqlquote::literal(TRIGGER),
     )
 }
 
@@ -79,9 +80,9 @@ pub fn unguarded_sql() -> String {
                  AND t.tgname = {name} AND t.tgenabled = 'O' AND t.tgtype = {TGTYPE}
                  AND t.tgfoid = to_regprocedure({func}))
           ORDER BY 1, 2",
-        publication = quote_literal(crate::config::names::PUBLICATION),
-        name = quote_literal(TRIGGER),
-        func = quote_literal(FUNCTION),
+        publication = sqlquote::literal(crate::config::names::PUBLICATION),
+        name = sqlquote::literal(TRIGGER),
+        func = sqlquote::literal(FUNCTION),
     )
 }
 
@@ -90,7 +91,7 @@ pub fn unguarded_sql() -> String {
 pub fn installed_sql() -> String {
     format!(
         "SELECT to_regprocedure({}) IS NOT NULL AND to_regclass('{SCHEMA}.fence') IS NOT NULL",
-        quote_literal(FUNCTION)
+        sqlquote::literal(FUNCTION)
     )
 }
 

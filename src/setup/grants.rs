@@ -43,7 +43,8 @@
 //! signature gained a fourth argument in 17), `pg_xact_commit_timestamp_origin(xid)`,
 //! `pg_current_xact_id()`, and reading `pg_replication_origin`.
 
-use crate::config::names::{quote_ident, quote_literal, PUBLICATION};
+use crate::config::names::PUBLICATION;
+use crate::sqlquote;
 
 /// Why a role name cannot be put into the script.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,9 +66,9 @@ pub fn grants_sql(role: &str) -> Result<String, GrantsError> {
     if role.contains(['$', '\0']) {
         return Err(GrantsError::Character(role.to_string()));
     }
-    let r = quote_ident(role);
-    let lit = quote_literal(role);
-    let publication = quote_literal(PUBLICATION);
+    let r = sqlquote::ident(role);
+    let lit = sqlquote::literal(role);
+    let publication = sqlquote::literal(PUBLICATION);
     Ok(format!(
         "\
 -- Least privileges for `pgmesh run` as role {r}. Run as a superuser on every node after

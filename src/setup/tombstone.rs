@@ -24,14 +24,15 @@
 //! [`keyless_function_body`].
 
 use super::catalog::TableFacts;
-use crate::config::names::{self, quote_ident, quote_literal};
+use crate::config::names;
+use crate::sqlquote;
 
 /// `CREATE OR REPLACE FUNCTION pgmesh.tomb_<oid>() …` for one table.
 #[must_use]
 pub fn function_sql(t: &TableFacts) -> String {
     let settings: String = names::CANONICAL_TEXT_SETTINGS
         .iter()
-        .map(|(k, v)| format!("\n  SET {k} = {}", quote_literal(v)))
+        .map(|(k, v)| format!("\n  SET {k} = {}", sqlquote::literal(v)))
         .collect();
     format!(
         "CREATE OR REPLACE FUNCTION {}.{}() RETURNS trigger\n  LANGUAGE plpgsql SECURITY DEFINER\n  SET search_path = pg_catalog, pg_temp{settings}\nAS $pgmesh${}$pgmesh$",
@@ -50,23 +51,23 @@ pub fn function_body(t: &TableFacts) -> String {
     let key: Vec<String> = t
         .key_columns()
         .iter()
-        .map(|c| format!("OLD.{}::text", quote_ident(c)))
+        .map(|c| format!("OLD.{}::text", sqlquote::ident(c)))
         .collect();
     let new_key: Vec<String> = t
         .key_columns()
         .iter()
-        .map(|c| format!("NEW.{}", quote_ident(c)))
+        .map(|c| format!("NEW.{}", sqlquote::ident(c)))
         .collect();
     let old_key: Vec<String> = t
         .key_columns()
         .iter()
-        .map(|c| format!("OLD.{}", quote_ident(c)))
+        .map(|c| format!("OLD.{}", sqlquote::ident(c)))
         .collect();
     format!(
         "\nBEGIN\n  IF TG_OP = 'TRUNCATE' THEN\n    INSERT INTO pgmesh.tombstones (table_name, key)\n    VALUES ({2}, '{{}}'::text[])\n    ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;\n    RETURN NULL;\n  END IF;\n  IF TG_OP = 'UPDATE' AND ROW({}) IS NOT DISTINCT FROM ROW({}) THEN\n    RETURN NULL;\n  END IF;\n  INSERT INTO pgmesh.tombstones (table_name, key)\n  VALUES ({}, ARRAY[{}]::text[])\n  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;\n  RETURN NULL;\nEND\n",
         old_key.join(", "),
         new_key.join(", "),
-        quote_literal(&t.qualified()),
+        sqlquote::literal(&t.qualified()),
         key.join(", ")
     )
 }
@@ -82,7 +83,7 @@ pub fn function_body(t: &TableFacts) -> String {
 fn keyless_function_body(t: &TableFacts) -> String {
     format!(
         "\nBEGIN\n  IF TG_OP = 'TRUNCATE' THEN\n    INSERT INTO pgmesh.tombstones (table_name, key)\n    VALUES ({}, '{{}}'::text[])\n    ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL;\n  END IF;\n  RETURN NULL;\nEND\n",
-        quote_literal(&t.qualified())
+        sqlquote::literal(&t.qualified())
     )
 }
 
@@ -90,7 +91,7 @@ fn keyless_function_body(t: &TableFacts) -> String {
 /// statement-level `pgmesh_truncate AFTER TRUNCATE` beside it (same function).
 #[must_use]
 pub fn trigger_sql(t: &TableFacts) -> String {
-    let key: Vec<String> = t.key_columns().iter().map(|c| quote_ident(c)).collect();
+    let key: Vec<String> = t.key_columns().iter().map(|c| sqlquote::ident(c)).collect();
     format!(
         "CREATE TRIGGER {} AFTER DELETE OR UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}.{}();\n\
          CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}.{}()",

@@ -24,12 +24,13 @@ use postgres_protocol::message::frontend;
 use tokio::time::Instant;
 
 use super::clock::{ClockSample, RoundTrips};
-use super::commands::{quote_literal, validate_slot_name};
+use super::commands::validate_slot_name;
 use super::connection::ReplicationConnection;
 use super::error::{ErrorContext, SourceError};
 use crate::protocol::replication::{
     parse_copy_data, PgTimestamp, ReplicationMessage, StandbyStatusUpdate, XLogData,
 };
+use crate::sqlquote;
 use crate::Lsn;
 
 /// A keepalive the server did not ask a reply to is answered only when no status went out
@@ -102,7 +103,7 @@ pub fn pgoutput_options(
     let names: Vec<String> = opts
         .publications
         .iter()
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .map(|p| sqlquote::quoted_ident(p))
         .collect();
     let mut out = vec![
         ("proto_version", proto.to_string()),
@@ -138,11 +139,6 @@ pub fn pgoutput_options(
     Ok(out)
 }
 
-/// Single-quoted string for replication commands (no E'' form there: double quotes only).
-fn repl_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// `START_REPLICATION SLOT s LOGICAL X/Y ("k" 'v', …)`.
 pub fn start_replication_command(
     slot: &str,
@@ -154,7 +150,13 @@ pub fn start_replication_command(
     if !options.is_empty() {
         let opts: Vec<String> = options
             .iter()
-            .map(|(k, v)| format!("\"{}\" {}", k.replace('"', "\"\""), repl_literal(v)))
+            .map(|(k, v)| {
+                format!(
+                    "{} {}",
+                    sqlquote::quoted_ident(k),
+                    sqlquote::repl_literal(v)
+                )
+            })
             .collect();
         cmd.push_str(&format!(" ({})", opts.join(", ")));
     }
@@ -544,7 +546,7 @@ async fn check_publications(
     conn: &mut ReplicationConnection,
     publications: &[String],
 ) -> Result<(), SourceError> {
-    let list: Vec<String> = publications.iter().map(|p| quote_literal(p)).collect();
+    let list: Vec<String> = publications.iter().map(|p| sqlquote::literal(p)).collect();
     let sql = format!(
         "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname IN ({})",
         list.join(", ")

@@ -12,8 +12,9 @@ use super::plan::{CopyJob, CopyMode};
 use super::progress::Progress;
 use super::snapshot::PinnedSnapshot;
 use super::SyncError;
-use crate::config::names::{self, quote_ident, quote_literal};
+use crate::config::names;
 use crate::config::NodeConfig;
+use crate::sqlquote;
 use crate::Lsn;
 use bytes::{Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt, StreamExt};
@@ -55,7 +56,7 @@ impl SourceSession {
             .batch_execute(&format!(
                 "{}BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};",
                 canonical_settings(),
-                quote_literal(&snap.name)
+                sqlquote::literal(&snap.name)
             ))
             .await
             .map_err(q("importing the slot's snapshot"))?;
@@ -121,7 +122,7 @@ impl TargetSession {
                  SELECT pg_replication_origin_session_reset() \
                   WHERE pg_replication_origin_session_is_setup(); \
                  SELECT pg_replication_origin_session_setup({o});",
-                o = quote_literal(&origin)
+                o = sqlquote::literal(&origin)
             ))
             .await
             .map_err(query_err(
@@ -166,7 +167,7 @@ async fn connect(node: &NodeConfig) -> Result<Client, SyncError> {
 fn canonical_settings() -> String {
     names::CANONICAL_TEXT_SETTINGS
         .iter()
-        .map(|(k, v)| format!("SET {k} = {};", quote_literal(v)))
+        .map(|(k, v)| format!("SET {k} = {};", sqlquote::literal(v)))
         .collect()
 }
 
@@ -220,10 +221,10 @@ async fn shape(src: &SourceSession, dst: &TargetSession, table: &str) -> Result<
     Ok(Shape {
         columns: src_cols
             .iter()
-            .map(|c| quote_ident(c))
+            .map(|c| sqlquote::ident(c))
             .collect::<Vec<_>>()
             .join(", "),
-        key: key.iter().map(|c| quote_ident(c)).collect(),
+        key: key.iter().map(|c| sqlquote::ident(c)).collect(),
     })
 }
 

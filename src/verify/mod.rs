@@ -169,11 +169,11 @@ impl Pair {
 fn session_settings(application: &str) -> String {
     let mut sql: String = names::CANONICAL_TEXT_SETTINGS
         .iter()
-        .map(|(k, v)| format!("SET {k} = {};", names::quote_literal(v)))
+        .map(|(k, v)| format!("SET {k} = {};", crate::sqlquote::literal(v)))
         .collect();
     sql.push_str(&format!(
         "SET application_name = {};",
-        names::quote_literal(application)
+        crate::sqlquote::literal(application)
     ));
     sql
 }

@@ -134,7 +134,7 @@ where
         Ok(None) => {
             let when = ts.map_or_else(
                 || "now()".to_string(),
-                |t| names::quote_literal(&rfc3339(t.0)),
+                |t| crate::sqlquote::literal(&rfc3339(t.0)),
             );
             let commit = format!("SELECT pg_replication_origin_xact_setup('0/0', {when}); COMMIT");
             match node.client.batch_execute(&commit).await {
