@@ -40,23 +40,40 @@ pub fn bin_dir(major: u32) -> Result<PathBuf, TestkitError> {
 }
 
 /// Majors chosen by `PGMESH_TEST_PG` (e.g. `15,18`); default 15 and 18.
+///
+/// # Panics
+/// On a value that names anything but supported majors: a typo must fail the test run,
+/// not run it against no PostgreSQL at all (and pass).
 pub fn versions_under_test() -> Vec<u32> {
-    parse_versions(std::env::var("PGMESH_TEST_PG").ok().as_deref())
+    match parse_versions(std::env::var("PGMESH_TEST_PG").ok().as_deref()) {
+        Ok(v) => v,
+        Err(e) => panic!("PGMESH_TEST_PG: {e}"),
+    }
 }
 
-fn parse_versions(spec: Option<&str>) -> Vec<u32> {
+fn parse_versions(spec: Option<&str>) -> Result<Vec<u32>, String> {
     let spec = match spec {
         Some(s) if !s.trim().is_empty() => s,
-        _ => return vec![15, 18],
+        _ => return Ok(vec![15, 18]),
     };
-    let mut out: Vec<u32> = spec
+    let mut out = Vec::new();
+    for v in spec
         .split([',', ' '])
-        .filter_map(|v| v.trim().parse().ok())
-        .filter(|v| SUPPORTED_MAJORS.contains(v))
-        .collect();
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        match v.parse::<u32>() {
+            Ok(m) if SUPPORTED_MAJORS.contains(&m) => out.push(m),
+            _ => {
+                return Err(format!(
+                    "{v:?} is not a supported PostgreSQL major (supported: {SUPPORTED_MAJORS:?}; e.g. PGMESH_TEST_PG=15,18)"
+                ))
+            }
+        }
+    }
     out.sort_unstable();
     out.dedup();
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -65,9 +82,16 @@ mod tests {
 
     #[test]
     fn versions_from_env_spec() {
-        assert_eq!(parse_versions(None), vec![15, 18]);
-        assert_eq!(parse_versions(Some("")), vec![15, 18]);
-        assert_eq!(parse_versions(Some("18,15,18")), vec![15, 18]);
-        assert_eq!(parse_versions(Some("16 17 99")), vec![16, 17]);
+        assert_eq!(parse_versions(None).unwrap(), vec![15, 18]);
+        assert_eq!(parse_versions(Some("")).unwrap(), vec![15, 18]);
+        assert_eq!(parse_versions(Some("18,15,18")).unwrap(), vec![15, 18]);
+        assert_eq!(parse_versions(Some("16 17")).unwrap(), vec![16, 17]);
+        assert_eq!(parse_versions(Some("15, 18")).unwrap(), vec![15, 18]);
+        // A typo fails instead of selecting nothing.
+        assert!(parse_versions(Some("16 17 99"))
+            .unwrap_err()
+            .contains("\"99\""));
+        assert!(parse_versions(Some("pg15")).is_err());
+        assert!(parse_versions(Some("15;18")).is_err());
     }
 }
