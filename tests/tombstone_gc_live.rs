@@ -6,8 +6,25 @@ mod support;
 
 use pgmesh::testkit::{versions_under_test, Cluster};
 use std::time::{Duration, Instant};
-use support::cli::{pgmesh, text, write_config_with, Sidecars};
+use support::cli::{pgmesh, text, write_config_with};
 use support::dump;
+use support::live::Sidecar;
+
+/// The maintenance task's passes are logged at debug: counting them is how the test
+/// knows a pass ran (and kept a tombstone) rather than guessing with a sleep.
+const PASS_LOG: &[(&str, &str)] = &[("RUST_LOG", "pgmesh=info,pgmesh::sidecar::maintenance=debug")];
+
+/// Tombstone passes the sidecar logged so far.
+fn passes(s: &Sidecar) -> usize {
+    s.log_text()
+        .lines()
+        .filter(|l| {
+            l.contains("no tombstone to prune")
+                || l.contains("tombstone pruning waits")
+                || l.contains("pruned tombstones every peer is past")
+        })
+        .count()
+}
 
 const LEDGER: &str = "[ledger]\nprune_interval = \"1s\"\ntombstone_retention = \"1s\"\n";
 
@@ -39,7 +56,12 @@ fn tombstones_go_once_every_peer_is_past_them_and_stay_while_one_is_away() {
         let cfg = write_config_with(dir.path(), &a, &b, "\"public.t\"", LEDGER);
         let out = pgmesh(&["setup", "-q"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
-        let _sidecars = Sidecars::start(&cfg);
+        let env: Vec<(String, String)> = PASS_LOG
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let sidecar_a = Sidecar::spawn_with_env(&cfg, "a", dir.path().join("a.log"), &env);
+        let _sidecar_b = Sidecar::spawn_with_env(&cfg, "b", dir.path().join("b.log"), &env);
 
         a.psql("INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i")
             .unwrap();
@@ -59,7 +81,13 @@ fn tombstones_go_once_every_peer_is_past_them_and_stay_while_one_is_away() {
         // With b unreachable, a's direction from b stands still: a keeps what it deletes.
         b.stop().unwrap();
         a.psql("DELETE FROM t WHERE id BETWEEN 51 AND 60").unwrap();
-        std::thread::sleep(Duration::from_secs(4));
+        // Two whole passes after the deletes (a pass may have been under way), each
+        // past the retention: had pruning ignored the missing peer, they were gone.
+        let before = passes(&sidecar_a);
+        std::thread::sleep(Duration::from_secs(1));
+        wait_until("two tombstone passes ran on a while b was away", || {
+            passes(&sidecar_a) >= before + 2
+        });
         assert_eq!(tombstones(&a), 10, "PG{major}: pruned while b was away");
         b.start_again().unwrap();
         wait_until("b caught up", || dump(&a, "t") == dump(&b, "t"));

@@ -75,7 +75,7 @@ impl Sidecar {
         Sidecar::spawn_with_env(cfg, node, log, &[])
     }
 
-    /// [`Sidecar::spawn`] with `env` added (a shifted clock).
+    /// [`Sidecar::spawn`] with `env` added (a shifted clock, another `RUST_LOG`).
     pub fn spawn_with_env(
         cfg: &Path,
         node: &str,
@@ -84,11 +84,11 @@ impl Sidecar {
     ) -> Sidecar {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pgmesh"))
+            .env("RUST_LOG", "pgmesh=info")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--log-format", "text", "run", "-c"])
             .arg(cfg)
             .args(["--node", node])
-            .env("RUST_LOG", "pgmesh=info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
