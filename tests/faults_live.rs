@@ -10,6 +10,8 @@ use pgmesh::testkit::{versions_under_test, Cluster};
 use support::Mesh;
 
 const TABLES: &[(&str, &[&str])] = &[("public.items", &["id"])];
+/// How long a direction may take to meet a fault and report it.
+const STOP: Duration = Duration::from_secs(30);
 
 fn wait_for(c: &Cluster, sql: &str, want: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -47,7 +49,10 @@ fn missing_column_stops_the_direction_until_added() {
             "2",
             "b's row on a",
         );
-        std::thread::sleep(Duration::from_secs(2));
+        // The direction into b stopped on the column, saying so, and applied nothing.
+        m.wait_direction("b", "stopped on the missing column", STOP, |r| {
+            r.last_error.as_deref().is_some_and(|e| e.contains("extra"))
+        });
         assert_eq!(
             m.b.cluster.psql("SELECT count(*) FROM items").unwrap(),
             "1",
@@ -101,7 +106,11 @@ fn dropped_slot_stops_the_direction_until_recreated() {
             assert!(Instant::now() < deadline, "could not drop the slot");
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_secs(1));
+        m.wait_direction("b", "stopped on the dropped slot", STOP, |r| {
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("pgmesh_b"))
+        });
         // Recreate it (what `pgmesh setup` does); streaming resumes from the new slot.
         m.a.cluster
             .psql("SELECT pg_create_logical_replication_slot('pgmesh_b', 'pgoutput')")
@@ -145,7 +154,9 @@ fn missing_table_stops_the_direction_until_created() {
         m.a.cluster
             .psql("BEGIN; INSERT INTO other VALUES (1, 'x'); INSERT INTO items VALUES (1, 'held'); COMMIT")
             .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
+        m.wait_direction("b", "stopped on the missing table", STOP, |r| {
+            r.last_error.as_deref().is_some_and(|e| e.contains("other"))
+        });
         // Nothing of that transaction is applied half: items waits with it.
         assert_eq!(
             m.b.cluster.psql("SELECT count(*) FROM items").unwrap(),

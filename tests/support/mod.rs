@@ -10,7 +10,8 @@ pub mod tls;
 
 use std::time::{Duration, Instant};
 
-use pgmesh::sidecar::{run_peer, BatchLimits, PeerLink};
+use pgmesh::observe::state::{DirectionReport, DirectionState};
+use pgmesh::sidecar::{run_direction, BatchLimits, PeerLink};
 use pgmesh::source::{BackoffPolicy, SourceConfig};
 use pgmesh::sqlconn::SqlConfig;
 use pgmesh::testkit::Cluster;
@@ -47,6 +48,9 @@ pub struct Mesh {
     pub rt: tokio::runtime::Runtime,
     stop: Option<watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The state each running direction reports into, by the node it applies into: what
+    /// a test waits on to know a direction stopped, and why.
+    states: std::collections::HashMap<String, std::sync::Arc<DirectionState>>,
     pub limits: BatchLimits,
     /// Backoff of the directions started from now on.
     pub reconnect: BackoffPolicy,
@@ -173,6 +177,7 @@ impl Mesh {
             rt,
             stop: None,
             tasks: Vec::new(),
+            states: std::collections::HashMap::new(),
             limits: BatchLimits::default(),
             reconnect: BackoffPolicy::default(),
         }
@@ -208,7 +213,38 @@ impl Mesh {
             .stop
             .get_or_insert_with(|| watch::channel(false).0)
             .subscribe();
-        self.tasks.push(self.rt.spawn(run_peer(link, rx)));
+        let state = DirectionState::new(&link.peer);
+        self.states.insert(into.to_string(), state.clone());
+        self.tasks.push(self.rt.spawn(async move {
+            let _ = run_direction(link, rx, state).await;
+        }));
+    }
+
+    /// Waits until the direction applying into `into` reports what `ok` looks for
+    /// (e.g. the error it stopped on); panics with its last report after `timeout`.
+    pub fn wait_direction(
+        &self,
+        into: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&DirectionReport) -> bool,
+    ) -> DirectionReport {
+        let state = self
+            .states
+            .get(into)
+            .unwrap_or_else(|| panic!("no direction into {into} was started"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = state.report();
+            if ok(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until the direction into {into} {what}: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops both directions cleanly and waits for them.
