@@ -249,7 +249,14 @@ fn every_conflict_kind_converges_and_is_recorded() {
         });
         // The sidecar starts and its insert of key 200 waits for the open local one.
         m.start_sidecars();
-        std::thread::sleep(Duration::from_millis(500));
+        support::live::wait_for(
+            &m.b.cluster,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'pgmesh apply' AND wait_event_type = 'Lock'",
+            "1",
+            "b's apply session waiting on the open local insert",
+            WAIT,
+        );
         m.rt.block_on(client.batch_execute("COMMIT")).unwrap();
         m.a.cluster
             .psql("INSERT INTO items VALUES (201, 'after')")
