@@ -1,0 +1,115 @@
+//! What a drill reads of the lab: each region's PostgreSQL, its agent's answers, the DNS
+//! answer clients get, whether a region takes writes and routes them.
+
+use super::*;
+
+impl RegionsLab {
+    /// The region's PostgreSQL.
+    #[must_use]
+    pub fn postgres(&self, region: Site) -> &Cluster {
+        &self.pg[&region]
+    }
+
+    /// GET `path` of the agent in `region`, straight (not over the WAN); `None` when it
+    /// does not answer within 300 ms.
+    #[must_use]
+    pub fn agent_http(&self, region: Site, path: &str) -> Option<(u16, String)> {
+        let addr: SocketAddr = self.opts.layout.inside(Service::Agent(region));
+        http_get_at(addr, path, Duration::from_millis(300))
+            .ok()
+            .map(|r| (r.status, r.body))
+    }
+
+    /// Whether `region`'s agent says it serves `endpoint` (what HAProxy asks).
+    #[must_use]
+    pub fn serves(&self, region: Site, endpoint: &str) -> bool {
+        self.agent_http(region, &format!("/owner/{endpoint}"))
+            .is_some_and(|(code, _)| code == 200)
+    }
+
+    /// What the client site's DNS server answers for `<endpoint>.lab.pgmesh.` now, asked
+    /// from the lab process straight at the site's address (not over the WAN): the
+    /// addresses, comma-separated (`10.77.1.2`), or a CNAME's target; `None` when the name
+    /// has no answer or the server none within 500 ms.
+    #[must_use]
+    pub fn dns_answer(&self, endpoint: &str) -> Option<String> {
+        let server = self.opts.layout.inside(Service::Dns(Site::Clients));
+        let name = format!("{endpoint}.{DNS_ZONE}");
+        let answer = self.rt.block_on(crate::traffic::dns::answer(
+            server,
+            &name,
+            Duration::from_millis(500),
+        ));
+        match answer.ok()?? {
+            RecordSet::Addresses(list) => {
+                let mut list: Vec<String> = list.iter().map(ToString::to_string).collect();
+                list.sort();
+                Some(list.join(","))
+            }
+            RecordSet::Cname(target) => Some(target),
+        }
+    }
+
+    /// Whether `region`'s database takes a write from the application role now (rolled
+    /// back): false while fenced or down.
+    #[must_use]
+    pub fn writable(&self, region: Site) -> bool {
+        let pg = &self.pg[&region];
+        Command::new(pg.bin_dir().join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(format!(
+                "host={} port={} user=app dbname=postgres connect_timeout=2",
+                self.opts.layout.site_addr(region),
+                pg.port()
+            ))
+            .args([
+                "-c",
+                "BEGIN; INSERT INTO orders VALUES (-1, 'probe'); ROLLBACK;",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Whether a client reaches the owner of app-eu through `region`'s HAProxy now.
+    #[must_use]
+    pub fn routes(&self, region: Site) -> bool {
+        let pg = &self.pg[&Site::A];
+        Command::new(pg.bin_dir().join("psql"))
+            .args(["-X", "-q", "-d"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user=app dbname=postgres connect_timeout=2",
+                self.opts.layout.client_port(region)
+            ))
+            .args(["-c", "SELECT 1"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The application's DSN from the client site (through the regions' HAProxies).
+    #[must_use]
+    pub fn client_dsn(&self) -> String {
+        self.opts.layout.client_dsn("app")
+    }
+
+    /// Polls `done` every 50 ms until it holds or `timeout` passes.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&RegionsLab) -> bool,
+    ) -> Result<Duration, LabError> {
+        let began = Instant::now();
+        loop {
+            if done(self) {
+                return Ok(began.elapsed());
+            }
+            if began.elapsed() > timeout {
+                return Err(LabError::NotReady {
+                    what: format!("waited {timeout:?} for {what}"),
+                    log: String::new(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
