@@ -35,6 +35,8 @@ pub struct LeaseView {
     id: Option<i64>,
     deadline: Option<Instant>,
     lost_at: Option<Instant>,
+    /// When a lease was granted after one was lost: etcd had a quorum again then.
+    regained_at: Option<Instant>,
     ttl: Duration,
 }
 
@@ -54,10 +56,14 @@ impl LeaseView {
         self.id.and(self.deadline)
     }
 
-    /// Within one TTL of losing a lease.
+    /// Within one TTL of losing a lease, or of getting one again after a loss. The second
+    /// matters after etcd had no quorum: an operator's forced failover to the peer is
+    /// recorded only once the quorum is back (the peer claims it then), so a region that
+    /// regains a lease must leave it that long before taking an endpoint without an owner.
     #[must_use]
     pub fn quarantined(&self, now: Instant) -> bool {
         self.lost_at.is_some_and(|t| now < t + self.ttl)
+            || self.regained_at.is_some_and(|t| now < t + self.ttl)
     }
 
     /// A confirmed renewal of lease `id` moved its deadline to `deadline` (never back).
@@ -98,6 +104,7 @@ pub struct LeaseState {
     id: Option<i64>,
     deadline: Option<Instant>,
     lost_at: Option<Instant>,
+    regained_at: Option<Instant>,
     /// A lease we gave up on by our clock that etcd may still hold: revoked as soon as
     /// etcd answers, so the keys bound to it (our member key, endpoints we can no longer
     /// serve) go at once instead of a TTL later.
@@ -113,6 +120,7 @@ impl LeaseState {
             id: None,
             deadline: None,
             lost_at: None,
+            regained_at: None,
             stale: None,
         }
     }
@@ -146,6 +154,7 @@ impl LeaseState {
             id: self.id,
             deadline: self.deadline,
             lost_at: self.lost_at,
+            regained_at: self.regained_at,
             ttl: self.ttl,
         }
     }
@@ -180,6 +189,9 @@ impl LeaseState {
         }
         self.id = Some(id);
         self.deadline = Some(sent + self.ttl.saturating_sub(self.margin));
+        if self.lost_at.is_some() {
+            self.regained_at = Some(sent);
+        }
         LeaseChange::Granted(id)
     }
 
@@ -271,6 +283,9 @@ mod tests {
             l.granted(9, t0 + Duration::from_secs(9)),
             LeaseChange::Granted(9)
         );
+        // Regained after a loss (etcd had a quorum again): one more TTL of quarantine.
+        assert!(l.quarantined(t0 + Duration::from_secs(10)));
+        assert!(!l.quarantined(t0 + Duration::from_secs(14)));
         assert_eq!(l.gone(7, t0), LeaseChange::None, "an old lease's answer");
         assert!(matches!(l.gone(9, t0), LeaseChange::Lost { lease: 9, .. }));
         assert_eq!(l.id(), None);
