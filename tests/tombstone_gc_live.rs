@@ -81,10 +81,10 @@ fn tombstones_go_once_every_peer_is_past_them_and_stay_while_one_is_away() {
         // With b unreachable, a's direction from b stands still: a keeps what it deletes.
         b.stop().unwrap();
         a.psql("DELETE FROM t WHERE id BETWEEN 51 AND 60").unwrap();
-        // Two whole passes after the deletes (a pass may have been under way), each
-        // past the retention: had pruning ignored the missing peer, they were gone.
+        // Two passes logged after the deletes: the second started a whole
+        // prune_interval (1 s = the retention) after the first ended, so past the
+        // retention; had pruning ignored the missing peer, the tombstones were gone.
         let before = passes(&sidecar_a);
-        std::thread::sleep(Duration::from_secs(1));
         wait_until("two tombstone passes ran on a while b was away", || {
             passes(&sidecar_a) >= before + 2
         });
