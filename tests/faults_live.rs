@@ -176,3 +176,74 @@ fn missing_table_stops_the_direction_until_created() {
         m.stop_sidecars();
     }
 }
+
+/// A local transaction left open on a row the peer changes: the apply waits for its lock.
+/// The direction says who blocks it (the stall watch, after 10 s), gives up the wait after
+/// the apply's lock_timeout (30 s) and retries from its kept position, and once the local
+/// transaction ends both nodes hold the later write. Not version-specific: one version.
+#[test]
+fn an_apply_blocked_by_a_local_transaction_names_it_and_retries() {
+    let Some(&major) = versions_under_test().first() else {
+        return;
+    };
+    let mut m = Mesh::new(
+        major,
+        "CREATE TABLE items(id int PRIMARY KEY, v text)",
+        TABLES,
+    );
+    m.start_sidecars();
+    m.a.cluster
+        .psql("INSERT INTO items VALUES (1, 'one')")
+        .unwrap();
+    wait_for(&m.b.cluster, "SELECT v FROM items", "one", "a's row on b");
+    let dsn = m.b.cluster.dsn();
+    let (local, pid) = m.rt.block_on(async {
+        let c = support::client(&dsn).await;
+        c.batch_execute("SET application_name = 'forgotten'; BEGIN")
+            .await
+            .unwrap();
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        c.batch_execute("UPDATE items SET v = 'held' WHERE id = 1")
+            .await
+            .unwrap();
+        (c, pid)
+    });
+    m.a.cluster
+        .psql("UPDATE items SET v = 'from a' WHERE id = 1")
+        .unwrap();
+    let blocked_by = format!("blocked by pid {pid} (forgotten");
+    let r = m.wait_direction(
+        "b",
+        "named the blocking session",
+        Duration::from_secs(40),
+        |r| {
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(&blocked_by))
+        },
+    );
+    assert_eq!(r.reconnects, 0, "{r:?}");
+    // The lock wait ends with lock_timeout; the retry waits again.
+    let r = m.wait_direction("b", "gave up the lock wait", Duration::from_secs(60), |r| {
+        r.reconnects >= 1
+    });
+    assert!(
+        r.last_error.as_deref().is_some_and(|e| e.contains("55P03")),
+        "{r:?}"
+    );
+    // The local transaction commits later than a's update: it wins on both nodes.
+    m.rt.block_on(local.batch_execute("COMMIT")).unwrap();
+    m.wait_converged(&["items"], Duration::from_secs(60));
+    assert_eq!(m.a.cluster.psql("SELECT v FROM items").unwrap(), "held");
+    assert_eq!(
+        m.b.cluster
+            .psql("SELECT kind || '|' || winner FROM pgmesh.conflicts WHERE table_name = 'public.items'")
+            .unwrap(),
+        "update_origin_differs|local"
+    );
+    m.stop_sidecars();
+}

@@ -87,8 +87,8 @@ impl ApplyError {
     }
 }
 
-/// Connection loss, deadlocks, serialization failures, shutdowns and resource shortages
-/// (a full disk among them) pass; data and schema errors do not.
+/// Connection loss, deadlocks, serialization failures, lock timeouts, cancels, shutdowns
+/// and resource shortages (a full disk among them) pass; data and schema errors do not.
 #[must_use]
 pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
@@ -106,6 +106,8 @@ pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
                 || c == "40001"
                 || c == "40P01"
                 || c == "55P03"
+                // Cancelled: a statement_timeout, or an operator's pg_cancel_backend.
+                || c == "57014"
                 || c == "58030"
                 // A column or type of the local table changed after its definition was
                 // read (e.g. `pgmesh ddl` committed here): the retry reads it again, and

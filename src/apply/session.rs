@@ -22,8 +22,10 @@ use crate::sqlconn::{connect_sql, SqlConfig};
 use crate::Lsn;
 
 /// Settings that make text forms canonical on this session: key text written to and
-/// compared with tombstones must not depend on who wrote it.
+/// compared with tombstones must not depend on who wrote it. And a bound on lock waits
+/// ([`APPLY_LOCK_TIMEOUT`]).
 const SESSION_SETUP: &str = "SET session_replication_role = replica;
+SET lock_timeout = '30s';
 SET synchronous_commit = off;
 SET DateStyle = 'ISO, MDY';
 SET TimeZone = 'UTC';
@@ -31,6 +33,14 @@ SET IntervalStyle = 'postgres';
 SET extra_float_digits = 3;
 SET bytea_output = 'hex';
 SET application_name = 'pgmesh apply';";
+
+/// How long one statement of the apply waits for a lock (a row a local transaction holds,
+/// a table `ALTER TABLE` holds) before it fails with SQLSTATE 55P03: a transient error,
+/// so the direction rolls back and retries from its kept position. Without it a local
+/// session left idle in a transaction stops the direction for good, and silently: the
+/// reader waits for the writer and reads nothing more. The stall watch
+/// (`sidecar::stall`) names the blocker well before this. Written in [`SESSION_SETUP`].
+pub const APPLY_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Opens a downstream transaction. Deferred constraints are checked at statement time, so
 /// nothing can fail at COMMIT (a failing commit after xact_setup would still advance the
@@ -59,6 +69,8 @@ pub struct ApplySession {
     txn_conflicts: Vec<(&'static str, u64)>,
     conn_task: tokio::task::JoinHandle<()>,
     peer_reader: PeerReader,
+    /// The session's backend on the local node (what the stall watch looks at).
+    backend_pid: i32,
 }
 
 impl Drop for ApplySession {
@@ -79,6 +91,10 @@ impl ApplySession {
     ) -> Result<ApplySession, ApplyError> {
         let (client, conn_task) = connect_sql(config).await?;
         client.batch_execute(SESSION_SETUP).await?;
+        let backend_pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
         // Decisions a killed predecessor committed but did not get to send.
         flush_outbox(&client).await?;
         let origin_name = format!("pgmesh_{peer}");
@@ -104,9 +120,16 @@ impl ApplySession {
             txn_conflicts: Vec::new(),
             conn_task,
             peer_reader: PeerReader::new(peer_sql.clone()),
+            backend_pid,
         };
         s.refresh_origins().await?;
         Ok(s)
+    }
+
+    /// The session's backend process on the local node.
+    #[must_use]
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
     }
 
     /// Reloads the origin id → node map (`pgmesh_<node>` → `<node>`).

@@ -109,6 +109,9 @@ fn run_drills(args: &DrillArgs) -> anyhow::Result<ExitCode> {
                 let _ = copy_logs(lab_now.dir(), &logs);
             }
             if !r.passed {
+                let _ = std::fs::write(logs.join("state.txt"), lab_now.snapshot());
+            }
+            if !r.passed {
                 // The next drill starts on a fresh lab.
                 eprintln!(
                     "drill failed; its logs are in {}; restarting the lab",

@@ -215,6 +215,12 @@ impl DirectionState {
         self.set_phase(Phase::Failed);
     }
 
+    /// A step of the direction has lasted long ([`crate::sidecar`]'s stall watch): shown
+    /// as its last error until another replaces it.
+    pub fn stalled(&self, what: &str) {
+        self.set_error(what);
+    }
+
     fn set_error(&self, error: &str) {
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(error.to_string());

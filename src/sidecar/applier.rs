@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::link::SidecarError;
+use super::stall::{DirectionActivity, Step};
 use crate::apply::kill::Kill;
 use crate::apply::ledger::ConflictRecord;
 use crate::apply::table::TableMap;
@@ -53,6 +54,7 @@ pub struct Applier {
     tx: Option<mpsc::Sender<Work>>,
     applied: watch::Receiver<Lsn>,
     task: JoinHandle<Result<(), SidecarError>>,
+    activity: Arc<DirectionActivity>,
 }
 
 impl Applier {
@@ -62,14 +64,16 @@ impl Applier {
         peer: String,
         applied: Lsn,
         state: Arc<DirectionState>,
+        activity: Arc<DirectionActivity>,
     ) -> Applier {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (applied_tx, applied_rx) = watch::channel(applied);
-        let task = tokio::spawn(run(apply, rx, applied_tx, peer, state));
+        let task = tokio::spawn(run(apply, rx, applied_tx, peer, state, activity.clone()));
         Applier {
             tx: Some(tx),
             applied: applied_rx,
             task,
+            activity,
         }
     }
 
@@ -77,7 +81,14 @@ impl Applier {
     /// error is returned instead.
     pub async fn send(&mut self, work: Work) -> Result<(), SidecarError> {
         let sent = match &self.tx {
-            Some(tx) => tx.send(work).await.is_ok(),
+            Some(tx) => match tx.try_send(work) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(work)) => {
+                    let _waiting = self.activity.reader.enter(Step::QueueingForWriter);
+                    tx.send(work).await.is_ok()
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
             None => false,
         };
         if sent {
@@ -139,6 +150,7 @@ async fn run(
     applied: watch::Sender<Lsn>,
     peer: String,
     state: Arc<DirectionState>,
+    activity: Arc<DirectionActivity>,
 ) -> Result<(), SidecarError> {
     // The open downstream transaction, for the metrics at its commit: rows written and
     // time spent writing (not time spent waiting for the reader).
@@ -146,6 +158,13 @@ async fn run(
     let mut busy = std::time::Duration::ZERO;
     while let Some(work) = rx.recv().await {
         let started = std::time::Instant::now();
+        let _step = activity.writer.enter(match &work {
+            Work::Chunk(_) => Step::WritingChanges,
+            Work::Truncate { .. } => Step::Truncating,
+            Work::Kill { .. } => Step::ApplyingDecision,
+            Work::Commit { .. } => Step::Committing,
+            Work::ForgetTables => Step::Free,
+        });
         match work {
             Work::Chunk(chunk) => {
                 let stats = apply.apply(&chunk).await?;

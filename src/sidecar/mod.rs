@@ -7,6 +7,7 @@ pub mod link;
 mod maintenance;
 mod peer_probe;
 mod schema_stop;
+mod stall;
 mod stream_apply;
 pub mod tombstone_gc;
 

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::applier::{Applier, Work};
 use super::clock::ClockWatch;
 use super::link::{PeerLink, SidecarError};
+use super::stall::{DirectionActivity, Step};
 use crate::apply::kill::{Kill, KILL_PREFIX};
 use crate::apply::row::Row;
 use crate::apply::session::origin_progress;
@@ -163,7 +164,12 @@ async fn run_once(
         .await
         .map_err(ApplyError::from)?;
     catalog
-        .batch_execute("SET application_name = 'pgmesh catalog'")
+        // Bounded waits: this session's queries run inside the reading loop, which must
+        // not stop silently behind a lock (a failure restarts the direction instead).
+        .batch_execute(
+            "SET application_name = 'pgmesh catalog'; SET lock_timeout = '10s'; \
+             SET statement_timeout = '30s'",
+        )
         .await
         .map_err(ApplyError::from)?;
     // Loop prevention: PG16+ drops changes that carry an origin on the server
@@ -187,9 +193,23 @@ async fn run_once(
     let mut decoder = Decoder::new(proto);
     let mut filter = OriginFilter::new(true);
     tracing::info!(node = %link.local_node, peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
+    let activity = Arc::new(DirectionActivity::default());
+    let _stall_watch = DropAbort(tokio::spawn(super::stall::watch(
+        activity.clone(),
+        link.local.clone(),
+        apply.backend_pid(),
+        link.peer.clone(),
+        state.clone(),
+    )));
     let mut d = Direction {
         link,
-        applier: Applier::spawn(apply, link.peer.clone(), applied, state.clone()),
+        applier: Applier::spawn(
+            apply,
+            link.peer.clone(),
+            applied,
+            state.clone(),
+            activity.clone(),
+        ),
         catalog,
         _catalog_task: DropAbort(catalog_task),
         origin: format!("pgmesh_{}", link.peer),
@@ -259,7 +279,10 @@ async fn run_once(
                 }
             }
             _ = ack_tick.tick() => {
-                let ack = d.acknowledgeable().await?;
+                let ack = {
+                    let _step = activity.reader.enter(Step::ReadingLocalProgress);
+                    d.acknowledgeable().await?
+                };
                 tracing::trace!(peer = %link.peer, %ack, applied = %d.applier.applied(), passed = %d.passed, idle = d.idle(), "acknowledging");
                 let before = stream.flushed();
                 stream.set_flushed(ack);
@@ -267,9 +290,11 @@ async fn run_once(
                 // or keepalive (up to a second later). A planned switchover waits for this
                 // position on the slot, with the endpoint's clients paused.
                 if stream.flushed() > before && d.idle() {
+                    let _step = activity.reader.enter(Step::SendingStatus);
                     stream.send_status(false).await?;
                 }
                 d.report_progress();
+                let _step = activity.reader.enter(Step::StoringClockSkew);
                 clock.tick(&link.local_node, &link.peer, state, &d.catalog).await;
             }
             e = d.applier.failure() => return Err(e),

@@ -112,4 +112,51 @@ impl RegionsLab {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// What each region's PostgreSQL is doing now, as text: sessions with their waits and
+    /// blockers, replication slots and their walsenders, origin progress, the fence. Kept
+    /// next to a failed drill's logs: the lab is restarted for the next drill, and a stuck
+    /// direction leaves no trace in a log.
+    #[must_use]
+    pub fn snapshot(&self) -> String {
+        const QUERIES: [(&str, &str); 6] = [
+            ("WAL position", "SELECT pg_current_wal_lsn(), now()"),
+            (
+                "sessions (pid|application|backend|state|wait|blocked by|xact start|query)",
+                "SELECT pid, application_name, backend_type, state,
+                        wait_event_type || '/' || wait_event, pg_blocking_pids(pid), xact_start,
+                        left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
+                   FROM pg_stat_activity ORDER BY pid",
+            ),
+            (
+                "slots (name|active|pid|restart|confirmed flush|wal status)",
+                "SELECT slot_name, active, active_pid, restart_lsn, confirmed_flush_lsn, wal_status
+                   FROM pg_replication_slots ORDER BY slot_name",
+            ),
+            (
+                "walsenders (pid|application|state|sent|write|flush|reply time)",
+                "SELECT pid, application_name, state, sent_lsn, write_lsn, flush_lsn, reply_time
+                   FROM pg_stat_replication ORDER BY pid",
+            ),
+            (
+                "origins (name|remote lsn|local lsn)",
+                "SELECT o.roname, s.remote_lsn, s.local_lsn FROM pg_replication_origin_status s
+                   JOIN pg_replication_origin o ON o.roident = s.local_id ORDER BY 1",
+            ),
+            ("fence", "SELECT * FROM pgmesh.fence"),
+        ];
+        let mut out = String::new();
+        for region in Site::REGIONS {
+            out.push_str(&format!("## region {}\n", region.name()));
+            for (title, sql) in QUERIES {
+                let answer = match self.pg[&region].psql(sql) {
+                    Ok(text) => text,
+                    Err(e) => format!("(no answer: {e})"),
+                };
+                out.push_str(&format!("### {title}\n{answer}\n"));
+            }
+            out.push('\n');
+        }
+        out
+    }
 }
