@@ -268,6 +268,14 @@ fn the_netns_lab_runs_what_compose_runs() {
             "control.{key}"
         );
     }
+    // Both keep the etcd leader on the witness site's member, by its etcd name.
+    assert_eq!(lab["control"]["etcd_leader"].as_str(), Some("witness"));
+    let leader = compose["control"]["etcd_leader"].as_str().unwrap();
+    let compose_yml = std::fs::read_to_string(format!("{ROOT}/docker-compose.yml")).unwrap();
+    assert!(
+        compose_yml.contains(&format!("ETCD_NAME: {leader}")) && leader.ends_with("-w"),
+        "compose's etcd_leader {leader:?} is not the witness's etcd member"
+    );
     assert_eq!(lab["endpoints"], compose["endpoints"]);
     assert_eq!(lab["replication"], compose["replication"]);
     // The application's schema: compose's init.sql creates what the lab creates.

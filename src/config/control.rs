@@ -16,6 +16,8 @@
 //!                             # its endpoints once caught up, see failback_*)
 //! failback_max_lag = "1MB"    # auto failback: the home region is at most this far behind
 //! failback_after = "30s"      #   ... for this long
+//! etcd_leader = "etcd-w"      # optional: keep the etcd leader on this member (the
+//!                             # witness's), so it never dies with a region
 //! [control.health]            # optional, see [`HealthConfig`]
 //! weight_postgres = 6.0
 //! [[control.health.promql]]   # optional business signals
@@ -53,6 +55,9 @@ pub struct ControlConfig {
     pub health: HealthConfig,
     /// By name, in name order.
     pub endpoints: BTreeMap<String, EndpointConfig>,
+    /// The etcd member (by name) the agents keep the etcd leader on
+    /// ([`crate::control::placement`]); `None`: wherever etcd elects it.
+    pub etcd_leader: Option<String>,
 }
 
 /// How a region that returns after a failover gets its home endpoints back.
@@ -140,6 +145,7 @@ pub(super) struct RawControl {
     failback: Option<String>,
     failback_max_lag: Option<ByteSize>,
     failback_after: Option<String>,
+    etcd_leader: Option<String>,
     #[serde(default)]
     health: RawHealth,
 }
@@ -339,6 +345,15 @@ impl ControlConfig {
             }
             out.insert(name.clone(), EndpointConfig { name, home });
         }
+        let etcd_leader = match raw.etcd_leader {
+            Some(n) if n.trim().is_empty() => {
+                return Err(invalid(
+                    "control.etcd_leader",
+                    "empty; name an etcd member (etcdctl member list shows the names), or leave the key out".into(),
+                ))
+            }
+            other => other,
+        };
         Ok(Some(ControlConfig {
             etcd,
             cluster,
@@ -352,6 +367,7 @@ impl ControlConfig {
             failback,
             health,
             endpoints: out,
+            etcd_leader,
         }))
     }
 

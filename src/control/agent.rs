@@ -274,6 +274,15 @@ impl Agent {
             self.deadline_moved.subscribe(),
             beats_stop_rx,
         ));
+        let placement = self.ctl.etcd_leader.clone().map(|name| {
+            tokio::spawn(super::placement::keep_leader(
+                self.ctl.etcd.clone(),
+                name,
+                io_timeout(&self.ctl),
+                super::placement::SETTLE,
+                stop.clone(),
+            ))
+        });
         loop {
             // A planned move in progress is watched closely: its write pause is made of
             // these ticks (the old owner's drain check, the new owner's first serve).
@@ -315,6 +324,9 @@ impl Agent {
             self.deadline_moved.send_replace(());
         }
         let _ = beats_stop.send(true);
+        if let Some(p) = placement {
+            p.abort();
+        }
         let mut heartbeat = beats.await.ok().flatten();
         tracing::info!(node = %self.me, "agent stopping: fencing and giving the lease up");
         if let Some(c) = self.local.get().await {

@@ -23,6 +23,7 @@ pub enum Failover {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     RegionKilled,
+    LeaderRegionKilled,
     RegionIsolated,
     WanCut,
     AsymmetricPartition,
@@ -38,8 +39,9 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::RegionKilled,
+        Scenario::LeaderRegionKilled,
         Scenario::RegionIsolated,
         Scenario::WanCut,
         Scenario::AsymmetricPartition,
@@ -58,6 +60,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::RegionKilled => "region-killed",
+            Scenario::LeaderRegionKilled => "leader-region-killed",
             Scenario::RegionIsolated => "region-isolated",
             Scenario::WanCut => "wan-cut",
             Scenario::AsymmetricPartition => "asymmetric-partition",
@@ -77,6 +80,7 @@ impl Scenario {
     pub fn describe(self) -> &'static str {
         match self {
             Scenario::RegionKilled => "every process of region a killed at once and its WAN cut; region b must take app-eu; a comes back and rejoins",
+            Scenario::LeaderRegionKilled => "region-killed with the etcd leader in region a (moved there just before): an etcd election, then the new leader's lease extension, before b can take app-eu",
             Scenario::RegionIsolated => "region a cut from b and the witness while its clients still reach it; a must refuse writes, b take over",
             Scenario::WanCut => "the WAN between a and b cut, the witness visible to both; nothing may move, replication resumes after",
             Scenario::AsymmetricPartition => "region a cannot open connections to b or the witness, they still reach a; at most one owner, nothing lost",
@@ -101,6 +105,7 @@ impl Scenario {
     pub fn failover(self) -> Failover {
         match self {
             Scenario::RegionKilled
+            | Scenario::LeaderRegionKilled
             | Scenario::RegionIsolated
             | Scenario::AgentFrozenLong
             | Scenario::OldOwnerReturns => Failover::Required,
@@ -125,16 +130,19 @@ impl Scenario {
         )
     }
 
-    /// Where the etcd leader is put before the fault: the harder place for it.
+    /// Where the etcd leader is put before the fault: the harder place for it, or where
+    /// the lab's agents keep it (`[control] etcd_leader = "witness"`).
     #[must_use]
     pub fn etcd_leader(self) -> Option<Site> {
         match self {
+            // Where it is kept: a region dies without it.
+            Scenario::RegionKilled => Some(Site::Witness),
             // Region a's member loses the leader; a must keep its lease via the witness.
             Scenario::WanCut | Scenario::DegradedWan | Scenario::AsymmetricPartition => {
                 Some(Site::B)
             }
             // The leader goes with the region: an election first, then the lease expiry.
-            Scenario::RegionKilled | Scenario::RegionIsolated | Scenario::OldOwnerReturns => {
+            Scenario::LeaderRegionKilled | Scenario::RegionIsolated | Scenario::OldOwnerReturns => {
                 Some(Site::A)
             }
             Scenario::WitnessLost => Some(Site::Witness),
@@ -173,7 +181,7 @@ pub fn inject(
 ) -> Result<(), LabError> {
     let wan = lab.wan();
     match s {
-        Scenario::RegionKilled => lab.kill_region(Site::A)?,
+        Scenario::RegionKilled | Scenario::LeaderRegionKilled => lab.kill_region(Site::A)?,
         Scenario::RegionIsolated | Scenario::OldOwnerReturns => {
             for other in [Site::B, Site::Witness] {
                 lab.hub().set_both(Site::A, other, cut(wan));
@@ -224,7 +232,7 @@ pub fn inject(
 pub fn heal(lab: &mut RegionsLab, s: Scenario) -> Result<(), LabError> {
     let wan = lab.wan();
     match s {
-        Scenario::RegionKilled => lab.restore_region(Site::A)?,
+        Scenario::RegionKilled | Scenario::LeaderRegionKilled => lab.restore_region(Site::A)?,
         Scenario::WitnessLost => lab.restore_region(Site::Witness)?,
         Scenario::AgentFrozenShort | Scenario::AgentFrozenLong => lab.thaw_agent(Site::A)?,
         Scenario::SidecarKilled => {
