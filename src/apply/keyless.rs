@@ -196,7 +196,7 @@ impl Resolver<'_> {
         );
         if kind == ConflictKind::DeleteMissing {
             // Nothing to delete and no tombstone to keep: the row is simply gone.
-            r.resolution = "skipped";
+            r.resolution = crate::conflict::Resolution::Skipped;
         }
         r
     }

@@ -127,7 +127,9 @@ impl Resolver<'_> {
             write_decided_tombstone(self.client, self.statements, t, &key, &kill.winner).await?;
             stats.deleted += 1;
             ledger.push(ConflictRecord {
-                kind: crate::conflict::ConflictKind::UniqueExists.as_str(),
+                kind: crate::conflict::LedgerKind::Conflict(
+                    crate::conflict::ConflictKind::UniqueExists,
+                ),
                 table_name: t.name.clone(),
                 key: key.to_json_in(t),
                 local_row: serde_json::from_str(&row.json).ok(),
@@ -136,8 +138,8 @@ impl Resolver<'_> {
                 remote_commit_ts: kill.winner.timestamp().map(super::ledger::ts_text),
                 local_origin: Some(local.node),
                 remote_origin: Some(kill.winner.node.clone()),
-                winner: "remote",
-                resolution: "removed_by_peer_decision",
+                winner: crate::conflict::Winner::Remote,
+                resolution: crate::conflict::Resolution::RemovedByPeerDecision,
                 remote_lsn: Some(lsn.to_string()),
             });
             return Ok(());

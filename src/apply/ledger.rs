@@ -2,14 +2,14 @@
 
 use serde::Serialize;
 
-use crate::conflict::{ConflictKind, Winner};
+use crate::conflict::{ConflictKind, LedgerKind, Resolution, Winner};
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::Lsn;
 
 /// One row of `pgmesh.conflicts` (column names match; sent as a JSON array).
 #[derive(Debug, Clone, Serialize)]
 pub struct ConflictRecord {
-    pub kind: &'static str,
+    pub kind: LedgerKind,
     pub table_name: String,
     pub key: serde_json::Value,
     pub local_row: Option<serde_json::Value>,
@@ -18,25 +18,9 @@ pub struct ConflictRecord {
     pub remote_commit_ts: Option<String>,
     pub local_origin: Option<String>,
     pub remote_origin: Option<String>,
-    pub winner: &'static str,
-    pub resolution: &'static str,
+    pub winner: Winner,
+    pub resolution: Resolution,
     pub remote_lsn: Option<String>,
-}
-
-/// What was done about a conflict.
-#[must_use]
-pub fn resolution(kind: ConflictKind, winner: Winner) -> &'static str {
-    match (kind, winner) {
-        (_, Winner::Local) => "skipped",
-        (ConflictKind::InsertExists, Winner::Remote) => "applied_as_update",
-        (
-            ConflictKind::UpdateMissing | ConflictKind::UpdateDeleted | ConflictKind::InsertDeleted,
-            Winner::Remote,
-        ) => "applied_as_insert",
-        (ConflictKind::DeleteMissing, Winner::Remote) => "tombstone_recorded",
-        (ConflictKind::UniqueExists, Winner::Remote) => "local_row_deleted",
-        (_, Winner::Remote) => "applied",
-    }
 }
 
 /// RFC 3339 text of a commit time (accepted by `timestamptz` input).
@@ -64,7 +48,7 @@ pub fn record(
         None => (None, None, None),
     };
     ConflictRecord {
-        kind: kind.as_str(),
+        kind: LedgerKind::Conflict(kind),
         table_name: table_name.to_string(),
         key,
         local_row,
@@ -73,8 +57,8 @@ pub fn record(
         remote_commit_ts: Some(ts_text(remote_ts)),
         local_origin,
         remote_origin: Some(remote_origin.to_string()),
-        winner: winner.as_str(),
-        resolution: resolution(kind, winner),
+        winner,
+        resolution: Resolution::of(kind, winner),
         remote_lsn: Some(remote_lsn.to_string()),
     }
 }

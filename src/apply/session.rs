@@ -66,7 +66,7 @@ pub struct ApplySession {
     tables: HashMap<(String, String), std::sync::Arc<LocalTable>>,
     /// Ledger rows of the open transaction by kind (few kinds: a short list), for the
     /// metrics once it commits ([`ApplySession::take_conflict_counts`]).
-    txn_conflicts: Vec<(&'static str, u64)>,
+    txn_conflicts: Vec<(crate::conflict::LedgerKind, u64)>,
     conn_task: tokio::task::JoinHandle<()>,
     peer_reader: PeerReader,
     /// The session's backend on the local node (what the stall watch looks at).
@@ -356,27 +356,23 @@ impl ApplySession {
 
     /// Applies a peer's TRUNCATE of `table` that committed at `ts`, last-writer-wins (see
     /// [`super::sql::truncate_older`]), and leaves a whole-table tombstone. Returns the
-    /// number of rows removed and of newer rows kept.
+    /// number of rows removed. (Rows newer than the truncate stay; they are not counted:
+    /// that would read the whole table a second time inside the apply.)
     pub async fn truncate(
         &mut self,
         table: &LocalTable,
         ts: PgTimestamp,
-    ) -> Result<(u64, u64), ApplyError> {
+    ) -> Result<u64, ApplyError> {
         self.begin().await?;
         let ts = crate::pgtime::rfc3339(ts.0);
         let removed = self
             .client
             .execute(&super::sql::truncate_older(table), &[&ts])
             .await?;
-        let kept: i64 = self
-            .client
-            .query_one(&format!("SELECT count(*) FROM {}", table.name), &[])
-            .await?
-            .get(0);
         self.client
             .execute(super::sql::UPSERT_TABLE_TOMBSTONE, &[&table.name])
             .await?;
-        Ok((removed, u64::try_from(kept).unwrap_or(0)))
+        Ok(removed)
     }
 
     /// Commits the open transaction, recording that the peer's changes up to `end_lsn`
@@ -408,7 +404,7 @@ impl ApplySession {
 
     /// Conflicts recorded by the transaction just committed, by kind (call after a
     /// successful [`ApplySession::commit`]; a rollback discards them).
-    pub fn take_conflict_counts(&mut self) -> Vec<(&'static str, u64)> {
+    pub fn take_conflict_counts(&mut self) -> Vec<(crate::conflict::LedgerKind, u64)> {
         std::mem::take(&mut self.txn_conflicts)
     }
 

@@ -10,7 +10,9 @@
 
 pub mod causality;
 mod decide;
+pub mod record;
 
 pub use decide::{
     decide, newer, Action, ConflictKind, Decision, LocalVersion, RemoteOp, RemoteVersion, Winner,
 };
+pub use record::{LedgerKind, Resolution};

@@ -17,20 +17,15 @@ pub use filter::{ConflictFilter, TableMatch, TimeBound};
 pub use prune::{prune, PruneOutcome, PRUNE_BATCH_ROWS};
 pub use read::{ConflictRow, SummaryRow};
 
-use crate::conflict::ConflictKind;
+use crate::conflict::LedgerKind;
 use crate::sqlconn::{pg_message, SqlConnectError};
 
-/// Kind recorded when a remote TRUNCATE removed local rows (`sidecar::applier`).
-pub const TRUNCATE_KIND: &str = "truncate";
-
-/// Every kind name the ledger holds: the decisions of [`ConflictKind`] plus
-/// [`TRUNCATE_KIND`].
+/// Every kind name the ledger holds ([`LedgerKind`]).
 #[must_use]
 pub fn known_kinds() -> Vec<&'static str> {
-    ConflictKind::ALL
-        .iter()
-        .map(|k| k.as_str())
-        .chain(std::iter::once(TRUNCATE_KIND))
+    LedgerKind::all()
+        .into_iter()
+        .map(LedgerKind::as_str)
         .collect()
 }
 
@@ -90,9 +85,11 @@ mod tests {
     #[test]
     fn every_kind_is_known_once() {
         let kinds = known_kinds();
-        assert_eq!(kinds.len(), 9);
+        assert_eq!(kinds.len(), 10);
         let unique: std::collections::BTreeSet<_> = kinds.iter().collect();
         assert_eq!(unique.len(), kinds.len());
-        assert!(kinds.contains(&"insert_exists") && kinds.contains(&"truncate"));
+        for k in ["insert_exists", "truncate", "repair"] {
+            assert!(kinds.contains(&k), "{k}");
+        }
     }
 }

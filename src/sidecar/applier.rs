@@ -172,24 +172,21 @@ async fn run(
                 tracing::debug!(%peer, rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
             }
             Work::Truncate { map, ts, lsn } => {
-                let (removed, kept) = apply.truncate(&map.local, ts).await?;
+                let removed = apply.truncate(&map.local, ts).await?;
                 // Recorded: a truncate discards every local version older than it,
                 // including ones that never reached the peer.
                 let record = ConflictRecord {
-                    kind: "truncate",
+                    kind: crate::conflict::LedgerKind::Truncate,
                     table_name: map.local.name.clone(),
                     key: serde_json::json!({}),
-                    local_row: Some(serde_json::json!({
-                        "rows_removed": removed,
-                        "newer_rows_kept": kept,
-                    })),
+                    local_row: Some(serde_json::json!({ "rows_removed": removed })),
                     remote_row: None,
                     local_commit_ts: None,
                     remote_commit_ts: Some(crate::apply::ledger::ts_text(ts)),
                     local_origin: None,
                     remote_origin: Some(peer.clone()),
-                    winner: "remote",
-                    resolution: "applied_as_delete",
+                    winner: crate::conflict::Winner::Remote,
+                    resolution: crate::conflict::Resolution::AppliedAsDelete,
                     remote_lsn: Some(lsn.to_string()),
                 };
                 apply.write_ledger(&[record]).await?;
@@ -224,7 +221,7 @@ async fn run(
                 m.apply_seconds
                     .record((busy + started.elapsed()).as_secs_f64());
                 for (kind, n) in apply.take_conflict_counts() {
-                    m.conflicts(kind, n);
+                    m.conflicts(kind.as_str(), n);
                 }
                 state.applied(end);
                 (rows, busy) = (0, std::time::Duration::ZERO);

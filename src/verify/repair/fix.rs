@@ -42,6 +42,7 @@ use crate::apply::ledger::ConflictRecord;
 use crate::apply::resolve::Origins;
 use crate::apply::table::LocalTable;
 use crate::config::names;
+use crate::conflict::{LedgerKind, Resolution, Winner};
 use crate::pgtime::rfc3339;
 use crate::protocol::pgoutput::PgTimestamp;
 
@@ -173,12 +174,12 @@ async fn write_ledger(
 fn record(
     t: &LocalTable,
     key: &Value,
-    resolution: &'static str,
+    resolution: Resolution,
     local: (&Version, Option<Value>, &str),
     remote: (&Version, Option<Value>, &str),
 ) -> ConflictRecord {
     ConflictRecord {
-        kind: "repair",
+        kind: LedgerKind::Repair,
         table_name: t.name.clone(),
         key: key.clone(),
         local_row: local.1,
@@ -187,7 +188,7 @@ fn record(
         remote_commit_ts: ts_of(remote.0).map(|t| rfc3339(t.0)),
         local_origin: Some(writer_of(local.0, local.2)),
         remote_origin: Some(writer_of(remote.0, remote.2)),
-        winner: "remote",
+        winner: Winner::Remote,
         resolution,
         remote_lsn: None,
     }
@@ -269,7 +270,7 @@ async fn keyed(
                         )));
                     }
                 }
-                "repaired_copy"
+                Resolution::RepairedCopy
             }
             _ => {
                 l.client
@@ -296,7 +297,7 @@ async fn keyed(
                     .execute(&stmt, &p)
                     .await
                     .map_err(query_err(&l.name, "recording the tombstone"))?;
-                "repaired_delete"
+                Resolution::RepairedDelete
             }
         };
         let rec = record(
@@ -383,9 +384,9 @@ async fn keyless(pair: &Pair, fix: &PlannedFix) -> FixOutcome {
         }
         let row = Some(fix.diff.key.clone());
         let (resolution, local_row, remote_row) = if add {
-            ("repaired_copy", None, row)
+            (Resolution::RepairedCopy, None, row)
         } else {
-            ("repaired_delete", row, None)
+            (Resolution::RepairedDelete, row, None)
         };
         let rec = record(
             t,
