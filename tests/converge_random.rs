@@ -1,7 +1,17 @@
 //! Randomized convergence: seeded concurrent workloads on both nodes over overlapping keys
 //! (TOAST-sized values, a table with two extra unique constraints, primary-key changes,
 //! multi-statement transactions) while both sidecar directions run; afterwards the nodes
-//! must hold identical rows and every conflict must be in both ledgers.
+//! must hold identical rows and every ledger row must be complete.
+//!
+//! Convergence alone passes when both nodes pick the same wrong winner, so table `kv` has
+//! a last-writer-wins oracle: every write on either node is logged (a trigger, not
+//! replicated) with its transaction, whose commit time PostgreSQL keeps. Each `kv` row
+//! must end as the latest write to its key left it (latest commit time; equal times: the
+//! greater node name; within a transaction the last statement), and each node's last
+//! write to a key must have reached the other node: applied there (its image in the
+//! other node's log as an applied write) or recorded in its ledger with that commit time;
+//! a delete may also meet a key the other node deleted too or had not written before it
+//! (nothing discarded there).
 //!
 //! `PGMESH_SEEDS` picks how many seeds run per PostgreSQL version (default 2);
 //! `PGMESH_SOAK_OPS` the operations per worker (default 150).
@@ -34,6 +44,23 @@ END $f$;
 CREATE TRIGGER audit_uniq AFTER INSERT OR UPDATE OR DELETE ON uniq
   FOR EACH ROW EXECUTE FUNCTION audit_uniq();
 ALTER TABLE uniq ENABLE ALWAYS TRIGGER audit_uniq;
+";
+/// Every write to `kv` on a node, local or applied (the oracle's log).
+const KV_LOG: &str = "
+CREATE TABLE kv_log(seq bigserial PRIMARY KEY, xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  applied bool NOT NULL, old_id int, new_id int, new_row jsonb);
+CREATE FUNCTION log_kv() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  INSERT INTO kv_log(applied, old_id, new_id, new_row) VALUES (
+    current_setting('session_replication_role') = 'replica',
+    CASE WHEN TG_OP <> 'INSERT' THEN OLD.id END,
+    CASE WHEN TG_OP <> 'DELETE' THEN NEW.id END,
+    CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+  RETURN NULL;
+END $f$;
+CREATE TRIGGER log_kv AFTER INSERT OR UPDATE OR DELETE ON kv
+  FOR EACH ROW EXECUTE FUNCTION log_kv();
+ALTER TABLE kv ENABLE ALWAYS TRIGGER log_kv;
 ";
 const TABLES: &[(&str, &[&str])] = &[
     ("public.kv", &["id"]),
@@ -109,7 +136,7 @@ fn random_concurrent_workloads_converge() {
     for major in versions_under_test() {
         for s in 0..seeds {
             let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(s + 1) ^ u64::from(major);
-            let mut m = Mesh::new(major, &format!("{DDL}{AUDIT}"), TABLES);
+            let mut m = Mesh::new(major, &format!("{DDL}{AUDIT}{KV_LOG}"), TABLES);
             m.start_sidecars();
             let (da, db) = (m.a.cluster.dsn(), m.b.cluster.dsn());
             m.rt.block_on(async {
@@ -124,6 +151,8 @@ fn random_concurrent_workloads_converge() {
                 }
             });
             m.wait_converged(NAMES, Duration::from_secs(90));
+            let what = format!("PG{major} seed {s}");
+            check_last_writer_wins(&m, &what);
             // Conflicts happened (the key space is tiny) and each is fully recorded.
             for node in [&m.a.cluster, &m.b.cluster] {
                 let bad = node
@@ -152,4 +181,178 @@ fn random_concurrent_workloads_converge() {
             m.stop_sidecars();
         }
     }
+}
+
+/// One write to one key of `kv`, from a node's log.
+#[derive(Clone, Debug)]
+struct Write {
+    /// Commit time, µs since the Unix epoch.
+    ts: i64,
+    node: &'static str,
+    seq: i64,
+    key: i32,
+    /// The row it left (`to_jsonb` text); `None`: the key was deleted (or moved away).
+    row: Option<String>,
+}
+
+/// Each node's `kv_log`: (local writes, applied writes), a key change split into a
+/// delete of the old key and a write of the new one.
+fn read_log(c: &pgmesh::testkit::Cluster, node: &'static str) -> (Vec<Write>, Vec<Write>) {
+    let text = c
+        .psql(
+            "SELECT seq, (extract(epoch FROM pg_xact_commit_timestamp(xid::text::xid)) * 1000000)::bigint,
+                    applied, coalesce(old_id::text, ''), coalesce(new_id::text, ''),
+                    coalesce(new_row::text, '')
+               FROM kv_log ORDER BY seq",
+        )
+        .unwrap();
+    let (mut local, mut applied) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.splitn(6, '|').collect();
+        let seq: i64 = f[0].parse().unwrap();
+        let ts: i64 = f[1].parse().unwrap();
+        let into = if f[2] == "t" {
+            &mut applied
+        } else {
+            &mut local
+        };
+        let new_id: Option<i32> = f[4].parse().ok();
+        if let Ok(old) = f[3].parse::<i32>() {
+            if new_id != Some(old) {
+                into.push(Write {
+                    ts,
+                    node,
+                    seq,
+                    key: old,
+                    row: None,
+                });
+            }
+        }
+        if let Some(key) = new_id {
+            into.push(Write {
+                ts,
+                node,
+                seq,
+                key,
+                row: Some(f[5].to_string()),
+            });
+        }
+    }
+    (local, applied)
+}
+
+fn check_last_writer_wins(m: &Mesh, what: &str) {
+    let (a_local, a_applied) = read_log(&m.a.cluster, "a");
+    let (b_local, b_applied) = read_log(&m.b.cluster, "b");
+    let order = |w: &Write| (w.ts, w.node, w.seq);
+    // The oracle: the latest write of each key, over both nodes.
+    let mut last: std::collections::BTreeMap<i32, &Write> = std::collections::BTreeMap::new();
+    for w in a_local.iter().chain(&b_local) {
+        let e = last.entry(w.key).or_insert(w);
+        if order(w) > order(e) {
+            *e = w;
+        }
+    }
+    let expected: std::collections::BTreeMap<i32, &str> = last
+        .iter()
+        .filter_map(|(k, w)| w.row.as_deref().map(|r| (*k, r)))
+        .collect();
+    let actual_text =
+        m.a.cluster
+            .psql("SELECT id, to_jsonb(kv)::text FROM kv ORDER BY id")
+            .unwrap();
+    let actual: std::collections::BTreeMap<i32, &str> = actual_text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (id, row) = l.split_once('|').unwrap();
+            (id.parse().unwrap(), row)
+        })
+        .collect();
+    let wrong: Vec<String> = expected
+        .keys()
+        .chain(actual.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| expected.get(k) != actual.get(k))
+        .map(|k| {
+            format!(
+                "key {k}: expected {:?} (latest write {:?}), found {:?}",
+                expected.get(k),
+                last.get(k),
+                actual.get(k)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{what}: kv differs from last-writer-wins:\n{}",
+        wrong.join("\n")
+    );
+    // Each node's last write to each key reached the other node: applied, or recorded.
+    for (from, local, other, other_local, applied) in [
+        ("a", &a_local, &m.b.cluster, &b_local, &b_applied),
+        ("b", &b_local, &m.a.cluster, &a_local, &a_applied),
+    ] {
+        let ledger_text = other
+            .psql(
+                "SELECT key->>'id', (extract(epoch FROM remote_commit_ts) * 1000000)::bigint
+                   FROM pgmesh.conflicts WHERE table_name = 'public.kv'",
+            )
+            .unwrap();
+        let ledger: std::collections::BTreeSet<(i32, i64)> = ledger_text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let (k, ts) = l.split_once('|')?;
+                Some((k.parse().ok()?, ts.parse().ok()?))
+            })
+            .collect();
+        let mut last_of: std::collections::BTreeMap<i32, &Write> =
+            std::collections::BTreeMap::new();
+        for w in local.iter() {
+            last_of.insert(w.key, w);
+        }
+        for (k, w) in last_of {
+            // A delete discards a version only where it meets a row the other node wrote
+            // itself (before it). One that meets a row the other node deleted too (the
+            // later tombstone stays, `conflict::decide`), or a key the other node never
+            // wrote before it (the row was the deleting node's, or never reached the other
+            // node: inserted and deleted in one chunk), is not in the ledger.
+            let deleted_there_too =
+                w.row.is_none() && other_local.iter().any(|x| x.key == k && x.row.is_none());
+            let other_wrote_before = other_local.iter().any(|x| x.key == k && x.ts < w.ts);
+            let deleted_there_too = deleted_there_too || (w.row.is_none() && !other_wrote_before);
+            let reached = ledger.contains(&(k, w.ts))
+                || applied
+                    .iter()
+                    .any(|x| x.key == k && x.row == w.row && x.ts >= w.ts)
+                || deleted_there_too;
+            if !reached {
+                let story = |c: &pgmesh::testkit::Cluster| {
+                    c.psql(&format!(
+                        "SELECT seq, pg_xact_commit_timestamp(xid::text::xid), applied, old_id, new_id, new_row
+                           FROM kv_log WHERE {k} IN (old_id, new_id) ORDER BY seq"
+                    ))
+                    .unwrap()
+                        + "\n  ledger:\n"
+                        + &c.psql(&format!(
+                            "SELECT kind, winner, resolution, local_commit_ts, remote_commit_ts, local_origin
+                               FROM pgmesh.conflicts WHERE table_name = 'public.kv' AND key->>'id' = '{k}'"
+                        ))
+                        .unwrap()
+                };
+                panic!(
+                    "{what}: node {from}'s last write to kv key {k} ({w:?}) was neither applied on the other node nor recorded in its ledger\nnode a:\n{}\nnode b:\n{}",
+                    story(&m.a.cluster),
+                    story(&m.b.cluster)
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{what}: kv matches last-writer-wins over {} writes ({} keys)",
+        a_local.len() + b_local.len(),
+        last.len()
+    );
 }
