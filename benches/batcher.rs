@@ -10,11 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgmesh::apply::copy::copy_text;
-use pgmesh::apply::row::{Key, Row, Val};
 use pgmesh::apply::sql;
-use pgmesh::apply::table::{LocalColumn, LocalTable, TableMap};
 use pgmesh::batch::{ChangeOp, Chunk};
 use pgmesh::protocol::pgoutput::PgTimestamp;
+use pgmesh::table::local::{LocalColumn, LocalTable, TableMap};
+use pgmesh::table::row::{Key, Row, Val};
 use pgmesh::Lsn;
 
 /// `bench(id bigint PRIMARY KEY, k bigint, v text, node text, ts timestamptz)`, the

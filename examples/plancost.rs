@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use pgmesh::apply::sql;
-use pgmesh::apply::table::LocalTable;
+use pgmesh::table::local::LocalTable;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 

@@ -34,6 +34,7 @@ pub mod sqlconn;
 pub mod sqlquote;
 pub mod status;
 pub mod sync;
+pub mod table;
 pub mod testkit;
 pub mod text_table;
 pub mod traffic;

@@ -162,7 +162,7 @@ fn rows_an_earlier_chunk_of_the_same_batch_wrote_are_no_conflict() {
 #[test]
 fn key_lookups_probe_the_index_whatever_the_table_size() {
     use pgmesh::apply::sql;
-    use pgmesh::apply::table::LocalTable;
+    use pgmesh::table::local::LocalTable;
     for major in versions_under_test() {
         let c = pgmesh::testkit::Cluster::start(major).unwrap();
         c.psql(

@@ -438,7 +438,7 @@ fn keyless_table_with_a_unique_index_is_refused_with_the_fix() {
     let rt = support::runtime();
     rt.block_on(async {
         let client = support::client(&c.dsn()).await;
-        let err = pgmesh::apply::table::LocalTable::load(&client, "public", "u")
+        let err = pgmesh::table::local::LocalTable::load(&client, "public", "u")
             .await
             .unwrap_err()
             .to_string();
@@ -447,7 +447,7 @@ fn keyless_table_with_a_unique_index_is_refused_with_the_fix() {
                 && err.contains("ADD PRIMARY KEY USING INDEX u_b"),
             "{err}"
         );
-        let ok = pgmesh::apply::table::LocalTable::load(&client, "public", "ok")
+        let ok = pgmesh::table::local::LocalTable::load(&client, "public", "ok")
             .await
             .unwrap();
         assert!(ok.is_keyless());

@@ -15,10 +15,10 @@ use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
 
 use super::resolve::Resolver;
-use super::row::{Row, Val};
 use super::sql;
-use super::table::LocalTable;
 use super::ApplyError;
+use crate::table::local::LocalTable;
+use crate::table::row::{Row, Val};
 
 /// Groups of new rows at least this large go through COPY. Below it the INSERT is
 /// pipelined with the chunk's other statements, while COPY adds round trips (the

@@ -29,11 +29,11 @@ use tokio_postgres::types::ToSql;
 use super::keyless_sql;
 use super::ledger::{record, ConflictRecord};
 use super::resolve::{ApplyStats, Resolver};
-use super::row::{Row, Val};
-use super::table::TableMap;
 use super::ApplyError;
 use crate::batch::{ChangeOp, KeylessChange, TableChunk};
 use crate::conflict::{ConflictKind, Winner};
+use crate::table::local::TableMap;
+use crate::table::row::{Row, Val};
 
 /// Columns an image has a value for (text or NULL): the ones a statement compares or
 /// writes. Unchanged-TOAST and local-only columns are left out.
@@ -48,7 +48,10 @@ fn valued(row: &Row) -> Vec<usize> {
 
 /// The values of `cols` as text parameters (`None` is NULL).
 fn values<'r>(row: &'r Row, cols: &[usize]) -> Result<Vec<Option<&'r str>>, ApplyError> {
-    cols.iter().map(|&c| row.0[c].as_text()).collect()
+    Ok(cols
+        .iter()
+        .map(|&c| row.0[c].as_text())
+        .collect::<Result<_, _>>()?)
 }
 
 fn params<'p>(vals: &'p [Option<&str>]) -> Vec<&'p (dyn ToSql + Sync)> {

@@ -12,7 +12,7 @@
 //! addressed by `(tableoid, ctid)`, not `ctid` alone: in a partitioned table two
 //! partitions can hold the same ctid.
 
-use super::table::LocalTable;
+use crate::table::local::LocalTable;
 
 /// `t.a::text IS NOT DISTINCT FROM $1::text::int4::text AND …` over `cols`, parameters
 /// numbered from `first`; `true` without columns (callers refuse an old image without
@@ -104,7 +104,7 @@ pub fn insert_one(t: &LocalTable, cols: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::table::LocalColumn;
+    use crate::table::local::LocalColumn;
 
     fn table() -> LocalTable {
         let col = |n: &str, q: &str, t: &str| LocalColumn {

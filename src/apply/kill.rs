@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::ledger::ConflictRecord;
 use super::resolve::{write_decided_tombstone, ApplyStats, Resolver};
-use super::row::Key;
-use super::table::LocalTable;
 use super::ApplyError;
 use crate::protocol::pgoutput::PgTimestamp;
+use crate::table::local::LocalTable;
+use crate::table::row::Key;
 use crate::Lsn;
 
 /// Prefix of the logical messages that carry kills.

@@ -10,13 +10,12 @@ pub mod ledger;
 pub mod peer_read;
 mod pipelined;
 pub mod resolve;
-pub mod row;
 pub mod session;
 pub mod shape;
 pub mod shape_io;
 pub mod sql;
-pub mod table;
 
+pub use crate::sqlconn::{db_error_is_transient, describe_db_error};
 pub use session::ApplySession;
 
 /// Why applying failed. [`ApplyError::is_transient`] drives the retry policy: transient
@@ -31,20 +30,13 @@ pub enum ApplyError {
     /// The apply session or the peer read session did not open (TLS errors included).
     #[error(transparent)]
     Connect(#[from] crate::sqlconn::SqlConnectError),
-    #[error("table {table} does not exist on this node: create it with the same columns as on the peer (pgmesh setup --check compares them)")]
-    MissingTable { table: String },
-    #[error("column {column} of table {table} is missing on node {node}: add it (ALTER TABLE {table} ADD COLUMN …) with the peer's type; replication resumes by itself")]
-    MissingColumn {
-        table: String,
-        column: String,
-        node: String,
-    },
+    /// The local table, or a row built for it (`crate::table`).
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
     /// The peer's table differs from this node's (from its Relation message): the
     /// direction stops with its position kept until the tables match.
     #[error("{0}")]
     SchemaMismatch(Box<shape::SchemaMismatch>),
-    #[error("table {table} has no primary key but a unique index {index}: without a key pgmesh cannot decide which of two rows holding the same value wins. Make it the key (ALTER TABLE {table} ADD PRIMARY KEY USING INDEX {index}, if its columns are NOT NULL) or drop the index")]
-    KeylessUnique { table: String, index: String },
     #[error("table {table} has no primary key on this node but the peer sent {what}: set REPLICA IDENTITY FULL on the peer and give the table the same primary key (or none) on every node")]
     KeylessWithoutFullImage { table: String, what: &'static str },
     #[error("unexpected replication data: {0}")]
@@ -64,6 +56,7 @@ impl ApplyError {
         match self {
             ApplyError::Db(e) => db_error_is_transient(e),
             ApplyError::Connect(e) => e.kind() == crate::source::ErrorKind::Transient,
+            ApplyError::Table(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -81,63 +74,10 @@ impl ApplyError {
     #[must_use]
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            ApplyError::Db(e) => e.code().map(|c| c.code()),
+            ApplyError::Db(e) | ApplyError::Table(crate::table::TableError::Db(e)) => {
+                e.code().map(|c| c.code())
+            }
             _ => None,
         }
-    }
-}
-
-/// Connection loss, deadlocks, serialization failures, lock timeouts, cancels, shutdowns
-/// and resource shortages (a full disk among them) pass; data and schema errors do not.
-#[must_use]
-pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    match e.code() {
-        // No SQLSTATE: an I/O failure of the connection is transient; anything else
-        // (a parameter that does not serialize, an unexpected message) is a bug.
-        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-                || c == "40001"
-                || c == "40P01"
-                || c == "55P03"
-                // Cancelled: a statement_timeout, or an operator's pg_cancel_backend.
-                || c == "57014"
-                || c == "58030"
-                // A column or type of the local table changed after its definition was
-                // read (e.g. `pgmesh ddl` committed here): the retry reads it again, and
-                // a real difference then stops with what differs (apply::shape).
-                || c == "42703"
-                || c == "42804"
-        }
-    }
-}
-
-/// tokio-postgres prints server errors as just "db error"; show what the server said.
-fn describe_db_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-            if let Some(d) = db.detail() {
-                s.push_str(&format!(" (detail: {d})"));
-            }
-            if let Some(h) = db.hint() {
-                s.push_str(&format!(" (hint: {h})"));
-            }
-            if db.code().code() == "42501" {
-                // The sidecar may run as a least-privilege role: say where the list is.
-                s.push_str(
-                    " (fix: as a superuser, run the statements `pgmesh setup --print-grants \
-                     <role>` prints on every node; see docs/setup.md, Privileges)",
-                );
-            }
-            s
-        }
-        None => e.to_string(),
     }
 }

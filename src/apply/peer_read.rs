@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
-use super::row::{Key, Val};
-use super::table::LocalTable;
 use super::ApplyError;
 use crate::sqlconn::{connect_sql, SqlConfig};
+use crate::table::local::LocalTable;
+use crate::table::row::{Key, Val};
 
 /// A lazily opened SQL connection to the peer.
 pub struct PeerReader {

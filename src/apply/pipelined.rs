@@ -15,11 +15,11 @@ use tokio_postgres::Statement;
 use super::copy::COPY_MIN_ROWS;
 use super::ledger::ConflictRecord;
 use super::resolve::{as_params, columns_of, key_params, skipped_by_insert, ApplyStats, Resolver};
-use super::row::{Key, Row};
 use super::sql;
-use super::table::TableMap;
 use super::ApplyError;
 use crate::batch::Pending;
+use crate::table::local::TableMap;
+use crate::table::row::{Key, Row};
 
 type Change<'c> = (&'c Key, &'c Row, &'c Pending);
 /// `text[]` parameters, one per column.

@@ -17,15 +17,15 @@ use super::copy::COPY_MIN_ROWS;
 use super::kill::{Kill, Version};
 use super::ledger::{record, ConflictRecord};
 use super::pipelined::value_params;
-use super::row::{Key, Row, Val};
 use super::sql;
-use super::table::{LocalTable, TableMap};
 use super::ApplyError;
 use crate::batch::{ChangeOp, Chunk, Pending, TableChunk};
 use crate::conflict::{
     decide, newer, Action, ConflictKind, LocalVersion, RemoteOp, RemoteVersion, Winner,
 };
 use crate::protocol::pgoutput::PgTimestamp;
+use crate::table::local::{LocalTable, TableMap};
+use crate::table::row::{Key, Row, Val};
 
 /// Maps a row's `roident` (from its xmin) to the node that wrote it.
 #[derive(Debug, Clone)]

@@ -14,11 +14,11 @@ use super::ledger::ConflictRecord;
 use super::peer_read::PeerReader;
 use super::resolve::{ApplyStats, Origins, Resolver, Statements};
 use super::sql::{FLUSH_OUTBOX, INSERT_CONFLICTS, INSERT_OUTBOX};
-use super::table::LocalTable;
 use super::ApplyError;
 use crate::batch::Chunk;
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::sqlconn::{connect_sql, SqlConfig};
+use crate::table::local::LocalTable;
 use crate::Lsn;
 
 /// Settings that make text forms canonical on this session: key text written to and

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use super::shape::{compare, ColumnType, RemoteShape, SchemaMismatch, Shape, ShapeColumn};
-use super::table::{LocalTable, TableMap};
 use super::ApplyError;
 use crate::config::names;
 use crate::protocol::pgoutput::{Oid, Relation, Type};
 use crate::sqlconn::SqlConfig;
+use crate::table::local::{LocalTable, TableMap};
 
 /// Live, non-generated columns (what pgoutput sends) with type identity, nullability and
 /// default, and the primary key in key order.
@@ -170,17 +170,16 @@ pub async fn map_relation(
     let (schema, relname) = (rel.schema(), rel.name.as_str());
     let mut local = LocalTable::load(catalog, schema, relname).await?;
     let mut remote = RemoteShape::from_relation(rel, types);
-    let shape =
-        read_shape(catalog, schema, relname)
-            .await?
-            .ok_or_else(|| ApplyError::MissingTable {
-                table: format!("{schema}.{relname}"),
-            })?;
+    let shape = read_shape(catalog, schema, relname).await?.ok_or_else(|| {
+        crate::table::TableError::MissingTable {
+            table: format!("{schema}.{relname}"),
+        }
+    })?;
     let mut check = compare(&remote, &shape, None, &[]);
     if !check.fits() {
         let settled = read_shape_settled(catalog, schema, relname)
             .await?
-            .ok_or_else(|| ApplyError::MissingTable {
+            .ok_or_else(|| crate::table::TableError::MissingTable {
                 table: format!("{schema}.{relname}"),
             })?;
         local = LocalTable::load(catalog, schema, relname).await?;
@@ -204,7 +203,12 @@ pub async fn map_relation(
             tracing::info!(table = %local.name, peer = %sides.peer, "{h}");
         }
     }
-    TableMap::new(Arc::new(local), rel, &check.discard, sides.node)
+    Ok(TableMap::new(
+        Arc::new(local),
+        rel,
+        &check.discard,
+        sides.node,
+    )?)
 }
 
 /// Whether the tables of a stopped direction match now (this node's and the peer's

@@ -2,7 +2,7 @@
 //! whatever the number of rows). Every value travels as an element of a `text[]`
 //! parameter and is cast to the column's type in SQL, so one code path serves every type.
 
-use super::table::LocalTable;
+use crate::table::local::LocalTable;
 
 /// `t.id = u.k0::int4 AND … AND t.id = ANY($1::text[]::int4[])`: the unnested key columns
 /// (parameters `$1…`) joined onto the table.
@@ -425,7 +425,7 @@ pub const INSERT_CONFLICTS: &str = "INSERT INTO pgmesh.conflicts \
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::table::LocalColumn;
+    use crate::table::local::LocalColumn;
 
     fn table() -> LocalTable {
         let col = |n: &str, t: &str| LocalColumn {

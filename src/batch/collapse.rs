@@ -6,9 +6,9 @@ use std::sync::Arc;
 use indexmap::map::Entry;
 use indexmap::IndexMap;
 
-use crate::apply::row::{Key, Row};
-use crate::apply::table::TableMap;
 use crate::protocol::pgoutput::PgTimestamp;
+use crate::table::local::TableMap;
+use crate::table::row::{Key, Row};
 use crate::Lsn;
 
 /// Net effect of the changes to one key.
@@ -187,7 +187,7 @@ fn collapse(earlier: &Pending, mut later: Pending) -> Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::row::Val;
+    use crate::table::row::Val;
     use bytes::Bytes;
 
     fn p(op: ChangeOp, vals: Option<Vec<Val>>, ts: i64) -> Pending {
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn keyless_changes_stay_in_order_and_never_collapse() {
-        use crate::apply::table::{LocalColumn, LocalTable};
+        use crate::table::local::{LocalColumn, LocalTable};
         let local = Arc::new(LocalTable {
             name: "public.log".into(),
             schema: "public".into(),

@@ -13,11 +13,11 @@ use super::link::SidecarError;
 use super::stall::{DirectionActivity, Step};
 use crate::apply::kill::Kill;
 use crate::apply::ledger::ConflictRecord;
-use crate::apply::table::TableMap;
 use crate::apply::ApplySession;
 use crate::batch::Chunk;
 use crate::observe::DirectionState;
 use crate::protocol::pgoutput::PgTimestamp;
+use crate::table::local::TableMap;
 use crate::Lsn;
 
 /// Chunks that may wait while one is written.

@@ -102,6 +102,12 @@ pub enum SidecarError {
     },
 }
 
+impl From<crate::table::TableError> for SidecarError {
+    fn from(e: crate::table::TableError) -> Self {
+        SidecarError::Apply(ApplyError::Table(e))
+    }
+}
+
 impl SidecarError {
     #[must_use]
     pub fn is_transient(&self) -> bool {

@@ -14,10 +14,8 @@ use super::clock::ClockWatch;
 use super::link::{PeerLink, SidecarError};
 use super::stall::{DirectionActivity, Step};
 use crate::apply::kill::{Kill, KILL_PREFIX};
-use crate::apply::row::Row;
 use crate::apply::session::origin_progress;
 use crate::apply::shape_io::{map_relation, Sides};
-use crate::apply::table::TableMap;
 use crate::apply::{ApplyError, ApplySession};
 use crate::batch::{ChangeOp, Chunk, KeylessChange};
 use crate::conflict::causality::{clock_wait, ClockWait};
@@ -27,6 +25,8 @@ use crate::protocol::pgoutput::{Decoder, Message, Oid, OldTuple, PgTimestamp, Re
 use crate::source::{
     connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, StreamConfig,
 };
+use crate::table::local::TableMap;
+use crate::table::row::Row;
 use crate::Lsn;
 
 /// Runs one direction until `stop` flips; transient failures restart it from the durable

@@ -16,6 +16,7 @@
 //! `require` with a verifying config. Unix sockets never carry TLS (libpq ignores sslmode
 //! there too), so a DSN of socket directories only connects plain.
 
+mod db_error;
 mod error;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use tokio_postgres::{Client, Socket};
 use crate::source::config::{parse_dsn, DEFAULT_CONNECT_TIMEOUT};
 use crate::source::{tls, SslMode};
 
+pub use db_error::{db_error_is_transient, describe_db_error};
 pub use error::{pg_message, SqlConnectError};
 
 /// How to open a SQL session to one node.

@@ -27,8 +27,8 @@ use super::keyless::RowCandidate;
 use super::report::TableReport;
 use super::scan::Key;
 use super::{query_err, sql, Pair, Progress, VerifyError};
-use crate::apply::table::LocalTable;
 use crate::config::names;
+use crate::table::local::LocalTable;
 use crate::Lsn;
 
 /// Prefix of the logical message verify emits as its mark on each node.

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{query_err, sql, Pair, VerifyError};
-use crate::apply::table::LocalTable;
+use crate::table::local::LocalTable;
 
 /// A row content with a different number of copies on the two nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]

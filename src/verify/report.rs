@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::consistent::{Confirmed, Item, Outcome, State};
-use crate::apply::table::LocalTable;
+use crate::table::local::LocalTable;
 
 /// How a difference shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -354,7 +354,7 @@ impl VerifyReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::table::LocalColumn;
+    use crate::table::local::LocalColumn;
     use crate::verify::consistent::TableOutcome;
     use crate::verify::keyless::RowCandidate;
 

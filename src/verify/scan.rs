@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 
 use super::{query_err, sql, Pair, Progress, VerifyError};
-use crate::apply::table::LocalTable;
+use crate::table::local::LocalTable;
 
 /// A range at most this big is read row by row.
 pub const LEAF_ROWS: i64 = 1_000;

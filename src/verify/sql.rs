@@ -13,7 +13,7 @@
 //! multiset as well, where duplicate rows must not cancel out as they would with xor.
 
 use crate::apply::sql::{columns_equal_params, names, unnest_params};
-use crate::apply::table::LocalTable;
+use crate::table::local::LocalTable;
 
 /// `ROW(t.a, t.b, …)::text`: the whole row as one text, columns in table order.
 #[must_use]
@@ -254,7 +254,7 @@ pub fn row_counts(t: &LocalTable, lock: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::table::LocalColumn;
+    use crate::table::local::LocalColumn;
 
     fn table(pk: Vec<usize>) -> LocalTable {
         let col = |n: &str, q: &str, t: &str| LocalColumn {

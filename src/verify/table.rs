@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use super::{query_err, Pair, VerifyError};
-use crate::apply::table::LocalTable;
 use crate::config::names;
+use crate::table::local::LocalTable;
 
 /// One table to compare; `def` is the reason it cannot be compared when it is `Err`.
 #[derive(Debug)]
@@ -187,7 +187,7 @@ pub async fn select(pair: &Pair, filters: &[String]) -> Result<Vec<Entry>, Verif
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::table::LocalColumn;
+    use crate::table::local::LocalColumn;
 
     fn st(s: &str, t: &str) -> (String, String) {
         (s.to_string(), t.to_string())

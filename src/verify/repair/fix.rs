@@ -40,11 +40,11 @@ use super::versions::{self, KeyVersion};
 use super::PlannedFix;
 use crate::apply::ledger::ConflictRecord;
 use crate::apply::resolve::Origins;
-use crate::apply::table::LocalTable;
 use crate::config::names;
 use crate::conflict::{LedgerKind, Resolution, Winner};
 use crate::pgtime::rfc3339;
 use crate::protocol::pgoutput::PgTimestamp;
+use crate::table::local::LocalTable;
 
 /// What happened to one planned fix.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::{Difference, Pair, VerifyError, VerifyReport};
 use crate::apply::resolve::Origins;
-use crate::apply::table::LocalTable;
+use crate::table::local::LocalTable;
 pub use fix::FixOutcome;
 use plan::Action;
 use versions::KeyVersion;
@@ -215,7 +215,7 @@ pub fn to_table(nodes: [&str; 2], fixes: &[PlannedFix], outcomes: Option<&[FixOu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::table::LocalColumn;
+    use crate::table::local::LocalColumn;
     use crate::verify::report::DiffKind;
     use std::collections::BTreeMap;
 

@@ -17,8 +17,8 @@ use tokio_postgres::Client;
 use super::super::{query_err, sql, VerifyError};
 use super::plan::Version;
 use crate::apply::resolve::Origins;
-use crate::apply::table::LocalTable;
 use crate::protocol::pgoutput::PgTimestamp;
+use crate::table::local::LocalTable;
 
 /// One node's version of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]

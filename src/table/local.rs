@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use super::ApplyError;
+use super::TableError;
 use crate::protocol::pgoutput::Relation;
 
 /// One column of a local table.
@@ -29,7 +29,7 @@ pub struct LocalTable {
     pub relname: String,
     pub columns: Vec<LocalColumn>,
     /// Indices into `columns` of the primary key, in key order; empty for a table
-    /// without one (REPLICA IDENTITY FULL, see [`super::keyless`]).
+    /// without one (REPLICA IDENTITY FULL, see [`crate::apply::keyless`]).
     pub pk: Vec<usize>,
     /// Other unique constraints / unique indexes (column indices), for resolving a
     /// conflict on a value that another row holds.
@@ -42,7 +42,7 @@ impl LocalTable {
         client: &Client,
         schema: &str,
         table: &str,
-    ) -> Result<LocalTable, ApplyError> {
+    ) -> Result<LocalTable, TableError> {
         let rows = client
             .query(
                 "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
@@ -52,7 +52,7 @@ impl LocalTable {
             )
             .await?;
         let Some(row) = rows.first() else {
-            return Err(ApplyError::MissingTable {
+            return Err(TableError::MissingTable {
                 table: format!("{schema}.{table}"),
             });
         };
@@ -131,7 +131,7 @@ impl LocalTable {
 /// expression indexes included): with no key there is no row version to decide a
 /// collision by, so two nodes inserting the same value would stop replication only after
 /// the nodes had diverged. Refusing up front says so before any change is applied.
-async fn refuse_keyless_unique(client: &Client, oid: u32, table: &str) -> Result<(), ApplyError> {
+async fn refuse_keyless_unique(client: &Client, oid: u32, table: &str) -> Result<(), TableError> {
     let rows = client
         .query(
             "SELECT quote_ident(i.relname) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
@@ -140,7 +140,7 @@ async fn refuse_keyless_unique(client: &Client, oid: u32, table: &str) -> Result
         )
         .await?;
     match rows.first() {
-        Some(r) => Err(ApplyError::KeylessUnique {
+        Some(r) => Err(TableError::KeylessUnique {
             table: table.to_string(),
             index: r.get(0),
         }),
@@ -170,14 +170,14 @@ impl TableMap {
         remote: &Relation,
         discard: &[String],
         node: &str,
-    ) -> Result<TableMap, ApplyError> {
+    ) -> Result<TableMap, TableError> {
         let mut remote_to_local = Vec::with_capacity(remote.columns.len());
         for rc in &remote.columns {
             match local.columns.iter().position(|lc| lc.name == rc.name) {
                 Some(i) => remote_to_local.push(Some(i)),
                 None if discard.contains(&rc.name) => remote_to_local.push(None),
                 None => {
-                    return Err(ApplyError::MissingColumn {
+                    return Err(TableError::MissingColumn {
                         table: local.name.clone(),
                         column: rc.name.clone(),
                         node: node.to_string(),
@@ -187,7 +187,7 @@ impl TableMap {
         }
         for &k in &local.pk {
             if !remote_to_local.contains(&Some(k)) {
-                return Err(ApplyError::MissingColumn {
+                return Err(TableError::MissingColumn {
                     table: local.name.clone(),
                     column: format!("{} (primary key, on the peer)", local.columns[k].name),
                     node: node.to_string(),

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 
-use super::table::{LocalTable, TableMap};
-use super::ApplyError;
+use super::local::{LocalTable, TableMap};
+use super::TableError;
 use crate::protocol::pgoutput::{Column, Tuple};
 
 /// One column value of a remote row image (text format).
@@ -20,11 +20,11 @@ pub enum Val {
 impl Val {
     /// The value as a text parameter; `None` for SQL NULL. Unchanged/absent values are
     /// never passed as parameters (statements leave those columns out).
-    pub fn as_text(&self) -> Result<Option<&str>, ApplyError> {
+    pub fn as_text(&self) -> Result<Option<&str>, TableError> {
         match self {
             Val::Text(b) => std::str::from_utf8(b)
                 .map(Some)
-                .map_err(|_| ApplyError::Protocol("column value is not valid UTF-8".into())),
+                .map_err(|_| TableError::Protocol("column value is not valid UTF-8".into())),
             _ => Ok(None),
         }
     }
@@ -40,9 +40,9 @@ pub struct Key(pub Vec<Bytes>);
 
 impl Row {
     /// Lays a decoded tuple out in local column order.
-    pub fn from_tuple(map: &TableMap, tuple: &Tuple) -> Result<Row, ApplyError> {
+    pub fn from_tuple(map: &TableMap, tuple: &Tuple) -> Result<Row, TableError> {
         if tuple.len() != map.remote_to_local.len() {
-            return Err(ApplyError::Protocol(format!(
+            return Err(TableError::Protocol(format!(
                 "tuple of {} columns for table {} whose Relation message has {}",
                 tuple.len(),
                 map.local.name,
@@ -58,7 +58,7 @@ impl Row {
                 Column::UnchangedToast => Val::Unchanged,
                 Column::Text(b) => Val::Text(b),
                 Column::Binary(_) => {
-                    return Err(ApplyError::Protocol(
+                    return Err(TableError::Protocol(
                         "binary column values: the apply stream must use text format".into(),
                     ))
                 }
@@ -68,13 +68,13 @@ impl Row {
     }
 
     /// The primary key of this image; every key column must have a value.
-    pub fn key(&self, map: &TableMap) -> Result<Key, ApplyError> {
+    pub fn key(&self, map: &TableMap) -> Result<Key, TableError> {
         let mut k = Vec::with_capacity(map.local.pk.len());
         for &i in &map.local.pk {
             match &self.0[i] {
                 Val::Text(b) => k.push(b.clone()),
                 other => {
-                    return Err(ApplyError::Protocol(format!(
+                    return Err(TableError::Protocol(format!(
                         "primary key column {} of {} is {:?} in a change",
                         map.local.columns[i].name, map.local.name, other
                     )))
