@@ -18,6 +18,7 @@ pub mod config;
 pub mod conflict;
 pub mod control;
 pub mod ddl;
+pub mod error_kind;
 pub mod filter;
 pub mod guardrail;
 pub mod lab;
@@ -41,4 +42,5 @@ pub mod traffic;
 pub mod txn;
 pub mod verify;
 
+pub use error_kind::ErrorKind;
 pub use lsn::Lsn;

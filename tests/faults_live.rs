@@ -247,3 +247,52 @@ fn an_apply_blocked_by_a_local_transaction_names_it_and_retries() {
     );
     m.stop_sidecars();
 }
+
+/// Data from the peer that cannot be pgmesh's (here a unique-constraint decision message
+/// that does not parse) is a bug, not something to retry: the direction stops saying so,
+/// with its position kept (the transaction that carried it is not applied), instead of
+/// retrying the same bytes every few seconds.
+#[test]
+fn unreadable_data_from_the_peer_stops_the_direction_as_a_bug() {
+    let Some(&major) = versions_under_test().first() else {
+        return;
+    };
+    let mut m = Mesh::new(
+        major,
+        "CREATE TABLE items(id int PRIMARY KEY, v text)",
+        TABLES,
+    );
+    m.start_sidecars();
+    m.a.cluster
+        .psql("INSERT INTO items VALUES (1, 'one')")
+        .unwrap();
+    wait_for(
+        &m.b.cluster,
+        "SELECT count(*) FROM items",
+        "1",
+        "a's row on b",
+    );
+    m.a.cluster
+        .psql(
+            "BEGIN; INSERT INTO items VALUES (2, 'two');
+             SELECT pg_logical_emit_message(true, 'pgmesh.kill', 'not a decision');
+             COMMIT;",
+        )
+        .unwrap();
+    let r = m.wait_direction("b", "stopped on the bug", STOP, |r| {
+        r.state == pgmesh::observe::Phase::Failed
+    });
+    let e = r.last_error.unwrap_or_default();
+    assert!(
+        e.contains("looks like a bug in pgmesh")
+            && e.contains("unique-constraint decision")
+            && e.contains("position is kept"),
+        "{e}"
+    );
+    assert_eq!(
+        m.b.cluster.psql("SELECT count(*) FROM items").unwrap(),
+        "1",
+        "nothing of the transaction that carried it was applied"
+    );
+    m.stop_sidecars();
+}

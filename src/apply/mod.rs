@@ -50,15 +50,25 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// What to do about it.
+    #[must_use]
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind as K;
+        match self {
+            ApplyError::Db(e) => crate::sqlconn::db_error_kind(e),
+            ApplyError::Connect(e) => e.kind(),
+            ApplyError::Table(e) => e.kind(),
+            ApplyError::SchemaMismatch(_)
+            | ApplyError::KeylessWithoutFullImage { .. }
+            | ApplyError::Unresolved { .. } => K::NeedsOperator,
+            ApplyError::Protocol(_) => K::Bug,
+        }
+    }
+
     /// Worth retrying after a pause with nothing changed.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        match self {
-            ApplyError::Db(e) => db_error_is_transient(e),
-            ApplyError::Connect(e) => e.kind() == crate::source::ErrorKind::Transient,
-            ApplyError::Table(e) => e.is_transient(),
-            _ => false,
-        }
+        self.kind() == crate::ErrorKind::Transient
     }
 
     /// The table difference that stopped the direction, if that is what happened.

@@ -114,12 +114,8 @@ impl Applier {
     pub async fn failure(&mut self) -> SidecarError {
         match (&mut self.task).await {
             Ok(Err(e)) => e,
-            Ok(Ok(())) => SidecarError::Apply(crate::apply::ApplyError::Protocol(
-                "the apply task ended while the stream was running".into(),
-            )),
-            Err(join) => SidecarError::Apply(crate::apply::ApplyError::Protocol(format!(
-                "the apply task failed: {join}"
-            ))),
+            Ok(Ok(())) => SidecarError::TaskFailed("it ended while the stream was running".into()),
+            Err(join) => SidecarError::TaskFailed(join.to_string()),
         }
     }
 
@@ -129,9 +125,7 @@ impl Applier {
         self.tx = None;
         match (&mut self.task).await {
             Ok(r) => r,
-            Err(join) => Err(SidecarError::Apply(crate::apply::ApplyError::Protocol(
-                format!("the apply task failed: {join}"),
-            ))),
+            Err(join) => Err(SidecarError::TaskFailed(join.to_string())),
         }
     }
 }

@@ -100,6 +100,24 @@ pub enum SidecarError {
         slot: String,
         cause: Invalidation,
     },
+    /// The writing task panicked or ended on its own: a bug.
+    #[error("the apply task failed: {0}")]
+    TaskFailed(String),
+    /// A bug ([`crate::ErrorKind::Bug`]) stopped the direction: retrying would only
+    /// repeat it.
+    #[error(
+        "the direction from node {peer} into node {local} stopped on what looks like a bug in \
+         pgmesh: {source}. Nothing was skipped: the position is kept (applied up to {applied}) \
+         and a restart of the sidecar resumes from it. Please report it (the pgmesh and \
+         PostgreSQL versions, this message, and the sidecar's log before it; run with \
+         RUST_LOG=pgmesh=debug to see the messages that led to it)"
+    )]
+    Bug {
+        local: String,
+        peer: String,
+        applied: String,
+        source: Box<SidecarError>,
+    },
 }
 
 impl From<crate::table::TableError> for SidecarError {
@@ -109,15 +127,25 @@ impl From<crate::table::TableError> for SidecarError {
 }
 
 impl SidecarError {
+    /// What to do about it.
+    #[must_use]
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind as K;
+        match self {
+            SidecarError::Source(e) => e.kind(),
+            SidecarError::Apply(e) => e.kind(),
+            SidecarError::Decode(_) | SidecarError::TaskFailed(_) | SidecarError::Bug { .. } => {
+                K::Bug
+            }
+            SidecarError::SlotDroppedByGuardrail { .. } | SidecarError::SlotInvalidated { .. } => {
+                K::NeedsOperator
+            }
+        }
+    }
+
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        match self {
-            SidecarError::Source(e) => e.is_transient(),
-            SidecarError::Apply(e) => e.is_transient(),
-            SidecarError::Decode(_)
-            | SidecarError::SlotDroppedByGuardrail { .. }
-            | SidecarError::SlotInvalidated { .. } => false,
-        }
+        self.kind() == crate::ErrorKind::Transient
     }
 
     /// When `self` says PostgreSQL invalidated the slot `link` reads, the error the
@@ -151,6 +179,48 @@ impl SidecarError {
 mod tests {
     use super::*;
     use crate::source::DbError;
+    use crate::ErrorKind;
+
+    #[test]
+    fn every_error_says_what_to_do() {
+        let table = |t| SidecarError::Apply(ApplyError::Table(t));
+        let cases = [
+            (
+                SidecarError::Source(SourceError::Closed { target: "a".into() }),
+                ErrorKind::Transient,
+            ),
+            (
+                table(crate::table::TableError::MissingColumn {
+                    table: "t".into(),
+                    column: "c".into(),
+                    node: "b".into(),
+                }),
+                ErrorKind::NeedsOperator,
+            ),
+            (
+                table(crate::table::TableError::Protocol("bad".into())),
+                ErrorKind::Bug,
+            ),
+            (
+                SidecarError::Apply(ApplyError::Protocol("bad".into())),
+                ErrorKind::Bug,
+            ),
+            (SidecarError::TaskFailed("panicked".into()), ErrorKind::Bug),
+            (
+                SidecarError::SlotInvalidated {
+                    local: "b".into(),
+                    peer: "a".into(),
+                    slot: "s".into(),
+                    cause: Invalidation::Other("x".into()),
+                },
+                ErrorKind::NeedsOperator,
+            ),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(e.is_transient(), kind == ErrorKind::Transient, "{e}");
+        }
+    }
 
     fn link() -> PeerLink {
         let dsn = "host=127.0.0.1 port=1 user=rep dbname=app";

@@ -30,17 +30,18 @@ use crate::table::row::Row;
 use crate::Lsn;
 
 /// Runs one direction until `stop` flips; transient failures restart it from the durable
-/// origin progress after a backoff, others are logged with their fix and retried slowly
-/// (so the stream resumes by itself once the cause is fixed). Nothing is ever skipped.
+/// origin progress after a backoff, those that need an operator are logged with their fix
+/// and retried slowly (so the stream resumes by itself once the cause is fixed), and a bug
+/// stops it with its position kept. Nothing is ever skipped.
 pub async fn run_peer(link: PeerLink, stop: watch::Receiver<bool>) {
     let state = DirectionState::new(&link.peer);
     let _ = run_direction(link, stop, state).await;
 }
 
 /// [`run_peer`], reporting into `state` (phase, positions, lag, metrics). Returns an
-/// error only when the direction cannot go on without an operator and retrying is
-/// pointless: its slot on the peer was dropped by the peer's WAL guardrail, or
-/// invalidated by PostgreSQL (`max_slot_wal_keep_size`).
+/// error only when retrying is pointless: its slot on the peer was dropped by the peer's
+/// WAL guardrail, or invalidated by PostgreSQL (`max_slot_wal_keep_size`), or a bug
+/// ([`crate::ErrorKind::Bug`]: undecodable data, a panicked apply task).
 pub async fn run_direction(
     link: PeerLink,
     mut stop: watch::Receiver<bool>,
@@ -69,6 +70,17 @@ pub async fn run_direction(
                     tracing::error!(node = %link.local_node, peer = %link.peer, error = %fatal, "stream from peer stopped for good");
                     state.failed(&fatal.to_string());
                     return Err(fatal);
+                }
+                if e.kind() == crate::ErrorKind::Bug {
+                    let bug = SidecarError::Bug {
+                        local: link.local_node.clone(),
+                        peer: link.peer.clone(),
+                        applied: state.report().applied_lsn,
+                        source: Box::new(e),
+                    };
+                    tracing::error!(node = %link.local_node, peer = %link.peer, error = %bug, "stream from peer stopped");
+                    state.failed(&bug.to_string());
+                    return Err(bug);
                 }
                 if let Some(m) = e.schema_mismatch() {
                     state.failed(&m.to_string());

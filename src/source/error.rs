@@ -14,17 +14,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// What to do about an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// Retry with backoff; nothing needs to change.
-    Transient,
-    /// Stop and tell a human; retrying will fail the same way.
-    NeedsOperator,
-    /// A protocol violation or an impossible state: report it as a bug.
-    Bug,
-}
+pub use crate::ErrorKind;
 
 /// The fields of a server ErrorResponse / NoticeResponse that we keep.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

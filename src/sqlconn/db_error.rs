@@ -32,6 +32,21 @@ pub fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// What to do about a database error: transient ones ([`db_error_is_transient`]) are
+/// retried; one without a SQLSTATE that is not an I/O failure (a parameter that does not
+/// serialize, a message the driver did not expect, a row count) is a bug; the rest
+/// (data, schema, privileges) need an operator.
+#[must_use]
+pub fn db_error_kind(e: &tokio_postgres::Error) -> crate::ErrorKind {
+    if db_error_is_transient(e) {
+        crate::ErrorKind::Transient
+    } else if e.code().is_none() {
+        crate::ErrorKind::Bug
+    } else {
+        crate::ErrorKind::NeedsOperator
+    }
+}
+
 /// tokio-postgres prints server errors as just "db error"; show what the server said.
 pub fn describe_db_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

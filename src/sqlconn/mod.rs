@@ -28,7 +28,7 @@ use tokio_postgres::{Client, Socket};
 use crate::source::config::{parse_dsn, DEFAULT_CONNECT_TIMEOUT};
 use crate::source::{tls, SslMode};
 
-pub use db_error::{db_error_is_transient, describe_db_error};
+pub use db_error::{db_error_is_transient, db_error_kind, describe_db_error};
 pub use error::{pg_message, SqlConnectError};
 
 /// How to open a SQL session to one node.

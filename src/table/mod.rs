@@ -33,13 +33,23 @@ pub enum TableError {
 }
 
 impl TableError {
-    /// Worth retrying after a pause with nothing changed (a lost connection, a column
-    /// that changed under the reader).
+    /// What to do about it: retry a lost connection or a column that changed under the
+    /// reader; a table or column that is missing needs an operator; data that does not
+    /// fit the table as described is a bug.
+    #[must_use]
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            TableError::Db(e) => crate::sqlconn::db_error_kind(e),
+            TableError::MissingTable { .. }
+            | TableError::MissingColumn { .. }
+            | TableError::KeylessUnique { .. } => crate::ErrorKind::NeedsOperator,
+            TableError::Protocol(_) => crate::ErrorKind::Bug,
+        }
+    }
+
+    /// Worth retrying after a pause with nothing changed.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        match self {
-            TableError::Db(e) => crate::sqlconn::db_error_is_transient(e),
-            _ => false,
-        }
+        self.kind() == crate::ErrorKind::Transient
     }
 }
