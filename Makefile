@@ -27,8 +27,8 @@ drill: install-control
 ## HAProxy, pgbouncer, Knot DNS and Alertmanager, then run every test.
 test: install-postgres install-control check-monitoring
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
-	PGMESH_TEST_PG=$${PGMESH_TEST_PG:-15,18} $(CARGO) test --locked -- --test-threads=2
+	$(CARGO) clippy --all-targets --locked --features failpoints -- -D warnings
+	PGMESH_TEST_PG=$${PGMESH_TEST_PG:-15,18} $(CARGO) test --locked --features failpoints -- --test-threads=2
 
 install-postgres:
 	bash scripts/install-postgres.sh
@@ -47,7 +47,7 @@ check-monitoring:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
 ## Side-by-side benchmark: pgmesh (PG15, PG18) vs native logical replication (PG18) and
 ## pglogical (PG15) through ../shared/bench/peers.py, the decoder criterion bench and the

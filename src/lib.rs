@@ -19,6 +19,7 @@ pub mod conflict;
 pub mod control;
 pub mod ddl;
 pub mod error_kind;
+pub mod failpoint;
 pub mod filter;
 pub mod guardrail;
 pub mod lab;

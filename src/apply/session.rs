@@ -386,6 +386,7 @@ impl ApplySession {
             .await?;
         self.in_txn = false;
         if std::mem::take(&mut self.outbox_pending) {
+            crate::failpoint::hit(crate::failpoint::COMMITTED_BEFORE_OUTBOX);
             // Sent from a transaction without the peer's origin, so it reaches the peer;
             // if this fails the rows stay queued and the next session sends them.
             self.client
