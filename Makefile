@@ -29,6 +29,14 @@ test: install-postgres install-control check-monitoring
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked --features failpoints -- -D warnings
 	PGMESH_TEST_PG=$${PGMESH_TEST_PG:-15,18} $(CARGO) test --locked --features failpoints -- --test-threads=2
+	subset="$${PGMESH_TEST_PG_SUBSET-16,17}"; if [ -n "$$subset" ]; then \
+	  PGMESH_TEST_PG=$$subset $(CARGO) test --locked --features failpoints $(PG_SUBSET_TESTS) -- --test-threads=2; fi
+
+## PostgreSQL 16 and 17 run this representative subset (everything runs on 15 and 18):
+## decoding and the replication protocol (what differs most between majors), apply and
+## conflicts, randomized convergence, setup, fencing, slot invalidation. ~1 min a version.
+PG_SUBSET_TESTS = --test pgoutput_live --test source_live --test apply_live --test conflicts_live \
+  --test converge_random --test setup_live --test fence_live --test slot_invalidated_live
 
 install-postgres:
 	bash scripts/install-postgres.sh
