@@ -2,7 +2,8 @@
 //! `tail` output and the conflict ledger.
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// 2000-01-01 00:00:00 UTC (PostgreSQL's epoch) in microseconds since the Unix epoch.
+pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 /// This machine's clock in microseconds since the Unix epoch (0 before it).
 #[must_use]

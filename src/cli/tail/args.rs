@@ -20,11 +20,15 @@ pub struct TailArgs {
     #[arg(long)]
     pub slot: String,
 
-    /// Publication(s) to decode, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Publication(s) to decode, comma-separated (pgoutput; wal2json streams every table).
+    #[arg(long, value_delimiter = ',')]
     pub publication: Vec<String>,
 
-    /// Create the slot (pgoutput) if it does not exist.
+    /// The slot's output plugin: `pgoutput`, or `wal2json` (format 2; the same output).
+    #[arg(long, value_enum, default_value_t = Plugin::Pgoutput)]
+    pub plugin: Plugin,
+
+    /// Create the slot (with --plugin) if it does not exist.
     #[arg(long)]
     pub create_slot: bool,
 
@@ -58,6 +62,12 @@ pub struct TailArgs {
     /// Memory held for one transaction before it spills to a temp file.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_txn_memory: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Plugin {
+    Pgoutput,
+    Wal2json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -6,6 +6,7 @@ mod args;
 mod render;
 mod run;
 mod value;
+mod wal2json;
 
 pub use args::{OriginFilter, Output, TailArgs};
 pub use render::{Finished, RenderError, Renderer};

@@ -6,10 +6,12 @@ use anyhow::{anyhow, Context};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::args::{OriginFilter as OriginArg, Output, TailArgs};
-use super::render::Renderer;
+use super::args::{OriginFilter as OriginArg, Output, Plugin, TailArgs};
+use super::render::{Finished, Renderer};
+use super::wal2json::Wal2jsonRenderer;
 use crate::filter::{OriginFilter, Verdict};
 use crate::protocol::pgoutput::Decoder;
+use crate::protocol::wal2json::{decode_line, wal2json_options, Wal2JsonOptions};
 use crate::source::stream::max_proto_version;
 use crate::source::{
     create_slot, slot_exists, Backoff, BackoffPolicy, CreateSlot, OutputPlugin, Password,
@@ -37,6 +39,9 @@ impl From<SourceError> for Failure {
 
 /// Runs `pgmesh tail` until interrupted (or `--endpos`); errors that need an operator end it.
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
+    if args.plugin == Plugin::Pgoutput && args.publication.is_empty() {
+        anyhow::bail!("--publication is required with pgoutput (the default --plugin)");
+    }
     let mut cfg = SourceConfig::from_dsn(&args.dsn).context("--dsn")?;
     if let Some(path) = &args.password_file {
         let text = std::fs::read_to_string(path)
@@ -82,17 +87,25 @@ async fn stream_once(
     let mut conn = ReplicationConnection::connect(cfg).await?;
     let major = conn.server_major();
     if args.create_slot && !slot_exists(&mut conn, &args.slot).await? {
-        let created = create_slot(&mut conn, &CreateSlot::new(&args.slot)).await?;
+        let plugin = match args.plugin {
+            Plugin::Pgoutput => "pgoutput",
+            Plugin::Wal2json => "wal2json",
+        };
+        let slot = CreateSlot {
+            plugin: plugin.to_string(),
+            ..CreateSlot::new(&args.slot)
+        };
+        let created = create_slot(&mut conn, &slot).await?;
         tracing::info!(slot = %args.slot, consistent_point = %created.consistent_point, "created slot");
     }
-    let server_side_filter = args.origin == OriginArg::None && major >= 16;
+    let server_side_filter =
+        args.plugin == Plugin::Pgoutput && args.origin == OriginArg::None && major >= 16;
     let proto = args
         .proto_version
         .unwrap_or(u32::MAX)
         .min(max_proto_version(major));
-    let scfg = StreamConfig::with_plugin(
-        &args.slot,
-        OutputPlugin::Pgoutput(PgoutputOptions {
+    let plugin = match args.plugin {
+        Plugin::Pgoutput => OutputPlugin::Pgoutput(PgoutputOptions {
             publications: args.publication.clone(),
             max_proto_version: Some(proto),
             messages: true,
@@ -100,16 +113,23 @@ async fn stream_once(
             origin_none: server_side_filter,
             ..PgoutputOptions::default()
         }),
-    );
+        Plugin::Wal2json => OutputPlugin::Other {
+            name: "wal2json".into(),
+            options: wal2json_options(&Wal2JsonOptions::default())
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        },
+    };
+    let scfg = StreamConfig::with_plugin(&args.slot, plugin);
     let mut stream = ReplicationStream::start(conn, &scfg, *acked).await?;
     // Everything before the start position was written out by this process (or is the
     // slot's own confirmed position): acknowledge it.
     stream.set_flushed(*acked);
-    tracing::info!(slot = %args.slot, from = %acked, proto, "streaming");
+    tracing::info!(slot = %args.slot, from = %acked, plugin = ?args.plugin, proto, "streaming");
 
-    let mut decoder = Decoder::new(proto);
-    let mut filter = OriginFilter::new(args.origin == OriginArg::None && !server_side_filter);
-    let mut renderer = Renderer::new(args.max_txn_memory, std::env::temp_dir());
+    let drop_origins = args.origin == OriginArg::None && !server_side_filter;
+    let mut lines = Lines::new(args, proto, drop_origins);
     let stdout = std::io::stdout();
     loop {
         let event = tokio::select! {
@@ -125,19 +145,12 @@ async fn stream_once(
         };
         match event {
             ReplicationEvent::XLogData(x) => {
-                let msg = decoder
-                    .decode(x.data)
-                    .map_err(|e| Failure::Fatal(anyhow!(e).context("decoding pgoutput")))?;
-                if filter.observe(&msg) == Verdict::Drop {
+                let Some((done, write)) = lines.feed(x.data).map_err(Failure::Fatal)? else {
                     continue;
-                }
-                let finished = renderer
-                    .feed(&msg)
-                    .map_err(|e| Failure::Fatal(anyhow!(e)))?;
-                let Some(done) = finished else { continue };
-                if !filter.txn_dropped() && args.output == Output::Json {
+                };
+                if write && args.output == Output::Json {
                     let mut out = stdout.lock();
-                    renderer
+                    lines
                         .write_finished(&mut out)
                         .and_then(|()| out.flush())
                         .map_err(|e| Failure::Fatal(anyhow!(e).context("writing to stdout")))?;
@@ -152,7 +165,7 @@ async fn stream_once(
             }
             // Between transactions everything the server sent is written out, so its send
             // position can be acknowledged: an idle slot must not retain WAL.
-            ReplicationEvent::Keepalive { wal_end, .. } if !renderer.in_transaction() => {
+            ReplicationEvent::Keepalive { wal_end, .. } if !lines.in_transaction() => {
                 *acked = (*acked).max(wal_end);
                 stream.set_flushed(*acked);
                 if args.endpos.is_some_and(|end| wal_end >= end) {
@@ -161,6 +174,78 @@ async fn stream_once(
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// The decoding half of tail for the slot's plugin: bytes in, finished transactions out.
+enum Lines {
+    Pgoutput {
+        decoder: Decoder,
+        filter: OriginFilter,
+        renderer: Renderer,
+    },
+    Wal2json(Wal2jsonRenderer),
+}
+
+impl Lines {
+    fn new(args: &TailArgs, proto: u32, drop_origins: bool) -> Lines {
+        let spill = std::env::temp_dir();
+        match args.plugin {
+            Plugin::Pgoutput => Lines::Pgoutput {
+                decoder: Decoder::new(proto),
+                filter: OriginFilter::new(drop_origins),
+                renderer: Renderer::new(args.max_txn_memory, spill),
+            },
+            Plugin::Wal2json => Lines::Wal2json(Wal2jsonRenderer::new(
+                args.max_txn_memory,
+                spill,
+                drop_origins,
+            )),
+        }
+    }
+
+    /// Takes one XLogData payload; at the end of a transaction returns it and whether it
+    /// is to be written (false: dropped by the origin filter).
+    fn feed(&mut self, data: bytes::Bytes) -> anyhow::Result<Option<(Finished, bool)>> {
+        match self {
+            Lines::Pgoutput {
+                decoder,
+                filter,
+                renderer,
+            } => {
+                let msg = decoder
+                    .decode(data)
+                    .map_err(|e| anyhow!(e).context("decoding pgoutput"))?;
+                if filter.observe(&msg) == Verdict::Drop {
+                    return Ok(None);
+                }
+                let done = renderer.feed(&msg)?;
+                Ok(done.map(|d| (d, !filter.txn_dropped())))
+            }
+            Lines::Wal2json(r) => {
+                let msg =
+                    decode_line(&data).map_err(|e| anyhow!(e).context("decoding wal2json"))?;
+                let done = r.feed(&msg)?;
+                Ok(done.map(|d| {
+                    let write = !r.dropped();
+                    (d, write)
+                }))
+            }
+        }
+    }
+
+    fn in_transaction(&self) -> bool {
+        match self {
+            Lines::Pgoutput { renderer, .. } => renderer.in_transaction(),
+            Lines::Wal2json(r) => r.in_transaction(),
+        }
+    }
+
+    fn write_finished(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        match self {
+            Lines::Pgoutput { renderer, .. } => renderer.write_finished(out),
+            Lines::Wal2json(r) => r.write_finished(out),
         }
     }
 }
