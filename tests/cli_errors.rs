@@ -58,3 +58,16 @@ fn help_and_version_still_print_and_exit_0() {
     assert_eq!(code, Some(0));
     assert!(stdout.contains("Usage"), "{stdout}");
 }
+
+#[test]
+fn tail_with_pgoutput_needs_a_publication() {
+    let (code, _, stderr) = pgmesh(&[
+        "tail",
+        "--dsn",
+        "host=127.0.0.1 port=1 user=x dbname=x",
+        "--slot",
+        "s",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--publication is required"), "{stderr}");
+}
