@@ -129,23 +129,7 @@ fn tail_survives_restart_without_gaps_or_repeats() {
         }
         assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "PG{major}");
         // Other kinds of change.
-        c.psql("UPDATE ev SET body = 'changed' WHERE id = 1; DELETE FROM ev WHERE id = 2;")
-            .unwrap();
-        let upd = tail.next_txn("update+delete");
-        assert_eq!(upd["changes"][0]["op"], "update", "{upd}");
-        assert_eq!(upd["changes"][0]["new"]["body"], "changed");
-        assert_eq!(upd["changes"][1]["op"], "delete", "{upd}");
-        assert_eq!(upd["changes"][1]["key"]["id"], 2);
-        let last_end = upd["end_lsn"].as_str().unwrap().to_string();
-
-        let status = tail.interrupt_and_wait();
-        assert!(status.success(), "PG{major}: tail exit {status}");
-        let ok = c
-            .psql(&format!(
-                "SELECT confirmed_flush_lsn >= '{last_end}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'tail_slot'"
-            ))
-            .unwrap();
-        assert_eq!(ok, "t", "PG{major}: position acknowledged on Ctrl-C");
+        update_delete_then_interrupt(&c, tail, &format!("PG{major}"));
 
         // A new tail resumes after the acknowledged position: nothing is repeated.
         c.psql("INSERT INTO ev VALUES (11, 'after', true, null)")
@@ -250,20 +234,26 @@ fn tail_reads_a_wal2json_slot_with_the_same_output() {
     )
     .unwrap();
     c.restart_immediate().unwrap();
+    update_delete_then_interrupt(&c, tail, "wal2json");
+}
+
+/// Updates row 1 and deletes row 2 of `ev` in one transaction, checks tail's line for
+/// it, then stops tail with SIGINT and checks it exited 0 and acknowledged the line.
+fn update_delete_then_interrupt(c: &Cluster, tail: Tail, what: &str) {
     c.psql("UPDATE ev SET body = 'changed' WHERE id = 1; DELETE FROM ev WHERE id = 2;")
         .unwrap();
-    let upd = tail.next_txn("update+delete after the restart");
-    assert_eq!(upd["changes"][0]["op"], "update", "{upd}");
+    let upd = tail.next_txn("update+delete");
+    assert_eq!(upd["changes"][0]["op"], "update", "{what}: {upd}");
     assert_eq!(upd["changes"][0]["new"]["body"], "changed");
-    assert_eq!(upd["changes"][1]["op"], "delete", "{upd}");
+    assert_eq!(upd["changes"][1]["op"], "delete", "{what}: {upd}");
     assert_eq!(upd["changes"][1]["key"]["id"], 2);
     let last_end = upd["end_lsn"].as_str().unwrap().to_string();
     let status = tail.interrupt_and_wait();
-    assert!(status.success(), "tail exit {status}");
+    assert!(status.success(), "{what}: tail exit {status}");
     let ok = c
         .psql(&format!(
             "SELECT confirmed_flush_lsn >= '{last_end}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'tail_slot'"
         ))
         .unwrap();
-    assert_eq!(ok, "t", "position acknowledged on Ctrl-C");
+    assert_eq!(ok, "t", "{what}: position acknowledged on Ctrl-C");
 }

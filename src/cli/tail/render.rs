@@ -35,7 +35,78 @@ struct OpenTxn {
     final_lsn: Lsn,
     commit_time: i64,
     origin: Option<(String, Lsn)>,
+}
+
+/// One output line in the making, whatever the plugin: the changes rendered as they come
+/// (into a spill buffer, so a transaction of any size stays within a memory budget), the
+/// header once the transaction commits.
+pub struct TxnLine {
+    buf: SpillBuffer,
+    header: Vec<u8>,
     changes: u64,
+}
+
+impl TxnLine {
+    #[must_use]
+    pub fn new(max_txn_memory: usize, spill_dir: PathBuf) -> Self {
+        TxnLine {
+            buf: SpillBuffer::new(max_txn_memory, spill_dir),
+            header: Vec::new(),
+            changes: 0,
+        }
+    }
+
+    /// Starts a new line, forgetting what was not written.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.header.clear();
+        self.changes = 0;
+    }
+
+    /// Adds one change.
+    pub fn push(&mut self, change: &Value) -> Result<(), RenderError> {
+        if self.changes > 0 {
+            self.buf.write_all(b",")?;
+        }
+        self.changes += 1;
+        serde_json::to_writer(&mut self.buf, change).map_err(io::Error::from)?;
+        Ok(())
+    }
+
+    /// Closes the transaction with its `header` (an object): the line is
+    /// `{…header…,"changes":[…]}`. Returns its number of changes.
+    pub fn close(&mut self, header: &Value) -> Result<u64, RenderError> {
+        self.header.clear();
+        serde_json::to_writer(&mut self.header, header).map_err(io::Error::from)?;
+        self.header.pop(); // the closing brace
+        self.header.extend_from_slice(b",\"changes\":[");
+        Ok(self.changes)
+    }
+
+    /// Makes `v` the whole line (a message outside any transaction).
+    pub fn single(&mut self, v: &Value) -> Result<(), RenderError> {
+        self.clear();
+        serde_json::to_writer(&mut self.buf, v).map_err(io::Error::from)?;
+        Ok(())
+    }
+
+    /// Nothing to write: the transaction was left out.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.header.is_empty() && self.buf.is_empty()
+    }
+
+    /// Writes the line finished by [`TxnLine::close`] or [`TxnLine::single`].
+    pub fn write(&mut self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&self.header)?;
+        self.buf.copy_to(out)?;
+        if !self.header.is_empty() {
+            out.write_all(b"]}")?;
+        }
+        out.write_all(b"\n")?;
+        self.clear();
+        Ok(())
+    }
 }
 
 /// A transaction ready to be written: its header and its buffered changes.
@@ -48,9 +119,8 @@ pub struct Finished {
 /// Renders a stream of messages; keeps the relation cache between transactions.
 pub struct Renderer {
     relations: HashMap<Oid, Relation>,
-    buf: SpillBuffer,
+    line: TxnLine,
     open: Option<OpenTxn>,
-    header: Vec<u8>,
 }
 
 impl Renderer {
@@ -58,9 +128,8 @@ impl Renderer {
     pub fn new(max_txn_memory: usize, spill_dir: PathBuf) -> Self {
         Renderer {
             relations: HashMap::new(),
-            buf: SpillBuffer::new(max_txn_memory, spill_dir),
+            line: TxnLine::new(max_txn_memory, spill_dir),
             open: None,
-            header: Vec::new(),
         }
     }
 
@@ -68,7 +137,7 @@ impl Renderer {
     /// the relation cache (a new walsender sends Relation messages again).
     pub fn reset(&mut self) {
         self.open = None;
-        self.buf.clear();
+        self.line.clear();
         self.relations.clear();
     }
 
@@ -83,13 +152,12 @@ impl Renderer {
     pub fn feed(&mut self, msg: &Message) -> Result<Option<Finished>, RenderError> {
         match msg {
             Message::Begin(b) => {
-                self.buf.clear();
+                self.line.clear();
                 self.open = Some(OpenTxn {
                     xid: b.xid,
                     final_lsn: b.final_lsn,
                     commit_time: b.commit_time.0,
                     origin: None,
-                    changes: 0,
                 });
             }
             Message::Origin(o) => {
@@ -163,10 +231,7 @@ impl Renderer {
                     self.push_change(&change)?;
                 } else {
                     // A non-transactional message outside any transaction: its own line.
-                    self.buf.clear();
-                    serde_json::to_writer(&mut self.buf, &json!({ "message": change }))
-                        .map_err(io::Error::from)?;
-                    self.header.clear();
+                    self.line.single(&json!({ "message": change }))?;
                     return Ok(Some(Finished {
                         end_lsn: m.lsn,
                         changes: 1,
@@ -188,14 +253,10 @@ impl Renderer {
                     "commit_time": rfc3339(open.commit_time),
                     "origin": origin,
                 });
-                // `{"xid":…,"origin":…` + `,"changes":[` + buffer + `]}`.
-                self.header.clear();
-                serde_json::to_writer(&mut self.header, &header).map_err(io::Error::from)?;
-                self.header.pop(); // the closing brace
-                self.header.extend_from_slice(b",\"changes\":[");
+                let changes = self.line.close(&header)?;
                 return Ok(Some(Finished {
                     end_lsn: c.end_lsn,
-                    changes: open.changes,
+                    changes,
                 }));
             }
             other => return Err(RenderError::Unexpected(other.kind().name())),
@@ -205,14 +266,7 @@ impl Renderer {
 
     /// Writes the transaction just finished by [`Renderer::feed`] as one line.
     pub fn write_finished(&mut self, out: &mut impl Write) -> io::Result<()> {
-        out.write_all(&self.header)?;
-        self.buf.copy_to(out)?;
-        if !self.header.is_empty() {
-            out.write_all(b"]}")?;
-        }
-        out.write_all(b"\n")?;
-        self.buf.clear();
-        Ok(())
+        self.line.write(out)
     }
 
     fn txn(&mut self, what: &'static str) -> Result<&mut OpenTxn, RenderError> {
@@ -228,16 +282,10 @@ impl Renderer {
     }
 
     fn push_change(&mut self, change: &Value) -> Result<(), RenderError> {
-        let open = self
-            .open
-            .as_mut()
-            .ok_or(RenderError::OutsideTransaction("change"))?;
-        if open.changes > 0 {
-            self.buf.write_all(b",")?;
+        if self.open.is_none() {
+            return Err(RenderError::OutsideTransaction("change"));
         }
-        open.changes += 1;
-        serde_json::to_writer(&mut self.buf, change).map_err(io::Error::from)?;
-        Ok(())
+        self.line.push(change)
     }
 }
 

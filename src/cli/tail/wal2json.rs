@@ -10,25 +10,22 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::render::{Finished, RenderError};
+use super::render::{Finished, RenderError, TxnLine};
 use super::value::text_value;
 use crate::pgtime::rfc3339;
 use crate::protocol::wal2json::{Column, RowChange, TxnBoundary, Wal2JsonMessage};
-use crate::txn::SpillBuffer;
 use crate::Lsn;
 
 struct OpenTxn {
     begin: TxnBoundary,
-    changes: u64,
     /// Dropped by `--origin none` (a transaction with a nonzero origin).
     dropped: bool,
 }
 
 /// Renders wal2json lines into transaction lines.
 pub struct Wal2jsonRenderer {
-    buf: SpillBuffer,
+    line: TxnLine,
     open: Option<OpenTxn>,
-    header: Vec<u8>,
     drop_origins: bool,
 }
 
@@ -37,9 +34,8 @@ impl Wal2jsonRenderer {
     #[must_use]
     pub fn new(max_txn_memory: usize, spill_dir: PathBuf, drop_origins: bool) -> Self {
         Wal2jsonRenderer {
-            buf: SpillBuffer::new(max_txn_memory, spill_dir),
+            line: TxnLine::new(max_txn_memory, spill_dir),
             open: None,
-            header: Vec::new(),
             drop_origins,
         }
     }
@@ -54,11 +50,9 @@ impl Wal2jsonRenderer {
     pub fn feed(&mut self, msg: &Wal2JsonMessage) -> Result<Option<Finished>, RenderError> {
         match msg {
             Wal2JsonMessage::Begin(b) => {
-                self.buf.clear();
-                self.header.clear();
+                self.line.clear();
                 self.open = Some(OpenTxn {
                     begin: b.clone(),
-                    changes: 0,
                     dropped: self.drop_origins && b.origin.is_some_and(|o| o != 0),
                 });
             }
@@ -100,10 +94,7 @@ impl Wal2jsonRenderer {
                 if m.transactional {
                     self.push_change(&change)?;
                 } else {
-                    self.buf.clear();
-                    self.header.clear();
-                    serde_json::to_writer(&mut self.buf, &json!({ "message": change }))
-                        .map_err(io::Error::from)?;
+                    self.line.single(&json!({ "message": change }))?;
                     return Ok(Some(Finished {
                         end_lsn: m.meta.lsn.unwrap_or(Lsn::ZERO),
                         changes: 1,
@@ -117,7 +108,7 @@ impl Wal2jsonRenderer {
                     .ok_or(RenderError::OutsideTransaction("Commit"))?;
                 let end_lsn = c.next_lsn.or(c.lsn).unwrap_or(Lsn::ZERO);
                 if open.dropped {
-                    self.buf.clear();
+                    self.line.clear();
                     return Ok(Some(Finished {
                         end_lsn,
                         changes: 0,
@@ -135,13 +126,8 @@ impl Wal2jsonRenderer {
                     "commit_time": commit_time,
                     "origin": b.origin.filter(|&o| o != 0).map(|o| json!({ "id": o })),
                 });
-                serde_json::to_writer(&mut self.header, &header).map_err(io::Error::from)?;
-                self.header.pop(); // the closing brace
-                self.header.extend_from_slice(b",\"changes\":[");
-                return Ok(Some(Finished {
-                    end_lsn,
-                    changes: open.changes,
-                }));
+                let changes = self.line.close(&header)?;
+                return Ok(Some(Finished { end_lsn, changes }));
             }
         }
         Ok(None)
@@ -150,36 +136,20 @@ impl Wal2jsonRenderer {
     /// Whether the transaction just finished was left out (`--origin none`).
     #[must_use]
     pub fn dropped(&self) -> bool {
-        self.header.is_empty() && self.buf.is_empty()
+        self.line.is_empty()
     }
 
     /// Writes the transaction just finished by [`Wal2jsonRenderer::feed`] as one line.
     pub fn write_finished(&mut self, out: &mut impl Write) -> io::Result<()> {
-        out.write_all(&self.header)?;
-        self.buf.copy_to(out)?;
-        if !self.header.is_empty() {
-            out.write_all(b"]}")?;
-        }
-        out.write_all(b"\n")?;
-        self.buf.clear();
-        self.header.clear();
-        Ok(())
+        self.line.write(out)
     }
 
     fn push_change(&mut self, change: &Value) -> Result<(), RenderError> {
-        let open = self
-            .open
-            .as_mut()
-            .ok_or(RenderError::OutsideTransaction("a change"))?;
-        if open.dropped {
-            return Ok(());
+        match &self.open {
+            None => Err(RenderError::OutsideTransaction("a change")),
+            Some(open) if open.dropped => Ok(()),
+            Some(_) => self.line.push(change),
         }
-        if open.changes > 0 {
-            self.buf.write_all(b",")?;
-        }
-        serde_json::to_writer(&mut self.buf, change).map_err(io::Error::from)?;
-        open.changes += 1;
-        Ok(())
     }
 }
 
