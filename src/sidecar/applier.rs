@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::link::SidecarError;
 use super::stall::{DirectionActivity, Step};
@@ -68,7 +69,9 @@ impl Applier {
     ) -> Applier {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (applied_tx, applied_rx) = watch::channel(applied);
-        let task = tokio::spawn(run(apply, rx, applied_tx, peer, state, activity.clone()));
+        let task = tokio::spawn(
+            run(apply, rx, applied_tx, peer, state, activity.clone()).in_current_span(),
+        );
         Applier {
             tx: Some(tx),
             applied: applied_rx,
@@ -163,7 +166,7 @@ async fn run(
             Work::Chunk(chunk) => {
                 let stats = apply.apply(&chunk).await?;
                 rows += chunk.rows() as u64;
-                tracing::debug!(%peer, rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
+                tracing::debug!(rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
             }
             Work::Truncate { map, ts, lsn } => {
                 let removed = apply.truncate(&map.local, ts).await?;
@@ -187,7 +190,7 @@ async fn run(
             }
             Work::Kill { kill, lsn } => {
                 let stats = apply.apply_kill(&kill, lsn).await?;
-                tracing::debug!(%peer, ?kill, ?stats, "applied a peer's unique-constraint decision");
+                tracing::debug!(?kill, ?stats, "applied a peer's unique-constraint decision");
             }
             Work::Commit {
                 chunk,
@@ -200,11 +203,11 @@ async fn run(
                     Some(chunk) => {
                         let stats = apply.apply_and_commit(&chunk, end, ts).await?;
                         rows += chunk.rows() as u64;
-                        tracing::debug!(%peer, rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
+                        tracing::debug!(rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
                     }
                     None => apply.commit(end, ts).await?,
                 }
-                tracing::debug!(%peer, %end, took = ?started.elapsed(), "committed");
+                tracing::debug!(%end, took = ?started.elapsed(), "committed");
                 state.passed_peer_time(ts);
                 applied.send_replace(end);
                 let m = &state.metrics;

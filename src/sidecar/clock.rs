@@ -124,7 +124,7 @@ impl ClockWatch {
         let est = due.estimate;
         state.clock_skew(&est, due.beyond);
         if due.warn {
-            tracing::warn!(%node, %peer, skew = %format_skew_us(&est),
+            tracing::warn!(skew = %format_skew_us(&est),
                 bound = ?self.bound, samples = est.samples,
                 "node {node}'s clock is off node {peer}'s by more than [replication] clock_skew_warn: last-writer-wins favours writes of the node whose clock is ahead; sync both clocks (chrony/NTP)");
         }
@@ -142,7 +142,7 @@ impl ClockWatch {
             Ok(_) => self.store_failed = None,
             Err(e) => {
                 self.store_failed = Some(now);
-                tracing::warn!(%node, %peer, error = %crate::sqlconn::pg_message(&e),
+                tracing::warn!(error = %crate::sqlconn::pg_message(&e),
                     "cannot record the clock skew in pgmesh.clock_skew (pgmesh status will not show it): run `pgmesh setup` (migration V8) and grant SELECT, INSERT, UPDATE on it to the sidecar's role");
             }
         }

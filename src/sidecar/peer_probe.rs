@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use super::link::{PeerLink, SidecarError};
 use crate::guardrail::human_bytes;
@@ -34,7 +35,9 @@ impl Drop for ProbeGuard {
 #[must_use]
 pub fn spawn_wal_probe(link: &PeerLink, state: Arc<DirectionState>) -> ProbeGuard {
     let cfg = link.peer_sql.clone();
-    ProbeGuard(tokio::spawn(probe(cfg, link.slot.clone(), state)))
+    ProbeGuard(tokio::spawn(
+        probe(cfg, link.slot.clone(), state).in_current_span(),
+    ))
 }
 
 async fn probe(cfg: SqlConfig, slot: String, state: Arc<DirectionState>) {
@@ -47,7 +50,7 @@ async fn probe(cfg: SqlConfig, slot: String, state: Arc<DirectionState>) {
             match connect_sql(&cfg.named("pgmesh lag probe")).await {
                 Ok(s) => session = Some(AbortOnDrop::new(s)),
                 Err(e) => {
-                    tracing::debug!(peer = %cfg.node, error = %e, "lag probe cannot reach the peer");
+                    tracing::debug!(error = %e, "lag probe cannot reach the peer");
                     tokio::time::sleep(PROBE_RETRY).await;
                     continue;
                 }
@@ -73,7 +76,7 @@ async fn probe(cfg: SqlConfig, slot: String, state: Arc<DirectionState>) {
                 }
             }
             Err(e) => {
-                tracing::debug!(peer = %cfg.node, error = %pg_message(&e), "lag probe failed");
+                tracing::debug!(error = %pg_message(&e), "lag probe failed");
                 session = None;
             }
         }
@@ -111,7 +114,7 @@ pub async fn dropped_by_guardrail(link: &PeerLink, e: &SidecarError) -> Option<S
     let record = match last_drop(&s.client, &link.slot).await {
         Ok(r) => r?,
         Err(err) => {
-            tracing::debug!(peer = %link.peer, error = %pg_message(&err), "cannot read pgmesh.guardrail_drops on the peer");
+            tracing::debug!(error = %pg_message(&err), "cannot read pgmesh.guardrail_drops on the peer");
             return None;
         }
     };

@@ -25,7 +25,7 @@ pub(super) async fn wait_for_fix(
     m: &SchemaMismatch,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    tracing::error!(node = %link.local_node, peer = %link.peer, table = %m.table, differences = ?m.differences,
+    tracing::error!(table = %m.table, differences = ?m.differences,
         "stream from peer stopped: {m}");
     let mut reminded = Instant::now();
     loop {
@@ -38,18 +38,18 @@ pub(super) async fn wait_for_fix(
         }
         match mismatch_fixed(m, &link.local, &link.peer_sql).await {
             Ok(true) => {
-                tracing::info!(node = %link.local_node, peer = %link.peer, table = %m.table,
+                tracing::info!(table = %m.table,
                     "the table now matches on both nodes; resuming the stream from the kept position");
                 return true;
             }
             Ok(false) => {}
             Err(e) => {
-                tracing::debug!(peer = %link.peer, table = %m.table, error = %e, "could not compare the tables yet")
+                tracing::debug!(table = %m.table, error = %e, "could not compare the tables yet")
             }
         }
         if reminded.elapsed() >= REMIND_EVERY {
             reminded = Instant::now();
-            tracing::warn!(node = %link.local_node, peer = %link.peer, table = %m.table,
+            tracing::warn!(table = %m.table,
                 "stream from peer still stopped: {m}");
         }
     }

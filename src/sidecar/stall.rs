@@ -199,7 +199,7 @@ pub async fn watch(
                 step.describe(),
                 lasted.as_secs()
             );
-            tracing::warn!(%peer, step = ?step, lasted = ?lasted, "{text}");
+            tracing::warn!(step = ?step, lasted = ?lasted, "{text}");
             state.stalled(&text);
         }
     }

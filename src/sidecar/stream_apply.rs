@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::applier::{Applier, Work};
 use super::clock::ClockWatch;
@@ -44,6 +45,16 @@ pub async fn run_peer(link: PeerLink, stop: watch::Receiver<bool>) {
 /// ([`crate::ErrorKind::Bug`]: undecodable data, a panicked apply task).
 pub async fn run_direction(
     link: PeerLink,
+    stop: watch::Receiver<bool>,
+    state: Arc<DirectionState>,
+) -> Result<(), SidecarError> {
+    // Every line this direction logs (its tasks' too) names the node and the peer.
+    let span = tracing::info_span!("direction", node = %link.local_node, peer = %link.peer);
+    direction_loop(link, stop, state).instrument(span).await
+}
+
+async fn direction_loop(
+    link: PeerLink,
     mut stop: watch::Receiver<bool>,
     state: Arc<DirectionState>,
 ) -> Result<(), SidecarError> {
@@ -67,7 +78,7 @@ pub async fn run_direction(
                     None => super::peer_probe::dropped_by_guardrail(&link, &e).await,
                 };
                 if let Some(fatal) = fatal {
-                    tracing::error!(node = %link.local_node, peer = %link.peer, error = %fatal, "stream from peer stopped for good");
+                    tracing::error!(error = %fatal, "stream from peer stopped for good");
                     state.failed(&fatal.to_string());
                     return Err(fatal);
                 }
@@ -78,7 +89,7 @@ pub async fn run_direction(
                         applied: state.report().applied_lsn,
                         source: Box::new(e),
                     };
-                    tracing::error!(node = %link.local_node, peer = %link.peer, error = %bug, "stream from peer stopped");
+                    tracing::error!(error = %bug, "stream from peer stopped");
                     state.failed(&bug.to_string());
                     return Err(bug);
                 }
@@ -96,10 +107,10 @@ pub async fn run_direction(
                 // operator sees a peer that stays down (and for how long) at a glance.
                 let attempt = backoff.failures();
                 if e.is_transient() {
-                    tracing::warn!(node = %link.local_node, peer = %link.peer, error = %e, ?delay, attempt, "stream from peer interrupted; retrying after `delay` from the applied position");
+                    tracing::warn!(error = %e, ?delay, attempt, "stream from peer interrupted; retrying after `delay` from the applied position");
                 } else {
                     delay = delay.max(std::time::Duration::from_secs(5));
-                    tracing::error!(node = %link.local_node, peer = %link.peer, error = %e, ?delay, attempt, "stream from peer stopped; position kept, retrying until the cause is fixed");
+                    tracing::error!(error = %e, ?delay, attempt, "stream from peer stopped; position kept, retrying until the cause is fixed");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -204,15 +215,18 @@ async fn run_once(
     let proto = crate::source::stream::max_proto_version(major);
     let mut decoder = Decoder::new(proto);
     let mut filter = OriginFilter::new(true);
-    tracing::info!(node = %link.local_node, peer = %link.peer, slot = %link.slot, from = %applied, server = major, "streaming from peer");
+    tracing::info!(slot = %link.slot, from = %applied, server = major, "streaming from peer");
     let activity = Arc::new(DirectionActivity::default());
-    let _stall_watch = DropAbort(tokio::spawn(super::stall::watch(
-        activity.clone(),
-        link.local.clone(),
-        apply.backend_pid(),
-        link.peer.clone(),
-        state.clone(),
-    )));
+    let _stall_watch = DropAbort(tokio::spawn(
+        super::stall::watch(
+            activity.clone(),
+            link.local.clone(),
+            apply.backend_pid(),
+            link.peer.clone(),
+            state.clone(),
+        )
+        .in_current_span(),
+    ));
     let mut d = Direction {
         link,
         applier: Applier::spawn(
@@ -295,7 +309,7 @@ async fn run_once(
                     let _step = activity.reader.enter(Step::ReadingLocalProgress);
                     d.acknowledgeable().await?
                 };
-                tracing::trace!(peer = %link.peer, %ack, applied = %d.applier.applied(), passed = %d.passed, idle = d.idle(), "acknowledging");
+                tracing::trace!(%ack, applied = %d.applier.applied(), passed = %d.passed, idle = d.idle(), "acknowledging");
                 let before = stream.flushed();
                 stream.set_flushed(ack);
                 // Caught up with a quiet peer: say so now, not at the next status interval
@@ -320,7 +334,7 @@ async fn run_once(
                 let durable = d.durable_progress().await?;
                 stream.set_flushed(durable);
                 let _ = stream.shutdown().await;
-                tracing::info!(peer = %link.peer, applied = %d.applier.applied(), acknowledged = %durable, "stream from peer stopped");
+                tracing::info!(applied = %d.applier.applied(), acknowledged = %durable, "stream from peer stopped");
                 return Ok(());
             }
         }
@@ -430,7 +444,7 @@ impl Direction<'_> {
                 // this guards the same rule on our side.
                 let skip = b.final_lsn < self.sent_commit;
                 if skip {
-                    tracing::debug!(peer = %self.link.peer, xid = b.xid, final_lsn = %b.final_lsn,
+                    tracing::debug!(xid = b.xid, final_lsn = %b.final_lsn,
                         applied = %self.sent_commit, "reading past a transaction applied before");
                 }
                 // A long wait happens here, with what is batched committed first: the
@@ -710,7 +724,7 @@ impl Direction<'_> {
             ClockWait::Wait(d) => d,
             ClockWait::TooFar(ahead) => {
                 if self.note_clock() {
-                    tracing::warn!(node = %self.link.local_node, peer = %self.link.peer,
+                    tracing::warn!(
                         ahead_s = ahead.as_secs_f64(), max_s = self.link.clock_wait_max.as_secs_f64(),
                         "a change from the peer is committed further ahead of this node's clock than [replication] clock_wait_max; applied at once: a local write made on top of it in the next `ahead_s` can lose to it on the peer and the nodes then differ in that row (pgmesh verify / repair); sync both clocks (chrony/NTP)");
                 }
@@ -718,7 +732,7 @@ impl Direction<'_> {
             }
         };
         if wait >= std::time::Duration::from_millis(100) && self.note_clock() {
-            tracing::warn!(node = %self.link.local_node, peer = %self.link.peer, wait_s = wait.as_secs_f64(),
+            tracing::warn!(wait_s = wait.as_secs_f64(),
                 "the peer's commits are ahead of this node's clock: each is applied once this clock passed its commit time, so that a local write made after it is stamped later (last-writer-wins stays causal); the direction lags by the skew; sync both clocks (chrony/NTP)");
         }
         Some(wait)
