@@ -89,7 +89,7 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
         quiet: args.quiet || args.json,
     };
     if args.check {
-        let findings = setup::preflight(&cfg, OutputPlugin::Pgoutput, &opts.existing).await;
+        let findings = setup::preflight(&cfg, &OutputPlugin::pgoutput(), &opts.existing).await;
         if args.json {
             println!(
                 "{}",

@@ -10,19 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Supported PostgreSQL majors.
 pub const SUPPORTED_MAJORS: std::ops::RangeInclusive<i32> = 15..=18;
 
-/// The output plugin the sidecars will use; only wal2json needs the allow-list GUC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OutputPlugin {
-    Pgoutput,
-    Wal2json,
-}
+pub use crate::source::OutputPlugin;
 
 const RESTART: &str = "then restart PostgreSQL (e.g. pg_ctl restart -D <data directory>)";
 
 /// Every check over the facts of every reachable node.
 #[must_use]
-pub fn check_all(cfg: &Config, facts: &[NodeFacts], plugin: OutputPlugin) -> Vec<Finding> {
+pub fn check_all(cfg: &Config, facts: &[NodeFacts], plugin: &OutputPlugin) -> Vec<Finding> {
     let mut out = Vec::new();
     for f in facts {
         let peers: Vec<&str> = cfg.peers(&f.node).map(|p| p.name.as_str()).collect();
@@ -36,7 +30,7 @@ pub fn check_all(cfg: &Config, facts: &[NodeFacts], plugin: OutputPlugin) -> Vec
 }
 
 /// Version, settings, limits and privileges of one node.
-pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &mut Vec<Finding>) {
+pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: &OutputPlugin, out: &mut Vec<Finding>) {
     let n = f.node.as_str();
     let major = f.server_version_num / 10000;
     let latest = i32::try_from(super::migrate::latest_version()).unwrap_or(i32::MAX);
@@ -115,7 +109,8 @@ pub fn check_server(f: &NodeFacts, peers: &[&str], plugin: OutputPlugin, out: &m
             format!("ALTER SYSTEM SET max_worker_processes = 8;\n{RESTART}"),
         ));
     }
-    if let (OutputPlugin::Wal2json, Some(allowed)) = (plugin, &f.output_plugin_libraries) {
+    // Only wal2json needs the allow-list GUC (pgoutput is always allowed).
+    if let (true, Some(allowed)) = (plugin.name() == "wal2json", &f.output_plugin_libraries) {
         if !allowed.split(',').any(|p| p.trim() == "wal2json") {
             out.push(Finding::error(
                 n,

@@ -67,7 +67,7 @@ async fn connect_all(cfg: &Config) -> (Vec<(String, Client)>, Vec<Finding>) {
 /// copies (whose refusals are findings too).
 async fn gather_and_check(
     cfg: &Config,
-    plugin: OutputPlugin,
+    plugin: &OutputPlugin,
     existing: &ExistingData,
 ) -> (Vec<(Client, NodeFacts)>, Vec<Finding>, Vec<CopyJob>) {
     let (clients, mut findings) = connect_all(cfg).await;
@@ -103,7 +103,7 @@ async fn gather_and_check(
 /// `pgmesh setup --check`: every finding on every node; changes nothing.
 pub async fn preflight(
     cfg: &Config,
-    plugin: OutputPlugin,
+    plugin: &OutputPlugin,
     existing: &ExistingData,
 ) -> Vec<Finding> {
     gather_and_check(cfg, plugin, existing).await.1
@@ -115,7 +115,7 @@ pub async fn preflight(
 /// interrupted copy is resumed by the next run.
 pub async fn setup(cfg: &Config, opts: &SetupOptions) -> Result<SetupReport, SetupError> {
     let (nodes, findings, jobs) =
-        gather_and_check(cfg, OutputPlugin::Pgoutput, &opts.existing).await;
+        gather_and_check(cfg, &OutputPlugin::pgoutput(), &opts.existing).await;
     let mut report = SetupReport {
         findings,
         ..SetupReport::default()

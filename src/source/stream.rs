@@ -179,6 +179,12 @@ pub enum OutputPlugin {
 }
 
 impl OutputPlugin {
+    /// pgoutput with default options (the sidecar's and setup's plugin).
+    #[must_use]
+    pub fn pgoutput() -> OutputPlugin {
+        OutputPlugin::Pgoutput(PgoutputOptions::default())
+    }
+
     /// The plugin's name, for messages.
     #[must_use]
     pub fn name(&self) -> &str {
