@@ -53,7 +53,10 @@ fn the_etcd_leader_is_kept_on_the_named_member() {
             endpoints.clone(),
             format!("m{target}"),
             Duration::from_secs(2),
-            Duration::from_secs(1),
+            pgmesh::control::placement::Limits {
+                settle: Duration::from_secs(1),
+                max_round_trip: Duration::from_millis(250),
+            },
             stop,
         ));
         wait_leader(&endpoints, ids[target], "the named member leads").await;

@@ -279,7 +279,10 @@ impl Agent {
                 self.ctl.etcd.clone(),
                 name,
                 io_timeout(&self.ctl),
-                super::placement::SETTLE,
+                super::placement::Limits {
+                    settle: super::placement::SETTLE,
+                    max_round_trip: self.ctl.lease_ttl / 16,
+                },
                 stop.clone(),
             ))
         });

@@ -8,10 +8,15 @@
 //! on the witness never dies with a region; either region's writes to etcd cross the WAN
 //! once either way.
 //!
-//! How: each agent surveys every member every [`CHECK_EVERY`]; when all of them answer
-//! and agree that another member has led for [`SETTLE`], it asks the leader to hand over
-//! (etcd's `MoveLeader`, which waits for the chosen member to catch up). Only a whole,
-//! agreeing cluster moves: during a partition or an election nothing is touched. The
+//! How: each agent surveys every member every [`CHECK_EVERY`]; when all of them answer,
+//! quickly, and agree that another member has led for [`SETTLE`], it asks the leader to
+//! hand over (etcd's `MoveLeader`, which waits for the chosen member to catch up). Only a
+//! whole, agreeing, healthy cluster moves: during a partition or an election nothing is
+//! touched, and neither on a slow or lossy WAN (a member slower to answer than a
+//! sixteenth of the lease): there a change of leader fails the renewals in flight, and
+//! reconnecting across such a WAN took both regions past their lease's slack (the
+//! `degraded-wan` drill, 300 ms round trips with 5 % loss, fenced both when the leader
+//! was moved in the middle of it). The
 //! settle time keeps a leader that just changed (an election, an operator's or a drill's
 //! `etcdctl move-leader`) where it is for a while. Both agents may ask at once; etcd
 //! handles one transfer and refuses the other, which is harmless.
@@ -39,6 +44,8 @@ pub struct Seen {
     pub id: u64,
     /// The leader it knows (0: none).
     pub leader: u64,
+    /// How long its status call took.
+    pub round_trip: Duration,
 }
 
 /// The survey of every configured member; `None` entries did not answer.
@@ -47,6 +54,15 @@ pub struct Survey {
     pub members: Vec<Option<Seen>>,
     /// The id of the member named in `[control] etcd_leader`, if the member list has it.
     pub preferred: Option<u64>,
+}
+
+/// When a move is allowed.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long another member must have led a whole, quick cluster ([`SETTLE`]).
+    pub settle: Duration,
+    /// Every member's status round trip must be at most this (`lease_ttl / 16`).
+    pub max_round_trip: Duration,
 }
 
 /// What to do after a survey.
@@ -68,15 +84,20 @@ pub fn decide(
     survey: &Survey,
     away_since: &mut Option<Instant>,
     now: Instant,
-    settle: Duration,
+    limits: Limits,
 ) -> Step {
     let Some(preferred) = survey.preferred else {
         *away_since = None;
         return Step::Stay;
     };
-    let all: Option<Vec<&Seen>> = survey.members.iter().map(Option::as_ref).collect();
+    let all: Option<Vec<&Seen>> = survey
+        .members
+        .iter()
+        .map(|m| m.as_ref().filter(|s| s.round_trip <= limits.max_round_trip))
+        .collect();
     let Some(all) = all else {
-        // A member did not answer: not now, and the clock starts again once whole.
+        // A member did not answer, or slowly: not now, and the clock starts again once
+        // the cluster is whole and quick.
         *away_since = None;
         return Step::Stay;
     };
@@ -96,7 +117,7 @@ pub fn decide(
         return Step::Stay;
     }
     let since = *away_since.get_or_insert(now);
-    if now.duration_since(since) < settle {
+    if now.duration_since(since) < limits.settle {
         return Step::Wait;
     }
     *away_since = None;
@@ -106,16 +127,16 @@ pub fn decide(
     }
 }
 
-/// Surveys and moves until `stop` flips. `name` is the member to keep the leader on;
-/// `settle` is [`SETTLE`] but in tests.
+/// Surveys and moves until `stop` flips. `name` is the member to keep the leader on.
 pub async fn keep_leader(
     endpoints: Vec<String>,
     name: String,
     timeout: Duration,
-    settle: Duration,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut away_since = None;
+    let mut clients: Vec<Option<Client>> = vec![None; endpoints.len()];
     let mut missing_warned = false;
     loop {
         tokio::select! {
@@ -125,7 +146,7 @@ pub async fn keep_leader(
         if *stop.borrow() {
             return;
         }
-        let survey = survey(&endpoints, &name, timeout).await;
+        let survey = survey(&endpoints, &mut clients, &name, timeout).await;
         if survey.preferred.is_none() && survey.members.iter().all(Option::is_some) {
             if !missing_warned {
                 tracing::warn!(member = %name, "[control] etcd_leader names no etcd member (etcdctl member list shows their names); the etcd leader stays wherever etcd elects it");
@@ -134,7 +155,7 @@ pub async fn keep_leader(
             continue;
         }
         missing_warned = false;
-        if let Step::Move { via, to } = decide(&survey, &mut away_since, Instant::now(), settle) {
+        if let Step::Move { via, to } = decide(&survey, &mut away_since, Instant::now(), limits) {
             match move_leader(&via, to, timeout).await {
                 Ok(()) => {
                     tracing::info!(member = %name, from = %via, "moved the etcd leader to the member [control] etcd_leader names, so that it never dies with a region")
@@ -153,29 +174,43 @@ fn options(timeout: Duration) -> ConnectOptions {
         .with_connect_timeout(timeout)
 }
 
-/// Asks every member for its status (each on its own connection, at once) and one of
-/// them for the member list.
-async fn survey(endpoints: &[String], name: &str, timeout: Duration) -> Survey {
-    let asks = endpoints.iter().map(|e| async move {
-        let ask = async {
-            let mut c = Client::connect([e.as_str()], Some(options(timeout)))
-                .await
-                .ok()?;
-            let status = c.status().await.ok()?;
-            let id = status.header()?.member_id();
-            let seen = Seen {
-                endpoint: e.clone(),
-                id,
-                leader: status.leader(),
+/// Asks every member for its status (each on its own connection, kept between surveys,
+/// all at once) and one of them for the member list.
+async fn survey(
+    endpoints: &[String],
+    clients: &mut [Option<Client>],
+    name: &str,
+    timeout: Duration,
+) -> Survey {
+    let asks = endpoints
+        .iter()
+        .zip(clients.iter_mut())
+        .map(|(e, slot)| async move {
+            let ask = async {
+                if slot.is_none() {
+                    *slot = Client::connect([e.as_str()], Some(options(timeout)))
+                        .await
+                        .ok();
+                }
+                let c = slot.as_mut()?;
+                let began = Instant::now();
+                let status = c.status().await.ok()?;
+                Some(Seen {
+                    endpoint: e.clone(),
+                    id: status.header()?.member_id(),
+                    leader: status.leader(),
+                    round_trip: began.elapsed(),
+                })
             };
-            Some((seen, c))
-        };
-        tokio::time::timeout(timeout, ask).await.ok().flatten()
-    });
-    let answers = futures_util::future::join_all(asks).await;
+            let seen = tokio::time::timeout(timeout, ask).await.ok().flatten();
+            if seen.is_none() {
+                *slot = None;
+            }
+            seen
+        });
+    let members = futures_util::future::join_all(asks).await;
     let mut preferred = None;
-    for (_, c) in answers.iter().flatten() {
-        let mut c = c.clone();
+    for c in clients.iter_mut().flatten() {
         if let Ok(Ok(list)) = tokio::time::timeout(timeout, c.member_list()).await {
             preferred = list
                 .members()
@@ -185,10 +220,7 @@ async fn survey(endpoints: &[String], name: &str, timeout: Duration) -> Survey {
             break;
         }
     }
-    Survey {
-        members: answers.into_iter().map(|a| a.map(|(s, _)| s)).collect(),
-        preferred,
-    }
+    Survey { members, preferred }
 }
 
 async fn move_leader(via: &str, to: u64, timeout: Duration) -> Result<(), String> {
@@ -210,11 +242,17 @@ async fn move_leader(via: &str, to: u64, timeout: Duration) -> Result<(), String
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits {
+        settle: SETTLE,
+        max_round_trip: Duration::from_millis(250),
+    };
+
     fn seen(id: u64, leader: u64) -> Option<Seen> {
         Some(Seen {
             endpoint: format!("http://m{id}:2379"),
             id,
             leader,
+            round_trip: Duration::from_millis(80),
         })
     }
 
@@ -230,17 +268,17 @@ mod tests {
         let t0 = Instant::now();
         let mut away = None;
         let s = survey(vec![seen(1, 1), seen(2, 1), seen(3, 1)]);
-        assert_eq!(decide(&s, &mut away, t0, SETTLE), Step::Wait);
-        assert_eq!(decide(&s, &mut away, t0 + SETTLE / 2, SETTLE), Step::Wait);
+        assert_eq!(decide(&s, &mut away, t0, LIMITS), Step::Wait);
+        assert_eq!(decide(&s, &mut away, t0 + SETTLE / 2, LIMITS), Step::Wait);
         assert_eq!(
-            decide(&s, &mut away, t0 + SETTLE, SETTLE),
+            decide(&s, &mut away, t0 + SETTLE, LIMITS),
             Step::Move {
                 via: "http://m1:2379".into(),
                 to: 3
             }
         );
         // The clock starts again after a move.
-        assert_eq!(decide(&s, &mut away, t0 + SETTLE * 2, SETTLE), Step::Wait);
+        assert_eq!(decide(&s, &mut away, t0 + SETTLE * 2, LIMITS), Step::Wait);
     }
 
     #[test]
@@ -255,6 +293,15 @@ mod tests {
             // An election: no leader, or members that disagree.
             vec![seen(1, 0), seen(2, 0), seen(3, 0)],
             vec![seen(1, 1), seen(2, 2), seen(3, 1)],
+            // A member answers, but slower than the limit (a degraded WAN).
+            vec![
+                seen(1, 1),
+                seen(2, 1),
+                Some(Seen {
+                    round_trip: Duration::from_millis(400),
+                    ..seen(3, 1).unwrap()
+                }),
+            ],
             // The leader named is not among the members that answered.
             vec![seen(1, 9), seen(2, 9), seen(3, 9)],
         ];
@@ -262,7 +309,7 @@ mod tests {
             let mut away = Some(t0);
             let s = survey(members.clone());
             assert_eq!(
-                decide(&s, &mut away, late, SETTLE),
+                decide(&s, &mut away, late, LIMITS),
                 Step::Stay,
                 "{members:?}"
             );
@@ -274,7 +321,7 @@ mod tests {
             members: vec![seen(1, 1), seen(2, 1), seen(3, 1)],
             preferred: None,
         };
-        assert_eq!(decide(&s, &mut away, late, SETTLE), Step::Stay);
+        assert_eq!(decide(&s, &mut away, late, LIMITS), Step::Stay);
     }
 
     #[test]
@@ -283,11 +330,11 @@ mod tests {
         let mut away = None;
         let whole = survey(vec![seen(1, 1), seen(2, 1), seen(3, 1)]);
         let gap = survey(vec![seen(1, 1), None, seen(3, 1)]);
-        assert_eq!(decide(&whole, &mut away, t0, SETTLE), Step::Wait);
-        assert_eq!(decide(&gap, &mut away, t0 + SETTLE / 2, SETTLE), Step::Stay);
-        assert_eq!(decide(&whole, &mut away, t0 + SETTLE, SETTLE), Step::Wait);
+        assert_eq!(decide(&whole, &mut away, t0, LIMITS), Step::Wait);
+        assert_eq!(decide(&gap, &mut away, t0 + SETTLE / 2, LIMITS), Step::Stay);
+        assert_eq!(decide(&whole, &mut away, t0 + SETTLE, LIMITS), Step::Wait);
         assert!(matches!(
-            decide(&whole, &mut away, t0 + SETTLE * 2, SETTLE),
+            decide(&whole, &mut away, t0 + SETTLE * 2, LIMITS),
             Step::Move { .. }
         ));
     }
