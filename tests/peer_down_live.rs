@@ -78,9 +78,11 @@ struct Retry {
 
 /// The value of `field=` in a log line (up to the next space).
 fn field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
-    let pat = format!(" {name}=");
-    let start = line.find(&pat)? + pat.len();
-    line[start..].split(' ').next()
+    // The event's own fields (` name=value`) or its span's (`direction{node=a peer=b}:`).
+    let start = [format!(" {name}="), format!("{{{name}=")]
+        .iter()
+        .find_map(|pat| line.find(pat.as_str()).map(|i| i + pat.len()))?;
+    line[start..].split([' ', '}']).next()
 }
 
 /// A `Duration`'s Debug form (`1.234s`, `812.5ms`, `40µs`).
