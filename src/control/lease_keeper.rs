@@ -5,9 +5,9 @@
 //! TTL/6, whatever the tick does; the agent reads the latest [`LeaseView`] and the changes
 //! (granted, lost) to record.
 //!
-//! **Every member a path.** Renewals go through every member at once (the etcd leader
-//! first), each on its own connection, each renewal followed by the quorum read that
-//! confirms it. On a lossy WAN one lost packet stalls a TCP connection for a
+//! **Two paths.** Renewals go through two members at once, the etcd leader and the next
+//! member to answer, each on its own connection, each renewal followed by the quorum read
+//! that confirms it. On a lossy WAN one lost packet stalls a TCP connection for a
 //! retransmission timeout (half a second to seconds at 300 ms RTT), and a leader that
 //! moves leaves a connection forwarding through a third region: with one path the
 //! `degraded-wan` drill lost a's lease whenever the etcd leader moved just before the loss
@@ -32,11 +32,13 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(300);
 /// How often the keeper looks for the leader again (etcd moves it; a path through a
 /// member that is not the leader costs every renewal a round trip more).
 const FOLLOW_LEADER_EVERY: Duration = Duration::from_secs(3);
-/// Members renewed through at once: with two, three minutes of a 300 ms / 5 % loss WAN
-/// (the full `degraded-wan` drill) still let both stall past the slack of a 4 s lease in
-/// one trial of two; with three (every member of a two-region + witness etcd), 3 of 3
-/// passed.
-const PATHS: usize = 3;
+/// Members renewed through at once. Open: three minutes of a 300 ms / 5 % loss WAN (the
+/// full `degraded-wan` drill) still let both paths stall past the slack of a 4 s lease in
+/// one trial of two. Three paths passed that 3 of 3 but lost region a's lease in CI's
+/// `witness-lost` (the leader dies with the witness; the third path's failures and
+/// re-ranking during the election delayed the first renewal after it), so two it is
+/// until the keeper handles both.
+const PATHS: usize = 2;
 
 /// Where the keeper's own etcd clients connect (see [`Store::connect_ranked`]).
 #[derive(Clone, Debug)]
