@@ -13,14 +13,15 @@
 //! before the loss began. A path that fails is dropped and replaced in the background
 //! while the other goes on; every few seconds the keeper looks for the leader again.
 //!
-//! **Renewals do not wait for their confirmation.** A renewal is a keep-alive round trip;
-//! the quorum read that confirms it is two more (the member asks the leader, the leader
-//! asks a quorum). At 300 ms RTT the pair took 0.9–1.9 s, and while one renewal waited for
-//! its read the path sent nothing: the deadline's slack fell to 0.9 s in a passing
-//! `degraded-wan` and ran out in CI. So a path is busy only for the keep-alive; each
-//! answered renewal gets its own confirming read (a few in flight per path), and the
-//! deadline moves with the latest renewal confirmed — renewals keep their pace whatever
-//! the reads cost.
+//! **Renewals wait for nothing.** A renewal is a keep-alive round trip; the quorum read
+//! that confirms it is two more (the member asks the leader, the leader asks a quorum). At
+//! 300 ms RTT the pair took 0.9–1.9 s, and while one renewal waited for its read, or for an
+//! election, its path sent nothing: the deadline's slack fell to 0.9 s in a passing
+//! `degraded-wan` and ran out in CI, and in `witness-lost` the first renewal that could be
+//! confirmed after the election left 13 ms too late. So each path's keep-alive stream is
+//! pipelined ([`super::lease_stream`]: one renewal every TTL/8 whatever the earlier ones
+//! wait for, answers paired in order), each answered renewal gets its own confirming read
+//! (a few in flight per path), and the deadline moves with the latest renewal confirmed.
 //!
 //! Safety is unchanged: the deadline still moves only on a renewal confirmed in its raft
 //! term ([`super::lease::Unconfirmed::confirmed_by`]), whichever path carried it, and the
@@ -31,13 +32,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::lease::{LeaseChange, LeaseState, LeaseView, Unconfirmed};
-use super::store::{RankedStore, Renewer, Store};
+use super::lease_stream::{Answer, KeepAliveStream};
+use super::store::{RankedStore, RenewAnswers, RenewSender, Store};
 
 /// How often the keeper looks (it renews every TTL/8 on each path).
 const KEEP_EVERY: Duration = Duration::from_millis(50);
+/// Renewals sent and not answered on one path at most (each waits at most the etcd
+/// timeout, and one goes out every TTL/8).
+const MAX_UNANSWERED: usize = 6;
 /// Confirming reads in flight on one path at most; an answered renewal beyond that waits
 /// for no read (a later renewal's read confirms a later send time anyway).
-const READS_PER_PATH: usize = 3;
+const READS_PER_PATH: usize = 4;
 /// Confirming reads that fail in a row before a path is dropped: a member that answers
 /// renewals but cannot reach a quorum (a deposed leader) must be left for the others.
 const READ_FAILURES_TO_DROP: u32 = 2;
@@ -131,10 +136,9 @@ struct Path {
     member: String,
     leader: bool,
     store: Store,
-    /// The keep-alive stream and the lease it renews, while no renewal holds it.
-    renewer: Option<(i64, Box<Renewer>)>,
-    /// A keep-alive is under way (one at a time: a stream answers in order).
-    busy: bool,
+    /// The keep-alive stream of the current lease, once open.
+    stream: Option<KeepAliveStream>,
+    opening: bool,
     last_sent: Option<Instant>,
     /// Confirming reads under way.
     reading: usize,
@@ -148,11 +152,15 @@ enum Report {
         sent: Instant,
         result: Result<i64, String>,
     },
-    /// A keep-alive answered (or failed); `Ok` waits for its confirming read.
+    Opened {
+        path: u64,
+        lease: i64,
+        result: Result<(RenewSender, RenewAnswers), String>,
+    },
+    /// A renewal answered (or the stream failed); a renewal waits for its read.
     Answered {
         path: u64,
-        renewer: Option<(i64, Box<Renewer>)>,
-        answer: Result<Unconfirmed, Outcome>,
+        answer: Answer,
     },
     /// The confirming read of one renewal.
     Read {
@@ -200,26 +208,47 @@ async fn keep(
                         Err(why) => tracing::info!(error = %why, "lease grant failed; retrying"),
                     }
                 }
-                Report::Answered { path, renewer, answer } => {
-                    let member = member_of(&paths, path);
-                    let failed = match answer {
-                        Ok(renewed) => {
-                            confirm_later(&mut paths, path, renewed, &report_tx);
-                            false
-                        }
-                        Err(outcome) => {
-                            let failed = matches!(outcome, Outcome::Failed(_));
-                            apply(&mut lease, &changes, outcome, member.as_deref());
-                            failed
-                        }
+                Report::Opened { path, lease: id, result } => {
+                    let Some(p) = paths.iter_mut().find(|p| p.id == path) else {
+                        continue;
                     };
-                    if failed {
-                        paths.retain(|p| p.id != path);
-                    } else if let Some(p) = paths.iter_mut().find(|p| p.id == path) {
-                        p.busy = false;
-                        p.renewer = renewer;
+                    p.opening = false;
+                    match result {
+                        // Opened for a lease given up since: the next round opens anew.
+                        Ok(_) if lease.id() != Some(id) => {}
+                        Ok(ends) => {
+                            let tx = report_tx.clone();
+                            p.stream = Some(KeepAliveStream::start(
+                                id,
+                                lease.margin(),
+                                etcd.timeout,
+                                ends,
+                                move |answer| {
+                                    let _ = tx.send(Report::Answered { path, answer });
+                                },
+                            ));
+                        }
+                        Err(why) => {
+                            apply(&mut lease, &changes, Outcome::Failed(why), Some(&p.member));
+                            paths.retain(|p| p.id != path);
+                        }
                     }
                 }
+                Report::Answered { path, answer } => match answer {
+                    Answer::Renewed(renewed) => confirm_later(&mut paths, path, renewed, &report_tx),
+                    Answer::Gone { lease: id } => {
+                        let member = member_of(&paths, path);
+                        apply(&mut lease, &changes, Outcome::Gone { lease: id }, member.as_deref());
+                        if let Some(p) = paths.iter_mut().find(|p| p.id == path) {
+                            p.stream = None;
+                        }
+                    }
+                    Answer::Failed(why) => {
+                        let member = member_of(&paths, path);
+                        apply(&mut lease, &changes, Outcome::Failed(why), member.as_deref());
+                        paths.retain(|p| p.id != path);
+                    }
+                },
                 Report::Read { path, outcome } => {
                     let member = member_of(&paths, path);
                     if matches!(outcome, Outcome::OtherTerm { .. }) {
@@ -289,36 +318,71 @@ async fn keep(
             }
             None => {}
             Some(id) => {
-                // Each path every TTL/8, the paths in turn: a fault meets a renewal sent
-                // at most TTL/16 before it.
-                let every = lease.ttl() / 8;
-                let turn = every / u32::try_from(want).unwrap_or(1);
-                for p in paths.iter_mut() {
-                    let due = !p.busy
-                        && p.last_sent.is_none_or(|t| now.duration_since(t) >= every)
-                        && last_any_sent.is_none_or(|t| now.duration_since(t) >= turn);
-                    if !due {
-                        continue;
-                    }
-                    last_any_sent = Some(now);
-                    p.busy = true;
-                    p.last_sent = Some(now);
-                    let (store, renewer, tx) =
-                        (p.store.clone(), p.renewer.take(), report_tx.clone());
-                    let (path, margin) = (p.id, lease.margin());
-                    tokio::spawn(async move {
-                        let (renewer, answer) = renew(store, renewer, id, margin).await;
-                        let _ = tx.send(Report::Answered {
-                            path,
-                            renewer,
-                            answer,
-                        });
-                    });
+                let pace = (lease.ttl() / 8, want);
+                let failed =
+                    renew_due(&mut paths, id, pace, now, &mut last_any_sent, &report_tx).await;
+                for (path, why) in failed {
+                    let member = member_of(&paths, path);
+                    apply(
+                        &mut lease,
+                        &changes,
+                        Outcome::Failed(why),
+                        member.as_deref(),
+                    );
+                    paths.retain(|p| p.id != path);
                 }
             }
         }
         publish(&view, &lease);
     }
+}
+
+/// Sends the renewals that are due: each path every `every`, the paths in turn (a fault
+/// meets a renewal sent at most `every / want / 2` before it), whatever the earlier ones
+/// are waiting for; opens the streams missing. Returns the paths whose stream could not
+/// take a renewal.
+async fn renew_due(
+    paths: &mut [Path],
+    lease: i64,
+    (every, want): (Duration, usize),
+    now: Instant,
+    last_any_sent: &mut Option<Instant>,
+    reports: &mpsc::UnboundedSender<Report>,
+) -> Vec<(u64, String)> {
+    let turn = every / u32::try_from(want.max(1)).unwrap_or(1);
+    let mut failed = Vec::new();
+    for p in paths.iter_mut() {
+        if p.stream.as_ref().is_some_and(|s| s.lease() != lease) {
+            p.stream = None;
+        }
+        let Some(stream) = p.stream.as_mut() else {
+            if !p.opening {
+                p.opening = true;
+                let (store, tx, path) = (p.store.clone(), reports.clone(), p.id);
+                tokio::spawn(async move {
+                    let result = store.keep_alive(lease).await.map_err(|e| e.to_string());
+                    let _ = tx.send(Report::Opened {
+                        path,
+                        lease,
+                        result,
+                    });
+                });
+            }
+            continue;
+        };
+        let due = stream.unanswered() < MAX_UNANSWERED
+            && p.last_sent.is_none_or(|t| now.duration_since(t) >= every)
+            && last_any_sent.is_none_or(|t| now.duration_since(t) >= turn);
+        if !due {
+            continue;
+        }
+        *last_any_sent = Some(now);
+        p.last_sent = Some(now);
+        if let Err(why) = stream.renew().await {
+            failed.push((p.id, why));
+        }
+    }
+    failed
 }
 
 fn send(changes: &mpsc::UnboundedSender<LeaseChange>, change: LeaseChange) {
@@ -355,8 +419,8 @@ fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, want: usize, next_id: &
                 member: f.member,
                 leader: f.leader,
                 store: f.store,
-                renewer: None,
-                busy: false,
+                stream: None,
+                opening: false,
                 last_sent: None,
                 reading: 0,
                 read_failures: 0,
@@ -372,39 +436,6 @@ fn merge(paths: &mut Vec<Path>, found: Vec<RankedStore>, want: usize, next_id: &
     }
     next.sort_by_key(|p| !p.leader);
     *paths = next;
-}
-
-/// One renewal through `store`: its answer, still to be confirmed.
-async fn renew(
-    store: Store,
-    renewer: Option<(i64, Box<Renewer>)>,
-    lease: i64,
-    margin: Duration,
-) -> (Option<(i64, Box<Renewer>)>, Result<Unconfirmed, Outcome>) {
-    // A stream opened for a lease given up since renews that one, not this.
-    let mut renewer = match renewer {
-        Some((id, r)) if id == lease => r,
-        _ => match store.keeper(lease).await {
-            Ok(r) => Box::new(r),
-            Err(e) => return (None, Err(Outcome::Failed(e.to_string()))),
-        },
-    };
-    let sent = Instant::now();
-    match renewer.renew().await {
-        Ok(Some((ttl, term))) => (
-            Some((lease, renewer)),
-            Ok(Unconfirmed {
-                lease,
-                sent,
-                ttl,
-                term,
-                margin,
-            }),
-        ),
-        Ok(None) => (None, Err(Outcome::Gone { lease })),
-        // A late answer would pair with the next request on this stream: drop it.
-        Err(e) => (None, Err(Outcome::Failed(e.to_string()))),
-    }
 }
 
 fn member_of(paths: &[Path], id: u64) -> Option<String> {

@@ -18,6 +18,7 @@ pub mod http;
 pub mod keys;
 pub mod lease;
 pub mod lease_keeper;
+pub mod lease_stream;
 pub mod placement;
 pub mod probe;
 pub mod store;

@@ -174,17 +174,14 @@ impl Store {
         Ok(resp.header().map_or(0, |h| h.raft_term()))
     }
 
-    /// Opens a keep-alive stream for `lease`.
-    pub async fn keeper(&self, lease: i64) -> Result<Renewer, StoreError> {
+    /// Opens a keep-alive stream for `lease`: its sending and its answering end. etcd
+    /// answers a stream's renewals one at a time, in the order sent.
+    pub async fn keep_alive(&self, lease: i64) -> Result<(RenewSender, RenewAnswers), StoreError> {
         let mut c = self.client.clone();
         let (keeper, stream) = self
             .bounded("lease keep-alive", c.lease_keep_alive(lease))
             .await?;
-        Ok(Renewer {
-            keeper,
-            stream,
-            timeout: self.timeout,
-        })
+        Ok((RenewSender { keeper }, RenewAnswers { stream }))
     }
 
     /// Reads every key of the cluster (linearizable) and builds the view.
@@ -552,39 +549,40 @@ async fn ranked(
     found
 }
 
-pub struct Renewer {
+/// The sending end of a keep-alive stream.
+pub struct RenewSender {
     keeper: LeaseKeeper,
-    stream: LeaseKeepAliveStream,
-    timeout: Duration,
 }
 
-impl Renewer {
-    /// Renews once. `Ok(Some((ttl, raft_term)))` renewed for `ttl` by the leader of that
-    /// term; `Ok(None)`: the lease is gone (expired or revoked) and can never be renewed.
-    pub async fn renew(&mut self) -> Result<Option<(Duration, u64)>, StoreError> {
-        let t = self.timeout;
-        let sent = tokio::time::timeout(t, self.keeper.keep_alive()).await;
-        match sent {
-            Ok(r) => r.map_err(err("lease keep-alive"))?,
-            Err(_) => {
-                return Err(StoreError {
-                    op: "lease keep-alive",
-                    message: format!("no answer within {t:?}"),
-                })
-            }
-        }
-        match tokio::time::timeout(t, self.stream.message()).await {
-            Err(_) => Err(StoreError {
-                op: "lease keep-alive",
-                message: format!("no answer within {t:?}"),
-            }),
-            Ok(Err(e)) => Err(err("lease keep-alive")(e)),
-            Ok(Ok(None)) => Err(StoreError {
+impl RenewSender {
+    /// Queues one renewal on the stream (it waits only when 100 are queued unanswered).
+    pub async fn send(&mut self) -> Result<(), StoreError> {
+        self.keeper
+            .keep_alive()
+            .await
+            .map_err(err("lease keep-alive"))
+    }
+}
+
+/// The answering end of a keep-alive stream.
+pub struct RenewAnswers {
+    stream: LeaseKeepAliveStream,
+}
+
+impl RenewAnswers {
+    /// The next answer, with no time limit (the caller knows what it waits for).
+    /// `Ok(Some((ttl, raft_term)))`: renewed for `ttl`, the term as the answering member
+    /// saw it when the request arrived; `Ok(None)`: the lease is gone (expired or
+    /// revoked) and can never be renewed.
+    pub async fn next(&mut self) -> Result<Option<(Duration, u64)>, StoreError> {
+        match self.stream.message().await {
+            Err(e) => Err(err("lease keep-alive")(e)),
+            Ok(None) => Err(StoreError {
                 op: "lease keep-alive",
                 message: "the stream ended".into(),
             }),
-            Ok(Ok(Some(resp))) if resp.ttl() <= 0 => Ok(None),
-            Ok(Ok(Some(resp))) => Ok(Some((
+            Ok(Some(resp)) if resp.ttl() <= 0 => Ok(None),
+            Ok(Some(resp)) => Ok(Some((
                 Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0)),
                 resp.header().map_or(0, |h| h.raft_term()),
             ))),
