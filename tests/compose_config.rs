@@ -205,7 +205,9 @@ fn ports_and_names_agree_between_compose_pgmesh_and_haproxy() {
 /// keys and control settings, endpoints, tables and application schema.
 #[test]
 fn the_netns_lab_runs_what_compose_runs() {
-    use pgmesh::lab::regions::{APP_SCHEMA, REGION_COMMANDS};
+    use pgmesh::lab::regions::{
+        APP_SCHEMA, ETCD_ELECTION_TIMEOUT_MS, ETCD_HEARTBEAT_MS, REGION_COMMANDS,
+    };
     use pgmesh::lab::topology::Layout;
     let c = resolved();
     // Commands: each region runs `run` and `agent --http-listen` in both.
@@ -276,6 +278,20 @@ fn the_netns_lab_runs_what_compose_runs() {
         compose_yml.contains(&format!("ETCD_NAME: {leader}")) && leader.ends_with("-w"),
         "compose's etcd_leader {leader:?} is not the witness's etcd member"
     );
+    // Every etcd member runs the lab's raft timing (the lease's slack is sized for it).
+    for member in ["etcd-a", "etcd-b", "etcd-w"] {
+        let env = &c["services"][member]["environment"];
+        for (var, want) in [
+            ("ETCD_HEARTBEAT_INTERVAL", ETCD_HEARTBEAT_MS.to_string()),
+            (
+                "ETCD_ELECTION_TIMEOUT",
+                ETCD_ELECTION_TIMEOUT_MS.to_string(),
+            ),
+            ("ETCD_PRE_VOTE", "true".to_string()),
+        ] {
+            assert_eq!(env[var].as_str(), Some(want.as_str()), "{member} {var}");
+        }
+    }
     assert_eq!(lab["endpoints"], compose["endpoints"]);
     assert_eq!(lab["replication"], compose["replication"]);
     // The application's schema: compose's init.sql creates what the lab creates.

@@ -1,14 +1,15 @@
 //! The lease keeper against a real three-member etcd: a keep-alive stream takes renewals
 //! without waiting for answers and pairs each answer with its own send time; the lease
 //! lives through the leader's death (renewals queued at a follower during the election are
-//! answered in the new term and confirmed there).
+//! answered in the new term and confirmed there); the keeper's streams outlast an
+//! election that etcd would cut short for a client that requires a leader.
 
 use std::time::{Duration, Instant};
 
 use pgmesh::control::lease::LeaseChange;
 use pgmesh::control::lease_keeper::{EtcdTarget, LeaseKeeper};
 use pgmesh::control::lease_stream::{Answer, KeepAliveStream};
-use pgmesh::control::store::Store;
+use pgmesh::control::store::{Leader, Store};
 use pgmesh::testkit::EtcdCluster;
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
@@ -125,6 +126,76 @@ fn the_lease_lives_through_the_leaders_death() {
             "{changes:?}"
         );
         keeper.revoke().await;
+    });
+}
+
+/// etcd cancels a leader-requiring stream after three election timeouts without a
+/// leader; the keeper's (`Leader::Awaited`) stays open and its renewal queued during the
+/// election is answered once a leader is back. The same renewal on a leader-requiring
+/// stream in the same run must fail, or the member never went long enough without one.
+#[test]
+fn a_keepers_stream_waits_out_a_long_election_where_a_leader_requiring_one_is_cut() {
+    let etcd = EtcdCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    let member = etcd.endpoint(0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let long = Duration::from_secs(30);
+        let awaited = Store::connect_ranked(
+            std::slice::from_ref(&member),
+            "keeper",
+            long,
+            (1, Leader::Awaited),
+        )
+        .await
+        .pop()
+        .expect("member 0 answers");
+        let required = Store::connect(&[member], "keeper", long).await.unwrap();
+        let lease = loop {
+            match awaited.store.grant(Duration::from_secs(60)).await {
+                Ok(id) => break id,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let open = |store: Store| async move {
+            let (tx, answers) = tokio::sync::mpsc::unbounded_channel();
+            let stream = KeepAliveStream::start(
+                lease,
+                Duration::from_secs(1),
+                long,
+                store.keep_alive(lease).await.unwrap(),
+                move |a| {
+                    let _ = tx.send(a);
+                },
+            );
+            (stream, answers)
+        };
+        let (mut kept, mut kept_answers) = open(awaited.store.clone()).await;
+        let (mut cut, mut cut_answers) = open(required).await;
+        // Member 0 alone: no leader until the others run again.
+        etcd.pause_member(1).unwrap();
+        etcd.pause_member(2).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        kept.renew().await.unwrap();
+        cut.renew().await.unwrap();
+        // The fact that the leaderless time was long enough: the leader-requiring
+        // stream is cancelled (three election timeouts of 1 s after member 0 lost it).
+        let cut_answer = tokio::time::timeout(Duration::from_secs(20), cut_answers.recv())
+            .await
+            .expect("etcd cancels the leader-requiring stream within 20 s");
+        assert!(
+            matches!(&cut_answer, Some(Answer::Failed(why)) if why.contains("leader")),
+            "{cut_answer:?}"
+        );
+        etcd.resume_member(1).unwrap();
+        etcd.resume_member(2).unwrap();
+        let kept_answer = tokio::time::timeout(Duration::from_secs(20), kept_answers.recv())
+            .await
+            .expect("the keeper's stream answers once a leader is back");
+        assert!(
+            matches!(&kept_answer, Some(Answer::Renewed(r)) if r.lease == lease),
+            "{kept_answer:?}"
+        );
+        assert_eq!(kept.unanswered(), 0);
     });
 }
 

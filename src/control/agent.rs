@@ -23,7 +23,7 @@ use super::keys::{now_ms, MemberValue};
 use super::lease::{LeaseChange, LeaseView};
 use super::lease_keeper::{EtcdTarget, LeaseKeeper};
 use super::probe;
-use super::store::{Snapshot, Store};
+use super::store::{Leader, Snapshot, Store};
 use super::traffic::{SharedTraffic, TrafficDriver, TrafficStatus};
 use super::watchdog::Heartbeat;
 use crate::config::{Config, ControlConfig, Failback};
@@ -395,7 +395,7 @@ impl Agent {
                 &self.ctl.etcd,
                 &self.ctl.cluster,
                 etcd_timeout(&self.ctl),
-                1,
+                (1, Leader::Required),
             )
             .await;
             match found.into_iter().next() {

@@ -2,7 +2,7 @@
 //! and publishes, one call after another; across a WAN each etcd call is a round trip or
 //! two, and a 1.3 s tick let a 3 s lease lapse between renewals (the cross-region lab
 //! showed it: a lost lease every few seconds with nothing wrong). Here renewals run every
-//! TTL/6, whatever the tick does; the agent reads the latest [`LeaseView`] and the changes
+//! TTL/8, whatever the tick does; the agent reads the latest [`LeaseView`] and the changes
 //! (granted, lost) to record.
 //!
 //! **Two paths.** Renewals go through two members at once, the etcd leader and the next
@@ -33,16 +33,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::lease::{LeaseChange, LeaseState, LeaseView, Unconfirmed};
 use super::lease_stream::{Answer, KeepAliveStream};
-use super::store::{RankedStore, RenewAnswers, RenewSender, Store};
+use super::store::{Leader, RankedStore, RenewAnswers, RenewSender, Store};
 
 /// How often the keeper looks (it renews every TTL/8 on each path).
 const KEEP_EVERY: Duration = Duration::from_millis(50);
 /// Renewals sent and not answered on one path at most (each waits at most the etcd
 /// timeout, and one goes out every TTL/8).
 const MAX_UNANSWERED: usize = 6;
-/// Confirming reads in flight on one path at most; an answered renewal beyond that waits
-/// for no read (a later renewal's read confirms a later send time anyway).
-const READS_PER_PATH: usize = 4;
+/// Confirming reads in flight on one path at most, a bound for a runaway only: every
+/// answered renewal gets its read. With a cap of 4, the reads sent just before an etcd
+/// election hung in it and took every slot, so the renewals that had queued during the
+/// election and were answered in the new term got no read at all, and the first renewal
+/// confirmed after it was one sent after it (`witness-lost`: 76 ms of slack left).
+/// Answers come at most [`MAX_UNANSWERED`] at once and reads end within the etcd timeout.
+const READS_PER_PATH: usize = 4 * MAX_UNANSWERED;
 /// Confirming reads that fail in a row before a path is dropped: a member that answers
 /// renewals but cannot reach a quorum (a deposed leader) must be left for the others.
 const READ_FAILURES_TO_DROP: u32 = 2;
@@ -292,8 +296,13 @@ async fn keep(
             last_rank = Some(now);
             let (etcd, tx) = (etcd.clone(), report_tx.clone());
             tokio::spawn(async move {
-                let found =
-                    Store::connect_ranked(&etcd.endpoints, &etcd.cluster, etcd.timeout, want).await;
+                let found = Store::connect_ranked(
+                    &etcd.endpoints,
+                    &etcd.cluster,
+                    etcd.timeout,
+                    (want, Leader::Awaited),
+                )
+                .await;
                 let _ = tx.send(Report::Ranked(found));
             });
         }
@@ -443,7 +452,7 @@ fn member_of(paths: &[Path], id: u64) -> Option<String> {
 }
 
 /// Starts the quorum read that confirms `renewed` on its path, unless the path has
-/// [`READS_PER_PATH`] under way (the next renewal's read will confirm a later send time).
+/// [`READS_PER_PATH`] under way.
 fn confirm_later(
     paths: &mut [Path],
     path: u64,
@@ -453,6 +462,13 @@ fn confirm_later(
     let Some(p) = paths.iter_mut().find(|p| p.id == path) else {
         return;
     };
+    tracing::trace!(
+        member = %p.member,
+        term = renewed.term,
+        sent_ms_ago = renewed.sent.elapsed().as_millis(),
+        reading = p.reading,
+        "lease renewal answered"
+    );
     if p.reading >= READS_PER_PATH {
         return;
     }

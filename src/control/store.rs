@@ -65,11 +65,16 @@ impl Store {
         cluster: &str,
         timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let options = ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(1), timeout)
-            .with_require_leader(true);
+        Store::connect_with(endpoints, cluster, timeout, Leader::Required).await
+    }
+
+    async fn connect_with(
+        endpoints: &[String],
+        cluster: &str,
+        timeout: Duration,
+        leader: Leader,
+    ) -> Result<Store, StoreError> {
+        let options = options(timeout, leader);
         let client = tokio::time::timeout(timeout * 3, Client::connect(endpoints, Some(options)))
             .await
             .map_err(|_| StoreError {
@@ -90,14 +95,22 @@ impl Store {
     /// the lease keeper renews through the leader and one more member at once, so that
     /// one stalled connection (a lost packet on a lossy WAN, a member cut off) never
     /// decides alone whether the lease lives. With one endpoint: that endpoint.
+    ///
+    /// [`Leader::Required`]: every call fails at once where the member has no leader
+    /// (the agent's client, which then looks for another member). [`Leader::Awaited`]: a
+    /// call waits there for the election to end (the lease keeper's paths): etcd cancels
+    /// a leader-requiring keep-alive stream after three election timeouts without a
+    /// leader, and with 500 ms timeouts that closed the stream of a member still in the
+    /// quorum 2 s into an election that ended 0.4 s later, with the renewal queued on it
+    /// that would have been answered at once (`witness-lost`: the region fenced).
     pub async fn connect_ranked(
         endpoints: &[String],
         cluster: &str,
         timeout: Duration,
-        want: usize,
+        (want, leader): (usize, Leader),
     ) -> Vec<RankedStore> {
         if endpoints.len() < 2 {
-            return match Store::connect(endpoints, cluster, timeout).await {
+            return match Store::connect_with(endpoints, cluster, timeout, leader).await {
                 Ok(store) => vec![RankedStore {
                     member: endpoints.join(","),
                     leader: false,
@@ -106,12 +119,7 @@ impl Store {
                 Err(_) => Vec::new(),
             };
         }
-        let options = ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(1), timeout)
-            .with_require_leader(true);
-        ranked(endpoints, options, timeout, want)
+        ranked(endpoints, options(timeout, leader), timeout, want)
             .await
             .into_iter()
             .take(want)
@@ -481,7 +489,28 @@ impl Store {
     }
 }
 
-/// A lease's keep-alive stream.
+/// Whether a member's calls need it to have a leader (see [`Store::connect_ranked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leader {
+    Required,
+    Awaited,
+}
+
+/// HTTP/2 pings no more often than etcd's gRPC server allows (`--grpc-keepalive-min-time`,
+/// 5 s by default): pinged every second, a connection on which nothing came back for a
+/// few seconds — a keep-alive stream waiting out an election — was closed by the server
+/// ("too many pings", seen as a broken pipe) with the renewal queued on it. Every call
+/// has its own timeout; the pings only find connections that died silently.
+const H2_PING_EVERY: Duration = Duration::from_secs(10);
+
+fn options(timeout: Duration, leader: Leader) -> ConnectOptions {
+    ConnectOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout)
+        .with_keep_alive(H2_PING_EVERY, timeout)
+        .with_require_leader(leader == Leader::Required)
+}
+
 /// A store connected to one member, from [`Store::connect_ranked`].
 #[derive(Clone)]
 pub struct RankedStore {

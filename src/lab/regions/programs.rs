@@ -36,8 +36,11 @@ impl RegionsLab {
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-token", &format!("lab-{}", l.prefix)])
             .args(["--initial-cluster-state", state])
-            // Raft over a 70 ms round trip: heartbeat ~1.5 RTT, election 10 heartbeats.
-            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            // Raft over a 70 ms round trip: heartbeat ~1.5 RTT, election 5 heartbeats
+            // (see ETCD_ELECTION_TIMEOUT_MS; the degraded WAN, 300 ms with 5 % loss,
+            // still hears a heartbeat well within it).
+            .args(["--heartbeat-interval", &ETCD_HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ETCD_ELECTION_TIMEOUT_MS.to_string()])
             // A member cut from the leader (a WAN cut, the witness still seeing both)
             // must not win votes from members that still hear the leader: without
             // pre-vote its elections left the cluster leaderless for seconds.
