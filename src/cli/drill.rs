@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::lab::drill::report::{summarize, DrillReport};
 use crate::lab::drill::{self, DrillOptions, Scenario};
-use crate::lab::regions::{LabOptions, RegionsLab};
+use crate::lab::regions::{clean_leftovers, LabOptions, RegionsLab};
 
 #[derive(Debug, clap::Args)]
 pub struct DrillArgs {
@@ -48,6 +48,27 @@ pub fn run(args: &DrillArgs) -> ExitCode {
     }
 }
 
+/// Ctrl-C (or SIGTERM) in the middle of a drill removes the lab as `pgmesh lab --regions`
+/// does, then exits 130: the drill's threads are left as they are, so the lab is removed
+/// from outside them (its namespaces, their processes, the hub address, its directory).
+fn remove_the_lab_on_interrupt(opts: &LabOptions) {
+    let (layout, dir) = (opts.layout.clone(), opts.dir.clone());
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(super::run::shutdown_signal());
+        eprintln!("interrupted: removing the lab");
+        if let Err(e) = clean_leftovers(&layout, &dir) {
+            eprintln!("pgmesh: removing the lab: {e}; the next pgmesh lab --regions or drill removes what is left");
+        }
+        std::process::exit(130);
+    });
+}
+
 fn chosen(args: &DrillArgs) -> anyhow::Result<Vec<Scenario>> {
     if args.all {
         return Ok(Scenario::ALL.to_vec());
@@ -78,6 +99,7 @@ fn run_drills(args: &DrillArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from("drill-reports").join(stamp()));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let opts = LabOptions::new(args.pg, std::env::current_exe()?);
+    remove_the_lab_on_interrupt(&opts);
     eprintln!("starting the cross-region lab (PostgreSQL {}) ...", args.pg);
     let mut lab = Some(RegionsLab::start(opts.clone())?);
     let mut reports: Vec<DrillReport> = Vec::new();

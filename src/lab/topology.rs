@@ -258,7 +258,7 @@ impl Layout {
         }
         c.push_str(&format!(
             "\n[replication]\ntables = [\"public.orders\"]\n\n[http]\nlisten = \"127.0.0.1:{sidecar_http_port}\"\n\n\
-             [control]\netcd = [{etcd}]\ncluster = \"{cluster}\"\nlease_ttl = \"5s\"\nsafety_margin = \"1800ms\"\nprobe_interval = \"500ms\"\n\
+             [control]\netcd = [{etcd}]\ncluster = \"{cluster}\"\nlease_ttl = \"5s\"\nsafety_margin = \"2s\"\nprobe_interval = \"500ms\"\n\
              failback = \"auto\"\nfailback_after = \"5s\"\netcd_leader = \"witness\"\n\
              [control.health]\nsidecar_url = \"http://127.0.0.1:{sidecar_http_port}\"\n\n\
              [endpoints.app-eu]\nhome = \"a\"\n[endpoints.app-us]\nhome = \"b\"\n"
