@@ -1,9 +1,10 @@
 //! The cross-region lab and its drills, as CI runs them (issue 14's short form):
 //! `pgmesh lab --regions` comes up, a lab whose process was SIGKILLed is cleaned by the
-//! next start, Ctrl-C leaves nothing behind; `pgmesh drill --all --short` runs every
-//! scenario once and every correctness check of every drill holds.
+//! next start, Ctrl-C leaves nothing behind (also in the middle of a drill); `pgmesh
+//! drill --all --short` runs every scenario once and every correctness check of every
+//! drill holds.
 //!
-//! Both tests use the lab's one default layout (namespaces `pgmL-*`, ports 77xx), so
+//! The tests use the lab's one default layout (namespaces `pgmL-*`, ports 77xx), so
 //! they take turns. Needs root (network namespaces), as CI has.
 
 use std::io::{BufRead, BufReader};
@@ -251,4 +252,50 @@ fn every_drill_runs_in_its_short_form_and_holds_its_checks() {
         assert_eq!(s["dual_owner_samples"], 0, "{n}");
         assert_eq!(s["divergent_rows"], 0, "{n}");
     }
+}
+
+/// Ctrl-C in the middle of a drill removes the lab too (it left the namespaces and their
+/// programs to the next start) and exits 130.
+#[test]
+fn an_interrupted_drill_leaves_nothing_behind() {
+    if !running_as_root() {
+        eprintln!("skipped: the cross-region lab needs root (network namespaces)");
+        return;
+    }
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgmesh"))
+        .args(["drill", "degraded-wan", "--short", "--pg", &pg(), "--out"])
+        .arg(out_dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut drill = LabProcess(child);
+    let mut seen = String::new();
+    // The fact to wait for: the drill itself began (the lab is up, its load running).
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the drill ended before it began:\n{seen}"))
+            .unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("drill degraded-wan (trial 1)") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(namespaces().len(), 4, "{:?}", namespaces());
+    Command::new("kill")
+        .args(["-INT", &drill.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut drill.0, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(130), "{status}\n{seen}");
+    assert!(namespaces().is_empty(), "{:?}", namespaces());
+    assert!(!hub_address_up(), "the hub address stayed on lo");
+    assert!(!std::env::temp_dir().join("pgmesh-lab-pgmL").exists());
 }
