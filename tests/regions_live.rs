@@ -70,25 +70,36 @@ fn start_lab() -> (LabProcess, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = String::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let child = LabProcess(child);
+    let out = read_until(lines, "Press Ctrl-C", "the lab exited before it was up");
+    (child, out)
+}
+
+/// Reads a child's output up to the line containing `marker` (within 2 minutes) and
+/// returns it; the rest is drained in the background so the child never blocks on a full
+/// pipe.
+fn read_until(
+    mut lines: std::io::Lines<impl BufRead + Send + 'static>,
+    marker: &str,
+    ended: &str,
+) -> String {
+    let mut out = String::new();
     let started = Instant::now();
     loop {
         let line = lines
             .next()
-            .unwrap_or_else(|| panic!("the lab exited before it was up:\n{out}"))
+            .unwrap_or_else(|| panic!("{ended}:\n{out}"))
             .unwrap();
         out.push_str(&line);
         out.push('\n');
-        if line.contains("Press Ctrl-C") {
+        if line.contains(marker) {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(120), "{out}");
     }
-    // Keep draining its output so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, out)
+    out
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -272,22 +283,14 @@ fn an_interrupted_drill_leaves_nothing_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut drill = LabProcess(child);
-    let mut seen = String::new();
     // The fact to wait for: the drill itself began (the lab is up, its load running).
-    loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("the drill ended before it began:\n{seen}"))
-            .unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("drill degraded-wan (trial 1)") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let seen = read_until(
+        lines,
+        "drill degraded-wan (trial 1)",
+        "the drill ended before it began",
+    );
     assert_eq!(namespaces().len(), 4, "{:?}", namespaces());
     Command::new("kill")
         .args(["-INT", &drill.0.id().to_string()])
