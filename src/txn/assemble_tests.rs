@@ -5,8 +5,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::protocol::pgoutput::{LogicalMessage, Truncate, Type, MESSAGE_TRANSACTIONAL};
-use crate::txn::testing::{begin, commit, delete, insert, relation, table_map, tuple, update};
+use crate::protocol::pgoutput::{LogicalMessage, Type, MESSAGE_TRANSACTIONAL};
+use crate::txn::testing::{
+    begin, commit, delete, insert, relation, table_map, truncate, tuple, update,
+};
 
 const T: Oid = 7;
 
@@ -110,15 +112,11 @@ fn a_change_to_an_unknown_relation_or_outside_a_transaction_fails() {
 fn only_relations_without_a_map_are_asked_for() {
     let mut a = assembler(limits(100), &[]);
     a.relations_mut().define(relation(8, &["id"]));
-    let truncate = Message::Truncate(Truncate {
-        xid: None,
-        options: 0,
-        relation_oids: vec![T, 8, 99],
-    });
+    let msg = truncate(&[T, 8, 99]);
     // Outside a transaction nothing is mapped.
-    assert!(a.unmapped(&truncate).is_empty());
+    assert!(a.unmapped(&msg).is_empty());
     let _ = a.on_message(begin(100, 1), cx(Instant::now())).unwrap();
-    assert_eq!(a.unmapped(&truncate), vec![8]);
+    assert_eq!(a.unmapped(&msg), vec![8]);
     assert_eq!(a.unmapped(&insert(8, &["1"])), vec![8]);
     assert!(a.unmapped(&insert(T, &["1", "x"])).is_empty());
 }
@@ -316,12 +314,8 @@ fn a_truncate_writes_what_came_before_then_empties_its_tables() {
     let mut a = assembler(limits(100), &[]);
     let msgs = vec![begin(100, 1), insert(T, &["1", "x"])];
     let _ = feed(&mut a, msgs, cx(Instant::now()));
-    let truncate = Message::Truncate(Truncate {
-        xid: None,
-        options: 0,
-        relation_oids: vec![T],
-    });
-    match a.on_message(truncate, cx(Instant::now())).unwrap() {
+    let msg = truncate(&[T]);
+    match a.on_message(msg, cx(Instant::now())).unwrap() {
         Step::Truncate {
             before,
             tables,
@@ -339,21 +333,20 @@ fn a_truncate_writes_what_came_before_then_empties_its_tables() {
 #[test]
 fn a_truncate_outside_an_applied_transaction_is_ignored() {
     let mut a = assembler(limits(100), &[]);
-    let truncate = || {
-        Message::Truncate(Truncate {
-            xid: None,
-            options: 0,
-            relation_oids: vec![T],
-        })
-    };
     let c = cx(Instant::now());
-    assert!(matches!(a.on_message(truncate(), c), Ok(Step::Continue)));
+    assert!(matches!(
+        a.on_message(truncate(&[T]), c),
+        Ok(Step::Continue)
+    ));
     let skipping = Context {
         handed_out: Lsn(500),
         ..c
     };
     let _ = a.on_message(begin(100, 1), skipping).unwrap();
-    assert!(matches!(a.on_message(truncate(), c), Ok(Step::Continue)));
+    assert!(matches!(
+        a.on_message(truncate(&[T]), c),
+        Ok(Step::Continue)
+    ));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::protocol::pgoutput::{
     Begin, Column, Commit, Delete, Insert, Message, Oid, OldTuple, PgTimestamp, Relation,
-    RelationColumn, ReplicaIdentity, Tuple, Update,
+    RelationColumn, ReplicaIdentity, Truncate, Tuple, Update,
 };
 use crate::table::local::{LocalColumn, LocalTable, TableMap};
 use crate::Lsn;
@@ -98,5 +98,13 @@ pub fn delete(oid: Oid, old: OldTuple) -> Message {
         xid: None,
         relation_oid: oid,
         old,
+    })
+}
+
+pub fn truncate(oids: &[Oid]) -> Message {
+    Message::Truncate(Truncate {
+        xid: None,
+        options: 0,
+        relation_oids: oids.to_vec(),
     })
 }
