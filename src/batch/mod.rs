@@ -8,5 +8,7 @@
 //! order ([`KeylessChange`]).
 
 mod collapse;
+mod limits;
 
 pub use collapse::{ChangeOp, Chunk, KeylessChange, Pending, TableChunk};
+pub use limits::BatchLimits;

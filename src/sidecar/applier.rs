@@ -1,8 +1,9 @@
 //! The writing half of a direction, in a task of its own: while it writes one chunk into
-//! the local node, the reading half (stream_apply.rs) keeps reading the peer's stream and
-//! builds the next one, so neither the local apply backend nor the stream waits for the
-//! other. Work arrives in stream order through a small bounded queue (memory stays bounded:
-//! the chunk being built, the queued ones and the one being written).
+//! the local node, the reading half (stream_apply.rs, direction.rs) keeps reading the
+//! peer's stream and builds the next one, so neither the local apply backend nor the
+//! stream waits for the other. Work arrives in stream order through a small bounded
+//! queue (memory stays bounded: the chunk being built, the queued ones and the one being
+//! written).
 
 use std::sync::Arc;
 

@@ -1,8 +1,10 @@
 //! The sidecar: one task per peer streams that peer's slot and applies into this node;
 //! a maintenance task keeps the local ledger bounded.
 
+mod ack;
 mod applier;
 mod clock;
+mod direction;
 pub mod link;
 mod maintenance;
 mod peer_probe;

@@ -1,5 +1,13 @@
 //! Transaction assembly: turning the decoded message stream into committed transactions.
 
+mod assemble;
+mod relations;
 pub mod spill;
+mod step;
+#[cfg(test)]
+mod testing;
 
+pub use assemble::Assembler;
+pub use relations::RelationCache;
 pub use spill::SpillBuffer;
+pub use step::{Batch, Context, Step};

@@ -1,0 +1,216 @@
+//! The reading half of one direction: feeds decoded messages to the assembler
+//! ([`crate::txn::Assembler`]), maps the tables they name against the local catalog, and
+//! carries out the assembler's steps: writing chunks, committing batches once this
+//! node's clock passed their commit times, and keeping the positions to acknowledge
+//! ([`super::ack`]).
+
+use tokio::time::Instant;
+
+use super::ack::Acks;
+use super::applier::{Applier, Work};
+use super::link::{PeerLink, SidecarError};
+use crate::apply::session::origin_progress;
+use crate::apply::shape_io::{map_relation, Sides};
+use crate::conflict::causality::{clock_wait, ClockWait};
+use crate::observe::DirectionState;
+use crate::protocol::pgoutput::{Message, PgTimestamp};
+use crate::txn::{Assembler, Context, Step};
+use crate::Lsn;
+
+/// A wait for the local clock up to this long is left to the batch's commit
+/// ([`Direction::commit_batch`]) instead of ending the batch at the transaction's Begin.
+const SHORT_CLOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+pub(super) struct Direction<'l> {
+    pub(super) link: &'l PeerLink,
+    pub(super) applier: Applier,
+    /// A plain session on the local node: table definitions and origin progress.
+    pub(super) catalog: tokio_postgres::Client,
+    pub(super) _catalog_task: DropAbort,
+    pub(super) origin: String,
+    pub(super) assembler: Assembler,
+    pub(super) acks: Acks,
+    pub(super) state: &'l DirectionState,
+    /// When the log last said that changes wait for this node's clock.
+    pub(super) clock_noted: Option<Instant>,
+}
+
+impl Direction<'_> {
+    /// Nothing read waits here or in the writer.
+    pub(super) fn idle(&self) -> bool {
+        self.assembler.is_drained() && self.writer_idle()
+    }
+
+    /// The writer has committed everything handed to it. While it has not, a batch that
+    /// is due keeps growing (up to its size limits) instead of queueing behind it: small
+    /// batches behind a busy writer would each pay a commit, and the writer would never
+    /// catch up.
+    pub(super) fn writer_idle(&self) -> bool {
+        self.acks.writer_idle(self.applier.applied())
+    }
+
+    /// Publishes what is done and how old the oldest transaction not yet applied is.
+    pub(super) fn report_progress(&mut self) {
+        let idle = self.idle();
+        let unsent = self.assembler.oldest_unsent();
+        let (done, oldest) = self.acks.progress(self.applier.applied(), idle, unsent);
+        let lag = oldest.and_then(crate::observe::state::age);
+        self.state.progress(done, lag);
+    }
+
+    pub(super) async fn durable_progress(&self) -> Result<Lsn, SidecarError> {
+        Ok(origin_progress(&self.catalog, &self.origin, true).await?)
+    }
+
+    /// What the peer may forget ([`Acks::acknowledgeable`]).
+    pub(super) async fn acknowledgeable(&self) -> Result<Lsn, SidecarError> {
+        let durable = self.durable_progress().await?;
+        Ok(self
+            .acks
+            .acknowledgeable(durable, self.applier.applied(), self.idle()))
+    }
+
+    pub(super) async fn on_message(
+        &mut self,
+        msg: Message,
+        origin_dropped: bool,
+    ) -> Result<(), SidecarError> {
+        // Tables are mapped against the local catalog before the (pure) assembler sees
+        // the change.
+        for oid in self.assembler.unmapped(&msg) {
+            let Some(rel) = self.assembler.relations().unmapped(oid) else {
+                continue;
+            };
+            let sides = Sides {
+                node: &self.link.local_node,
+                peer: &self.link.peer,
+                peer_sql: &self.link.peer_sql,
+            };
+            let types = self.assembler.relations().types();
+            let map = map_relation(&self.catalog, rel, types, sides).await?;
+            self.assembler
+                .relations_mut()
+                .insert_map(oid, std::sync::Arc::new(map));
+        }
+        let cx = Context {
+            origin_dropped,
+            handed_out: self.acks.sent(),
+            writer_idle: self.writer_idle(),
+            now: Instant::now(),
+        };
+        match self.assembler.on_message(msg, cx)? {
+            Step::Continue => {}
+            Step::Began { commit_ts } => {
+                // A long wait happens here, with what is batched committed first: the
+                // wait then holds no row locks. A short one (a peer clock a few ms
+                // ahead) is left to the batch's commit, the only step that must come
+                // after our clock passed the commit time: ending the batch at every
+                // such Begin would cost the batching itself.
+                if let Some(wait) = self.clock_wait(commit_ts) {
+                    if wait > SHORT_CLOCK_WAIT {
+                        if self.assembler.holds_commits() {
+                            self.commit_batch().await?;
+                        }
+                        self.state.metrics.clock_waits.increment(1);
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            // Queued chunks carry their own table maps; this is for later lookups.
+            Step::TablesChanged => self.applier.send(Work::ForgetTables).await?,
+            Step::ReadPast(lsn) => self.acks.read_past(lsn),
+            Step::Write(chunk) => self.applier.send(Work::Chunk(chunk)).await?,
+            Step::Truncate {
+                before,
+                tables,
+                ts,
+                lsn,
+            } => {
+                if let Some(chunk) = before {
+                    self.applier.send(Work::Chunk(chunk)).await?;
+                }
+                for map in tables {
+                    self.applier.send(Work::Truncate { map, ts, lsn }).await?;
+                }
+            }
+            Step::Kill { before, kill, lsn } => {
+                if let Some(chunk) = before {
+                    self.applier.send(Work::Chunk(chunk)).await?;
+                }
+                self.applier.send(Work::Kill { kill, lsn }).await?;
+            }
+            Step::EndBatch => self.commit_batch().await?,
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending and commits the downstream transaction with the last
+    /// upstream commit's position and time.
+    pub(super) async fn commit_batch(&mut self) -> Result<(), SidecarError> {
+        let batch = match self.assembler.take_batch() {
+            Ok(batch) => batch,
+            Err(Some(chunk)) => return self.applier.send(Work::Chunk(chunk)).await,
+            Err(None) => return Ok(()),
+        };
+        // Nothing of the batch becomes visible before our clock passed its latest
+        // commit time (long waits happened at Begin; this covers the short ones).
+        if let Some(wait) = self.clock_wait(batch.latest_ts) {
+            self.state.metrics.clock_waits.increment(1);
+            tokio::time::sleep(wait).await;
+        }
+        self.applier
+            .send(Work::Commit {
+                chunk: batch.chunk,
+                end: batch.end,
+                ts: batch.ts,
+                txns: batch.txns,
+            })
+            .await?;
+        self.acks
+            .batch_sent(batch.end, batch.first_ts, self.applier.applied());
+        Ok(())
+    }
+
+    /// How long to hold back what was committed at `ts` so that it is applied only once
+    /// this node's clock passed it ([`crate::conflict::causality`]).
+    fn clock_wait(&mut self, ts: PgTimestamp) -> Option<std::time::Duration> {
+        let now = crate::pgtime::unix_micros_now();
+        let wait = match clock_wait(ts, now, self.link.clock_wait_max) {
+            ClockWait::Ready => return None,
+            ClockWait::Wait(d) => d,
+            ClockWait::TooFar(ahead) => {
+                if self.note_clock() {
+                    tracing::warn!(
+                        ahead_s = ahead.as_secs_f64(), max_s = self.link.clock_wait_max.as_secs_f64(),
+                        "a change from the peer is committed further ahead of this node's clock than [replication] clock_wait_max; applied at once: a local write made on top of it in the next `ahead_s` can lose to it on the peer and the nodes then differ in that row (pgmesh verify / repair); sync both clocks (chrony/NTP)");
+                }
+                return None;
+            }
+        };
+        if wait >= std::time::Duration::from_millis(100) && self.note_clock() {
+            tracing::warn!(wait_s = wait.as_secs_f64(),
+                "the peer's commits are ahead of this node's clock: each is applied once this clock passed its commit time, so that a local write made after it is stamped later (last-writer-wins stays causal); the direction lags by the skew; sync both clocks (chrony/NTP)");
+        }
+        Some(wait)
+    }
+
+    /// Whether to log about the clock now (at most once a minute).
+    fn note_clock(&mut self) -> bool {
+        let due = self
+            .clock_noted
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            self.clock_noted = Some(Instant::now());
+        }
+        due
+    }
+}
+
+/// Aborts a connection task when dropped (the session ends with the direction).
+pub(super) struct DropAbort(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for DropAbort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
