@@ -22,12 +22,7 @@ fn renewals_sent_back_to_back_are_answered_in_order_each_with_its_own_send_time(
         let store = Store::connect(&etcd.endpoints(), "keeper", TIMEOUT)
             .await
             .unwrap();
-        let lease = loop {
-            match store.grant(Duration::from_secs(10)).await {
-                Ok(id) => break id,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let lease = grant(&store, Duration::from_secs(10)).await;
         let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
         let mut stream = KeepAliveStream::start(
             lease,
@@ -150,12 +145,7 @@ fn a_keepers_stream_waits_out_a_long_election_where_a_leader_requiring_one_is_cu
         .pop()
         .expect("member 0 answers");
         let required = Store::connect(&[member], "keeper", long).await.unwrap();
-        let lease = loop {
-            match awaited.store.grant(Duration::from_secs(60)).await {
-                Ok(id) => break id,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let lease = grant(&awaited.store, Duration::from_secs(60)).await;
         let open = |store: Store| async move {
             let (tx, answers) = tokio::sync::mpsc::unbounded_channel();
             let stream = KeepAliveStream::start(
@@ -174,7 +164,7 @@ fn a_keepers_stream_waits_out_a_long_election_where_a_leader_requiring_one_is_cu
         // Member 0 alone: no leader until the others run again.
         etcd.pause_member(1).unwrap();
         etcd.pause_member(2).unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        wait_leaderless(&etcd.endpoint(0)).await;
         cut.renew().await.unwrap();
         // The fact that the leaderless time was long enough: the leader-requiring
         // stream is cancelled (three election timeouts of 1 s after member 0 lost it).
@@ -199,6 +189,36 @@ fn a_keepers_stream_waits_out_a_long_election_where_a_leader_requiring_one_is_cu
         );
         assert_eq!(kept.unanswered(), 0);
     });
+}
+
+/// A lease of `ttl`, once the cluster has a leader to grant it (within 30 s).
+async fn grant(store: &Store, ttl: Duration) -> i64 {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.grant(ttl).await {
+            Ok(id) => return id,
+            Err(e) => assert!(Instant::now() < until, "no lease within 30 s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the member at `endpoint` names no leader (within 30 s).
+async fn wait_leaderless(endpoint: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut c = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
+    loop {
+        if c.status().await.is_ok_and(|s| s.leader() == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "member 0 still names a leader after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Which endpoint is the leader now.
