@@ -40,8 +40,8 @@ pub const REGION_COMMANDS: [&[&str]; 2] = [&["run"], &["agent", "--http-listen"]
 
 /// The etcd members' raft timing (ms). When the leader dies, the two members left may
 /// split their votes and need a second election timeout: at etcd's default 1000 ms that
-/// took 3 s in `witness-lost`, past the 3.2 s a 5 s / 1.8 s lease leaves, and fenced a
-/// region that kept its quorum; at 500 ms (etcd's least for a 100 ms heartbeat) it is
+/// took 3 s in `witness-lost`, past the fence deadline (3.2 s then, 3 s with the lab's
+/// 5 s / 2 s lease now), and fenced a region that kept its quorum; at 500 ms (etcd's least for a 100 ms heartbeat) it is
 /// about 2 s at most. `docker-compose.yml` sets the same.
 pub const ETCD_HEARTBEAT_MS: u64 = 100;
 pub const ETCD_ELECTION_TIMEOUT_MS: u64 = 500;
