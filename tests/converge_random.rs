@@ -314,20 +314,11 @@ fn check_last_writer_wins(m: &Mesh, what: &str) {
             last_of.insert(w.key, w);
         }
         for (k, w) in last_of {
-            // A delete discards a version only where it meets a row the other node wrote
-            // itself (before it). One that meets a row the other node deleted too (the
-            // later tombstone stays, `conflict::decide`), or a key the other node never
-            // wrote before it (the row was the deleting node's, or never reached the other
-            // node: inserted and deleted in one chunk), is not in the ledger.
-            let deleted_there_too =
-                w.row.is_none() && other_local.iter().any(|x| x.key == k && x.row.is_none());
-            let other_wrote_before = other_local.iter().any(|x| x.key == k && x.ts < w.ts);
-            let deleted_there_too = deleted_there_too || (w.row.is_none() && !other_wrote_before);
             let reached = ledger.contains(&(k, w.ts))
                 || applied
                     .iter()
                     .any(|x| x.key == k && x.row == w.row && x.ts >= w.ts)
-                || deleted_there_too;
+                || (w.row.is_none() && delete_can_have_met_no_row(w, other_local, applied));
             if !reached {
                 let story = |c: &pgmesh::testkit::Cluster| {
                     c.psql(&format!(
@@ -355,4 +346,51 @@ fn check_last_writer_wins(m: &Mesh, what: &str) {
         a_local.len() + b_local.len(),
         last.len()
     );
+}
+
+/// Whether a delete `w` can have met no row on the other node (whose log is `local` and
+/// `applied`), so that it discarded nothing and is rightly in no ledger: the row was gone
+/// already (deleted there too: the later tombstone stays, `conflict::decide`), or the key
+/// never held one there.
+///
+/// What certainly happened there before `w` arrived: every applied write of the key (all
+/// are the sender's earlier writes, applied in order; a write that met no row, or was
+/// folded into `w` in one chunk, is not logged) and every local write committed before
+/// `w`. If the last of those left no row, `w` met none — unless a local insert came between
+/// (then it lost to a newer row and belongs in the ledger; which came first is unknown, so
+/// this does not insist). If a row was there, a local delete after it may have come first.
+fn delete_can_have_met_no_row(w: &Write, local: &[Write], applied: &[Write]) -> bool {
+    let certain = applied
+        .iter()
+        .filter(|x| x.key == w.key)
+        .chain(local.iter().filter(|x| x.key == w.key && x.ts < w.ts))
+        .max_by_key(|x| x.seq);
+    let after = certain.map_or(0, |x| x.seq);
+    certain.is_none_or(|x| x.row.is_none())
+        || local
+            .iter()
+            .any(|x| x.key == w.key && x.row.is_none() && x.seq > after)
+}
+
+/// The story CI met (PG17 seed 0, key 18): b inserted the key; a moved it away (applied
+/// on b as a delete), inserted it again and moved it away again in one chunk, so a's last
+/// write met no row on b. And the opposite: had b still held its own row, a's delete must
+/// have been applied or recorded.
+#[test]
+fn the_oracle_knows_a_delete_that_met_no_row() {
+    let w = |ts, node, seq, row: Option<&str>| Write {
+        ts,
+        node,
+        seq,
+        key: 18,
+        row: row.map(str::to_string),
+    };
+    let a_last = w(212_718, "a", 90, None);
+    let b_local = [w(143_743, "b", 38, Some("b3500"))];
+    let b_applied = [w(185_418, "b", 89, None)];
+    assert!(delete_can_have_met_no_row(&a_last, &b_local, &b_applied));
+    assert!(!delete_can_have_met_no_row(&a_last, &b_local, &[]));
+    // b deleted its row itself after a's delete committed: either may have come first.
+    let b_deleted_later = [b_local[0].clone(), w(300_000, "b", 95, None)];
+    assert!(delete_can_have_met_no_row(&a_last, &b_deleted_later, &[]));
 }
