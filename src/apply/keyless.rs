@@ -28,7 +28,8 @@ use tokio_postgres::types::ToSql;
 
 use super::keyless_sql;
 use super::ledger::{record, ConflictRecord};
-use super::resolve::{ApplyStats, Resolver};
+use super::resolve::Resolver;
+use super::stats::ApplyStats;
 use super::ApplyError;
 use crate::batch::{ChangeOp, KeylessChange, TableChunk};
 use crate::conflict::{ConflictKind, Winner};

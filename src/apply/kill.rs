@@ -17,7 +17,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ledger::ConflictRecord;
-use super::resolve::{write_decided_tombstone, ApplyStats, Resolver};
+use super::resolve::{write_decided_tombstone, Resolver};
+use super::stats::ApplyStats;
 use super::ApplyError;
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::table::local::LocalTable;

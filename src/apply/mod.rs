@@ -3,10 +3,13 @@
 //! to the peer's replication origin (so progress moves atomically with the data).
 
 pub mod copy;
+pub mod db;
 pub mod keyless;
 pub mod keyless_sql;
 pub mod kill;
 pub mod ledger;
+pub mod origins;
+mod params;
 pub mod peer_read;
 mod pipelined;
 pub mod resolve;
@@ -14,9 +17,12 @@ pub mod session;
 pub mod shape;
 pub mod shape_io;
 pub mod sql;
+pub mod stats;
 
 pub use crate::sqlconn::{db_error_is_transient, describe_db_error};
+pub use origins::Origins;
 pub use session::ApplySession;
+pub use stats::ApplyStats;
 
 /// Why applying failed. [`ApplyError::is_transient`] drives the retry policy: transient
 /// errors roll back and resume from the durable origin progress after a backoff; the rest

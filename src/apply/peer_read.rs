@@ -67,8 +67,8 @@ impl PeerReader {
         keys: &[&Key],
     ) -> Result<HashMap<usize, Vec<Val>>, ApplyError> {
         let sql = super::sql::select_columns(t, cols);
-        let key_cols = super::resolve::key_params(keys, t.pk.len())?;
-        let params = super::resolve::as_params(&key_cols);
+        let key_cols = super::params::key_params(keys, t.pk.len())?;
+        let params = super::params::as_params(&key_cols);
         let client = self.client().await?;
         let rows = client.query(&sql, &params).await?;
         let mut out = HashMap::with_capacity(rows.len());

@@ -14,58 +14,13 @@ use tokio_postgres::Statement;
 
 use super::copy::COPY_MIN_ROWS;
 use super::ledger::ConflictRecord;
-use super::resolve::{as_params, columns_of, key_params, skipped_by_insert, ApplyStats, Resolver};
+use super::params::{as_params, groups_by_columns, key_params, value_params, Change, Columns};
+use super::resolve::Resolver;
 use super::sql;
+use super::stats::ApplyStats;
 use super::ApplyError;
-use crate::batch::Pending;
 use crate::table::local::TableMap;
-use crate::table::row::{Key, Row};
-
-type Change<'c> = (&'c Key, &'c Row, &'c Pending);
-/// `text[]` parameters, one per column.
-type Columns<'v> = Vec<Vec<Option<&'v str>>>;
-
-/// Positions of `rows` grouped by the columns they carry.
-fn groups_by_columns(
-    rows: &[Change<'_>],
-    map: &TableMap,
-    with_key: bool,
-) -> Vec<(Vec<usize>, Vec<usize>)> {
-    let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
-    for (i, (_, r, _)) in rows.iter().enumerate() {
-        let cols = columns_of(r, &map.local, with_key);
-        match groups.iter_mut().find(|(c, _)| *c == cols) {
-            Some((_, g)) => g.push(i),
-            None => groups.push((cols, vec![i])),
-        }
-    }
-    groups
-}
-
-/// One `text[]` per column in `cols` over the rows at `idx`, after the key arrays when
-/// `keys` is given.
-pub(super) fn value_params<'r>(
-    rows: &[Change<'r>],
-    idx: &[usize],
-    cols: &[usize],
-    keys: Option<usize>,
-) -> Result<Columns<'r>, ApplyError> {
-    let mut params = match keys {
-        Some(n) => {
-            let ks: Vec<&Key> = idx.iter().map(|&i| rows[i].0).collect();
-            key_params(&ks, n)?
-        }
-        None => Vec::new(),
-    };
-    for &c in cols {
-        let mut col = Vec::with_capacity(idx.len());
-        for &i in idx {
-            col.push(rows[i].1 .0[c].as_text()?);
-        }
-        params.push(col);
-    }
-    Ok(params)
-}
+use crate::table::row::Key;
 
 impl Resolver<'_> {
     /// Deletes `deletes`, records tombstones for `tomb_keys`, updates `updates` and inserts
@@ -110,7 +65,7 @@ impl Resolver<'_> {
                 .await?;
             exec.push((stmt, key_params(&keys, npk)?, true));
         }
-        for (cols, idx) in groups_by_columns(updates, map, false) {
+        for (cols, idx) in groups_by_columns(updates.iter().map(|c| c.1), t, false) {
             let stmt = self
                 .statements
                 .get(self.client, &sql::update_rows(t, &cols))
@@ -120,7 +75,7 @@ impl Resolver<'_> {
         let mut query: Vec<(Statement, Columns<'_>, Vec<usize>)> = Vec::new();
         // Large groups of new rows go through COPY after the pipeline (see `super::copy`).
         let mut copies: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
-        for (cols, idx) in groups_by_columns(inserts, map, true) {
+        for (cols, idx) in groups_by_columns(inserts.iter().map(|c| c.1), t, true) {
             if commit.is_some() {
                 let stmt = self
                     .statements
@@ -184,7 +139,7 @@ impl Resolver<'_> {
 
         let mut not_inserted: Vec<usize> = Vec::new();
         for ((_, _, idx), rows) in query.iter().zip(inserted) {
-            not_inserted.extend(skipped_by_insert(rows, idx, stats));
+            not_inserted.extend(stats.count_inserted(rows.iter().map(|r| r.get::<_, i64>(0)), idx));
         }
         for (cols, idx) in &copies {
             not_inserted.extend(

@@ -11,13 +11,16 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use super::copy::COPY_MIN_ROWS;
+use super::db::Statements;
 use super::kill::{Kill, Version};
 use super::ledger::{record, ConflictRecord};
-use super::pipelined::value_params;
+use super::origins::Origins;
+use super::params::{as_params, groups_by_columns, key_params, key_text, value_params, Change};
 use super::sql;
+use super::stats::ApplyStats;
 use super::ApplyError;
 use crate::batch::{ChangeOp, Chunk, Pending, TableChunk};
 use crate::conflict::{
@@ -26,77 +29,6 @@ use crate::conflict::{
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::table::local::{LocalTable, TableMap};
 use crate::table::row::{Key, Row, Val};
-
-/// Maps a row's `roident` (from its xmin) to the node that wrote it.
-#[derive(Debug, Clone)]
-pub struct Origins {
-    pub local_node: String,
-    /// roident → node name (`pgmesh_a` → `a`; other origins keep their own name).
-    pub by_roident: HashMap<u32, String>,
-}
-
-impl Origins {
-    /// Reads this node's replication origins (`pgmesh_<n>`, `pgmesh__copy_<n>`,
-    /// `pgmesh__repair_<n>` → `n`; see [`crate::config::names::node_of_origin`]).
-    pub async fn load(
-        client: &tokio_postgres::Client,
-        local_node: &str,
-    ) -> Result<Origins, tokio_postgres::Error> {
-        let rows = client
-            .query("SELECT roident, roname FROM pg_replication_origin", &[])
-            .await?;
-        Ok(Origins {
-            local_node: local_node.to_string(),
-            by_roident: rows
-                .iter()
-                .map(|r| {
-                    let name: String = r.get(1);
-                    (
-                        r.get(0),
-                        crate::config::names::node_of_origin(&name).to_string(),
-                    )
-                })
-                .collect(),
-        })
-    }
-
-    #[must_use]
-    pub fn node_of(&self, roident: Option<u32>) -> &str {
-        match roident {
-            None | Some(0) => &self.local_node,
-            Some(id) => self
-                .by_roident
-                .get(&id)
-                .map(String::as_str)
-                .unwrap_or("unknown-origin"),
-        }
-    }
-}
-
-/// Prepared statements by SQL text, per connection.
-#[derive(Default)]
-pub struct Statements(HashMap<String, Statement>);
-
-impl Statements {
-    pub async fn get(&mut self, client: &Client, sql: &str) -> Result<Statement, ApplyError> {
-        if let Some(s) = self.0.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = client.prepare(sql).await?;
-        self.0.insert(sql.to_string(), s.clone());
-        Ok(s)
-    }
-}
-
-/// Counters of one chunk's work.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ApplyStats {
-    pub inserted: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub skipped: u64,
-    pub conflicts: u64,
-}
 
 /// Outcome of deciding against the rows that hold an incoming row's unique values.
 enum Holders {
@@ -136,31 +68,6 @@ pub(super) fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
     t.and_then(PgTimestamp::from_system_time)
 }
 
-/// Of the rows at `idx` an insert was given, the ones it skipped (`ON CONFLICT DO
-/// NOTHING`); `done` holds the 1-based positions it wrote, counted in `stats`.
-pub(super) fn skipped_by_insert(
-    done: Vec<tokio_postgres::Row>,
-    idx: &[usize],
-    stats: &mut ApplyStats,
-) -> Vec<usize> {
-    let mut inserted = vec![false; idx.len()];
-    for r in done {
-        let ord: i64 = r.get(0);
-        if let Some(slot) = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|o| inserted.get_mut(o))
-        {
-            *slot = true;
-        }
-    }
-    stats.inserted += inserted.iter().filter(|ok| **ok).count() as u64;
-    idx.iter()
-        .zip(inserted)
-        .filter(|(_, ok)| !ok)
-        .map(|(&i, _)| i)
-        .collect()
-}
-
 /// Locked rows by key position (see [`sql::select_rows`]).
 fn local_rows_from(rows: Vec<tokio_postgres::Row>) -> HashMap<usize, LocalRow> {
     let mut out = HashMap::with_capacity(rows.len());
@@ -178,44 +85,12 @@ fn local_rows_from(rows: Vec<tokio_postgres::Row>) -> HashMap<usize, LocalRow> {
     out
 }
 
-/// One text[] parameter per key column, for `keys`.
-pub(super) fn key_params<'k>(
-    keys: &[&'k Key],
-    ncols: usize,
-) -> Result<Vec<Vec<Option<&'k str>>>, ApplyError> {
-    let mut cols = vec![Vec::with_capacity(keys.len()); ncols];
-    for k in keys {
-        for (c, v) in cols.iter_mut().zip(&k.0) {
-            let s = std::str::from_utf8(v)
-                .map_err(|_| ApplyError::Protocol("key value is not valid UTF-8".into()))?;
-            c.push(Some(s));
-        }
-    }
-    Ok(cols)
-}
-
-pub(super) fn as_params<'p>(cols: &'p [Vec<Option<&str>>]) -> Vec<&'p (dyn ToSql + Sync)> {
-    cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
-}
-
 fn remote_op(p: &Pending) -> RemoteOp {
     match p.op {
         ChangeOp::Insert => RemoteOp::Insert,
         ChangeOp::Update => RemoteOp::Update,
         ChangeOp::Delete => RemoteOp::Delete,
     }
-}
-
-/// Columns an image sets: key columns included for inserts, excluded for updates.
-pub(super) fn columns_of(row: &Row, table: &LocalTable, with_key: bool) -> Vec<usize> {
-    row.0
-        .iter()
-        .enumerate()
-        .filter(|(i, v)| {
-            matches!(v, Val::Text(_) | Val::Null) && (with_key || !table.pk.contains(i))
-        })
-        .map(|(i, _)| i)
-        .collect()
 }
 
 impl Resolver<'_> {
@@ -430,8 +305,8 @@ impl Resolver<'_> {
             }
         }
         let filled = self.fill_from_peer(map, &insert_plan, &update_plan).await?;
-        let mut inserts: Vec<(&Key, &Row, &Pending)> = Vec::new();
-        let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        let mut inserts: Vec<Change<'_>> = Vec::new();
+        let mut updates: Vec<Change<'_>> = Vec::new();
         for (n, (key, p, _)) in insert_plan.iter().enumerate() {
             match filled.get(&(true, n)) {
                 Some(Some(r)) => inserts.push((key, r, p)),
@@ -553,20 +428,16 @@ impl Resolver<'_> {
     async fn update(
         &mut self,
         map: &TableMap,
-        rows: &[(&Key, &Row, &Pending)],
+        rows: &[Change<'_>],
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
     ) -> Result<(), ApplyError> {
         let t = &map.local;
-        type Group<'r> = (Vec<usize>, Vec<(&'r Key, &'r Row, &'r Pending)>);
-        let mut groups: Vec<Group<'_>> = Vec::new();
-        for &(k, r, p) in rows {
-            let cols = columns_of(r, t, false);
-            match groups.iter_mut().find(|(c, _)| *c == cols) {
-                Some((_, g)) => g.push((k, r, p)),
-                None => groups.push((cols, vec![(k, r, p)])),
-            }
-        }
+        let groups: Vec<(Vec<usize>, Vec<Change<'_>>)> =
+            groups_by_columns(rows.iter().map(|(_, r, _)| *r), t, false)
+                .into_iter()
+                .map(|(cols, idx)| (cols, idx.iter().map(|&i| rows[i]).collect()))
+                .collect();
         for (n, (cols, group)) in groups.iter().enumerate() {
             let guarded = !t.uniques.is_empty();
             if guarded {
@@ -587,7 +458,7 @@ impl Resolver<'_> {
                         .await?;
                     // A value may be handed to a row of a later group (another column
                     // set): those rows still hold their old values, so they go too.
-                    let rest: Vec<(&Key, &Row, &Pending)> = groups[n..]
+                    let rest: Vec<Change<'_>> = groups[n..]
                         .iter()
                         .flat_map(|(_, g)| g.iter().copied())
                         .collect();
@@ -609,7 +480,7 @@ impl Resolver<'_> {
     async fn rewrite(
         &mut self,
         map: &TableMap,
-        rows: &[(&Key, &Row, &Pending)],
+        rows: &[Change<'_>],
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
     ) -> Result<(), ApplyError> {
@@ -634,7 +505,7 @@ impl Resolver<'_> {
             merged.push((i, row));
         }
         // Rows gone meanwhile are not written back (their delete is on its way).
-        let again: Vec<(&Key, &Row, &Pending)> = merged
+        let again: Vec<Change<'_>> = merged
             .iter()
             .map(|(i, row)| (rows[*i].0, row, rows[*i].2))
             .collect();
@@ -645,7 +516,7 @@ impl Resolver<'_> {
         &mut self,
         map: &TableMap,
         cols: &[usize],
-        group: &[(&Key, &Row, &Pending)],
+        group: &[Change<'_>],
     ) -> Result<(), ApplyError> {
         let t = &map.local;
         let keys: Vec<&Key> = group.iter().map(|(k, _, _)| *k).collect();
@@ -681,14 +552,7 @@ impl Resolver<'_> {
                 return Ok(());
             }
             let t = &map.local;
-            let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
-            for (i, (_, r, _)) in rows.iter().enumerate() {
-                let cols = columns_of(r, t, true);
-                match groups.iter_mut().find(|(c, _)| *c == cols) {
-                    Some((_, g)) => g.push(i),
-                    None => groups.push((cols, vec![i])),
-                }
-            }
+            let groups = groups_by_columns(rows.iter().map(|(_, r, _)| *r), t, true);
             let mut not_inserted: Vec<usize> = Vec::new();
             for (cols, idx) in &groups {
                 // Rows that collided once take the INSERT path, which skips taken keys.
@@ -718,7 +582,7 @@ impl Resolver<'_> {
     pub(super) async fn insert_group(
         &mut self,
         map: &TableMap,
-        rows: &[(&Key, &Row, &Pending)],
+        rows: &[Change<'_>],
         idx: &[usize],
         cols: &[usize],
         copy: bool,
@@ -740,7 +604,7 @@ impl Resolver<'_> {
             .get(self.client, &sql::insert_rows(t, cols))
             .await?;
         let done = self.client.query(&stmt, &as_params(&params)).await?;
-        Ok(skipped_by_insert(done, idx, stats))
+        Ok(stats.count_inserted(done.iter().map(|r| r.get::<_, i64>(0)), idx))
     }
 
     /// Rows an insert skipped: either a local session inserted the same key meanwhile
@@ -748,7 +612,7 @@ impl Resolver<'_> {
     pub(super) async fn resolve_not_inserted(
         &mut self,
         map: &TableMap,
-        rows: &[(&Key, &Row, &Pending)],
+        rows: &[Change<'_>],
         not_inserted: &[usize],
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
@@ -757,8 +621,8 @@ impl Resolver<'_> {
         let t = &map.local;
         let keys: Vec<&Key> = not_inserted.iter().map(|&i| rows[i].0).collect();
         let now_there = self.local_rows(&map.local, &keys).await?;
-        let mut updates: Vec<(&Key, &Row, &Pending)> = Vec::new();
-        let mut retry: Vec<(&Key, &Row, &Pending)> = Vec::new();
+        let mut updates: Vec<Change<'_>> = Vec::new();
+        let mut retry: Vec<Change<'_>> = Vec::new();
         for (j, &i) in not_inserted.iter().enumerate() {
             let (key, row, p) = rows[i];
             if let Some(r) = now_there.get(&j) {
@@ -820,7 +684,7 @@ impl Resolver<'_> {
     async fn resolve_unique_holders(
         &mut self,
         map: &TableMap,
-        (key, row, p): (&Key, &Row, &Pending),
+        (key, row, p): Change<'_>,
         ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
         defer_same_origin: bool,
@@ -910,11 +774,7 @@ impl Resolver<'_> {
         write_decided_tombstone(self.client, self.statements, t, key, winner).await?;
         let mut texts = Vec::with_capacity(key.0.len());
         for b in &key.0 {
-            texts.push(
-                std::str::from_utf8(b)
-                    .map_err(|_| ApplyError::Protocol("key value is not valid UTF-8".into()))?
-                    .to_string(),
-            );
+            texts.push(key_text(b)?.to_string());
         }
         self.kills.push(Kill {
             schema: t.schema.clone(),

@@ -9,11 +9,14 @@ use std::collections::HashMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use super::db::Statements;
 use super::kill::{Kill, KILL_PREFIX};
 use super::ledger::ConflictRecord;
+use super::origins::Origins;
 use super::peer_read::PeerReader;
-use super::resolve::{ApplyStats, Origins, Resolver, Statements};
+use super::resolve::Resolver;
 use super::sql::{FLUSH_OUTBOX, INSERT_CONFLICTS, INSERT_OUTBOX};
+use super::stats::ApplyStats;
 use super::ApplyError;
 use crate::batch::Chunk;
 use crate::protocol::pgoutput::PgTimestamp;

@@ -5,7 +5,7 @@ mod relations;
 pub mod spill;
 mod step;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use assemble::Assembler;
 pub use relations::RelationCache;

@@ -39,7 +39,7 @@ use super::plan::{Action, Version};
 use super::versions::{self, KeyVersion};
 use super::PlannedFix;
 use crate::apply::ledger::ConflictRecord;
-use crate::apply::resolve::Origins;
+use crate::apply::Origins;
 use crate::config::names;
 use crate::conflict::{LedgerKind, Resolution, Winner};
 use crate::pgtime::rfc3339;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{Difference, Pair, VerifyError, VerifyReport};
-use crate::apply::resolve::Origins;
+use crate::apply::Origins;
 use crate::table::local::LocalTable;
 pub use fix::FixOutcome;
 use plan::Action;

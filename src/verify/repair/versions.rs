@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 
 use super::super::{query_err, sql, VerifyError};
 use super::plan::Version;
-use crate::apply::resolve::Origins;
+use crate::apply::Origins;
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::table::local::LocalTable;
 
