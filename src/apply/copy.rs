@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
 
-use super::resolve::Resolver;
+use super::db::Db;
 use super::sql;
 use super::ApplyError;
 use crate::table::local::LocalTable;
@@ -71,7 +71,7 @@ fn is_taken_value(e: &tokio_postgres::Error) -> bool {
     )
 }
 
-impl Resolver<'_> {
+impl Db<'_> {
     /// Writes `rows` (columns `cols`, key included) with one COPY under a savepoint.
     /// `Ok(false)`: one of the values is taken (a local insert since the lookup); nothing
     /// was written and the caller inserts them the careful way.
@@ -82,10 +82,7 @@ impl Resolver<'_> {
         cols: &[usize],
     ) -> Result<bool, ApplyError> {
         let data = copy_text(rows, cols);
-        let stmt = self
-            .statements
-            .get(self.client, &sql::copy_rows(t, cols))
-            .await?;
+        let stmt = self.statement(&sql::copy_rows(t, cols)).await?;
         let client = self.client;
         let copy = async {
             let sink = client.copy_in::<_, Bytes>(&stmt).await?;

@@ -26,9 +26,9 @@
 
 use tokio_postgres::types::ToSql;
 
+use super::db::Db;
 use super::keyless_sql;
 use super::ledger::{record, ConflictRecord};
-use super::resolve::Resolver;
 use super::stats::ApplyStats;
 use super::ApplyError;
 use crate::batch::{ChangeOp, KeylessChange, TableChunk};
@@ -81,7 +81,13 @@ fn old_image<'c>(map: &TableMap, ch: &'c KeylessChange) -> Result<&'c Row, Apply
     Ok(old)
 }
 
-impl Resolver<'_> {
+/// A key-less table's changes applied through `db`, as sent by `peer`.
+pub(super) struct KeylessApply<'a, 'd> {
+    pub(super) db: &'a mut Db<'d>,
+    pub(super) peer: &'a str,
+}
+
+impl KeylessApply<'_, '_> {
     /// Applies a key-less table's changes in order, inside the open apply transaction.
     pub(super) async fn apply_keyless(
         &mut self,
@@ -115,8 +121,8 @@ impl Resolver<'_> {
                 let cols = valued(old);
                 let vals = values(old, &cols)?;
                 let sql = keyless_sql::delete_one(&map.local, &cols);
-                let stmt = self.statements.get(self.client, &sql).await?;
-                if self.client.execute(&stmt, &params(&vals)).await? == 0 {
+                let stmt = self.db.statement(&sql).await?;
+                if self.db.client.execute(&stmt, &params(&vals)).await? == 0 {
                     ledger.push(self.missing(map, ConflictKind::DeleteMissing, ch, old, None));
                     stats.conflicts += 1;
                     stats.skipped += 1;
@@ -146,8 +152,8 @@ impl Resolver<'_> {
                 let sql = keyless_sql::update_one(&map.local, &match_cols, &set_cols).ok_or_else(
                     || ApplyError::Protocol(format!("update of {}: no columns", map.local.name)),
                 )?;
-                let stmt = self.statements.get(self.client, &sql).await?;
-                if self.client.execute(&stmt, &params(&vals)).await? == 0 {
+                let stmt = self.db.statement(&sql).await?;
+                if self.db.client.execute(&stmt, &params(&vals)).await? == 0 {
                     // The row changed or went away here meanwhile: the new image is added,
                     // as the peer's copy will be, so both nodes hold the same rows.
                     ledger.push(self.missing(
@@ -172,8 +178,8 @@ impl Resolver<'_> {
         let cols = valued(row);
         let vals = values(row, &cols)?;
         let sql = keyless_sql::insert_one(&map.local, &cols);
-        let stmt = self.statements.get(self.client, &sql).await?;
-        self.client.execute(&stmt, &params(&vals)).await?;
+        let stmt = self.db.statement(&sql).await?;
+        self.db.client.execute(&stmt, &params(&vals)).await?;
         Ok(())
     }
 

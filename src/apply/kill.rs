@@ -16,14 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ledger::ConflictRecord;
-use super::resolve::{write_decided_tombstone, Resolver};
-use super::stats::ApplyStats;
-use super::ApplyError;
 use crate::protocol::pgoutput::PgTimestamp;
-use crate::table::local::LocalTable;
-use crate::table::row::Key;
-use crate::Lsn;
 
 /// Prefix of the logical messages that carry kills.
 pub const KILL_PREFIX: &str = "pgmesh.kill";
@@ -88,73 +81,6 @@ impl Kill {
     /// Parses a message body.
     pub fn parse(body: &[u8]) -> Result<Kill, serde_json::Error> {
         serde_json::from_slice(body)
-    }
-}
-
-impl Resolver<'_> {
-    /// Applies a peer's kill of a row of `t` (read at `lsn` of the peer's WAL): removes this
-    /// node's version when [`Kill::removes`] says so, and leaves a tombstone dated by the
-    /// winning write unless a later delete is already recorded.
-    pub async fn apply_kill(
-        &mut self,
-        t: &LocalTable,
-        kill: &Kill,
-        lsn: Lsn,
-        ledger: &mut Vec<ConflictRecord>,
-        stats: &mut ApplyStats,
-    ) -> Result<(), ApplyError> {
-        if kill.key.len() != t.pk.len() {
-            return Err(ApplyError::Protocol(format!(
-                "a unique-constraint decision from {} names {} key values for {}, which has {} key columns",
-                kill.decider,
-                kill.key.len(),
-                t.name,
-                t.pk.len()
-            )));
-        }
-        let key = Key(kill
-            .key
-            .iter()
-            .map(|k| bytes::Bytes::from(k.clone()))
-            .collect());
-        let rows = self.local_rows(t, &[&key]).await?;
-        if let Some(row) = rows.get(&0) {
-            let local = Version::new(row.ts, self.origins.node_of(row.roident));
-            if !kill.removes(&local) {
-                stats.skipped += 1;
-                return Ok(());
-            }
-            self.delete(t, &[&key]).await?;
-            write_decided_tombstone(self.client, self.statements, t, &key, &kill.winner).await?;
-            stats.deleted += 1;
-            ledger.push(ConflictRecord {
-                kind: crate::conflict::LedgerKind::Conflict(
-                    crate::conflict::ConflictKind::UniqueExists,
-                ),
-                table_name: t.name.clone(),
-                key: key.to_json_in(t),
-                local_row: serde_json::from_str(&row.json).ok(),
-                remote_row: None,
-                local_commit_ts: row.ts.map(super::ledger::ts_text),
-                remote_commit_ts: kill.winner.timestamp().map(super::ledger::ts_text),
-                local_origin: Some(local.node),
-                remote_origin: Some(kill.winner.node.clone()),
-                winner: crate::conflict::Winner::Remote,
-                resolution: crate::conflict::Resolution::RemovedByPeerDecision,
-                remote_lsn: Some(lsn.to_string()),
-            });
-            return Ok(());
-        }
-        // Not here: keep the decision, so an older write of the row arriving later loses.
-        let tombs = self.tombstones(t, &[&key]).await?;
-        let newer_delete = tombs
-            .get(&0)
-            .is_some_and(|(ts, node)| !Version::new(*ts, node).not_newer_than(&kill.winner));
-        if !newer_delete {
-            write_decided_tombstone(self.client, self.statements, t, &key, &kill.winner).await?;
-        }
-        stats.skipped += 1;
-        Ok(())
     }
 }
 

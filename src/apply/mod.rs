@@ -7,7 +7,9 @@ pub mod db;
 pub mod keyless;
 pub mod keyless_sql;
 pub mod kill;
+mod kill_apply;
 pub mod ledger;
+mod lookup;
 pub mod origins;
 mod params;
 pub mod peer_read;
@@ -18,6 +20,7 @@ pub mod shape;
 pub mod shape_io;
 pub mod sql;
 pub mod stats;
+mod write;
 
 pub use crate::sqlconn::{db_error_is_transient, describe_db_error};
 pub use origins::Origins;

@@ -13,19 +13,27 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::copy::COPY_MIN_ROWS;
-use super::ledger::ConflictRecord;
+use super::db::Db;
 use super::params::{as_params, groups_by_columns, key_params, value_params, Change, Columns};
-use super::resolve::Resolver;
 use super::sql;
 use super::stats::ApplyStats;
 use super::ApplyError;
 use crate::table::local::TableMap;
 use crate::table::row::Key;
 
-impl Resolver<'_> {
+/// What a pipelined write phase did.
+pub(super) struct Written {
+    /// The commit went out with the writes and succeeded.
+    pub(super) committed: bool,
+    /// Positions of the inserts skipped because a local session inserted the key (or
+    /// another unique value) since the lookup: to be decided again.
+    pub(super) not_inserted: Vec<usize>,
+}
+
+impl Db<'_> {
     /// Deletes `deletes`, records tombstones for `tomb_keys`, updates `updates` and inserts
-    /// `inserts`, all pipelined; rows an insert skipped (a local session inserted the key
-    /// meanwhile) are then decided again, as on the sequential path.
+    /// `inserts`, all pipelined; hands back the rows an insert skipped (a local session
+    /// inserted the key meanwhile), for the caller to decide again.
     ///
     /// With `commit`, the commit statement goes out last in the same pipeline and the
     /// result says it succeeded. Inserts then have no `ON CONFLICT`: a key a local session
@@ -40,36 +48,26 @@ impl Resolver<'_> {
         tomb_keys: &[&Key],
         updates: &[Change<'_>],
         inserts: &[Change<'_>],
-        ledger: &mut Vec<ConflictRecord>,
         stats: &mut ApplyStats,
         commit: Option<&str>,
-    ) -> Result<bool, ApplyError> {
+    ) -> Result<Written, ApplyError> {
         let t = &map.local;
         let npk = t.pk.len();
         // Statements and parameters first: the futures below borrow them.
         let mut exec: Vec<(Statement, Columns<'_>, bool)> = Vec::new();
         if !deletes.is_empty() {
-            let stmt = self
-                .statements
-                .get(self.client, &sql::delete_rows(t))
-                .await?;
+            let stmt = self.statement(&sql::delete_rows(t)).await?;
             exec.push((stmt, key_params(deletes, npk)?, false));
         }
         if !tomb_keys.is_empty() {
             let mut keys = tomb_keys.to_vec();
             keys.sort_unstable();
             keys.dedup();
-            let stmt = self
-                .statements
-                .get(self.client, &sql::upsert_tombstones(t))
-                .await?;
+            let stmt = self.statement(&sql::upsert_tombstones(t)).await?;
             exec.push((stmt, key_params(&keys, npk)?, true));
         }
         for (cols, idx) in groups_by_columns(updates.iter().map(|c| c.1), t, false) {
-            let stmt = self
-                .statements
-                .get(self.client, &sql::update_rows(t, &cols))
-                .await?;
+            let stmt = self.statement(&sql::update_rows(t, &cols)).await?;
             exec.push((stmt, value_params(updates, &idx, &cols, Some(npk))?, false));
         }
         let mut query: Vec<(Statement, Columns<'_>, Vec<usize>)> = Vec::new();
@@ -77,10 +75,7 @@ impl Resolver<'_> {
         let mut copies: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
         for (cols, idx) in groups_by_columns(inserts.iter().map(|c| c.1), t, true) {
             if commit.is_some() {
-                let stmt = self
-                    .statements
-                    .get(self.client, &sql::insert_new_rows(t, &cols))
-                    .await?;
+                let stmt = self.statement(&sql::insert_new_rows(t, &cols)).await?;
                 exec.push((stmt, value_params(inserts, &idx, &cols, None)?, false));
                 stats.inserted += idx.len() as u64;
                 continue;
@@ -89,10 +84,7 @@ impl Resolver<'_> {
                 copies.push((cols, idx));
                 continue;
             }
-            let stmt = self
-                .statements
-                .get(self.client, &sql::insert_rows(t, &cols))
-                .await?;
+            let stmt = self.statement(&sql::insert_rows(t, &cols)).await?;
             let params = value_params(inserts, &idx, &cols, None)?;
             query.push((stmt, params, idx));
         }
@@ -134,7 +126,10 @@ impl Resolver<'_> {
         stats.deleted += deletes.len() as u64;
         stats.updated += updates.len() as u64;
         if committed {
-            return Ok(true);
+            return Ok(Written {
+                committed,
+                not_inserted: Vec::new(),
+            });
         }
 
         let mut not_inserted: Vec<usize> = Vec::new();
@@ -143,15 +138,13 @@ impl Resolver<'_> {
         }
         for (cols, idx) in &copies {
             not_inserted.extend(
-                self.insert_group(map, inserts, idx, cols, true, stats)
+                self.insert_group(t, inserts, idx, cols, true, stats)
                     .await?,
             );
         }
-        if not_inserted.is_empty() {
-            return Ok(false);
-        }
-        self.resolve_not_inserted(map, inserts, &not_inserted, ledger, stats, 0)
-            .await?;
-        Ok(false)
+        Ok(Written {
+            committed,
+            not_inserted,
+        })
     }
 }

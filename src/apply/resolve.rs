@@ -8,25 +8,20 @@
 //! last-writer-wins between the two rows.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
-
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
 
 use super::copy::COPY_MIN_ROWS;
-use super::db::Statements;
+use super::db::Db;
+use super::keyless::KeylessApply;
 use super::kill::{Kill, Version};
 use super::ledger::{record, ConflictRecord};
 use super::origins::Origins;
-use super::params::{as_params, groups_by_columns, key_params, key_text, value_params, Change};
-use super::sql;
+use super::params::{groups_by_columns, key_text, Change};
 use super::stats::ApplyStats;
 use super::ApplyError;
 use crate::batch::{ChangeOp, Chunk, Pending, TableChunk};
 use crate::conflict::{
     decide, newer, Action, ConflictKind, LocalVersion, RemoteOp, RemoteVersion, Winner,
 };
-use crate::protocol::pgoutput::PgTimestamp;
 use crate::table::local::{LocalTable, TableMap};
 use crate::table::row::{Key, Row, Val};
 
@@ -42,8 +37,8 @@ enum Holders {
 
 /// What the resolver needs of its surroundings.
 pub struct Resolver<'a> {
-    pub client: &'a Client,
-    pub statements: &'a mut Statements,
+    /// The apply transaction's connection.
+    pub db: Db<'a>,
     pub origins: &'a Origins,
     /// The peer the changes come from.
     pub peer: &'a str,
@@ -56,33 +51,6 @@ pub struct Resolver<'a> {
     pub commit: Option<&'a str>,
     /// Set once `commit` went out with the writes and succeeded.
     pub committed: bool,
-}
-
-pub(super) struct LocalRow {
-    pub(super) json: String,
-    pub(super) ts: Option<PgTimestamp>,
-    pub(super) roident: Option<u32>,
-}
-
-pub(super) fn pg_ts(t: Option<SystemTime>) -> Option<PgTimestamp> {
-    t.and_then(PgTimestamp::from_system_time)
-}
-
-/// Locked rows by key position (see [`sql::select_rows`]).
-fn local_rows_from(rows: Vec<tokio_postgres::Row>) -> HashMap<usize, LocalRow> {
-    let mut out = HashMap::with_capacity(rows.len());
-    for r in rows {
-        let ord: i64 = r.get(0);
-        out.insert(
-            usize::try_from(ord - 1).unwrap_or(usize::MAX),
-            LocalRow {
-                json: r.get(1),
-                ts: pg_ts(r.get(2)),
-                roident: r.get(3),
-            },
-        );
-    }
-    out
 }
 
 fn remote_op(p: &Pending) -> RemoteOp {
@@ -107,7 +75,12 @@ impl Resolver<'_> {
         let last = chunk.tables.len().saturating_sub(1);
         for (n, tc) in chunk.tables.iter().enumerate() {
             if tc.map.local.is_keyless() {
-                self.apply_keyless(tc, ledger, stats).await?;
+                KeylessApply {
+                    db: &mut self.db,
+                    peer: self.peer,
+                }
+                .apply_keyless(tc, ledger, stats)
+                .await?;
             } else {
                 self.apply_table(tc, ledger, stats, n == last).await?;
             }
@@ -127,100 +100,6 @@ impl Resolver<'_> {
         })
     }
 
-    pub(super) async fn local_rows(
-        &mut self,
-        t: &LocalTable,
-        keys: &[&Key],
-    ) -> Result<HashMap<usize, LocalRow>, ApplyError> {
-        let params = key_params(keys, t.pk.len())?;
-        let stmt = self
-            .statements
-            .get(self.client, &sql::select_rows(t))
-            .await?;
-        let rows = self.client.query(&stmt, &as_params(&params)).await?;
-        Ok(local_rows_from(rows))
-    }
-
-    /// Rows and tombstones of `keys` in one round trip (both statements pipelined; the
-    /// tombstones of keys that have a row are dropped).
-    #[allow(clippy::type_complexity)]
-    async fn lookup(
-        &mut self,
-        t: &LocalTable,
-        keys: &[&Key],
-    ) -> Result<
-        (
-            HashMap<usize, LocalRow>,
-            HashMap<usize, (Option<PgTimestamp>, String)>,
-        ),
-        ApplyError,
-    > {
-        let cols = key_params(keys, t.pk.len())?;
-        let row_params = as_params(&cols);
-        let mut tomb_params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
-        tomb_params.extend(as_params(&cols));
-        let rows_stmt = self
-            .statements
-            .get(self.client, &sql::select_rows(t))
-            .await?;
-        let tombs_stmt = self
-            .statements
-            .get(self.client, &sql::select_tombstones(t))
-            .await?;
-        let (rows, tombs) = futures_util::future::try_join(
-            self.client.query(&rows_stmt, &row_params),
-            self.client.query(&tombs_stmt, &tomb_params),
-        )
-        .await?;
-        let rows = local_rows_from(rows);
-        let mut tombs = self.tombstones_from(tombs);
-        tombs.retain(|i, _| !rows.contains_key(i));
-        Ok((rows, tombs))
-    }
-
-    pub(super) async fn tombstones(
-        &mut self,
-        t: &LocalTable,
-        keys: &[&Key],
-    ) -> Result<HashMap<usize, (Option<PgTimestamp>, String)>, ApplyError> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let cols = key_params(keys, t.pk.len())?;
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
-        params.extend(as_params(&cols));
-        let stmt = self
-            .statements
-            .get(self.client, &sql::select_tombstones(t))
-            .await?;
-        let found = self.client.query(&stmt, &params).await?;
-        Ok(self.tombstones_from(found))
-    }
-
-    /// Tombstone rows by key position; of a key tombstone and a whole-table one, the later
-    /// delete is the one that counts.
-    fn tombstones_from(
-        &self,
-        rows: Vec<tokio_postgres::Row>,
-    ) -> HashMap<usize, (Option<PgTimestamp>, String)> {
-        let mut out: HashMap<usize, (Option<PgTimestamp>, String)> = HashMap::new();
-        for r in rows {
-            let ord: i64 = r.get(0);
-            let decided: Option<String> = r.get(3);
-            let node = decided.unwrap_or_else(|| self.origins.node_of(r.get(2)).to_string());
-            let found = (pg_ts(r.get(1)), node);
-            // A key tombstone and a whole-table one: the later delete is the one that counts.
-            let slot = usize::try_from(ord - 1).unwrap_or(usize::MAX);
-            match out.get(&slot) {
-                Some(have) if have.0 >= found.0 => {}
-                _ => {
-                    out.insert(slot, found);
-                }
-            }
-        }
-        out
-    }
-
     async fn apply_table(
         &mut self,
         tc: &TableChunk,
@@ -231,7 +110,10 @@ impl Resolver<'_> {
         let map = &*tc.map;
         let t = &map.local;
         let keys: Vec<&Key> = tc.changes.keys().collect();
-        let (rows, tombs) = self.lookup(&map.local, &keys).await?;
+        let (rows, tombs) = self
+            .db
+            .rows_and_tombstones(&map.local, &keys, self.origins)
+            .await?;
 
         let mut deletes: Vec<&Key> = Vec::new();
         let mut tomb_keys: Vec<&Key> = Vec::new();
@@ -325,17 +207,20 @@ impl Resolver<'_> {
         if t.uniques.is_empty() {
             // A conflict means ledger rows to write before the commit: commit apart.
             let commit = self.commit.filter(|_| last && ledger.is_empty());
-            let committed = self
-                .write_pipelined(
-                    map, &deletes, &tomb_keys, &updates, &inserts, ledger, stats, commit,
-                )
+            let written = self
+                .db
+                .write_pipelined(map, &deletes, &tomb_keys, &updates, &inserts, stats, commit)
                 .await?;
-            self.committed |= committed;
+            self.committed |= written.committed;
+            if !written.not_inserted.is_empty() {
+                self.resolve_not_inserted(map, &inserts, &written.not_inserted, ledger, stats, 0)
+                    .await?;
+            }
             return Ok(());
         }
-        self.delete(&map.local, &deletes).await?;
+        self.db.delete_keys(&map.local, &deletes).await?;
         stats.deleted += deletes.len() as u64;
-        self.write_tombstones(map, &tomb_keys).await?;
+        self.db.write_tombstones(&map.local, &tomb_keys).await?;
         self.update(map, &updates, ledger, stats).await?;
         self.insert(map, &inserts, ledger, stats, 0).await?;
         Ok(())
@@ -388,40 +273,6 @@ impl Resolver<'_> {
         Ok(out)
     }
 
-    pub(super) async fn delete(&mut self, t: &LocalTable, keys: &[&Key]) -> Result<(), ApplyError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let params = key_params(keys, t.pk.len())?;
-        let stmt = self
-            .statements
-            .get(self.client, &sql::delete_rows(t))
-            .await?;
-        self.client.execute(&stmt, &as_params(&params)).await?;
-        Ok(())
-    }
-
-    async fn write_tombstones(&mut self, map: &TableMap, keys: &[&Key]) -> Result<(), ApplyError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        // One statement may not upsert a key twice (a row can lose to several incoming
-        // rows, or on two unique constraints at once).
-        let mut keys = keys.to_vec();
-        keys.sort_unstable();
-        keys.dedup();
-        let t = &map.local;
-        let cols = key_params(&keys, t.pk.len())?;
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
-        params.extend(as_params(&cols));
-        let stmt = self
-            .statements
-            .get(self.client, &sql::upsert_tombstones(t))
-            .await?;
-        self.client.execute(&stmt, &params).await?;
-        Ok(())
-    }
-
     /// Updates grouped by the set of columns they carry; a table with other unique
     /// constraints updates under a savepoint and, on a violation, rewrites this group's
     /// rows and every later group's together (see [`Resolver::rewrite`]).
@@ -441,19 +292,24 @@ impl Resolver<'_> {
         for (n, (cols, group)) in groups.iter().enumerate() {
             let guarded = !t.uniques.is_empty();
             if guarded {
-                self.client.batch_execute("SAVEPOINT pgmesh_update").await?;
+                self.db
+                    .client
+                    .batch_execute("SAVEPOINT pgmesh_update")
+                    .await?;
             }
-            match self.update_group(map, cols, group).await {
+            match self.db.update_group(t, cols, group).await {
                 Ok(()) => {
                     stats.updated += group.len() as u64;
                     if guarded {
-                        self.client
+                        self.db
+                            .client
                             .batch_execute("RELEASE SAVEPOINT pgmesh_update")
                             .await?;
                     }
                 }
                 Err(e) if guarded && e.sqlstate() == Some("23505") => {
-                    self.client
+                    self.db
+                        .client
                         .batch_execute("ROLLBACK TO SAVEPOINT pgmesh_update")
                         .await?;
                     // A value may be handed to a row of a later group (another column
@@ -486,19 +342,12 @@ impl Resolver<'_> {
     ) -> Result<(), ApplyError> {
         let t = &map.local;
         let keys: Vec<&Key> = rows.iter().map(|(k, _, _)| *k).collect();
-        let params = key_params(&keys, t.pk.len())?;
-        let stmt = self.statements.get(self.client, &sql::take_rows(t)).await?;
-        let taken = self.client.query(&stmt, &as_params(&params)).await?;
+        let taken = self.db.take_rows(t, &keys).await?;
         let mut merged: Vec<(usize, Row)> = Vec::with_capacity(taken.len());
-        for r in taken {
-            let ord: i64 = r.get(0);
-            let Some(i) = usize::try_from(ord - 1).ok().filter(|&i| i < rows.len()) else {
-                continue;
-            };
+        for (i, old) in taken {
             let mut row = rows[i].1.clone();
-            for (c, v) in row.0.iter_mut().enumerate() {
+            for (v, old) in row.0.iter_mut().zip(old) {
                 if matches!(v, Val::Unchanged | Val::Absent) {
-                    let old: Option<String> = r.get(c + 1);
                     *v = old.map_or(Val::Null, |s| Val::Text(bytes::Bytes::from(s)));
                 }
             }
@@ -510,30 +359,6 @@ impl Resolver<'_> {
             .map(|(i, row)| (rows[*i].0, row, rows[*i].2))
             .collect();
         self.insert(map, &again, ledger, stats, 0).await
-    }
-
-    async fn update_group(
-        &mut self,
-        map: &TableMap,
-        cols: &[usize],
-        group: &[Change<'_>],
-    ) -> Result<(), ApplyError> {
-        let t = &map.local;
-        let keys: Vec<&Key> = group.iter().map(|(k, _, _)| *k).collect();
-        let mut params = key_params(&keys, t.pk.len())?;
-        for &c in cols {
-            let mut col = Vec::with_capacity(group.len());
-            for (_, r, _) in group {
-                col.push(r.0[c].as_text()?);
-            }
-            params.push(col);
-        }
-        let stmt = self
-            .statements
-            .get(self.client, &sql::update_rows(t, cols))
-            .await?;
-        self.client.execute(&stmt, &as_params(&params)).await?;
-        Ok(())
     }
 
     /// Inserts grouped by column set; rows skipped by `ON CONFLICT DO NOTHING` are
@@ -557,7 +382,11 @@ impl Resolver<'_> {
             for (cols, idx) in &groups {
                 // Rows that collided once take the INSERT path, which skips taken keys.
                 let copy = depth == 0;
-                not_inserted.extend(self.insert_group(map, rows, idx, cols, copy, stats).await?);
+                not_inserted.extend(
+                    self.db
+                        .insert_group(t, rows, idx, cols, copy, stats)
+                        .await?,
+                );
             }
             if not_inserted.is_empty() {
                 return Ok(());
@@ -575,38 +404,6 @@ impl Resolver<'_> {
         })
     }
 
-    /// Inserts the rows at `idx` of `rows`, which all carry the columns `cols` (key
-    /// included); returns the positions it skipped because their key or another unique
-    /// value is taken. Large groups go through COPY when `copy` allows (see
-    /// [`super::copy`]).
-    pub(super) async fn insert_group(
-        &mut self,
-        map: &TableMap,
-        rows: &[Change<'_>],
-        idx: &[usize],
-        cols: &[usize],
-        copy: bool,
-        stats: &mut ApplyStats,
-    ) -> Result<Vec<usize>, ApplyError> {
-        let t = &map.local;
-        if copy
-            && idx.len() >= COPY_MIN_ROWS
-            && self
-                .copy_new_rows(t, idx.iter().map(|&i| rows[i].1), cols)
-                .await?
-        {
-            stats.inserted += idx.len() as u64;
-            return Ok(Vec::new());
-        }
-        let params = value_params(rows, idx, cols, None)?;
-        let stmt = self
-            .statements
-            .get(self.client, &sql::insert_rows(t, cols))
-            .await?;
-        let done = self.client.query(&stmt, &as_params(&params)).await?;
-        Ok(stats.count_inserted(done.iter().map(|r| r.get::<_, i64>(0)), idx))
-    }
-
     /// Rows an insert skipped: either a local session inserted the same key meanwhile
     /// (decide again against that row) or another row holds one of its unique values.
     pub(super) async fn resolve_not_inserted(
@@ -620,7 +417,7 @@ impl Resolver<'_> {
     ) -> Result<(), ApplyError> {
         let t = &map.local;
         let keys: Vec<&Key> = not_inserted.iter().map(|&i| rows[i].0).collect();
-        let now_there = self.local_rows(&map.local, &keys).await?;
+        let now_there = self.db.local_rows(&map.local, &keys).await?;
         let mut updates: Vec<Change<'_>> = Vec::new();
         let mut retry: Vec<Change<'_>> = Vec::new();
         for (j, &i) in not_inserted.iter().enumerate() {
@@ -702,23 +499,12 @@ impl Resolver<'_> {
             if vals.len() != unique.len() {
                 continue;
             }
-            let params: Vec<&(dyn ToSql + Sync)> =
-                vals.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            let stmt = self
-                .statements
-                .get(self.client, &sql::select_unique_holder(t, unique))
-                .await?;
-            for h in self.client.query(&stmt, &params).await? {
-                let npk = t.pk.len();
-                let hkey = Key((0..npk)
-                    .map(|i| bytes::Bytes::from(h.get::<_, String>(i)))
-                    .collect());
+            for (hkey, h) in self.db.unique_holders(t, unique, &vals).await? {
                 if &hkey == key {
                     continue;
                 }
-                let json: String = h.get(npk);
-                let ts = pg_ts(h.get(npk + 1));
-                let node = self.origins.node_of(h.get(npk + 2)).to_string();
+                let (json, ts) = (h.json, h.ts);
+                let node = self.origins.node_of(h.roident).to_string();
                 if defer_same_origin && node == self.peer {
                     return Ok(Holders::SameOrigin);
                 }
@@ -752,7 +538,7 @@ impl Resolver<'_> {
             return Ok(Holders::Cleared);
         }
         let refs: Vec<&Key> = losers.iter().map(|(k, _)| k).collect();
-        self.delete(&map.local, &refs).await?;
+        self.db.delete_keys(&map.local, &refs).await?;
         stats.deleted += refs.len() as u64;
         let winner = Version::new(Some(p.commit_ts), self.peer);
         for (k, holder) in losers {
@@ -771,7 +557,7 @@ impl Resolver<'_> {
         loser: Version,
         winner: &Version,
     ) -> Result<(), ApplyError> {
-        write_decided_tombstone(self.client, self.statements, t, key, winner).await?;
+        self.db.write_decided_tombstone(t, key, winner).await?;
         let mut texts = Vec::with_capacity(key.0.len());
         for b in &key.0 {
             texts.push(key_text(b)?.to_string());
@@ -786,23 +572,4 @@ impl Resolver<'_> {
         });
         Ok(())
     }
-}
-
-/// Upserts the tombstone of `key` dated by `winner` (a unique-constraint decision).
-pub(super) async fn write_decided_tombstone(
-    client: &Client,
-    statements: &mut Statements,
-    t: &LocalTable,
-    key: &Key,
-    winner: &Version,
-) -> Result<(), ApplyError> {
-    let cols = key_params(&[key], t.pk.len())?;
-    let ts = winner.timestamp().map(crate::apply::ledger::ts_text);
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name, &ts, &winner.node];
-    params.extend(as_params(&cols));
-    let stmt = statements
-        .get(client, &sql::upsert_decided_tombstones(t))
-        .await?;
-    client.execute(&stmt, &params).await?;
-    Ok(())
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::db::Statements;
+use super::db::{Db, Statements};
 use super::kill::{Kill, KILL_PREFIX};
 use super::ledger::ConflictRecord;
 use super::origins::Origins;
@@ -202,19 +202,6 @@ impl ApplySession {
         Ok(())
     }
 
-    fn resolver<'s>(&'s mut self, kills: &'s mut Vec<Kill>) -> Resolver<'s> {
-        Resolver {
-            client: &self.client,
-            statements: &mut self.statements,
-            origins: &self.origins,
-            peer: &self.peer,
-            peer_reader: &mut self.peer_reader,
-            kills,
-            commit: None,
-            committed: false,
-        }
-    }
-
     /// Applies a chunk inside the open transaction and writes its ledger rows.
     pub async fn apply(&mut self, chunk: &Chunk) -> Result<ApplyStats, ApplyError> {
         self.apply_then(chunk, None).await.map(|(stats, _)| stats)
@@ -271,8 +258,10 @@ impl ApplySession {
         let mut kills: Vec<Kill> = Vec::new();
         let client = &self.client;
         let mut resolver = Resolver {
-            client,
-            statements: &mut self.statements,
+            db: Db {
+                client,
+                statements: &mut self.statements,
+            },
             origins: &self.origins,
             peer: &self.peer,
             peer_reader: &mut self.peer_reader,
@@ -317,10 +306,11 @@ impl ApplySession {
         let table = self.local_table(&kill.schema, &kill.table).await?;
         let mut ledger: Vec<ConflictRecord> = Vec::new();
         let mut stats = ApplyStats::default();
-        let mut kills: Vec<Kill> = Vec::new();
-        let mut resolver = self.resolver(&mut kills);
-        resolver
-            .apply_kill(&table, kill, lsn, &mut ledger, &mut stats)
+        let mut db = Db {
+            client: &self.client,
+            statements: &mut self.statements,
+        };
+        db.apply_kill(&self.origins, &table, kill, lsn, &mut ledger, &mut stats)
             .await?;
         self.write_ledger(&ledger).await?;
         Ok(stats)
