@@ -14,6 +14,7 @@ pub mod origins;
 mod params;
 pub mod peer_read;
 mod pipelined;
+mod plan;
 pub mod resolve;
 pub mod session;
 pub mod shape;

@@ -1,6 +1,7 @@
 //! Applying one chunk: per table, read the local versions of every key the chunk touches
-//! (rows locked `FOR UPDATE`, else tombstones), decide each key in Rust with
-//! [`crate::conflict::decide`], then write with one statement per table and kind.
+//! (rows locked `FOR UPDATE`, else tombstones: [`super::lookup`]), decide with the pure
+//! [`super::plan`], then write with one statement per table and kind ([`super::write`],
+//! [`super::pipelined`]).
 //!
 //! Races with local sessions are expected, never fatal: an insert that meets a row a local
 //! session inserted meanwhile (`ON CONFLICT DO NOTHING` skips it) re-enters the decision
@@ -13,15 +14,15 @@ use super::copy::COPY_MIN_ROWS;
 use super::db::Db;
 use super::keyless::KeylessApply;
 use super::kill::{Kill, Version};
-use super::ledger::{record, ConflictRecord};
+use super::ledger::ConflictRecord;
 use super::origins::Origins;
 use super::params::{groups_by_columns, key_text, Change};
+use super::plan::{
+    against_holder, insert_against, plan_table, unique_values, HolderVerdict, Planned, Sides,
+};
 use super::stats::ApplyStats;
 use super::ApplyError;
-use crate::batch::{ChangeOp, Chunk, Pending, TableChunk};
-use crate::conflict::{
-    decide, newer, Action, ConflictKind, LocalVersion, RemoteOp, RemoteVersion, Winner,
-};
+use crate::batch::{Chunk, TableChunk};
 use crate::table::local::{LocalTable, TableMap};
 use crate::table::row::{Key, Row, Val};
 
@@ -53,15 +54,14 @@ pub struct Resolver<'a> {
     pub committed: bool,
 }
 
-fn remote_op(p: &Pending) -> RemoteOp {
-    match p.op {
-        ChangeOp::Insert => RemoteOp::Insert,
-        ChangeOp::Update => RemoteOp::Update,
-        ChangeOp::Delete => RemoteOp::Delete,
-    }
-}
-
 impl Resolver<'_> {
+    fn sides(&self) -> Sides<'_> {
+        Sides {
+            origins: self.origins,
+            peer: self.peer,
+        }
+    }
+
     /// Applies every table of `chunk`; conflicts are appended to `ledger`.
     pub async fn apply(
         &mut self,
@@ -115,93 +115,29 @@ impl Resolver<'_> {
             .rows_and_tombstones(&map.local, &keys, self.origins)
             .await?;
 
-        let mut deletes: Vec<&Key> = Vec::new();
-        let mut tomb_keys: Vec<&Key> = Vec::new();
-        // (key, change, whether unchanged-TOAST columns must come from the peer)
-        let mut update_plan: Vec<(&Key, &Pending, bool)> = Vec::new();
-        let mut insert_plan: Vec<(&Key, &Pending, bool)> = Vec::new();
-        for (i, (key, p)) in tc.changes.iter().enumerate() {
-            let local = match (rows.get(&i), tombs.get(&i)) {
-                (Some(r), _) => LocalVersion::Row {
-                    commit_ts: r.ts,
-                    node: self.origins.node_of(r.roident),
-                },
-                (None, Some((ts, node))) => LocalVersion::Deleted {
-                    commit_ts: *ts,
-                    node,
-                },
-                (None, None) => LocalVersion::Absent,
-            };
-            if p.op == ChangeOp::Delete && p.born_in_chunk && matches!(local, LocalVersion::Absent)
-            {
-                // Inserted and deleted upstream within this chunk, never here: nothing to do.
-                continue;
-            }
-            let remote = RemoteVersion {
-                op: remote_op(p),
-                commit_ts: p.commit_ts,
-                node: self.peer,
-            };
-            let d = decide(&local, &remote);
-            if let Some((kind, winner)) = d.conflict {
-                let local_info = rows
-                    .get(&i)
-                    .map(|r| {
-                        (
-                            serde_json::from_str(&r.json).ok(),
-                            r.ts,
-                            self.origins.node_of(r.roident).to_string(),
-                        )
-                    })
-                    .or_else(|| tombs.get(&i).map(|(ts, node)| (None, *ts, node.clone())));
-                ledger.push(record(
-                    kind,
-                    winner,
-                    &t.name,
-                    key.to_json(map),
-                    local_info,
-                    p.row.as_ref().map(|r| r.to_json(map)),
-                    p.commit_ts,
-                    self.peer,
-                    p.lsn,
-                ));
-                stats.conflicts += 1;
-            }
-            let partial = p.row.as_ref().is_some_and(|r| !r.is_complete());
-            let local_is_peers =
-                matches!(local, LocalVersion::Row { node, .. } if node == self.peer);
-            match d.action {
-                Action::Insert if p.row.is_some() => insert_plan.push((key, p, partial)),
-                // This node's copy of unchanged columns is the peer's only when the row was
-                // last written by the peer's own stream.
-                Action::Update if p.row.is_some() => {
-                    update_plan.push((key, p, partial && !local_is_peers));
-                }
-                Action::Insert | Action::Update => stats.skipped += 1,
-                Action::Delete => {
-                    deletes.push(key);
-                    tomb_keys.push(key);
-                }
-                Action::Tombstone => tomb_keys.push(key),
-                Action::Skip => stats.skipped += 1,
-            }
-        }
+        let sides = self.sides();
+        let plan = plan_table(map, &tc.changes, &rows, &tombs, sides);
+        stats.conflicts += plan.ledger.len() as u64;
+        stats.skipped += plan.skipped;
+        ledger.extend(plan.ledger);
+        let (deletes, tomb_keys) = (plan.deletes, plan.tombstones);
+        let (insert_plan, update_plan) = (plan.inserts, plan.updates);
         let filled = self.fill_from_peer(map, &insert_plan, &update_plan).await?;
         let mut inserts: Vec<Change<'_>> = Vec::new();
         let mut updates: Vec<Change<'_>> = Vec::new();
-        for (n, (key, p, _)) in insert_plan.iter().enumerate() {
+        for (n, Planned { key, change, .. }) in insert_plan.iter().enumerate() {
             match filled.get(&(true, n)) {
-                Some(Some(r)) => inserts.push((key, r, p)),
+                Some(Some(r)) => inserts.push((key, r, change)),
                 // The peer no longer has the row: its delete is on the way.
                 Some(None) => stats.skipped += 1,
-                None => inserts.extend(p.row.as_ref().map(|r| (*key, r, *p))),
+                None => inserts.extend(change.row.as_ref().map(|r| (*key, r, *change))),
             }
         }
-        for (n, (key, p, _)) in update_plan.iter().enumerate() {
+        for (n, Planned { key, change, .. }) in update_plan.iter().enumerate() {
             match filled.get(&(false, n)) {
-                Some(Some(r)) => updates.push((key, r, p)),
+                Some(Some(r)) => updates.push((key, r, change)),
                 // Gone on the peer: keep what is here; the delete follows.
-                _ => updates.extend(p.row.as_ref().map(|r| (*key, r, *p))),
+                _ => updates.extend(change.row.as_ref().map(|r| (*key, r, *change))),
             }
         }
         if t.uniques.is_empty() {
@@ -232,14 +168,14 @@ impl Resolver<'_> {
     async fn fill_from_peer(
         &mut self,
         map: &TableMap,
-        inserts: &[(&Key, &Pending, bool)],
-        updates: &[(&Key, &Pending, bool)],
+        inserts: &[Planned<'_>],
+        updates: &[Planned<'_>],
     ) -> Result<HashMap<(bool, usize), Option<Row>>, ApplyError> {
         let mut wanted: Vec<((bool, usize), &Key, &Row)> = Vec::new();
         for (is_insert, plan) in [(true, inserts), (false, updates)] {
-            for (n, (key, p, fetch)) in plan.iter().enumerate() {
-                if let (true, Some(r)) = (*fetch, &p.row) {
-                    wanted.push(((is_insert, n), key, r));
+            for (n, planned) in plan.iter().enumerate() {
+                if let (true, Some(r)) = (planned.ask_peer, &planned.change.row) {
+                    wanted.push(((is_insert, n), planned.key, r));
                 }
             }
         }
@@ -366,7 +302,7 @@ impl Resolver<'_> {
     fn insert<'s>(
         &'s mut self,
         map: &'s TableMap,
-        rows: &'s [(&'s Key, &'s Row, &'s Pending)],
+        rows: &'s [Change<'s>],
         ledger: &'s mut Vec<ConflictRecord>,
         stats: &'s mut ApplyStats,
         depth: u32,
@@ -422,37 +358,16 @@ impl Resolver<'_> {
         let mut retry: Vec<Change<'_>> = Vec::new();
         for (j, &i) in not_inserted.iter().enumerate() {
             let (key, row, p) = rows[i];
-            if let Some(r) = now_there.get(&j) {
-                let local_node = self.origins.node_of(r.roident).to_string();
-                let remote = RemoteVersion {
-                    op: RemoteOp::Insert,
-                    commit_ts: p.commit_ts,
-                    node: self.peer,
-                };
-                let d = decide(
-                    &LocalVersion::Row {
-                        commit_ts: r.ts,
-                        node: &local_node,
-                    },
-                    &remote,
-                );
-                if let Some((kind, winner)) = d.conflict {
-                    ledger.push(record(
-                        kind,
-                        winner,
-                        &t.name,
-                        key.to_json(map),
-                        Some((serde_json::from_str(&r.json).ok(), r.ts, local_node.clone())),
-                        Some(row.to_json(map)),
-                        p.commit_ts,
-                        self.peer,
-                        p.lsn,
-                    ));
+            if let Some(there) = now_there.get(&j) {
+                let (as_update, conflict) = insert_against(map, (key, row, p), there, self.sides());
+                if let Some(c) = conflict {
+                    ledger.push(c);
                     stats.conflicts += 1;
                 }
-                match d.action {
-                    Action::Update => updates.push((key, row, p)),
-                    _ => stats.skipped += 1,
+                if as_update {
+                    updates.push((key, row, p));
+                } else {
+                    stats.skipped += 1;
                 }
                 continue;
             }
@@ -489,48 +404,32 @@ impl Resolver<'_> {
         let t = &map.local;
         let mut losers: Vec<(Key, Version)> = Vec::new();
         for unique in &t.uniques {
-            let mut vals: Vec<&str> = Vec::with_capacity(unique.len());
-            for &c in unique {
-                match row.0[c].as_text()? {
-                    Some(v) => vals.push(v),
-                    None => break, // NULLs never collide
-                }
-            }
-            if vals.len() != unique.len() {
-                continue;
-            }
-            for (hkey, h) in self.db.unique_holders(t, unique, &vals).await? {
+            let Some(vals) = unique_values(row, unique)? else {
+                continue; // NULLs never collide
+            };
+            for (hkey, holder) in self.db.unique_holders(t, unique, &vals).await? {
                 if &hkey == key {
                     continue;
                 }
-                let (json, ts) = (h.json, h.ts);
-                let node = self.origins.node_of(h.roident).to_string();
-                if defer_same_origin && node == self.peer {
-                    return Ok(Holders::SameOrigin);
+                match against_holder(
+                    map,
+                    (row, p),
+                    (&hkey, &holder),
+                    self.sides(),
+                    defer_same_origin,
+                ) {
+                    HolderVerdict::SamePeer => return Ok(Holders::SameOrigin),
+                    HolderVerdict::HolderWins(version, conflict) => {
+                        ledger.push(conflict);
+                        stats.conflicts += 1;
+                        return Ok(Holders::LocalWins(version));
+                    }
+                    HolderVerdict::HolderLoses(version, conflict) => {
+                        ledger.push(conflict);
+                        stats.conflicts += 1;
+                        losers.push((hkey, version));
+                    }
                 }
-                let remote = RemoteVersion {
-                    op: RemoteOp::Insert,
-                    commit_ts: p.commit_ts,
-                    node: self.peer,
-                };
-                let winner = newer(ts, &node, &remote);
-                let holder = Version::new(ts, &node);
-                ledger.push(record(
-                    ConflictKind::UniqueExists,
-                    winner,
-                    &t.name,
-                    hkey.to_json(map),
-                    Some((serde_json::from_str(&json).ok(), ts, node)),
-                    Some(row.to_json(map)),
-                    p.commit_ts,
-                    self.peer,
-                    p.lsn,
-                ));
-                stats.conflicts += 1;
-                if winner == Winner::Local {
-                    return Ok(Holders::LocalWins(holder));
-                }
-                losers.push((hkey, holder));
             }
         }
         if losers.is_empty() {
