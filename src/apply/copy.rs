@@ -15,8 +15,8 @@ use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
 
 use super::db::Db;
+use super::error::ApplyError;
 use super::sql;
-use super::ApplyError;
 use crate::table::local::LocalTable;
 use crate::table::row::{Row, Val};
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, Statement};
 
-use super::ApplyError;
+use super::error::ApplyError;
 
 /// Prepared statements by SQL text, per connection.
 #[derive(Default)]

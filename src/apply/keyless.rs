@@ -27,10 +27,10 @@
 use tokio_postgres::types::ToSql;
 
 use super::db::Db;
+use super::error::ApplyError;
 use super::keyless_sql;
 use super::ledger::{record, ConflictRecord};
 use super::stats::ApplyStats;
-use super::ApplyError;
 use crate::batch::{ChangeOp, KeylessChange, TableChunk};
 use crate::conflict::{ConflictKind, Winner};
 use crate::table::local::TableMap;

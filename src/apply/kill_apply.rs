@@ -1,11 +1,11 @@
 //! Applying a peer's unique-constraint decision (a kill, see [`super::kill`]).
 
 use super::db::Db;
+use super::error::ApplyError;
 use super::kill::{Kill, Version};
 use super::ledger::ConflictRecord;
 use super::origins::Origins;
 use super::stats::ApplyStats;
-use super::ApplyError;
 use crate::table::local::LocalTable;
 use crate::table::row::Key;
 use crate::Lsn;

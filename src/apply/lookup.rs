@@ -8,10 +8,10 @@ use std::time::SystemTime;
 use tokio_postgres::types::ToSql;
 
 use super::db::Db;
+use super::error::ApplyError;
 use super::origins::Origins;
 use super::params::{as_params, key_params};
 use super::sql;
-use super::ApplyError;
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::table::local::LocalTable;
 use crate::table::row::Key;

@@ -4,7 +4,7 @@
 
 use tokio_postgres::types::ToSql;
 
-use super::ApplyError;
+use super::error::ApplyError;
 use crate::batch::Pending;
 use crate::table::local::LocalTable;
 use crate::table::row::{Key, Row, Val};

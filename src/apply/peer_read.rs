@@ -11,10 +11,11 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
-use super::ApplyError;
+use super::error::ApplyError;
+use super::plan::Planned;
 use crate::sqlconn::{connect_sql, SqlConfig};
 use crate::table::local::LocalTable;
-use crate::table::row::{Key, Val};
+use crate::table::row::{Key, Row, Val};
 
 /// A lazily opened SQL connection to the peer.
 pub struct PeerReader {
@@ -83,6 +84,52 @@ impl PeerReader {
             if let Ok(i) = usize::try_from(ord - 1) {
                 out.insert(i, vals);
             }
+        }
+        Ok(out)
+    }
+
+    /// Completes partial images (unchanged TOAST) from the peer where this node's values
+    /// may differ from the peer's. Keyed by (is insert, position in its plan); `None` when
+    /// the peer no longer has the row.
+    pub(super) async fn fill_unchanged(
+        &mut self,
+        t: &LocalTable,
+        inserts: &[Planned<'_>],
+        updates: &[Planned<'_>],
+    ) -> Result<HashMap<(bool, usize), Option<Row>>, ApplyError> {
+        let mut wanted: Vec<((bool, usize), &Key, &Row)> = Vec::new();
+        for (is_insert, plan) in [(true, inserts), (false, updates)] {
+            for (n, planned) in plan.iter().enumerate() {
+                if let (true, Some(r)) = (planned.ask_peer, &planned.change.row) {
+                    wanted.push(((is_insert, n), planned.key, r));
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut cols: Vec<usize> = Vec::new();
+        for (_, _, r) in &wanted {
+            for (c, v) in r.0.iter().enumerate() {
+                if matches!(v, Val::Unchanged) && !cols.contains(&c) {
+                    cols.push(c);
+                }
+            }
+        }
+        let keys: Vec<&Key> = wanted.iter().map(|(_, k, _)| *k).collect();
+        let fetched = self.fetch(t, &cols, &keys).await?;
+        for (i, (slot, _, r)) in wanted.into_iter().enumerate() {
+            let filled = fetched.get(&i).map(|vals| {
+                let mut row = r.clone();
+                for (&c, v) in cols.iter().zip(vals) {
+                    if matches!(row.0[c], Val::Unchanged) {
+                        row.0[c] = v.clone();
+                    }
+                }
+                row
+            });
+            out.insert(slot, filled);
         }
         Ok(out)
     }

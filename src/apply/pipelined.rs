@@ -14,10 +14,10 @@ use tokio_postgres::Statement;
 
 use super::copy::COPY_MIN_ROWS;
 use super::db::Db;
+use super::error::ApplyError;
 use super::params::{as_params, groups_by_columns, key_params, value_params, Change, Columns};
 use super::sql;
 use super::stats::ApplyStats;
-use super::ApplyError;
 use crate::table::local::TableMap;
 use crate::table::row::Key;
 

@@ -8,10 +8,9 @@
 //! with that row; a value another row holds in a second unique constraint is resolved by
 //! last-writer-wins between the two rows.
 
-use std::collections::HashMap;
-
 use super::copy::COPY_MIN_ROWS;
 use super::db::Db;
+use super::error::ApplyError;
 use super::keyless::KeylessApply;
 use super::kill::{Kill, Version};
 use super::ledger::ConflictRecord;
@@ -21,7 +20,6 @@ use super::plan::{
     against_holder, insert_against, plan_table, unique_values, HolderVerdict, Planned, Sides,
 };
 use super::stats::ApplyStats;
-use super::ApplyError;
 use crate::batch::{Chunk, TableChunk};
 use crate::table::local::{LocalTable, TableMap};
 use crate::table::row::{Key, Row, Val};
@@ -122,7 +120,10 @@ impl Resolver<'_> {
         ledger.extend(plan.ledger);
         let (deletes, tomb_keys) = (plan.deletes, plan.tombstones);
         let (insert_plan, update_plan) = (plan.inserts, plan.updates);
-        let filled = self.fill_from_peer(map, &insert_plan, &update_plan).await?;
+        let filled = self
+            .peer_reader
+            .fill_unchanged(&map.local, &insert_plan, &update_plan)
+            .await?;
         let mut inserts: Vec<Change<'_>> = Vec::new();
         let mut updates: Vec<Change<'_>> = Vec::new();
         for (n, Planned { key, change, .. }) in insert_plan.iter().enumerate() {
@@ -160,53 +161,6 @@ impl Resolver<'_> {
         self.update(map, &updates, ledger, stats).await?;
         self.insert(map, &inserts, ledger, stats, 0).await?;
         Ok(())
-    }
-
-    /// Completes partial images (unchanged TOAST) from the peer where this node's values
-    /// may differ from the peer's. Keyed by (is insert, position in its plan); `None` when
-    /// the peer no longer has the row.
-    async fn fill_from_peer(
-        &mut self,
-        map: &TableMap,
-        inserts: &[Planned<'_>],
-        updates: &[Planned<'_>],
-    ) -> Result<HashMap<(bool, usize), Option<Row>>, ApplyError> {
-        let mut wanted: Vec<((bool, usize), &Key, &Row)> = Vec::new();
-        for (is_insert, plan) in [(true, inserts), (false, updates)] {
-            for (n, planned) in plan.iter().enumerate() {
-                if let (true, Some(r)) = (planned.ask_peer, &planned.change.row) {
-                    wanted.push(((is_insert, n), planned.key, r));
-                }
-            }
-        }
-        let mut out = HashMap::new();
-        if wanted.is_empty() {
-            return Ok(out);
-        }
-        let t = &map.local;
-        let mut cols: Vec<usize> = Vec::new();
-        for (_, _, r) in &wanted {
-            for (c, v) in r.0.iter().enumerate() {
-                if matches!(v, Val::Unchanged) && !cols.contains(&c) {
-                    cols.push(c);
-                }
-            }
-        }
-        let keys: Vec<&Key> = wanted.iter().map(|(_, k, _)| *k).collect();
-        let fetched = self.peer_reader.fetch(t, &cols, &keys).await?;
-        for (i, (slot, _, r)) in wanted.into_iter().enumerate() {
-            let filled = fetched.get(&i).map(|vals| {
-                let mut row = r.clone();
-                for (&c, v) in cols.iter().zip(vals) {
-                    if matches!(row.0[c], Val::Unchanged) {
-                        row.0[c] = v.clone();
-                    }
-                }
-                row
-            });
-            out.insert(slot, filled);
-        }
-        Ok(out)
     }
 
     /// Updates grouped by the set of columns they carry; a table with other unique

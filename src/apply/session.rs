@@ -10,6 +10,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::db::{Db, Statements};
+use super::error::ApplyError;
 use super::kill::{Kill, KILL_PREFIX};
 use super::ledger::ConflictRecord;
 use super::origins::Origins;
@@ -17,7 +18,6 @@ use super::peer_read::PeerReader;
 use super::resolve::Resolver;
 use super::sql::{FLUSH_OUTBOX, INSERT_CONFLICTS, INSERT_OUTBOX};
 use super::stats::ApplyStats;
-use super::ApplyError;
 use crate::batch::Chunk;
 use crate::protocol::pgoutput::PgTimestamp;
 use crate::sqlconn::{connect_sql, SqlConfig};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
+use super::error::ApplyError;
 use super::shape::{compare, ColumnType, RemoteShape, SchemaMismatch, Shape, ShapeColumn};
-use super::ApplyError;
 use crate::config::names;
 use crate::protocol::pgoutput::{Oid, Relation, Type};
 use crate::sqlconn::SqlConfig;

@@ -62,7 +62,7 @@ pub(crate) fn names(prefix: &str, count: usize) -> String {
 
 /// The `roident` given to a row this very transaction wrote (an earlier chunk of the
 /// same batch, not committed yet, so it has no commit time or origin to read): the
-/// apply session maps it to the peer whose stream it applies ([`super::resolve::Origins`]).
+/// apply session maps it to the peer whose stream it applies ([`super::origins::Origins`]).
 /// Without it such a row looked like a local write, and a later change of it in the same
 /// batch was recorded as a conflict.
 pub const OWN_TRANSACTION: u32 = u32::MAX;

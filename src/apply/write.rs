@@ -5,11 +5,11 @@ use tokio_postgres::types::ToSql;
 
 use super::copy::COPY_MIN_ROWS;
 use super::db::Db;
+use super::error::ApplyError;
 use super::kill::Version;
 use super::params::{as_params, key_params, value_params, Change};
 use super::sql;
 use super::stats::ApplyStats;
-use super::ApplyError;
 use crate::table::local::LocalTable;
 use crate::table::row::Key;
 
