@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::error::ApplyError;
@@ -33,5 +34,25 @@ impl Db<'_> {
     /// The prepared statement for `sql` (prepared once per connection).
     pub async fn statement(&mut self, sql: &str) -> Result<Statement, ApplyError> {
         self.statements.get(self.client, sql).await
+    }
+
+    /// Runs `sql` (prepared once) with `params`; the number of rows it changed.
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, ApplyError> {
+        let stmt = self.statement(sql).await?;
+        Ok(self.client.execute(&stmt, params).await?)
+    }
+
+    /// Runs the query `sql` (prepared once) with `params`.
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, ApplyError> {
+        let stmt = self.statement(sql).await?;
+        Ok(self.client.query(&stmt, params).await?)
     }
 }

@@ -87,8 +87,9 @@ impl Db<'_> {
         keys: &[&Key],
     ) -> Result<LocalRows, ApplyError> {
         let params = key_params(keys, t.pk.len())?;
-        let stmt = self.statement(&sql::select_rows(t)).await?;
-        let rows = self.client.query(&stmt, &as_params(&params)).await?;
+        let rows = self
+            .query(&sql::select_rows(t), &as_params(&params))
+            .await?;
         Ok(local_rows_from(rows))
     }
 
@@ -130,8 +131,7 @@ impl Db<'_> {
         let cols = key_params(keys, t.pk.len())?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
         params.extend(as_params(&cols));
-        let stmt = self.statement(&sql::select_tombstones(t)).await?;
-        let found = self.client.query(&stmt, &params).await?;
+        let found = self.query(&sql::select_tombstones(t), &params).await?;
         Ok(tombstones_from(found, origins))
     }
 

@@ -24,8 +24,8 @@ impl Db<'_> {
             return Ok(());
         }
         let params = key_params(keys, t.pk.len())?;
-        let stmt = self.statement(&sql::delete_rows(t)).await?;
-        self.client.execute(&stmt, &as_params(&params)).await?;
+        self.execute(&sql::delete_rows(t), &as_params(&params))
+            .await?;
         Ok(())
     }
 
@@ -46,8 +46,7 @@ impl Db<'_> {
         let cols = key_params(&keys, t.pk.len())?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name];
         params.extend(as_params(&cols));
-        let stmt = self.statement(&sql::upsert_tombstones(t)).await?;
-        self.client.execute(&stmt, &params).await?;
+        self.execute(&sql::upsert_tombstones(t), &params).await?;
         Ok(())
     }
 
@@ -62,8 +61,8 @@ impl Db<'_> {
         let ts = winner.timestamp().map(crate::apply::ledger::ts_text);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&t.name, &ts, &winner.node];
         params.extend(as_params(&cols));
-        let stmt = self.statement(&sql::upsert_decided_tombstones(t)).await?;
-        self.client.execute(&stmt, &params).await?;
+        self.execute(&sql::upsert_decided_tombstones(t), &params)
+            .await?;
         Ok(())
     }
 
@@ -76,8 +75,8 @@ impl Db<'_> {
     ) -> Result<(), ApplyError> {
         let idx: Vec<usize> = (0..group.len()).collect();
         let params = value_params(group, &idx, cols, Some(t.pk.len()))?;
-        let stmt = self.statement(&sql::update_rows(t, cols)).await?;
-        self.client.execute(&stmt, &as_params(&params)).await?;
+        self.execute(&sql::update_rows(t, cols), &as_params(&params))
+            .await?;
         Ok(())
     }
 
@@ -89,8 +88,7 @@ impl Db<'_> {
         keys: &[&Key],
     ) -> Result<Vec<(usize, Vec<Option<String>>)>, ApplyError> {
         let params = key_params(keys, t.pk.len())?;
-        let stmt = self.statement(&sql::take_rows(t)).await?;
-        let taken = self.client.query(&stmt, &as_params(&params)).await?;
+        let taken = self.query(&sql::take_rows(t), &as_params(&params)).await?;
         Ok(taken
             .into_iter()
             .filter_map(|r| {
@@ -124,8 +122,9 @@ impl Db<'_> {
             return Ok(Vec::new());
         }
         let params = value_params(rows, idx, cols, None)?;
-        let stmt = self.statement(&sql::insert_rows(t, cols)).await?;
-        let done = self.client.query(&stmt, &as_params(&params)).await?;
+        let done = self
+            .query(&sql::insert_rows(t, cols), &as_params(&params))
+            .await?;
         Ok(stats.count_inserted(done.iter().map(|r| r.get::<_, i64>(0)), idx))
     }
 }
