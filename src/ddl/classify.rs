@@ -88,7 +88,7 @@ pub fn classify(stmt: &str) -> Result<Statement, Refusal> {
         ("comment", _) | ("grant", _) | ("revoke", _) => Ok(Statement::Plain),
         _ => refuse(format!(
             "pgmesh ddl runs ALTER TABLE, CREATE TABLE, CREATE [UNIQUE] INDEX, DROP INDEX and CREATE TYPE/DOMAIN/SCHEMA/EXTENSION/FUNCTION/SEQUENCE/VIEW, COMMENT, GRANT, REVOKE; \"{}\" is none of them: run it on each node yourself if it does not change a replicated table",
-            super::node::short(stmt)
+            super::split::short(stmt)
         )),
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use super::classify::{Statement, TableName};
+use super::split::short;
 use super::DdlError;
 use crate::apply::shape_io::read_shape;
 use crate::config::{names, Config};
@@ -406,14 +407,4 @@ async fn new_defaults(
         });
     }
     Ok(())
-}
-
-/// The first line of a statement, shortened, for messages.
-pub fn short(sql: &str) -> String {
-    let line = sql.lines().next().unwrap_or("").trim();
-    if line.chars().count() > 80 || sql.lines().count() > 1 {
-        format!("{}…", line.chars().take(80).collect::<String>())
-    } else {
-        line.to_string()
-    }
 }

@@ -6,7 +6,8 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::classify::{classify, Refusal, Statement};
-use super::node::{run_on_node, short, unstamp, LockTimeout, NodeOutcome};
+use super::node::{run_on_node, unstamp, LockTimeout, NodeOutcome};
+use super::split::short;
 use super::split::statements;
 use super::DdlError;
 use crate::config::Config;

@@ -205,6 +205,16 @@ pub fn tokens(stmt: &str) -> Result<Vec<Token>, SplitError> {
     Ok(out)
 }
 
+/// The first line of a statement, shortened, for messages.
+pub fn short(sql: &str) -> String {
+    let line = sql.lines().next().unwrap_or("").trim();
+    if line.chars().count() > 80 || sql.lines().count() > 1 {
+        format!("{}…", line.chars().take(80).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

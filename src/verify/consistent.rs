@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::keyless::RowCandidate;
-use super::report::TableReport;
 use super::scan::Key;
 use super::{query_err, sql, Pair, Progress, VerifyError};
 use crate::config::names;
@@ -351,11 +350,11 @@ async fn barrier(pair: &Pair, marks: [Lsn; 2], deadline: Instant) -> Result<(), 
     Ok(())
 }
 
-/// Re-checks every candidate of `checks` (`(report index, candidates)`) as the module
-/// docs describe.
+/// Re-checks every candidate of `checks` (`(report index, candidates)`; `defs` holds each
+/// report's table) as the module docs describe.
 pub async fn confirm(
     pair: &Pair,
-    reports: &[TableReport],
+    defs: &[Option<&LocalTable>],
     checks: Vec<(usize, Candidates)>,
     wait: Duration,
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
@@ -367,7 +366,7 @@ pub async fn confirm(
         if found.is_empty() {
             continue;
         }
-        let Some(def) = reports[idx].def.as_deref() else {
+        let Some(def) = defs.get(idx).copied().flatten() else {
             continue;
         };
         let items: Vec<Item> = match found {
@@ -406,7 +405,7 @@ pub async fn confirm(
         outcome.marks = Some(marks);
         let mut still = Vec::new();
         for (idx, items, prev) in pending {
-            let Some(def) = reports[idx].def.as_deref() else {
+            let Some(def) = defs.get(idx).copied().flatten() else {
                 continue;
             };
             let cur = read_both(pair, def, &items).await?;

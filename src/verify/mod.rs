@@ -258,6 +258,8 @@ pub async fn verify(
         checks.push((reports.len(), found));
         reports.push(report);
     }
-    let outcome = consistent::confirm(pair, &reports, checks, opts.wait, progress).await?;
+    let defs: Vec<Option<&crate::table::local::LocalTable>> =
+        reports.iter().map(|r| r.def.as_deref()).collect();
+    let outcome = consistent::confirm(pair, &defs, checks, opts.wait, progress).await?;
     Ok(VerifyReport::new(pair.names(), reports, outcome))
 }
