@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::link::SidecarError;
-use super::stall::{DirectionActivity, Step};
+use super::stall::{DirectionActivity, Waiting};
 use crate::apply::kill::Kill;
 use crate::apply::ledger::ConflictRecord;
 use crate::apply::ApplySession;
@@ -88,7 +88,7 @@ impl Applier {
             Some(tx) => match tx.try_send(work) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(work)) => {
-                    let _waiting = self.activity.reader.enter(Step::QueueingForWriter);
+                    let _waiting = self.activity.reader.enter(Waiting::QueueingForWriter);
                     tx.send(work).await.is_ok()
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -157,11 +157,11 @@ async fn run(
     while let Some(work) = rx.recv().await {
         let started = std::time::Instant::now();
         let _step = activity.writer.enter(match &work {
-            Work::Chunk(_) => Step::WritingChanges,
-            Work::Truncate { .. } => Step::Truncating,
-            Work::Kill { .. } => Step::ApplyingDecision,
-            Work::Commit { .. } => Step::Committing,
-            Work::ForgetTables => Step::Free,
+            Work::Chunk(_) => Waiting::WritingChanges,
+            Work::Truncate { .. } => Waiting::Truncating,
+            Work::Kill { .. } => Waiting::ApplyingDecision,
+            Work::Commit { .. } => Waiting::Committing,
+            Work::ForgetTables => Waiting::Free,
         });
         match work {
             Work::Chunk(chunk) => {

@@ -27,7 +27,7 @@ const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// What a half of a direction is waiting in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Step {
+pub enum Waiting {
     /// Nothing that can stall (reading the stream has its own idle timeout).
     Free = 0,
     /// The reader waits for room in the writer's queue.
@@ -48,38 +48,41 @@ pub enum Step {
     ApplyingDecision,
 }
 
-impl Step {
-    const ALL: [Step; 9] = [
-        Step::Free,
-        Step::QueueingForWriter,
-        Step::ReadingLocalProgress,
-        Step::SendingStatus,
-        Step::StoringClockSkew,
-        Step::WritingChanges,
-        Step::Committing,
-        Step::Truncating,
-        Step::ApplyingDecision,
+impl Waiting {
+    const ALL: [Waiting; 9] = [
+        Waiting::Free,
+        Waiting::QueueingForWriter,
+        Waiting::ReadingLocalProgress,
+        Waiting::SendingStatus,
+        Waiting::StoringClockSkew,
+        Waiting::WritingChanges,
+        Waiting::Committing,
+        Waiting::Truncating,
+        Waiting::ApplyingDecision,
     ];
 
     #[must_use]
     pub fn describe(self) -> &'static str {
         match self {
-            Step::Free => "nothing",
-            Step::QueueingForWriter => "waiting for the writer to take more changes",
-            Step::ReadingLocalProgress => "reading the origin's durable progress on this node",
-            Step::SendingStatus => "sending its position to the peer",
-            Step::StoringClockSkew => "storing the clock skew estimate",
-            Step::WritingChanges => "writing changes into this node",
-            Step::Committing => "committing applied changes on this node",
-            Step::Truncating => "applying the peer's TRUNCATE",
-            Step::ApplyingDecision => "applying the peer's unique-constraint decision",
+            Waiting::Free => "nothing",
+            Waiting::QueueingForWriter => "waiting for the writer to take more changes",
+            Waiting::ReadingLocalProgress => "reading the origin's durable progress on this node",
+            Waiting::SendingStatus => "sending its position to the peer",
+            Waiting::StoringClockSkew => "storing the clock skew estimate",
+            Waiting::WritingChanges => "writing changes into this node",
+            Waiting::Committing => "committing applied changes on this node",
+            Waiting::Truncating => "applying the peer's TRUNCATE",
+            Waiting::ApplyingDecision => "applying the peer's unique-constraint decision",
         }
     }
 
     fn is_writer(self) -> bool {
         matches!(
             self,
-            Step::WritingChanges | Step::Committing | Step::Truncating | Step::ApplyingDecision
+            Waiting::WritingChanges
+                | Waiting::Committing
+                | Waiting::Truncating
+                | Waiting::ApplyingDecision
         )
     }
 }
@@ -95,7 +98,7 @@ pub struct Activity {
 impl Default for Activity {
     fn default() -> Self {
         Activity {
-            step: AtomicU8::new(Step::Free as u8),
+            step: AtomicU8::new(Waiting::Free as u8),
             since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -105,7 +108,7 @@ impl Default for Activity {
 impl Activity {
     /// Marks `step` until the guard drops.
     #[must_use]
-    pub fn enter(&self, step: Step) -> StepGuard<'_> {
+    pub fn enter(&self, step: Waiting) -> StepGuard<'_> {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.since_ms.store(ms, Ordering::Relaxed);
         self.step.store(step as u8, Ordering::Relaxed);
@@ -114,12 +117,12 @@ impl Activity {
 
     /// The step under way and how long it has lasted; `None` when free.
     #[must_use]
-    pub fn current(&self) -> Option<(Step, Duration)> {
-        let step = Step::ALL
+    pub fn current(&self) -> Option<(Waiting, Duration)> {
+        let step = Waiting::ALL
             .get(usize::from(self.step.load(Ordering::Relaxed)))
             .copied()
-            .unwrap_or(Step::Free);
-        if step == Step::Free {
+            .unwrap_or(Waiting::Free);
+        if step == Waiting::Free {
             return None;
         }
         let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
@@ -132,7 +135,7 @@ pub struct StepGuard<'a>(&'a Activity);
 
 impl Drop for StepGuard<'_> {
     fn drop(&mut self) {
-        self.0.step.store(Step::Free as u8, Ordering::Relaxed);
+        self.0.step.store(Waiting::Free as u8, Ordering::Relaxed);
     }
 }
 
@@ -168,7 +171,7 @@ pub async fn watch(
     peer: String,
     state: Arc<DirectionState>,
 ) {
-    let mut seen: [(Option<Step>, u32); 2] = [(None, 0), (None, 0)];
+    let mut seen: [(Option<Waiting>, u32); 2] = [(None, 0), (None, 0)];
     let mut diag: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> = None;
     let mut tick = tokio::time::interval(LOOK_EVERY);
     loop {
@@ -268,10 +271,10 @@ mod tests {
     fn a_step_is_current_until_its_guard_drops() {
         let a = Activity::default();
         assert!(a.current().is_none());
-        let g = a.enter(Step::Committing);
+        let g = a.enter(Waiting::Committing);
         std::thread::sleep(Duration::from_millis(30));
         let (step, lasted) = a.current().expect("a step");
-        assert_eq!(step, Step::Committing);
+        assert_eq!(step, Waiting::Committing);
         assert!(lasted >= Duration::from_millis(20), "{lasted:?}");
         drop(g);
         assert!(a.current().is_none());

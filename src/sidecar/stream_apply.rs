@@ -15,7 +15,7 @@ use super::applier::Applier;
 use super::clock::ClockWatch;
 use super::direction::{Direction, DropAbort};
 use super::link::{PeerLink, SidecarError};
-use super::stall::{DirectionActivity, Step};
+use super::stall::{DirectionActivity, Waiting};
 use crate::apply::{ApplyError, ApplySession};
 use crate::filter::{OriginFilter, Verdict};
 use crate::observe::{DirectionState, Phase};
@@ -243,7 +243,7 @@ async fn run_once(
             }
             _ = ack_tick.tick() => {
                 let ack = {
-                    let _step = activity.reader.enter(Step::ReadingLocalProgress);
+                    let _step = activity.reader.enter(Waiting::ReadingLocalProgress);
                     d.acknowledgeable().await?
                 };
                 tracing::trace!(%ack, applied = %d.applier.applied(), passed = %d.acks.passed(), idle = d.idle(), "acknowledging");
@@ -253,11 +253,11 @@ async fn run_once(
                 // or keepalive (up to a second later). A planned switchover waits for this
                 // position on the slot, with the endpoint's clients paused.
                 if stream.flushed() > before && d.idle() {
-                    let _step = activity.reader.enter(Step::SendingStatus);
+                    let _step = activity.reader.enter(Waiting::SendingStatus);
                     stream.send_status(false).await?;
                 }
                 d.report_progress();
-                let _step = activity.reader.enter(Step::StoringClockSkew);
+                let _step = activity.reader.enter(Waiting::StoringClockSkew);
                 clock.tick(&link.local_node, &link.peer, state, &d.catalog).await;
             }
             e = d.applier.failure() => return Err(e),
