@@ -165,8 +165,74 @@ def ratio(a, b, scen, key):
         return "–"
 
 
+def runs(res, name):
+    """The main runs of one peer: `name`, `name_run2`, `name_run3`, ..."""
+    out = [res[name]] if name in res else []
+    i = 2
+    while f"{name}_run{i}" in res:
+        out.append(res[f"{name}_run{i}"])
+        i += 1
+    return out
+
+
+def spread(vals, digits=0):
+    """median [min-max] of the numbers in `vals`."""
+    vals = sorted(v for v in vals if isinstance(v, (int, float)))
+    if not vals:
+        return "–", None
+    n = len(vals)
+    med = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+    f = (lambda x: f"{x:,.{digits}f}")
+    text = f(med) if n == 1 else f"{f(med)} [{f(vals[0])}–{f(vals[-1])}]"
+    return text, med
+
+
+def per_100k(s, key, count):
+    try:
+        return s[key] / s[count] * 100_000
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def same_major(res):
+    """Medians and spread over the repeated runs, pgmesh against the peer on the same
+    PostgreSQL major version (issue 15): throughput and CPU per 100k changes."""
+    pairs = [("pgmesh18", "native18"), ("pgmesh15", "pglogical15")]
+    rows = []
+    for m, base in pairs:
+        for n in (base, m):
+            rs = runs(res, n)
+            if not rs:
+                continue
+            c = [r.get("catchup", {}) for r in rs]
+            b = [r.get("bulk", {}) for r in rs]
+            cells = [spread([x.get("txn_per_s") for x in c]),
+                     spread([per_100k(x, "apply_cpu_s", "txns") for x in c], 2),
+                     spread([per_100k(x, "decode_cpu_s", "txns") for x in c], 2),
+                     spread([x.get("rows_per_s") for x in b]),
+                     spread([per_100k(x, "apply_cpu_s", "rows") for x in b], 2)]
+            rows.append((n, len(rs), cells))
+    if not rows:
+        return
+    print()
+    print("| same major, medians [min–max] | runs | catch-up txn/s | catch-up apply CPU s / 100k | "
+          "catch-up decode CPU s / 100k | bulk rows/s | bulk apply CPU s / 100k rows |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    med = {}
+    for n, k, cells in rows:
+        med[n] = [c[1] for c in cells]
+        print(f"| {n} | {k} | " + " | ".join(c[0] for c in cells) + " |")
+    for m, base in pairs:
+        if m in med and base in med:
+            q = []
+            for a, b in zip(med[m], med[base]):
+                q.append(f"{a / b:.2f}×" if a is not None and b else "–")
+            print(f"| **{m} / {base}** (ratio of medians) | | " + " | ".join(q) + " |")
+
+
 def table(out):
     res = load(out)
+    same_major(res)
     names = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18")
              if n in res or n + "_bigtxn" in res]
     print("| run | PG | catch-up txn/s | bulk rows/s | bulk, one big txn, rows/s | converge | "
@@ -188,12 +254,12 @@ def table(out):
     print()
     print("| ratio | catch-up | bulk | bulk, one big txn |")
     print("|---|---:|---:|---:|")
-    for m in ("pgmesh15", "pgmesh18"):
-        for base in ("native18", "pglogical15"):
-            if m in res and base in res:
-                print(f"| {m} / {base} | {ratio(res[m], res[base], 'catchup', 'txn_per_s')} | "
-                      f"{ratio(res[m], res[base], 'bulk', 'rows_per_s')} | "
-                      f"{ratio(res.get(m + '_bigtxn', {}), res.get(base + '_bigtxn', {}), 'bulk', 'rows_per_s')} |")
+    # Only the same PostgreSQL major version: across versions the ratio measures PostgreSQL.
+    for m, base in (("pgmesh18", "native18"), ("pgmesh15", "pglogical15")):
+        if m in res and base in res:
+            print(f"| {m} / {base} | {ratio(res[m], res[base], 'catchup', 'txn_per_s')} | "
+                  f"{ratio(res[m], res[base], 'bulk', 'rows_per_s')} | "
+                  f"{ratio(res.get(m + '_bigtxn', {}), res.get(base + '_bigtxn', {}), 'bulk', 'rows_per_s')} |")
     dur = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18") if n + "_durable" in res]
     if dur:
         print()
@@ -202,20 +268,20 @@ def table(out):
         for n in dur:
             r = res[n + "_durable"]
             print(f"| {n} | {cell(r, 'catchup', 'txn_per_s')} | {cell(r, 'bulk', 'rows_per_s')} |")
-        for m in ("pgmesh15", "pgmesh18"):
-            for base in ("native18", "pglogical15"):
-                if m in dur and base in dur:
-                    a, b = res[m + "_durable"], res[base + "_durable"]
-                    print(f"| ratio {m} / {base} | {ratio(a, b, 'catchup', 'txn_per_s')} | {ratio(a, b, 'bulk', 'rows_per_s')} |")
-    lag = [(n, s) for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18")
-           for s in ("_lag", "_lag_durable") if n + s in res]
+        for m, base in (("pgmesh18", "native18"), ("pgmesh15", "pglogical15")):
+            if m in dur and base in dur:
+                a, b = res[m + "_durable"], res[base + "_durable"]
+                print(f"| ratio {m} / {base} | {ratio(a, b, 'catchup', 'txn_per_s')} | {ratio(a, b, 'bulk', 'rows_per_s')} |")
+    lag = sorted(((n, s) for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18")
+                  for s in res if s.startswith(n + "_lag")), key=lambda x: x[1])
+    lag = [(n, s[len(n):]) for n, s in lag]
     if lag:
         print()
         print("| steady lag (commit on A to visible on B) | offered / achieved txn/s | p50 ms | p90 ms | p99 ms | max ms |")
         print("|---|---:|---:|---:|---:|---:|")
         for n, suf in lag:
             r = res[n + suf].get("lag", {})
-            label = n + (" (durable)" if suf == "_lag_durable" else "")
+            label = n + (" (durable)" if suf.endswith("_durable") else "")
             if "error" in r:
                 print(f"| {label} | FAILED: {r['error'][:80]} | | | | |")
                 continue

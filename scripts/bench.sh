@@ -19,7 +19,11 @@
 #   BENCH_SKIP            space-separated subset of "decoder batcher decode_only" to skip
 #   BENCH_LAG             1 = steady-state lag at a fixed rate (bench/lag.py + examples/lagprobe),
 #                         plain and durable, for every peer (default 1)
-#   BENCH_LAG_RATE/SECONDS  offered txn/s and duration of the lag runs (default 5000, 15)
+#   BENCH_LAG_RATES       offered txn/s of the lag runs, one run per rate (default "5000 20000";
+#                         BENCH_LAG_RATE, if set, is the only one)
+#   BENCH_LAG_SECONDS     duration of each lag run (default 15)
+#   BENCH_REPEAT          runs of the main catchup/bulk/converge set per peer, for medians and
+#                         spread (default 3)
 #   BENCH_OUT             result file (default bench/results/<date>.json)
 set -euo pipefail
 
@@ -47,7 +51,8 @@ MAIN=${BENCH_MAIN:-1}
 PEERS=${BENCH_PEERS-native18 pglogical15 pgmesh15 pgmesh18}  # empty: none
 SKIP=${BENCH_SKIP:-}
 LAG=${BENCH_LAG:-1}
-LAG_RATE=${BENCH_LAG_RATE:-5000}
+LAG_RATES=${BENCH_LAG_RATE:-${BENCH_LAG_RATES:-5000 20000}}
+REPEAT=${BENCH_REPEAT:-3}
 LAG_SECONDS=${BENCH_LAG_SECONDS:-15}
 DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
 OUT=${BENCH_OUT:-bench/results/$DATE.json}
@@ -111,7 +116,11 @@ run_peers() { # suffix
   done
 }
 
-[ "$MAIN" != 0 ] && run_peers ""
+if [ "$MAIN" != 0 ]; then
+  # Several runs, interleaved across peers so a slow spell of the machine hits every peer.
+  run_peers ""
+  for i in $(seq 2 "$REPEAT"); do run_peers "_run$i"; done
+fi
 if [ "$DURABLE" != 0 ]; then
   SIZES=(--only catchup,bulk --durable --n "$N" --bulk-txns "$BULK_TXNS" --bulk-rows "$BULK_ROWS")
   run_peers "_durable"
@@ -125,10 +134,14 @@ fi
 if [ "$LAG" != 0 ]; then
   # Steady state: open-loop writes on A at LAG_RATE txn/s, per-change lag to B.
   HARNESS=$ROOT/bench/lag.py
-  SIZES=(--probe "$PROBE" --peers-dir "$PEERS_DIR" --rate "$LAG_RATE" --seconds "$LAG_SECONDS")
-  run_peers "_lag"
-  SIZES+=(--durable)
-  run_peers "_lag_durable"
+  for rate in $LAG_RATES; do
+    # 5,000 txn/s keeps the names of earlier results (_lag); other rates carry theirs.
+    suffix=_lag; [ "$rate" = 5000 ] || suffix=_lag$rate
+    SIZES=(--probe "$PROBE" --peers-dir "$PEERS_DIR" --rate "$rate" --seconds "$LAG_SECONDS")
+    run_peers "$suffix"
+    SIZES+=(--durable)
+    run_peers "${suffix}_durable"
+  done
   HARNESS=$PEERS_DIR/peers.py
 fi
 
