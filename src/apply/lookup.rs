@@ -62,7 +62,7 @@ fn local_rows_from(rows: Vec<tokio_postgres::Row>) -> LocalRows {
 
 /// Tombstone rows by key position; of a key tombstone and a whole-table one, the later
 /// delete is the one that counts.
-fn tombstones_from(rows: Vec<tokio_postgres::Row>, origins: &Origins) -> Tombstones {
+pub(super) fn tombstones_from(rows: Vec<tokio_postgres::Row>, origins: &Origins) -> Tombstones {
     let mut out: Tombstones = HashMap::new();
     for r in rows {
         let decided: Option<String> = r.get(3);

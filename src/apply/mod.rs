@@ -22,6 +22,8 @@ pub mod shape;
 pub mod shape_io;
 pub mod sql;
 mod stats;
+mod uncontested;
+mod uncontested_sql;
 mod write;
 
 pub use crate::sqlconn::{db_error_is_transient, describe_db_error};

@@ -6,7 +6,7 @@
 
 use super::kill::Version;
 use super::ledger::{record, ConflictRecord};
-use super::lookup::{LocalRow, LocalRows, Tombstones};
+use super::lookup::{LocalRow, LocalRows, Tombstone, Tombstones};
 use super::origins::Origins;
 use crate::batch::{ChangeOp, Pending};
 use crate::conflict::{
@@ -47,6 +47,20 @@ pub(super) struct Sides<'a> {
 }
 
 impl Sides<'_> {
+    /// The peer's origins (`roident`s, including the one that stands for this very
+    /// transaction): a row whose last writer is one of them was written by its stream.
+    pub(super) fn peer_origins(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .origins
+            .by_roident
+            .iter()
+            .filter(|(_, node)| node.as_str() == self.peer)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     fn remote(&self, op: RemoteOp, p: &Pending) -> RemoteVersion<'_> {
         RemoteVersion {
             op,
@@ -166,6 +180,20 @@ pub(super) fn plan_table<'c>(
         }
     }
     plan
+}
+
+/// Whether a new row may stay over its key's tombstone `tomb` without a decision: only
+/// when `decide` makes the insert clean (the peer's own stream deleted the key before,
+/// and now reuses it). Any other tombstone is a conflict to decide and record.
+pub(super) fn insert_stays_over(tomb: &Tombstone, p: &Pending, sides: Sides<'_>) -> bool {
+    let d = decide(
+        &LocalVersion::Deleted {
+            commit_ts: tomb.0,
+            node: &tomb.1,
+        },
+        &sides.remote(RemoteOp::Insert, p),
+    );
+    d.action == Action::Insert && d.conflict.is_none()
 }
 
 /// A new row whose insert met a row a local session wrote since the lookup, decided

@@ -1,7 +1,8 @@
-//! Applying one chunk: per table, read the local versions of every key the chunk touches
-//! (rows locked `FOR UPDATE`, else tombstones: [`super::lookup`]), decide with the pure
-//! [`super::plan`], then write with one statement per table and kind ([`super::write`],
-//! [`super::pipelined`]).
+//! Applying one chunk: per table, first write what needs no decision
+//! ([`super::uncontested`]: tables without another unique constraint), then read the
+//! local versions of every key left (rows locked `FOR UPDATE`, else tombstones:
+//! [`super::lookup`]), decide with the pure [`super::plan`], and write with one statement
+//! per table and kind ([`super::write`], [`super::pipelined`]).
 //!
 //! Races with local sessions are expected, never fatal: an insert that meets a row a local
 //! session inserted meanwhile (`ON CONFLICT DO NOTHING` skips it) re-enters the decision
@@ -20,6 +21,7 @@ use super::plan::{
     against_holder, insert_against, plan_table, unique_values, HolderVerdict, Planned, Sides,
 };
 use super::stats::ApplyStats;
+use super::uncontested::Keyed;
 use crate::batch::{Chunk, TableChunk};
 use crate::table::local::{LocalTable, TableMap};
 use crate::table::row::{Key, Row, Val};
@@ -107,14 +109,28 @@ impl Resolver<'_> {
     ) -> Result<(), ApplyError> {
         let map = &*tc.map;
         let t = &map.local;
-        let keys: Vec<&Key> = tc.changes.keys().collect();
+        let all: Vec<Keyed<'_>> = tc.changes.iter().collect();
+        let changes: Vec<Keyed<'_>> = if t.uniques.is_empty() {
+            let sides = Sides {
+                origins: self.origins,
+                peer: self.peer,
+            };
+            let rest = self.db.write_uncontested(map, &all, sides, stats).await?;
+            rest.into_iter().map(|i| all[i]).collect()
+        } else {
+            all
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&Key> = changes.iter().map(|c| c.0).collect();
         let (rows, tombs) = self
             .db
             .rows_and_tombstones(&map.local, &keys, self.origins)
             .await?;
 
         let sides = self.sides();
-        let plan = plan_table(map, &tc.changes, &rows, &tombs, sides);
+        let plan = plan_table(map, changes.iter().copied(), &rows, &tombs, sides);
         stats.conflicts += plan.ledger.len() as u64;
         stats.skipped += plan.skipped;
         ledger.extend(plan.ledger);

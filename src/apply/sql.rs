@@ -73,7 +73,7 @@ pub const OWN_TRANSACTION: u32 = u32::MAX;
 /// commit time is ours or old (written before `track_commit_timestamp`, or frozen:
 /// xmin 2); ours are the ones at or after our top-level xid, compared modulo 2^32 as
 /// PostgreSQL compares xids (every unfrozen xid is within 2^31 of the current one).
-fn own_version(xmin: &str) -> String {
+pub(super) fn own_version(xmin: &str) -> String {
     format!(
         "(pg_xact_commit_timestamp({xmin}) IS NULL AND {xmin}::text::int8 > 2 \
           AND (({xmin}::text::int8 - pg_current_xact_id_if_assigned()::text::int8) % 4294967296 \
@@ -134,7 +134,7 @@ pub fn select_columns(t: &LocalTable, cols: &[usize]) -> String {
 }
 
 /// The canonical text array of a key, as tombstones store it.
-fn key_array(t: &LocalTable, alias: &str) -> String {
+pub(super) fn key_array(t: &LocalTable, alias: &str) -> String {
     let parts =
         t.pk.iter()
             .enumerate()
@@ -164,7 +164,8 @@ pub fn select_tombstones(t: &LocalTable) -> String {
                     CASE WHEN {own} THEN {OWN_TRANSACTION}::oid ELSE x.roident END, tb.decided_node \
                FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
                JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key = {key} \
-               LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true",
+               LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true \
+              WHERE {ANY_TOMBSTONE}",
             unnest_params(2, n),
             names("k", n),
         )
@@ -176,6 +177,12 @@ pub fn select_tombstones(t: &LocalTable) -> String {
     )
 }
 
+/// Whether table `$1` has any tombstone. Uncorrelated, so PostgreSQL evaluates it once
+/// per statement (an InitPlan, a one-time filter): a table without tombstones — most
+/// tables in a healthy mesh — then costs one index probe per chunk, not one per key.
+pub(super) const ANY_TOMBSTONE: &str =
+    "EXISTS (SELECT 1 FROM pgmesh.tombstones e WHERE e.table_name = $1)";
+
 /// Records tombstones (the delete's time is this transaction's commit time, read back
 /// through the tombstone row's xmin). Params: $1 table name, then key columns.
 #[must_use]
@@ -183,13 +190,16 @@ pub fn upsert_tombstones(t: &LocalTable) -> String {
     let n = t.pk.len();
     format!(
         "INSERT INTO pgmesh.tombstones (table_name, key) \
-         SELECT $1, {} FROM unnest({}) AS u({}) \
-         ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = now(), decided_ts = NULL, decided_node = NULL",
+         SELECT $1, {} FROM unnest({}) AS u({}) {UPSERT_TOMBSTONE}",
         key_array(t, "u"),
         unnest_params(2, n),
         names("k", n)
     )
 }
+
+/// The conflict clause of a tombstone upsert: a key deleted again is dated again.
+pub(super) const UPSERT_TOMBSTONE: &str = "ON CONFLICT (table_name, key) DO UPDATE \
+    SET deleted_at = now(), decided_ts = NULL, decided_node = NULL";
 
 /// Tombstones of rows removed by a unique-constraint decision, dated by the winning
 /// write. Params: $1 table name, $2 winner's commit time (text), $3 winner's node, then
@@ -253,6 +263,18 @@ pub fn delete_rows(t: &LocalTable) -> String {
 /// Params: key columns, then one per column in `cols`.
 #[must_use]
 pub fn update_rows(t: &LocalTable, cols: &[usize]) -> String {
+    let (set, aliases) = update_set(t, cols);
+    format!(
+        "UPDATE {} t SET {set} FROM unnest({}) AS u({aliases}) WHERE {}",
+        t.name,
+        unnest_params(1, t.pk.len() + cols.len()),
+        key_join(t, "u", "k")
+    )
+}
+
+/// The `SET` list of an update of `cols` from the unnested `u.v…`, and the aliases of
+/// the unnested arrays (`k…` for the key, then `v…`).
+pub(super) fn update_set(t: &LocalTable, cols: &[usize]) -> (String, String) {
     let n = t.pk.len();
     let set = if cols.is_empty() {
         // Nothing but the key: still write a new row version, so the row's commit time
@@ -274,12 +296,7 @@ pub fn update_rows(t: &LocalTable, cols: &[usize]) -> String {
     } else {
         format!("{}, {}", names("k", n), names("v", cols.len()))
     };
-    format!(
-        "UPDATE {} t SET {set} FROM unnest({}) AS u({aliases}) WHERE {}",
-        t.name,
-        unnest_params(1, n + cols.len()),
-        key_join(t, "u", "k")
-    )
+    (set, aliases)
 }
 
 /// Deletes rows by key and returns every column's text (canonical session settings), so

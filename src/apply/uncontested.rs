@@ -1,0 +1,269 @@
+//! The no-conflict path (issue 15). In a healthy mesh most changes meet a row the same
+//! peer's stream wrote last, or no row and no tombstone at all; [`crate::conflict::decide`]
+//! makes those clean (the peer's own order is authoritative; a new key is just inserted),
+//! so they need neither a locking read ahead of the write nor the row's image. They are
+//! written directly, by statements whose condition proves the case and which hand back
+//! the positions they wrote:
+//!
+//! - deletes and updates: `WHERE` the row's last writer was the peer (see
+//!   [`super::uncontested_sql`]); a local write in between makes the condition false
+//!   (PostgreSQL re-checks it on the newest version), so it is never overwritten blindly;
+//! - inserts: `ON CONFLICT DO NOTHING` (or COPY, for large groups), then the tombstones
+//!   of the keys, read by a statement that starts after the inserts finished: a local
+//!   delete that freed a key before the insert took it is seen there. An insert over a
+//!   tombstone stays only where `decide` makes it clean (the peer deleted the key itself
+//!   earlier); any other is taken back, so the decision sees what it saw before.
+//!
+//! Everything else — a row from elsewhere, a tombstone, an update without a row, a new
+//! row with unchanged-TOAST gaps — is handed back for the locking read and the plan
+//! (`resolve.rs`), which decide it exactly as before. Keys are distinct within a table's
+//! chunk and the table has no other unique constraint, so what is written here cannot
+//! change the outcome for the keys handed back.
+
+use futures_util::future::try_join_all;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
+
+use super::copy::COPY_MIN_ROWS;
+use super::db::Db;
+use super::error::ApplyError;
+use super::lookup::tombstones_from;
+use super::params::{as_params, groups_by_columns, key_params, value_params, Change, Columns};
+use super::plan::{insert_stays_over, Sides};
+use super::sql;
+use super::stats::ApplyStats;
+use super::uncontested_sql::{delete_peers_rows, update_peers_rows};
+use crate::batch::{ChangeOp, Pending};
+use crate::table::local::TableMap;
+use crate::table::row::Key;
+
+/// A key and its change, in chunk order.
+pub(super) type Keyed<'c> = (&'c Key, &'c Pending);
+
+/// What one pipelined statement's rows mean.
+enum Reply {
+    /// 1-based positions in the delete list.
+    Deleted,
+    /// 1-based positions in this update group (its positions in the update list).
+    Updated(Vec<usize>),
+    /// 1-based positions in this insert group (its positions in the insert list).
+    Inserted(Vec<usize>),
+    /// The tombstones of every insert's key, by 1-based position in the insert list.
+    Tombstones,
+}
+
+/// One statement of the pipeline and how its parameters are laid out around the arrays.
+struct Job<'v> {
+    stmt: Statement,
+    arrays: Columns<'v>,
+    /// The table name comes first (`$1`) / right after the arrays.
+    name_first: bool,
+    name_after: bool,
+    /// The peer's origins come last.
+    origins_last: bool,
+    reply: Reply,
+}
+
+impl Db<'_> {
+    /// Writes the changes of one table (no unique constraint but the key) that need no
+    /// decision, and returns the positions in `changes` of the rest, in order.
+    pub(super) async fn write_uncontested(
+        &mut self,
+        map: &TableMap,
+        changes: &[Keyed<'_>],
+        sides: Sides<'_>,
+        stats: &mut ApplyStats,
+    ) -> Result<Vec<usize>, ApplyError> {
+        let t = &map.local;
+        let npk = t.pk.len();
+        let peer_origins = sides.peer_origins();
+        let mut rest: Vec<usize> = Vec::new();
+        let (mut deletes, mut delete_pos): (Vec<&Key>, Vec<usize>) = (Vec::new(), Vec::new());
+        let (mut updates, mut update_pos): (Vec<Change<'_>>, Vec<usize>) = (Vec::new(), Vec::new());
+        let (mut inserts, mut insert_pos): (Vec<Change<'_>>, Vec<usize>) = (Vec::new(), Vec::new());
+        for (i, &(key, p)) in changes.iter().enumerate() {
+            match (p.op, p.row.as_ref()) {
+                (ChangeOp::Delete, _) => {
+                    deletes.push(key);
+                    delete_pos.push(i);
+                }
+                (ChangeOp::Update, Some(row)) => {
+                    updates.push((key, row, p));
+                    update_pos.push(i);
+                }
+                (ChangeOp::Insert, Some(row)) if row.is_complete() => {
+                    inserts.push((key, row, p));
+                    insert_pos.push(i);
+                }
+                _ => rest.push(i),
+            }
+        }
+
+        // Statements and parameters first: the futures below borrow them.
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        if !deletes.is_empty() {
+            jobs.push(Job {
+                stmt: self.statement(&delete_peers_rows(t)).await?,
+                arrays: key_params(&deletes, npk)?,
+                name_first: false,
+                name_after: true,
+                origins_last: true,
+                reply: Reply::Deleted,
+            });
+        }
+        for (cols, idx) in groups_by_columns(updates.iter().map(|c| c.1), t, false) {
+            jobs.push(Job {
+                stmt: self.statement(&update_peers_rows(t, &cols)).await?,
+                arrays: value_params(&updates, &idx, &cols, Some(npk))?,
+                name_first: false,
+                name_after: false,
+                origins_last: true,
+                reply: Reply::Updated(idx),
+            });
+        }
+        // Large groups of new rows go through COPY after the pipeline (`super::copy`).
+        let mut copies: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        for (cols, idx) in groups_by_columns(inserts.iter().map(|c| c.1), t, true) {
+            if idx.len() >= COPY_MIN_ROWS {
+                copies.push((cols, idx));
+                continue;
+            }
+            jobs.push(Job {
+                stmt: self.statement(&sql::insert_rows(t, &cols)).await?,
+                arrays: value_params(&inserts, &idx, &cols, None)?,
+                name_first: false,
+                name_after: false,
+                origins_last: false,
+                reply: Reply::Inserted(idx),
+            });
+        }
+        let insert_keys: Vec<&Key> = inserts.iter().map(|c| c.0).collect();
+        // With no COPY the tombstones are read in the same pipeline, after the inserts.
+        if !insert_keys.is_empty() && copies.is_empty() {
+            jobs.push(Job {
+                stmt: self.statement(&sql::select_tombstones(t)).await?,
+                arrays: key_params(&insert_keys, npk)?,
+                name_first: true,
+                name_after: false,
+                origins_last: false,
+                reply: Reply::Tombstones,
+            });
+        }
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = jobs
+            .iter()
+            .map(|j| {
+                let mut v: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(j.arrays.len() + 2);
+                if j.name_first {
+                    v.push(&t.name);
+                }
+                v.extend(as_params(&j.arrays));
+                if j.name_after {
+                    v.push(&t.name);
+                }
+                if j.origins_last {
+                    v.push(&peer_origins);
+                }
+                v
+            })
+            .collect();
+        let client = self.client;
+        let replies = try_join_all(
+            jobs.iter()
+                .zip(&params)
+                .map(|(j, p)| client.query(&j.stmt, p)),
+        )
+        .await?;
+
+        let ords = |rows: &[tokio_postgres::Row]| -> Vec<i64> {
+            rows.iter().map(|r| r.get::<_, i64>(0)).collect()
+        };
+        let mut deleted = vec![false; deletes.len()];
+        let mut updated = vec![false; updates.len()];
+        let mut not_inserted: Vec<usize> = Vec::new();
+        let mut tombstone_rows = None;
+        for (job, rows) in jobs.iter().zip(replies) {
+            match &job.reply {
+                Reply::Deleted => mark(&mut deleted, None, ords(&rows)),
+                Reply::Updated(idx) => mark(&mut updated, Some(idx), ords(&rows)),
+                Reply::Inserted(idx) => {
+                    not_inserted.extend(stats.count_inserted(ords(&rows), idx));
+                }
+                Reply::Tombstones => tombstone_rows = Some(rows),
+            }
+        }
+        for (cols, idx) in &copies {
+            not_inserted.extend(
+                self.insert_group(t, &inserts, idx, cols, true, stats)
+                    .await?,
+            );
+        }
+        let tombstones = match tombstone_rows {
+            Some(rows) => tombstones_from(rows, sides.origins),
+            None => self.tombstones(t, &insert_keys, sides.origins).await?,
+        };
+
+        // Inserted over a tombstone that `decide` does not let it pass: take it back.
+        let skipped: std::collections::HashSet<usize> = not_inserted.iter().copied().collect();
+        let mut undo: Vec<usize> = Vec::new();
+        for (j, tomb) in &tombstones {
+            if !skipped.contains(j) && !insert_stays_over(tomb, inserts[*j].2, sides) {
+                undo.push(*j);
+            }
+        }
+        if !undo.is_empty() {
+            let keys: Vec<&Key> = undo.iter().map(|&j| inserts[j].0).collect();
+            self.delete_keys(t, &keys).await?;
+            stats.inserted -= undo.len() as u64;
+        }
+
+        stats.deleted += deleted.iter().filter(|d| **d).count() as u64;
+        stats.updated += updated.iter().filter(|u| **u).count() as u64;
+        rest.extend(left(&delete_pos, &deleted));
+        rest.extend(left(&update_pos, &updated));
+        rest.extend(not_inserted.iter().chain(&undo).map(|&j| insert_pos[j]));
+        rest.sort_unstable();
+        rest.dedup();
+        Ok(rest)
+    }
+}
+
+/// Marks as written the entries a statement handed back by 1-based position, in a group
+/// (`idx`: the group's positions in the list) or in the whole list.
+fn mark(done: &mut [bool], idx: Option<&Vec<usize>>, ords: Vec<i64>) {
+    for ord in ords {
+        let Some(o) = usize::try_from(ord - 1).ok() else {
+            continue;
+        };
+        let slot = match idx {
+            Some(idx) => idx.get(o).copied(),
+            None => Some(o),
+        };
+        if let Some(flag) = slot.and_then(|s| done.get_mut(s)) {
+            *flag = true;
+        }
+    }
+}
+
+/// The positions (`pos`) of the entries not written.
+fn left<'a>(pos: &'a [usize], done: &'a [bool]) -> impl Iterator<Item = usize> + 'a {
+    pos.iter().zip(done).filter(|(_, d)| !**d).map(|(&p, _)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_map_back_through_groups() {
+        let mut done = vec![false; 5];
+        // A group holding list entries 4, 1 and 2; the statement wrote its 1st and 3rd.
+        mark(&mut done, Some(&vec![4, 1, 2]), vec![1, 3, 9, 0]);
+        assert_eq!(done, vec![false, false, true, false, true]);
+        let mut whole = vec![false; 3];
+        mark(&mut whole, None, vec![2, -1]);
+        assert_eq!(
+            left(&[10, 11, 12], &whole).collect::<Vec<_>>(),
+            vec![10, 12]
+        );
+    }
+}

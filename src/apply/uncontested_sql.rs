@@ -1,0 +1,96 @@
+//! SQL of the no-conflict path ([`super::uncontested`]): writes whose condition is that
+//! the row was last written by the peer whose changes these are.
+
+use super::sql::UPSERT_TOMBSTONE;
+use super::sql::{key_array, key_join, names, own_version, unnest_params, update_set};
+use crate::table::local::LocalTable;
+
+/// The version of `t` was last written by the peer (one of its origins, `$p`, an
+/// `oid[]`) or by this transaction, whose writes all come from the peer's stream (see
+/// [`super::sql::OWN_TRANSACTION`]). In a `WHERE` clause PostgreSQL evaluates it again on
+/// the newest version when a local session changed the row meanwhile (EvalPlanQual), so
+/// a local write in between makes it false and the key goes to the decision.
+fn peer_wrote(p: usize) -> String {
+    format!(
+        "((pg_xact_commit_timestamp_origin(t.xmin)).roident = ANY(${p}::oid[]) OR {})",
+        own_version("t.xmin")
+    )
+}
+
+/// Updates `cols` of the rows the peer wrote last and returns their 1-based positions.
+/// Params: key columns, one per column in `cols`, then the peer's origins (`oid[]`).
+#[must_use]
+pub fn update_peers_rows(t: &LocalTable, cols: &[usize]) -> String {
+    let (set, aliases) = update_set(t, cols);
+    let arrays = t.pk.len() + cols.len();
+    format!(
+        "UPDATE {} t SET {set} FROM unnest({}) WITH ORDINALITY AS u({aliases}, ord) \
+         WHERE {} AND {} RETURNING u.ord",
+        t.name,
+        unnest_params(1, arrays),
+        key_join(t, "u", "k"),
+        peer_wrote(arrays + 1)
+    )
+}
+
+/// Deletes the rows the peer wrote last, records their tombstones, and returns their
+/// 1-based positions. Params: key columns, the table name, the peer's origins (`oid[]`).
+#[must_use]
+pub fn delete_peers_rows(t: &LocalTable) -> String {
+    let n = t.pk.len();
+    format!(
+        "WITH d AS (DELETE FROM {} t USING unnest({}) WITH ORDINALITY AS u({}, ord) \
+                    WHERE {} AND {} RETURNING u.ord, {}), \
+              tb AS (INSERT INTO pgmesh.tombstones (table_name, key) \
+                     SELECT ${}::text, {} FROM d {UPSERT_TOMBSTONE}) \
+         SELECT ord FROM d",
+        t.name,
+        unnest_params(1, n),
+        names("k", n),
+        key_join(t, "u", "k"),
+        peer_wrote(n + 2),
+        names("u.k", n),
+        n + 1,
+        key_array(t, "d"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::local::LocalColumn;
+
+    fn table() -> LocalTable {
+        let col = |n: &str, t: &str| LocalColumn {
+            name: n.into(),
+            quoted: n.into(),
+            type_sql: t.into(),
+        };
+        LocalTable {
+            name: "public.t".into(),
+            schema: "public".into(),
+            relname: "t".into(),
+            columns: vec![col("id", "bigint"), col("body", "text")],
+            pk: vec![0],
+            uniques: vec![],
+        }
+    }
+
+    #[test]
+    fn the_condition_names_the_peers_origins_after_the_arrays() {
+        let upd = update_peers_rows(&table(), &[1]);
+        assert!(
+            upd.starts_with("UPDATE public.t t SET body = u.v0::text FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k0, v0, ord)"),
+            "{upd}"
+        );
+        assert!(upd.contains("roident = ANY($3::oid[])"), "{upd}");
+        assert!(upd.ends_with("RETURNING u.ord"), "{upd}");
+        let del = delete_peers_rows(&table());
+        assert!(del.contains("roident = ANY($3::oid[])"), "{del}");
+        assert!(del.contains("RETURNING u.ord, u.k0"), "{del}");
+        assert!(
+            del.contains("SELECT $2::text, ARRAY[d.k0::bigint::text] FROM d ON CONFLICT"),
+            "{del}"
+        );
+    }
+}
