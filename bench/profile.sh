@@ -5,7 +5,10 @@
 #  - samples CPU seconds and peak RSS of every pgmesh and postgres process (procwatch.py);
 #  - with PROFILE_PERF=1 (default) records the A->B sidecar with `perf record -e cpu-clock`
 #    (software clock: hardware counters are not exposed on this VM) and writes
-#    `perf report` summaries.
+#    `perf report` summaries;
+#  - with PROFILE_PERF=backend records the whole machine while the A->B sidecar runs and
+#    breaks node B's apply backend's CPU down by what it does (bench/backend_breakdown.py:
+#    commit-time reads, row locks, writes, planning, commit, ...).
 # Env: PROFILE_PG (default 18), PROFILE_N (100000), PROFILE_BULK ("3x100000 1x1000000").
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,13 +35,21 @@ one() { # name, peers.py args...
   python3 bench/procwatch.py "$OUT/$name.pids" "$OUT/$name.procs.json" 0.1 &
   local w=$!
   local ab="$WRAP run -c $CONF --node b"
-  if [ "$PERF" = 1 ]; then
+  if [ "$PERF" = backend ]; then
+    ab="perf record -q -a -e cpu-clock -F 999 --call-graph dwarf,8192 -o $OUT/$name.backend.data -- $PGMESH_BIN run -c $CONF --node b"
+  elif [ "$PERF" = 1 ]; then
     ab="perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -o $OUT/$name.perf.data -- $PGMESH_BIN run -c $CONF --node b"
   fi
   PGMESH_WATCH_DIR=$OUT/$name.pids python3 "$PEERS_DIR/peers.py" cmd --ver "$PG" \
     --setup "$WRAP setup -c $CONF" --ab "$ab" --ba "$WRAP run -c $CONF --node a" "$@" | tee "$OUT/$name.out"
   kill -TERM $w; wait $w || true
   for f in ab ba; do [ -f /tmp/pglab/$f.log ] && mv /tmp/pglab/$f.log "$OUT/$name.$f.log"; done
+  if [ "$PERF" = backend ] && [ -f "$OUT/$name.backend.data" ]; then
+    perf script -i "$OUT/$name.backend.data" -F comm,pid,tid,ip,sym 2>/dev/null > "$OUT/$name.backend.txt" || true
+    python3 bench/backend_breakdown.py "$OUT/$name.backend.txt" "$OUT/$name.procs.json" b \
+      | tee "$OUT/$name.breakdown.txt" || true
+    rm -f "$OUT/$name.backend.txt"
+  fi
   if [ "$PERF" = 1 ] && [ -f "$OUT/$name.perf.data" ]; then
     # the A->B process that drained (the last one recorded: pause/resume restarts it)
     { echo "samples (cpu-clock, 499 Hz => ~2 ms each): $(perf script -i "$OUT/$name.perf.data" -F comm 2>/dev/null | wc -l)"
