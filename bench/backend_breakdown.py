@@ -76,6 +76,19 @@ def samples(path, pid):
         yield stack
 
 
+def busiest(path, top=5):
+    """(comm, pid) of the processes with the most samples: the sidecar (tokio threads),
+    the walsender and the apply backend side by side."""
+    counts = collections.Counter()
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.strip() and not line.startswith("\t"):
+                parts = line.split()
+                if len(parts) >= 2:
+                    counts[(parts[0], parts[1].split("/")[0])] += 1
+    return [(k, n) for k, n in counts.most_common(top + 1) if k[0] != "swapper"][:top]
+
+
 def main():
     perf_txt, procs_json = sys.argv[1], sys.argv[2]
     node = sys.argv[3] if len(sys.argv) > 3 else "b"
@@ -93,6 +106,8 @@ def main():
     if not total:
         sys.exit(f"no samples of pid {pid}")
     print(f"apply backend pid {pid} (node {node}): {cpu:.2f} s CPU, {total} samples")
+    print("  busiest processes of the recording (samples; ~1 ms each at 999 Hz):",
+          ", ".join(f"{c} {p}: {n}" for (c, p), n in busiest(perf_txt)))
     for cat, n in counts.most_common():
         print(f"  {100 * n / total:5.1f} %  {cpu * n / total:6.2f} s  {cat}")
 

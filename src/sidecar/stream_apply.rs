@@ -213,7 +213,7 @@ async fn run_once(
                             continue;
                         }
                         let dropped = filter.txn_dropped();
-                        d.on_message(msg, dropped).await?;
+                        d.on_message(msg, dropped, stream.last_arrival()).await?;
                     }
                     // Between upstream transactions the server has sent everything that
                     // committed before its send position: remember it; the next tick
@@ -236,7 +236,8 @@ async fn run_once(
             _ = sleep_until(deadline), if deadline.is_some() && !d.assembler.in_txn() && d.writer_idle() => {
                 d.commit_batch().await?;
             }
-            _ = commits.changed(), if d.assembler.batch_due(Instant::now()) && !d.writer_idle() => {
+            // (the clock is read only when a batch waits: this guard runs for every message)
+            _ = commits.changed(), if !d.writer_idle() && d.assembler.batch_waiting() && d.assembler.batch_due(Instant::now()) => {
                 if d.writer_idle() {
                     d.commit_batch().await?;
                 }

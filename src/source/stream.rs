@@ -262,10 +262,18 @@ pub struct ReplicationStream {
     idle_timeout: Option<Duration>,
     last_status: Instant,
     last_recv: Instant,
+    /// The last call returned a frame that arrived at `last_recv`.
+    just_received: bool,
     ended: bool,
     round_trips: RoundTrips,
     clock: Option<ClockSample>,
+    /// When the last clock sample was taken.
+    clock_sampled: Option<Instant>,
 }
+
+/// Clock samples (for the skew estimate) are taken at most this often from data frames;
+/// every keepalive and every measured round trip is sampled.
+const CLOCK_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 impl ReplicationStream {
     /// Checks the publications exist, then sends START_REPLICATION and enters CopyBoth.
@@ -339,9 +347,11 @@ impl ReplicationStream {
             idle_timeout: cfg.idle_timeout,
             last_status: now,
             last_recv: now,
+            just_received: false,
             ended: false,
             round_trips: RoundTrips::default(),
             clock: None,
+            clock_sampled: None,
         })
     }
 
@@ -383,6 +393,13 @@ impl ReplicationStream {
         self.conn.server_major()
     }
 
+    /// When the last frame arrived (read once per frame; callers use it as "now" for
+    /// what they do with the frame).
+    #[must_use]
+    pub fn last_arrival(&self) -> Instant {
+        self.last_recv
+    }
+
     /// The send time and arrival of the last XLogData or keepalive returned, with the
     /// round trip when it answered our request for a reply; taken once.
     pub fn take_clock_sample(&mut self) -> Option<ClockSample> {
@@ -422,7 +439,13 @@ impl ReplicationStream {
             if self.ended {
                 return Ok(None);
             }
-            let now = Instant::now();
+            // Right after a frame, its arrival stands for now: the clock is read once
+            // per frame, not twice (status and timeouts may fire one frame late).
+            let now = if std::mem::take(&mut self.just_received) {
+                self.last_recv
+            } else {
+                Instant::now()
+            };
             let status_due = self.last_status + self.status_interval;
             if now >= status_due {
                 let idle = now.duration_since(self.last_recv) >= self.status_interval;
@@ -456,13 +479,25 @@ impl ReplicationStream {
                         ReplicationMessage::PrimaryKeepalive(k) => (k.send_time, true),
                     };
                     let round_trip = self.round_trips.arrived(arrived, send_time.0, keepalive);
-                    self.clock =
-                        PgTimestamp::from_system_time(SystemTime::now()).map(|local| ClockSample {
-                            at: arrived,
-                            local_us: local.0,
-                            peer_us: send_time.0,
-                            round_trip,
-                        });
+                    // The skew estimate needs a sample now and then, not one per change.
+                    let sample_due = keepalive
+                        || round_trip.is_some()
+                        || self
+                            .clock_sampled
+                            .is_none_or(|t| arrived.duration_since(t) >= CLOCK_SAMPLE_EVERY);
+                    if sample_due {
+                        self.clock_sampled = Some(arrived);
+                        self.clock =
+                            PgTimestamp::from_system_time(SystemTime::now()).map(|local| {
+                                ClockSample {
+                                    at: arrived,
+                                    local_us: local.0,
+                                    peer_us: send_time.0,
+                                    round_trip,
+                                }
+                            });
+                    }
+                    self.just_received = true;
                     match msg {
                         ReplicationMessage::XLogData(x) => {
                             self.received = self.received.max(x.wal_start);

@@ -125,9 +125,14 @@ impl Assembler {
     /// A complete batch waits and its delay has passed.
     #[must_use]
     pub fn batch_due(&self, now: Instant) -> bool {
-        self.open.is_none()
-            && self.committed.is_some()
-            && self.batch_deadline().is_some_and(|t| now >= t)
+        self.batch_waiting() && self.batch_deadline().is_some_and(|t| now >= t)
+    }
+
+    /// Whether complete upstream transactions wait to be handed out as a batch (and no
+    /// transaction is open): the part of [`Assembler::batch_due`] that needs no clock.
+    #[must_use]
+    pub fn batch_waiting(&self) -> bool {
+        self.open.is_none() && self.committed.is_some()
     }
 
     /// Commit time of the oldest upstream transaction read and not handed out as a batch.
