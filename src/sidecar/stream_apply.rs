@@ -200,35 +200,24 @@ async fn run_once(
         let deadline = d.assembler.batch_deadline();
         tokio::select! {
             ev = stream.next_event() => {
-                let Some(ev) = ev? else {
-                    return Err(SidecarError::Source(crate::source::SourceError::Closed { target: stream.target().to_string() }));
-                };
-                if let Some(c) = stream.take_clock_sample() {
-                    clock.observe(c);
-                }
-                match ev {
-                    ReplicationEvent::XLogData(x) => {
-                        let msg = decoder.decode(x.data)?;
-                        if filter.observe(&msg) == Verdict::Drop {
-                            continue;
-                        }
-                        let dropped = filter.txn_dropped();
-                        d.on_message(msg, dropped, stream.last_arrival()).await?;
+                let mut ev = ev?;
+                // Frames already read from the socket are handled here, up to
+                // DRAIN_MAX, rather than one pass of this select! each: every pass arms
+                // the batch timer and the commit watch again.
+                let mut handled = 0;
+                loop {
+                    let Some(e) = ev else {
+                        return Err(SidecarError::Source(crate::source::SourceError::Closed { target: stream.target().to_string() }));
+                    };
+                    if let Some(c) = stream.take_clock_sample() {
+                        clock.observe(c);
                     }
-                    // Between upstream transactions the server has sent everything that
-                    // committed before its send position: remember it; the next tick
-                    // acknowledges it once what is pending here is committed and durable.
-                    // (A busy walsender sends a keepalive after nearly every transaction;
-                    // asking the local node for progress each time stalled the reader.)
-                    ReplicationEvent::Keepalive { wal_end, send_time } if !d.assembler.in_txn() => {
-                        d.acks.read_past(wal_end);
-                        // Idle and all applied: whatever the peer commits next, it
-                        // commits after this keepalive left it.
-                        if d.idle() {
-                            d.state.passed_peer_time(send_time);
-                        }
+                    on_event(&mut d, e, stream.last_arrival(), &mut decoder, &mut filter).await?;
+                    handled += 1;
+                    if handled == DRAIN_MAX || !stream.frame_buffered() {
+                        break;
                     }
-                    _ => {}
+                    ev = stream.next_event().await?;
                 }
             }
             // The batch is due; it closes now if the writer is free, else as soon as the
@@ -277,6 +266,47 @@ async fn run_once(
             }
         }
     }
+}
+
+/// Frames handled in a row without returning to the direction's `select!` (a few
+/// hundred microseconds of work at most, so the batch deadline, acknowledgements and a
+/// stop are never held up noticeably).
+const DRAIN_MAX: usize = 64;
+
+/// One event of the peer's stream: a pgoutput message goes through the origin filter
+/// into the assembler; a keepalive between transactions marks how far the peer sent.
+async fn on_event(
+    d: &mut Direction<'_>,
+    ev: ReplicationEvent,
+    arrived: Instant,
+    decoder: &mut Decoder,
+    filter: &mut OriginFilter,
+) -> Result<(), SidecarError> {
+    match ev {
+        ReplicationEvent::XLogData(x) => {
+            let msg = decoder.decode(x.data)?;
+            if filter.observe(&msg) == Verdict::Drop {
+                return Ok(());
+            }
+            let dropped = filter.txn_dropped();
+            d.on_message(msg, dropped, arrived).await?;
+        }
+        // Between upstream transactions the server has sent everything that committed
+        // before its send position: remember it; the next tick acknowledges it once
+        // what is pending here is committed and durable. (A busy walsender sends a
+        // keepalive after nearly every transaction; asking the local node for progress
+        // each time stalled the reader.)
+        ReplicationEvent::Keepalive { wal_end, send_time } if !d.assembler.in_txn() => {
+            d.acks.read_past(wal_end);
+            // Idle and all applied: whatever the peer commits next, it commits after
+            // this keepalive left it.
+            if d.idle() {
+                d.state.passed_peer_time(send_time);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -68,6 +68,9 @@ impl Row {
 pub struct ReplicationConnection {
     io: Pin<Box<dyn Transport>>,
     rbuf: BytesMut,
+    /// When the last bytes were read from the socket: the arrival of every frame they
+    /// carried (one clock read per read, not per frame).
+    last_read: tokio::time::Instant,
     wbuf: BytesMut,
     params: HashMap<String, String>,
     server_version_num: u32,
@@ -174,6 +177,7 @@ impl ReplicationConnection {
         let mut conn = ReplicationConnection {
             io,
             rbuf: BytesMut::with_capacity(64 * 1024),
+            last_read: tokio::time::Instant::now(),
             wbuf: BytesMut::with_capacity(1024),
             params: HashMap::new(),
             server_version_num: 0,
@@ -492,6 +496,20 @@ impl ReplicationConnection {
         }
     }
 
+    /// When the bytes of the last frame [`ReplicationConnection::recv`] returned were
+    /// read from the socket.
+    pub(crate) fn last_read(&self) -> tokio::time::Instant {
+        self.last_read
+    }
+
+    /// Whether a whole CopyData frame is already read and waiting: the next `recv`
+    /// returns it without I/O.
+    pub(crate) fn frame_buffered(&self) -> bool {
+        // Only CopyData: `recv` answers a notice or parameter status itself and may
+        // then wait for the socket.
+        self.rbuf.first() == Some(&b'd') && wire::frame_ready(&self.rbuf)
+    }
+
     /// The next message that needs the caller's attention. ParameterStatus is recorded,
     /// NoticeResponse logged, NotificationResponse ignored. Cancel-safe: a partially read
     /// message stays buffered.
@@ -510,6 +528,7 @@ impl ReplicationConnection {
                         target: self.target.clone(),
                     });
                 }
+                self.last_read = tokio::time::Instant::now();
                 continue;
             };
             match f.tag {

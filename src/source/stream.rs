@@ -393,6 +393,13 @@ impl ReplicationStream {
         self.conn.server_major()
     }
 
+    /// Whether the next event is already read from the socket (`next_event` returns it
+    /// without waiting).
+    #[must_use]
+    pub fn frame_buffered(&self) -> bool {
+        !self.ended && self.conn.frame_buffered()
+    }
+
     /// When the last frame arrived (read once per frame; callers use it as "now" for
     /// what they do with the frame).
     #[must_use]
@@ -455,7 +462,8 @@ impl ReplicationStream {
             let mut wake = status_due;
             if let Some(t) = self.idle_timeout {
                 let dead = self.last_recv + t;
-                if now >= dead {
+                // Frames already read are no silence, however long ago they arrived.
+                if now >= dead && !self.conn.frame_buffered() {
                     return Err(SourceError::Timeout {
                         target: self.conn.target().to_string(),
                         what: "waiting for the walsender (no data or keepalive)",
@@ -468,7 +476,7 @@ impl ReplicationStream {
                 f = self.conn.recv() => f?,
                 () = tokio::time::sleep_until(wake) => continue,
             };
-            let arrived = Instant::now();
+            let arrived = self.conn.last_read();
             self.last_recv = arrived;
             match frame.tag {
                 b'd' => {

@@ -28,6 +28,17 @@ pub enum WireError {
 }
 
 /// Takes one complete frame off the front of `buf`, if there is one.
+/// Whether `buf` starts with a whole frame (or a malformed length, which `take_frame`
+/// reports).
+#[must_use]
+pub fn frame_ready(buf: &[u8]) -> bool {
+    if buf.len() < 5 {
+        return false;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    len < 4 || len > MAX_MESSAGE_LEN || buf.len() > len
+}
+
 pub fn take_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     if buf.len() < 5 {
         return Ok(None);
@@ -214,6 +225,18 @@ mod tests {
         v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn a_frame_is_ready_exactly_when_take_frame_would_return_it() {
+        let wire = frame(b'd', b"wxyz");
+        for cut in 0..=wire.len() {
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let ready = frame_ready(&buf);
+            assert_eq!(ready, take_frame(&mut buf).unwrap().is_some(), "cut {cut}");
+        }
+        // A malformed length is "ready": take_frame reports it at once.
+        assert!(frame_ready(&[b'd', 0, 0, 0, 1]));
     }
 
     #[test]
