@@ -36,7 +36,7 @@ pub fn frame_ready(buf: &[u8]) -> bool {
         return false;
     }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    len < 4 || len > MAX_MESSAGE_LEN || buf.len() > len
+    !(4..=MAX_MESSAGE_LEN).contains(&len) || buf.len() > len
 }
 
 pub fn take_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
