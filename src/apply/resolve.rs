@@ -115,8 +115,17 @@ impl Resolver<'_> {
                 origins: self.origins,
                 peer: self.peer,
             };
-            let rest = self.db.write_uncontested(map, &all, sides, stats).await?;
-            rest.into_iter().map(|i| all[i]).collect()
+            // A conflict means ledger rows to write before the commit: commit apart.
+            let commit = self.commit.filter(|_| last && ledger.is_empty());
+            let done = self
+                .db
+                .write_uncontested(map, &all, sides, stats, commit)
+                .await?;
+            if done.committed {
+                self.committed = true;
+                return Ok(());
+            }
+            done.rest.into_iter().map(|i| all[i]).collect()
         } else {
             all
         };

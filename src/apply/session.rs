@@ -233,8 +233,13 @@ impl ApplySession {
                 self.commit(end_lsn, commit_ts).await?;
                 Ok(stats)
             }
-            Err(ApplyError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                tracing::debug!(peer = %self.peer, "a local insert took a key of the chunk: applying it again");
+            // A key a local session took meanwhile, or a row that needs a decision (a
+            // guarded statement of the no-conflict path: `uncontested_sql::all_or_fail`).
+            Err(ApplyError::Db(e))
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                    || e.code() == Some(&SqlState::DIVISION_BY_ZERO) =>
+            {
+                tracing::debug!(peer = %self.peer, "the chunk needs a decision (or a local insert took one of its keys): applying it again the careful way");
                 self.rollback().await?;
                 let stats = self.apply(chunk).await?;
                 self.commit(end_lsn, commit_ts).await?;

@@ -20,7 +20,7 @@
 //! chunk and the table has no other unique constraint, so what is written here cannot
 //! change the outcome for the keys handed back.
 
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join, try_join_all};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
@@ -32,13 +32,24 @@ use super::params::{as_params, groups_by_columns, key_params, value_params, Chan
 use super::plan::{insert_stays_over, Sides};
 use super::sql;
 use super::stats::ApplyStats;
-use super::uncontested_sql::{delete_peers_rows, update_peers_rows};
+use super::uncontested_sql::{
+    delete_all_peers_rows, delete_peers_rows, no_tombstones, update_all_peers_rows,
+    update_peers_rows,
+};
 use crate::batch::{ChangeOp, Pending};
 use crate::table::local::TableMap;
 use crate::table::row::Key;
 
 /// A key and its change, in chunk order.
 pub(super) type Keyed<'c> = (&'c Key, &'c Pending);
+
+/// What the no-conflict path did with a table's changes.
+pub(super) struct Uncontested {
+    /// Positions of the changes left for the decision, in order.
+    pub(super) rest: Vec<usize>,
+    /// Everything was written and the commit went out with the writes and succeeded.
+    pub(super) committed: bool,
+}
 
 /// What one pipelined statement's rows mean.
 enum Reply {
@@ -50,6 +61,8 @@ enum Reply {
     Inserted(Vec<usize>),
     /// The tombstones of every insert's key, by 1-based position in the insert list.
     Tombstones,
+    /// A guarded statement: it fails unless everything it covers was written.
+    Guard,
 }
 
 /// One statement of the pipeline and how its parameters are laid out around the arrays.
@@ -59,21 +72,31 @@ struct Job<'v> {
     /// The table name comes first (`$1`) / right after the arrays.
     name_first: bool,
     name_after: bool,
-    /// The peer's origins come last.
+    /// The peer's origins come after the arrays (and the name).
     origins_last: bool,
+    /// A guarded statement's expected count, the last parameter.
+    expected: Option<i64>,
     reply: Reply,
 }
 
 impl Db<'_> {
     /// Writes the changes of one table (no unique constraint but the key) that need no
-    /// decision, and returns the positions in `changes` of the rest, in order.
+    /// decision, and hands back the positions in `changes` of the rest, in order.
+    ///
+    /// With `commit` (the table is the chunk's last, and the chunk small: see
+    /// `Resolver::may_commit_with_writes`), every statement is guarded — it fails unless
+    /// it wrote every row it covers, an insert fails on a taken key, the tombstone read
+    /// fails on any tombstone — and the commit goes out in the same pipeline: the chunk
+    /// costs one round trip. A failure aborts the transaction, and the session applies
+    /// the chunk again the careful way (`ApplySession::apply_and_commit`).
     pub(super) async fn write_uncontested(
         &mut self,
         map: &TableMap,
         changes: &[Keyed<'_>],
         sides: Sides<'_>,
         stats: &mut ApplyStats,
-    ) -> Result<Vec<usize>, ApplyError> {
+        commit: Option<&str>,
+    ) -> Result<Uncontested, ApplyError> {
         let t = &map.local;
         let npk = t.pk.len();
         let peer_origins = sides.peer_origins();
@@ -99,26 +122,50 @@ impl Db<'_> {
             }
         }
 
+        let commit = commit.filter(|_| rest.is_empty() && changes.len() < COPY_MIN_ROWS);
+        let guarded = commit.is_some();
+        let count = |n: usize| guarded.then(|| i64::try_from(n).unwrap_or(i64::MAX));
+
         // Statements and parameters first: the futures below borrow them.
         let mut jobs: Vec<Job<'_>> = Vec::new();
         if !deletes.is_empty() {
+            let text = if guarded {
+                delete_all_peers_rows(t)
+            } else {
+                delete_peers_rows(t)
+            };
             jobs.push(Job {
-                stmt: self.statement(&delete_peers_rows(t)).await?,
+                stmt: self.statement(&text).await?,
                 arrays: key_params(&deletes, npk)?,
                 name_first: false,
                 name_after: true,
                 origins_last: true,
-                reply: Reply::Deleted,
+                expected: count(deletes.len()),
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Deleted
+                },
             });
         }
         for (cols, idx) in groups_by_columns(updates.iter().map(|c| c.1), t, false) {
+            let text = if guarded {
+                update_all_peers_rows(t, &cols)
+            } else {
+                update_peers_rows(t, &cols)
+            };
             jobs.push(Job {
-                stmt: self.statement(&update_peers_rows(t, &cols)).await?,
+                stmt: self.statement(&text).await?,
                 arrays: value_params(&updates, &idx, &cols, Some(npk))?,
                 name_first: false,
                 name_after: false,
                 origins_last: true,
-                reply: Reply::Updated(idx),
+                expected: count(idx.len()),
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Updated(idx)
+                },
             });
         }
         // Large groups of new rows go through COPY after the pipeline (`super::copy`).
@@ -128,25 +175,46 @@ impl Db<'_> {
                 copies.push((cols, idx));
                 continue;
             }
+            // Guarded: no ON CONFLICT, so a taken key fails the statement.
+            let text = if guarded {
+                sql::insert_new_rows(t, &cols)
+            } else {
+                sql::insert_rows(t, &cols)
+            };
             jobs.push(Job {
-                stmt: self.statement(&sql::insert_rows(t, &cols)).await?,
+                stmt: self.statement(&text).await?,
                 arrays: value_params(&inserts, &idx, &cols, None)?,
                 name_first: false,
                 name_after: false,
                 origins_last: false,
-                reply: Reply::Inserted(idx),
+                expected: None,
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Inserted(idx)
+                },
             });
         }
         let insert_keys: Vec<&Key> = inserts.iter().map(|c| c.0).collect();
         // With no COPY the tombstones are read in the same pipeline, after the inserts.
         if !insert_keys.is_empty() && copies.is_empty() {
+            let text = if guarded {
+                no_tombstones(t)
+            } else {
+                sql::select_tombstones(t)
+            };
             jobs.push(Job {
-                stmt: self.statement(&sql::select_tombstones(t)).await?,
+                stmt: self.statement(&text).await?,
                 arrays: key_params(&insert_keys, npk)?,
                 name_first: true,
                 name_after: false,
                 origins_last: false,
-                reply: Reply::Tombstones,
+                expected: None,
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Tombstones
+                },
             });
         }
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = jobs
@@ -163,16 +231,35 @@ impl Db<'_> {
                 if j.origins_last {
                     v.push(&peer_origins);
                 }
+                if let Some(n) = &j.expected {
+                    v.push(n);
+                }
                 v
             })
             .collect();
         let client = self.client;
-        let replies = try_join_all(
+        let writes = try_join_all(
             jobs.iter()
                 .zip(&params)
                 .map(|(j, p)| client.query(&j.stmt, p)),
-        )
-        .await?;
+        );
+        // Polled after the writes, so queued after them on the connection.
+        let commit_sent = async {
+            match commit {
+                Some(sql) => client.batch_execute(sql).await.map(|()| true),
+                None => Ok(false),
+            }
+        };
+        let (replies, committed) = try_join(writes, commit_sent).await?;
+        if committed {
+            stats.inserted += inserts.len() as u64;
+            stats.updated += updates.len() as u64;
+            stats.deleted += deletes.len() as u64;
+            return Ok(Uncontested {
+                rest: Vec::new(),
+                committed,
+            });
+        }
 
         let ords = |rows: &[tokio_postgres::Row]| -> Vec<i64> {
             rows.iter().map(|r| r.get::<_, i64>(0)).collect()
@@ -189,6 +276,7 @@ impl Db<'_> {
                     not_inserted.extend(stats.count_inserted(ords(&rows), idx));
                 }
                 Reply::Tombstones => tombstone_rows = Some(rows),
+                Reply::Guard => {}
             }
         }
         for (cols, idx) in &copies {
@@ -223,7 +311,10 @@ impl Db<'_> {
         rest.extend(not_inserted.iter().chain(&undo).map(|&j| insert_pos[j]));
         rest.sort_unstable();
         rest.dedup();
-        Ok(rest)
+        Ok(Uncontested {
+            rest,
+            committed: false,
+        })
     }
 }
 

@@ -37,13 +37,25 @@ pub fn update_peers_rows(t: &LocalTable, cols: &[usize]) -> String {
 /// 1-based positions. Params: key columns, the table name, the peer's origins (`oid[]`).
 #[must_use]
 pub fn delete_peers_rows(t: &LocalTable) -> String {
+    delete_peers_rows_then(t, "SELECT ord FROM d")
+}
+
+/// [`delete_peers_rows`] that fails unless it deleted all `$k` rows (see [`all_or_fail`]);
+/// `$k` follows the peer's origins.
+#[must_use]
+pub fn delete_all_peers_rows(t: &LocalTable) -> String {
+    let k = t.pk.len() + 3;
+    delete_peers_rows_then(t, &format!("SELECT {} FROM d", all_or_fail(k)))
+}
+
+fn delete_peers_rows_then(t: &LocalTable, select: &str) -> String {
     let n = t.pk.len();
     format!(
         "WITH d AS (DELETE FROM {} t USING unnest({}) WITH ORDINALITY AS u({}, ord) \
                     WHERE {} AND {} RETURNING u.ord, {}), \
               tb AS (INSERT INTO pgmesh.tombstones (table_name, key) \
                      SELECT ${}::text, {} FROM d {UPSERT_TOMBSTONE}) \
-         SELECT ord FROM d",
+         {select}",
         t.name,
         unnest_params(1, n),
         names("k", n),
@@ -53,6 +65,39 @@ pub fn delete_peers_rows(t: &LocalTable) -> String {
         n + 1,
         key_array(t, "d"),
     )
+}
+
+/// [`update_peers_rows`] that fails unless it updated all `$k` rows (see [`all_or_fail`]);
+/// `$k` follows the peer's origins.
+#[must_use]
+pub fn update_all_peers_rows(t: &LocalTable, cols: &[usize]) -> String {
+    let k = t.pk.len() + cols.len() + 2;
+    format!(
+        "WITH w AS ({}) SELECT {} FROM w",
+        update_peers_rows(t, cols),
+        all_or_fail(k)
+    )
+}
+
+/// The tombstone lookup ([`super::sql::select_tombstones`]) made to fail when it finds
+/// any (see [`all_or_fail`]). Params: as the lookup's.
+#[must_use]
+pub fn no_tombstones(t: &LocalTable) -> String {
+    format!(
+        "SELECT 1 / (count(*) = 0)::int FROM ({}) x",
+        super::sql::select_tombstones(t)
+    )
+}
+
+/// How a guarded statement fails: when the commit travels with a chunk's writes (one
+/// round trip for the whole chunk, see `Db::write_uncontested`), a row that needs a
+/// decision must abort the attempt, not leave the rest to be committed. `1 / 0` raises
+/// `division_by_zero`, which nothing else in the apply path's statements can raise, and
+/// needs no function in the pgmesh schema (a node set up by an older version works too);
+/// the session then applies the chunk again the careful way. The expected count is
+/// parameter `$k` (`int8`).
+fn all_or_fail(k: usize) -> String {
+    format!("1 / (count(*) = ${k}::int8)::int")
 }
 
 #[cfg(test)]
