@@ -440,11 +440,12 @@ pub const INSERT_CONFLICTS: &str = "INSERT INTO pgmesh.conflicts \
      resolution text, remote_lsn text)";
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::table::local::LocalColumn;
 
-    fn table() -> LocalTable {
+    /// `public.t (id bigint primary key, body text, email text unique)`.
+    pub(in crate::apply) fn table() -> LocalTable {
         let col = |n: &str, t: &str| LocalColumn {
             name: n.into(),
             quoted: n.into(),

@@ -103,23 +103,7 @@ fn all_or_fail(k: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::local::LocalColumn;
-
-    fn table() -> LocalTable {
-        let col = |n: &str, t: &str| LocalColumn {
-            name: n.into(),
-            quoted: n.into(),
-            type_sql: t.into(),
-        };
-        LocalTable {
-            name: "public.t".into(),
-            schema: "public".into(),
-            relname: "t".into(),
-            columns: vec![col("id", "bigint"), col("body", "text")],
-            pk: vec![0],
-            uniques: vec![],
-        }
-    }
+    use crate::apply::sql::tests::table;
 
     #[test]
     fn the_condition_names_the_peers_origins_after_the_arrays() {
