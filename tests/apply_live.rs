@@ -248,3 +248,57 @@ fn key_lookups_probe_the_index_whatever_the_table_size() {
         });
     }
 }
+
+/// The tombstone lookup probes the primary key of `pgmesh.tombstones` once per key even
+/// with a plan cached while the tombstone table was empty (catch-up and bulk chunks use
+/// cached plans): as a plain join such a plan read every tombstone of the table and
+/// hash-joined them with the keys, however many there were by then.
+#[test]
+fn the_tombstone_lookup_probes_per_key_with_a_plan_cached_while_empty() {
+    use pgmesh::apply::sql;
+    use pgmesh::table::local::LocalTable;
+    for major in versions_under_test() {
+        let c = pgmesh::testkit::Cluster::start(major).unwrap();
+        c.psql(
+            "CREATE TABLE big(id bigint PRIMARY KEY, v text);
+             CREATE SCHEMA pgmesh;
+             CREATE TABLE pgmesh.tombstones (table_name text NOT NULL, key text[] NOT NULL,
+               deleted_at timestamptz NOT NULL DEFAULT now(), decided_ts timestamptz,
+               decided_node text, PRIMARY KEY (table_name, key));",
+        )
+        .unwrap();
+        let rt = support::runtime();
+        rt.block_on(async {
+            let client = support::client(&c.dsn()).await;
+            let t = LocalTable::load(&client, "public", "big").await.unwrap();
+            client
+                .batch_execute(&format!(
+                    "SET plan_cache_mode = force_generic_plan; PREPARE tombs(text, text[]) AS {}",
+                    sql::select_tombstones(&t)
+                ))
+                .await
+                .unwrap();
+            client
+                .batch_execute(
+                    "EXECUTE tombs('public.big', '{1,2}');
+                     INSERT INTO pgmesh.tombstones (table_name, key)
+                       SELECT 'public.big', ARRAY[g::text] FROM generate_series(1, 100000) g;",
+                )
+                .await
+                .unwrap();
+            let plan: Vec<String> = client
+                .query("EXPLAIN EXECUTE tombs('public.big', '{1,2,300000}')", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("Index Cond: ((table_name = $1) AND (key = ARRAY[")
+                    && !plan.contains("Hash Join"),
+                "PG{major}:\n{plan}"
+            );
+        });
+    }
+}

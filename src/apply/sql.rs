@@ -153,7 +153,11 @@ pub(super) fn key_array(t: &LocalTable, alias: &str) -> String {
 ///
 /// Two branches on purpose: one join condition `key IN (ARRAY[…], '{}')` cannot use the
 /// primary-key index, so PostgreSQL compared every key with every tombstone of the table
-/// (quadratic as tombstones accumulate).
+/// (quadratic as tombstones accumulate). Each key is one probe of the primary key: a
+/// `LATERAL` subquery behind `OFFSET 0` (which the planner may not flatten into a join).
+/// As a plain join, a plan cached while the tombstone table was small read every
+/// tombstone of the table and hash-joined them with the keys, and kept doing so as the
+/// tombstones grew, until the next ANALYZE.
 #[must_use]
 pub fn select_tombstones(t: &LocalTable) -> String {
     let n = t.pk.len();
@@ -163,7 +167,8 @@ pub fn select_tombstones(t: &LocalTable) -> String {
             "SELECT u.ord, coalesce(tb.decided_ts, x.timestamp), \
                     CASE WHEN {own} THEN {OWN_TRANSACTION}::oid ELSE x.roident END, tb.decided_node \
                FROM unnest({}) WITH ORDINALITY AS u({}, ord) \
-               JOIN pgmesh.tombstones tb ON tb.table_name = $1 AND tb.key = {key} \
+               JOIN LATERAL (SELECT s.xmin, s.decided_ts, s.decided_node FROM pgmesh.tombstones s \
+                              WHERE s.table_name = $1 AND s.key = {key} OFFSET 0) tb ON true \
                LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(tb.xmin) x ON true \
               WHERE {ANY_TOMBSTONE}",
             unnest_params(2, n),
@@ -485,8 +490,11 @@ pub(super) mod tests {
             "{ins}"
         );
         let tombs = select_tombstones(&t);
-        assert!(tombs.contains("tb.key = ARRAY[u.k0::bigint::text]"));
-        assert!(tombs.contains("UNION ALL") && tombs.contains("tb.key = '{}'::text[]"));
+        assert!(
+            tombs.contains("s.key = ARRAY[u.k0::bigint::text] OFFSET 0"),
+            "{tombs}"
+        );
+        assert!(tombs.contains("UNION ALL") && tombs.contains("s.key = '{}'::text[]"));
         assert!(select_unique_holder(&t, &[2]).contains("t.email = $1::text::text"));
     }
 }
