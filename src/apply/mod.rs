@@ -22,6 +22,7 @@ pub mod shape;
 pub mod shape_io;
 pub mod sql;
 mod stats;
+pub mod streamed;
 mod uncontested;
 mod uncontested_sql;
 mod write;

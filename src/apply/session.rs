@@ -92,6 +92,18 @@ impl ApplySession {
         local_node: &str,
         peer: &str,
     ) -> Result<ApplySession, ApplyError> {
+        let origin_name = crate::config::names::origin_name(peer);
+        Self::connect_as(config, peer_sql, local_node, peer, origin_name).await
+    }
+
+    /// [`ApplySession::connect`], bound to `origin_name` (one of the peer's origins).
+    pub(super) async fn connect_as(
+        config: &SqlConfig,
+        peer_sql: &SqlConfig,
+        local_node: &str,
+        peer: &str,
+        origin_name: String,
+    ) -> Result<ApplySession, ApplyError> {
         let (client, conn_task) = connect_sql(config).await?;
         client.batch_execute(SESSION_SETUP).await?;
         let backend_pid: i32 = client
@@ -100,7 +112,6 @@ impl ApplySession {
             .get(0);
         // Decisions a killed predecessor committed but did not get to send.
         flush_outbox(&client).await?;
-        let origin_name = format!("pgmesh_{peer}");
         client
             .query(
                 "SELECT pg_replication_origin_session_setup($1)",
@@ -153,7 +164,7 @@ impl ApplySession {
 
     /// The origin's progress including commits not yet flushed (where to resume reading).
     pub async fn progress(&self, flushed: bool) -> Result<Lsn, ApplyError> {
-        origin_progress(&self.client, &self.origin_name, flushed).await
+        applied_progress(&self.client, &self.peer, flushed).await
     }
 
     /// The local table for a peer relation (cached; [`ApplySession::forget_tables`]
@@ -176,6 +187,23 @@ impl ApplySession {
         self.tables.clear();
     }
 
+    /// Runs `sql` (our own statements: savepoints) in the open transaction.
+    pub(super) async fn execute(&mut self, sql: &str) -> Result<(), ApplyError> {
+        Ok(self.client.batch_execute(sql).await?)
+    }
+
+    /// The statement runner, the origins and the peer, borrowed together.
+    pub(super) fn parts(&mut self) -> (Db<'_>, &Origins, &str) {
+        (
+            Db {
+                client: &self.client,
+                statements: &mut self.statements,
+            },
+            &self.origins,
+            &self.peer,
+        )
+    }
+
     /// Opens the downstream transaction if none is open.
     pub async fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.in_txn {
@@ -190,7 +218,7 @@ impl ApplySession {
     /// while the table was small keeps hash-joining a sequential scan of the whole table
     /// (until autovacuum's next ANALYZE). Large chunks (catch-up, bulk) keep cached plans:
     /// planning with thousands of array elements as constants costs more than it saves.
-    async fn plan_for(&mut self, rows: usize) -> Result<(), ApplyError> {
+    pub(super) async fn plan_for(&mut self, rows: usize) -> Result<(), ApplyError> {
         let custom = rows <= CUSTOM_PLAN_MAX_ROWS;
         if Some(custom) != self.custom_plans {
             let mode = if custom { "force_custom_plan" } else { "auto" };
@@ -453,6 +481,31 @@ async fn flush_outbox(client: &Client) -> Result<u64, ApplyError> {
         tracing::debug!(sent, "unique-constraint decisions sent to the peer");
     }
     Ok(u64::try_from(sent).unwrap_or(0))
+}
+
+/// How far this node applied `peer`'s changes: the furthest progress of the peer's
+/// origin and of its stream origin (a streamed transaction commits under the latter, and
+/// the main session's origin catches up right after, in a transaction of its own; a crash
+/// in between leaves the stream origin ahead). Origins missing here count as nothing.
+pub async fn applied_progress(
+    client: &Client,
+    peer: &str,
+    flushed: bool,
+) -> Result<Lsn, ApplyError> {
+    let names = [
+        crate::config::names::origin_name(peer),
+        crate::config::names::stream_origin_name(peer),
+    ];
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(pg_replication_origin_progress(roname, $2)), '0/0')::text \
+               FROM pg_replication_origin WHERE roname = ANY($1)",
+            &[&&names[..], &flushed],
+        )
+        .await?;
+    let text: String = row.get(0);
+    text.parse()
+        .map_err(|e| ApplyError::Protocol(format!("origin progress {text:?}: {e}")))
 }
 
 /// Progress of replication origin `origin` (any session may read it); with `flushed`, only

@@ -104,9 +104,6 @@ impl Chunk {
         commit_ts: PgTimestamp,
         lsn: Lsn,
     ) {
-        self.rows += 1;
-        self.bytes += row.as_ref().map_or(0, Row::weight) + 64;
-        let table = self.table_mut(map);
         let incoming = Pending {
             op,
             row,
@@ -114,6 +111,15 @@ impl Chunk {
             lsn,
             born_in_chunk: op == ChangeOp::Insert,
         };
+        self.push_pending(map, key, incoming);
+    }
+
+    /// Adds a change already collapsed elsewhere (a streamed transaction's changes left
+    /// for its commit), collapsing it with an earlier one to the same key.
+    pub fn push_pending(&mut self, map: &Arc<TableMap>, key: Key, incoming: Pending) {
+        self.rows += 1;
+        self.bytes += incoming.row.as_ref().map_or(0, Row::weight) + 64;
+        let table = self.table_mut(map);
         match table.changes.entry(key) {
             Entry::Vacant(slot) => {
                 slot.insert(incoming);
@@ -134,6 +140,27 @@ impl Chunk {
             .sum::<usize>()
             + 64;
         self.table_mut(map).keyless.push(change);
+    }
+
+    /// Whether a change to `key` of the table `map` is held here.
+    #[must_use]
+    pub fn holds(&self, map: &TableMap, key: &Key) -> bool {
+        self.tables
+            .iter()
+            .any(|t| t.map.local == map.local && t.changes.contains_key(key))
+    }
+
+    /// Dates every change with its transaction's commit (a streamed transaction's are
+    /// known only at its Stream Commit).
+    pub fn stamp(&mut self, commit_ts: PgTimestamp, lsn: Lsn) {
+        for t in &mut self.tables {
+            for p in t.changes.values_mut() {
+                (p.commit_ts, p.lsn) = (commit_ts, lsn);
+            }
+            for c in &mut t.keyless {
+                (c.commit_ts, c.lsn) = (commit_ts, lsn);
+            }
+        }
     }
 
     fn table_mut(&mut self, map: &Arc<TableMap>) -> &mut TableChunk {

@@ -58,6 +58,7 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
             reconnect: BackoffPolicy::default(),
             clock_skew_warn: cfg.replication.clock_skew_warn,
             clock_wait_max: cfg.replication.clock_wait_max,
+            stream_after: cfg.apply.stream_after.map(|b| b.0),
         });
     }
     Ok(out)

@@ -16,6 +16,7 @@
 //! batch_max_rows = 5000
 //! batch_max_bytes = "16MB"
 //! batch_max_delay_ms = 2
+//! stream_after = "8MB"    # off when absent: apply a bigger transaction while it is open
 //! [http]                  # optional
 //! listen = "127.0.0.1:9187"
 //! [ledger]                # optional, defaults shown (see [`LedgerConfig`])
@@ -139,6 +140,10 @@ pub struct ApplyConfig {
     pub batch_max_rows: usize,
     pub batch_max_bytes: ByteSize,
     pub batch_max_delay: Duration,
+    /// Stream a peer's transaction once its changes pass this size on the peer (its
+    /// walsender's `logical_decoding_work_mem`) and apply it while it is still open
+    /// (PostgreSQL 16+ peers; see `apply::streamed`). `None`: whole transactions only.
+    pub stream_after: Option<ByteSize>,
 }
 
 impl Default for ApplyConfig {
@@ -147,6 +152,7 @@ impl Default for ApplyConfig {
             batch_max_rows: 5000,
             batch_max_bytes: ByteSize(16 << 20),
             batch_max_delay: Duration::from_millis(2),
+            stream_after: None,
         }
     }
 }
@@ -202,6 +208,7 @@ struct RawApply {
     batch_max_rows: Option<u64>,
     batch_max_bytes: Option<ByteSize>,
     batch_max_delay_ms: Option<u64>,
+    stream_after: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -371,7 +378,17 @@ impl Config {
             }
             b => b.unwrap_or(defaults.batch_max_bytes),
         };
+        let stream_after =
+            match raw.apply.stream_after {
+                Some(ByteSize(b)) if b < 64 << 10 => return Err(invalid(
+                    "apply.stream_after",
+                    "must be at least \"64kB\" (PostgreSQL's smallest logical_decoding_work_mem)"
+                        .into(),
+                )),
+                b => b,
+            };
         let apply = ApplyConfig {
+            stream_after,
             batch_max_rows,
             batch_max_bytes,
             batch_max_delay: raw

@@ -58,6 +58,15 @@ pub fn copy_origin_name(source: &str) -> String {
     format!("pgmesh__copy_{source}")
 }
 
+/// Replication origin on a node for a big transaction of `peer` applied while it is still
+/// open there (pgoutput streaming, `[apply] stream_after`): `pgmesh__stream_<peer>`. The
+/// stream session writes beside the session that holds [`origin_name`], and PostgreSQL
+/// lets one session at a time hold an origin.
+#[must_use]
+pub fn stream_origin_name(peer: &str) -> String {
+    format!("pgmesh__stream_{peer}")
+}
+
 /// Replication origin on a node for the fixes `pgmesh repair` writes there with
 /// `winner`'s version: `pgmesh__repair_<winner>`, so they are not streamed back (see
 /// `verify/repair/fix.rs`).
@@ -66,13 +75,15 @@ pub fn repair_origin_name(winner: &str) -> String {
     format!("pgmesh__repair_{winner}")
 }
 
-/// The node whose writes a replication origin carries: `pgmesh_<n>`, `pgmesh__copy_<n>`
-/// and `pgmesh__repair_<n>` → `n`; any other origin keeps its own name.
+/// The node whose writes a replication origin carries: `pgmesh_<n>`, `pgmesh__copy_<n>`,
+/// `pgmesh__repair_<n>` and `pgmesh__stream_<n>` → `n`; any other origin keeps its own
+/// name.
 #[must_use]
 pub fn node_of_origin(origin: &str) -> &str {
     origin
         .strip_prefix("pgmesh__copy_")
         .or_else(|| origin.strip_prefix("pgmesh__repair_"))
+        .or_else(|| origin.strip_prefix("pgmesh__stream_"))
         .or_else(|| origin.strip_prefix("pgmesh_"))
         .unwrap_or(origin)
 }
@@ -107,6 +118,19 @@ mod tests {
         assert_eq!(slot_name("b"), "pgmesh_b");
         assert_eq!(origin_name("a"), "pgmesh_a");
         assert_eq!(tombstone_function(16384), "tomb_16384");
+    }
+
+    #[test]
+    fn every_origin_of_a_peer_names_the_peer() {
+        for origin in [
+            origin_name("a"),
+            copy_origin_name("a"),
+            repair_origin_name("a"),
+            stream_origin_name("a"),
+        ] {
+            assert_eq!(node_of_origin(&origin), "a", "{origin}");
+        }
+        assert_eq!(node_of_origin("other"), "other");
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl OriginFilter {
     /// Decides on `msg`; call for every message in order.
     pub fn observe(&mut self, msg: &Message) -> Verdict {
         match msg {
-            Message::Begin(_) | Message::BeginPrepare(_) => {
+            Message::Begin(_) | Message::BeginPrepare(_) | Message::StreamStart(_) => {
                 self.in_dropped_txn = false;
                 Verdict::Keep
             }
@@ -53,7 +53,13 @@ impl OriginFilter {
                 }
                 Verdict::Keep
             }
-            Message::Relation(_) | Message::Type(_) => Verdict::Keep,
+            // The ends of streamed blocks and transactions always reach the consumer: it
+            // decides what an Origin inside a streamed transaction means.
+            Message::Relation(_)
+            | Message::Type(_)
+            | Message::StreamStop
+            | Message::StreamCommit(_)
+            | Message::StreamAbort(_) => Verdict::Keep,
             _ if self.in_dropped_txn => Verdict::Drop,
             _ => Verdict::Keep,
         }

@@ -88,8 +88,14 @@ pub async fn install_node(
     if let Some(what) = sync_publication(client, node, &selected).await? {
         change(what);
     }
-    for peer in cfg.peers(node) {
-        let origin = names::origin_name(&peer.name);
+    // Each peer's origin, and the one its streamed big transactions are applied under.
+    let origins = cfg.peers(node).flat_map(|peer| {
+        [
+            names::origin_name(&peer.name),
+            names::stream_origin_name(&peer.name),
+        ]
+    });
+    for origin in origins {
         let created = client
             .query(
                 "SELECT pg_replication_origin_create($1)

@@ -15,10 +15,12 @@ use super::link::SidecarError;
 use super::stall::{DirectionActivity, Waiting};
 use crate::apply::kill::Kill;
 use crate::apply::ledger::ConflictRecord;
+use crate::apply::streamed::StreamSession;
 use crate::apply::ApplySession;
 use crate::batch::Chunk;
 use crate::observe::DirectionState;
-use crate::protocol::pgoutput::PgTimestamp;
+use crate::protocol::pgoutput::{PgTimestamp, Xid};
+use crate::sqlconn::SqlConfig;
 use crate::table::local::TableMap;
 use crate::Lsn;
 
@@ -48,6 +50,27 @@ pub enum Work {
     },
     /// The peer re-described a relation: drop cached table definitions.
     ForgetTables,
+    /// A big transaction the peer streams while it is open: its first block begins.
+    StreamBegin,
+    /// Changes of the streamed transaction (`apply::streamed`).
+    StreamChunk(Chunk),
+    /// A subtransaction of the streamed transaction begins.
+    StreamSavepoint(Xid),
+    /// The streamed transaction aborted, all of it (`None`) or back to a subtransaction.
+    StreamRollback(Option<Xid>),
+    /// The streamed transaction committed on the peer (everything before it is committed
+    /// here already): commit it, then move the main origin to it.
+    StreamCommit { end: Lsn, ts: PgTimestamp },
+}
+
+/// What the writer needs to open the stream session when a streamed transaction begins.
+#[derive(Debug, Clone)]
+pub struct StreamTarget {
+    pub local: SqlConfig,
+    pub peer_sql: SqlConfig,
+    pub local_node: String,
+    /// Deferred changes beyond this many bytes: the transaction is read again whole.
+    pub max_deferred: usize,
 }
 
 /// Handle on the writing task.
@@ -67,12 +90,19 @@ impl Applier {
         applied: Lsn,
         state: Arc<DirectionState>,
         activity: Arc<DirectionActivity>,
+        stream: StreamTarget,
     ) -> Applier {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (applied_tx, applied_rx) = watch::channel(applied);
-        let task = tokio::spawn(
-            run(apply, rx, applied_tx, peer, state, activity.clone()).in_current_span(),
-        );
+        let writer = Writer {
+            apply,
+            stream: None,
+            target: stream,
+            applied: applied_tx,
+            peer,
+            state,
+        };
+        let task = tokio::spawn(writer.run(rx, activity.clone()).in_current_span());
         Applier {
             tx: Some(tx),
             applied: applied_rx,
@@ -142,94 +172,174 @@ impl Drop for Applier {
     }
 }
 
-async fn run(
-    mut apply: ApplySession,
-    mut rx: mpsc::Receiver<Work>,
+/// The writing task's state.
+struct Writer {
+    apply: ApplySession,
+    /// Opened at the first streamed transaction, kept for the next.
+    stream: Option<StreamSession>,
+    target: StreamTarget,
     applied: watch::Sender<Lsn>,
     peer: String,
     state: Arc<DirectionState>,
-    activity: Arc<DirectionActivity>,
-) -> Result<(), SidecarError> {
-    // The open downstream transaction, for the metrics at its commit: rows written and
-    // time spent writing (not time spent waiting for the reader).
-    let mut rows: u64 = 0;
-    let mut busy = std::time::Duration::ZERO;
-    while let Some(work) = rx.recv().await {
-        let started = std::time::Instant::now();
-        let _step = activity.writer.enter(match &work {
-            Work::Chunk(_) => Waiting::WritingChanges,
-            Work::Truncate { .. } => Waiting::Truncating,
-            Work::Kill { .. } => Waiting::ApplyingDecision,
-            Work::Commit { .. } => Waiting::Committing,
-            Work::ForgetTables => Waiting::Free,
-        });
-        match work {
-            Work::Chunk(chunk) => {
-                let stats = apply.apply(&chunk).await?;
-                rows += chunk.rows() as u64;
-                tracing::debug!(rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
-            }
-            Work::Truncate { map, ts, lsn } => {
-                let removed = apply.truncate(&map.local, ts).await?;
-                // Recorded: a truncate discards every local version older than it,
-                // including ones that never reached the peer.
-                let record = ConflictRecord {
-                    kind: crate::conflict::LedgerKind::Truncate,
-                    table_name: map.local.name.clone(),
-                    key: serde_json::json!({}),
-                    local_row: Some(serde_json::json!({ "rows_removed": removed })),
-                    remote_row: None,
-                    local_commit_ts: None,
-                    remote_commit_ts: Some(crate::apply::ledger::ts_text(ts)),
-                    local_origin: None,
-                    remote_origin: Some(peer.clone()),
-                    winner: crate::conflict::Winner::Remote,
-                    resolution: crate::conflict::Resolution::AppliedAsDelete,
-                    remote_lsn: Some(lsn.to_string()),
-                };
-                apply.write_ledger(&[record]).await?;
-            }
-            Work::Kill { kill, lsn } => {
-                let stats = apply.apply_kill(&kill, lsn).await?;
-                tracing::debug!(?kill, ?stats, "applied a peer's unique-constraint decision");
-            }
-            Work::Commit {
-                chunk,
-                end,
-                ts,
-                txns,
-            } => {
-                match chunk {
-                    // A batch of one chunk may commit with its writes (one round trip less).
-                    Some(chunk) => {
-                        let stats = apply.apply_and_commit(&chunk, end, ts).await?;
-                        rows += chunk.rows() as u64;
-                        tracing::debug!(rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Work>,
+        activity: Arc<DirectionActivity>,
+    ) -> Result<(), SidecarError> {
+        // The open downstream transaction, for the metrics at its commit: rows written and
+        // time spent writing (not time spent waiting for the reader).
+        let mut rows: u64 = 0;
+        let mut busy = std::time::Duration::ZERO;
+        while let Some(work) = rx.recv().await {
+            let started = std::time::Instant::now();
+            let _step = activity.writer.enter(match &work {
+                Work::Chunk(_) | Work::StreamChunk(_) => Waiting::WritingChanges,
+                Work::Truncate { .. } => Waiting::Truncating,
+                Work::Kill { .. } => Waiting::ApplyingDecision,
+                Work::Commit { .. } | Work::StreamCommit { .. } => Waiting::Committing,
+                Work::ForgetTables
+                | Work::StreamBegin
+                | Work::StreamSavepoint(_)
+                | Work::StreamRollback(_) => Waiting::Free,
+            });
+            match work {
+                Work::Chunk(chunk) => {
+                    let stats = self.apply.apply(&chunk).await?;
+                    rows += chunk.rows() as u64;
+                    tracing::debug!(rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
+                }
+                Work::Truncate { map, ts, lsn } => self.truncate(&map, ts, lsn).await?,
+                Work::Kill { kill, lsn } => {
+                    let stats = self.apply.apply_kill(&kill, lsn).await?;
+                    tracing::debug!(?kill, ?stats, "applied a peer's unique-constraint decision");
+                }
+                Work::Commit {
+                    chunk,
+                    end,
+                    ts,
+                    txns,
+                } => {
+                    match chunk {
+                        // A batch of one chunk may commit with its writes (one round trip less).
+                        Some(chunk) => {
+                            let stats = self.apply.apply_and_commit(&chunk, end, ts).await?;
+                            rows += chunk.rows() as u64;
+                            tracing::debug!(rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
+                        }
+                        None => self.apply.commit(end, ts).await?,
                     }
-                    None => apply.commit(end, ts).await?,
+                    tracing::debug!(%end, took = ?started.elapsed(), "committed");
+                    let conflicts = self.apply.take_conflict_counts();
+                    self.committed(end, ts, txns, rows, busy + started.elapsed(), conflicts);
+                    (rows, busy) = (0, std::time::Duration::ZERO);
+                    continue;
                 }
-                tracing::debug!(%end, took = ?started.elapsed(), "committed");
-                state.passed_peer_time(ts);
-                applied.send_replace(end);
-                let m = &state.metrics;
-                m.applied_transactions.increment(txns);
-                m.applied_rows.increment(rows);
-                #[allow(clippy::cast_precision_loss)]
-                m.batch_rows.record(rows as f64);
-                m.apply_seconds
-                    .record((busy + started.elapsed()).as_secs_f64());
-                for (kind, n) in apply.take_conflict_counts() {
-                    m.conflicts(kind.as_str(), n);
+                Work::ForgetTables => {
+                    self.apply.forget_tables();
+                    if let Some(s) = self.stream.as_mut() {
+                        s.forget_tables();
+                    }
                 }
-                state.applied(end);
-                (rows, busy) = (0, std::time::Duration::ZERO);
-                continue;
+                Work::StreamBegin => match self.stream.as_mut() {
+                    Some(s) => s.reset().await?,
+                    None => {
+                        let t = &self.target;
+                        let s = StreamSession::connect(
+                            &t.local,
+                            &t.peer_sql,
+                            &t.local_node,
+                            &self.peer,
+                            t.max_deferred,
+                        )
+                        .await?;
+                        self.stream = Some(s);
+                    }
+                },
+                Work::StreamChunk(chunk) => self.stream_session()?.write(&chunk).await?,
+                Work::StreamSavepoint(subxid) => self.stream_session()?.savepoint(subxid).await?,
+                Work::StreamRollback(to) => self.stream_session()?.rollback(to).await?,
+                Work::StreamCommit { end, ts } => {
+                    let stream = self.stream_session()?;
+                    let stats = stream.commit(end, ts).await?;
+                    let conflicts = stream.take_conflict_counts();
+                    // The main origin moves to it too (in a transaction of its own: what
+                    // reads progress, status and switchover waits, reads that origin).
+                    self.apply.commit(end, ts).await?;
+                    tracing::debug!(%end, ?stats, took = ?started.elapsed(), "streamed transaction committed");
+                    let written = stats.inserted + stats.updated + stats.deleted;
+                    self.committed(end, ts, 1, written, started.elapsed(), conflicts);
+                    continue;
+                }
             }
-            Work::ForgetTables => apply.forget_tables(),
+            busy += started.elapsed();
         }
-        busy += started.elapsed();
+        // The reader stopped: nothing after the last commit is kept.
+        self.apply.rollback().await?;
+        if let Some(s) = self.stream.as_mut() {
+            s.reset().await?;
+        }
+        Ok(())
     }
-    // The reader stopped: nothing after the last commit is kept.
-    apply.rollback().await?;
-    Ok(())
+
+    fn stream_session(&mut self) -> Result<&mut StreamSession, crate::apply::ApplyError> {
+        self.stream.as_mut().ok_or_else(|| {
+            crate::apply::ApplyError::Protocol(
+                "a streamed transaction's changes came before its start".into(),
+            )
+        })
+    }
+
+    /// What follows a local commit of the peer's changes up to `end`.
+    fn committed(
+        &mut self,
+        end: Lsn,
+        ts: PgTimestamp,
+        txns: u64,
+        rows: u64,
+        busy: std::time::Duration,
+        conflicts: Vec<(crate::conflict::LedgerKind, u64)>,
+    ) {
+        self.state.passed_peer_time(ts);
+        self.applied.send_replace(end);
+        let m = &self.state.metrics;
+        m.applied_transactions.increment(txns);
+        m.applied_rows.increment(rows);
+        #[allow(clippy::cast_precision_loss)]
+        m.batch_rows.record(rows as f64);
+        m.apply_seconds.record(busy.as_secs_f64());
+        for (kind, n) in conflicts {
+            m.conflicts(kind.as_str(), n);
+        }
+        self.state.applied(end);
+    }
+
+    async fn truncate(
+        &mut self,
+        map: &TableMap,
+        ts: PgTimestamp,
+        lsn: Lsn,
+    ) -> Result<(), SidecarError> {
+        let removed = self.apply.truncate(&map.local, ts).await?;
+        // Recorded: a truncate discards every local version older than it,
+        // including ones that never reached the peer.
+        let record = ConflictRecord {
+            kind: crate::conflict::LedgerKind::Truncate,
+            table_name: map.local.name.clone(),
+            key: serde_json::json!({}),
+            local_row: Some(serde_json::json!({ "rows_removed": removed })),
+            remote_row: None,
+            local_commit_ts: None,
+            remote_commit_ts: Some(crate::apply::ledger::ts_text(ts)),
+            local_origin: None,
+            remote_origin: Some(self.peer.clone()),
+            winner: crate::conflict::Winner::Remote,
+            resolution: crate::conflict::Resolution::AppliedAsDelete,
+            remote_lsn: Some(lsn.to_string()),
+        };
+        self.apply.write_ledger(&[record]).await?;
+        Ok(())
+    }
 }

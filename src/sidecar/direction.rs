@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::ack::Acks;
 use super::applier::{Applier, Work};
 use super::link::{PeerLink, SidecarError};
-use crate::apply::session::origin_progress;
+use crate::apply::session::applied_progress;
 use crate::apply::shape_io::{map_relation, Sides};
 use crate::conflict::causality::{clock_wait, ClockWait};
 use crate::observe::DirectionState;
@@ -27,7 +27,6 @@ pub(super) struct Direction<'l> {
     /// A plain session on the local node: table definitions and origin progress.
     pub(super) catalog: tokio_postgres::Client,
     pub(super) _catalog_task: DropAbort,
-    pub(super) origin: String,
     pub(super) assembler: Assembler,
     pub(super) acks: Acks,
     pub(super) state: &'l DirectionState,
@@ -59,7 +58,7 @@ impl Direction<'_> {
     }
 
     pub(super) async fn durable_progress(&self) -> Result<Lsn, SidecarError> {
-        Ok(origin_progress(&self.catalog, &self.origin, true).await?)
+        Ok(applied_progress(&self.catalog, &self.link.peer, true).await?)
     }
 
     /// What the peer may forget ([`Acks::acknowledgeable`]).
@@ -143,6 +142,38 @@ impl Direction<'_> {
                 self.applier.send(Work::Kill { kill, lsn }).await?;
             }
             Step::EndBatch => self.commit_batch().await?,
+            Step::StreamStart { first } => {
+                // The stream session must not wait for rows an open batch holds.
+                if self.assembler.holds_commits() {
+                    self.commit_batch().await?;
+                }
+                if first {
+                    self.applier.send(Work::StreamBegin).await?;
+                }
+            }
+            Step::StreamWrite(chunk) => self.applier.send(Work::StreamChunk(chunk)).await?,
+            Step::StreamSavepoint { before, subxid } => {
+                if let Some(chunk) = before {
+                    self.applier.send(Work::StreamChunk(chunk)).await?;
+                }
+                self.applier.send(Work::StreamSavepoint(subxid)).await?;
+            }
+            Step::StreamRollback { to } => self.applier.send(Work::StreamRollback(to)).await?,
+            Step::StreamCommit { end, ts } => {
+                // In upstream commit order: what committed before it commits first.
+                if self.assembler.holds_commits() {
+                    self.commit_batch().await?;
+                }
+                if let Some(wait) = self.clock_wait(ts) {
+                    self.state.metrics.clock_waits.increment(1);
+                    tokio::time::sleep(wait).await;
+                }
+                self.applier.send(Work::StreamCommit { end, ts }).await?;
+                self.acks.batch_sent(end, ts, self.applier.applied());
+            }
+            Step::Unstreamable(why) => {
+                return Err(crate::apply::streamed::Unstreamable(why.into()).into());
+            }
         }
         Ok(())
     }

@@ -34,6 +34,19 @@ pub struct PeerLink {
     /// Longest wait for this node's clock to pass a peer commit's time before applying
     /// it (`[replication] clock_wait_max`; see [`crate::conflict::causality`]).
     pub clock_wait_max: Duration,
+    /// Stream the peer's transactions past this many bytes and apply them while open
+    /// (`[apply] stream_after`); `None`: whole transactions only.
+    pub stream_after: Option<u64>,
+}
+
+impl From<crate::apply::streamed::StreamError> for SidecarError {
+    fn from(e: crate::apply::streamed::StreamError) -> Self {
+        use crate::apply::streamed::StreamError;
+        match e {
+            StreamError::Apply(e) => SidecarError::Apply(e),
+            StreamError::Unstreamable(u) => SidecarError::Unstreamable(u),
+        }
+    }
 }
 
 /// Why a peer stream stopped.
@@ -42,6 +55,9 @@ pub struct PeerLink {
 pub enum SidecarError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A streamed big transaction is read again whole (streaming off for a while).
+    #[error(transparent)]
+    Unstreamable(#[from] crate::apply::streamed::Unstreamable),
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error("undecodable pgoutput message from the peer: {0}")]
@@ -113,6 +129,7 @@ impl SidecarError {
         use crate::ErrorKind as K;
         match self {
             SidecarError::Source(e) => e.kind(),
+            SidecarError::Unstreamable(_) => K::Transient,
             SidecarError::Apply(e) => e.kind(),
             SidecarError::Decode(_) | SidecarError::TaskFailed(_) | SidecarError::Bug { .. } => {
                 K::Bug
@@ -216,6 +233,7 @@ mod tests {
             reconnect: BackoffPolicy::default(),
             clock_skew_warn: Duration::from_secs(1),
             clock_wait_max: Duration::from_secs(10),
+            stream_after: None,
         }
     }
 

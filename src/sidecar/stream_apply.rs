@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::ack::Acks;
-use super::applier::Applier;
+use super::applier::{Applier, StreamTarget};
 use super::clock::ClockWatch;
 use super::direction::{Direction, DropAbort};
 use super::link::{PeerLink, SidecarError};
@@ -19,9 +19,10 @@ use super::stall::{DirectionActivity, Waiting};
 use crate::apply::{ApplyError, ApplySession};
 use crate::filter::{OriginFilter, Verdict};
 use crate::observe::{DirectionState, Phase};
-use crate::protocol::pgoutput::Decoder;
+use crate::protocol::pgoutput::{Decoder, Message};
 use crate::source::{
     connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, StreamConfig,
+    Streaming,
 };
 use crate::txn::Assembler;
 
@@ -56,16 +57,29 @@ async fn direction_loop(
     let _probe = super::peer_probe::spawn_wal_probe(&link, state.clone());
     let mut backoff = Backoff::new(link.reconnect);
     let mut clock = ClockWatch::new(link.clock_skew_warn);
+    // Since when big transactions are read whole after one could not be applied streamed.
+    let mut unstreamed_since: Option<Instant> = None;
     loop {
         if *stop.borrow() {
             state.set_phase(Phase::Stopped);
             return Ok(());
         }
         backoff.connected(Instant::now());
-        match run_once(&link, &mut stop, &state, &mut clock).await {
-            Ok(()) => {
+        let stream_again = unstreamed_since.map(|t| t + STREAM_AGAIN_AFTER);
+        match run_once(&link, &mut stop, &state, &mut clock, stream_again).await {
+            Ok(Ended::Stopped) => {
                 state.set_phase(Phase::Stopped);
                 return Ok(());
+            }
+            Ok(Ended::StreamAgain) => {
+                tracing::info!("streaming big transactions again");
+                unstreamed_since = None;
+            }
+            Err(SidecarError::Unstreamable(u)) => {
+                // Nothing is lost: the stream restarts from the applied position, and the
+                // transaction arrives whole at its commit, like any other.
+                tracing::warn!(reason = %u, again_after = ?STREAM_AGAIN_AFTER, "big transactions are read whole for a while");
+                unstreamed_since = Some(Instant::now());
             }
             Err(e) => {
                 let fatal = match e.invalidated_slot(&link) {
@@ -119,12 +133,27 @@ async fn direction_loop(
     }
 }
 
+/// After a streamed transaction had to be read whole, how long big transactions arrive
+/// whole before streaming is asked for again (and only once the direction is idle).
+const STREAM_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How one connection's run ended without an error.
+enum Ended {
+    /// The direction was told to stop.
+    Stopped,
+    /// Big transactions were read whole; time to reconnect asking for streaming again.
+    StreamAgain,
+}
+
+/// One connection to the peer, until an error or a stop. `stream_again`: streaming is off
+/// (a streamed transaction had to be read whole) until then.
 async fn run_once(
     link: &PeerLink,
     stop: &mut watch::Receiver<bool>,
     state: &Arc<DirectionState>,
     clock: &mut ClockWatch,
-) -> Result<(), SidecarError> {
+    stream_again: Option<Instant>,
+) -> Result<Ended, SidecarError> {
     let apply =
         ApplySession::connect(&link.local, &link.peer_sql, &link.local_node, &link.peer).await?;
     // Resume from the *durable* progress (reading it flushes the WAL up to it): a commit a
@@ -146,6 +175,12 @@ async fn run_once(
     // Loop prevention: PG16+ drops changes that carry an origin on the server
     // (`origin 'none'`); PG15 has no such option and sends an Origin message instead,
     // dropped by the client-side filter (kept on everywhere as a second guard).
+    let stream_after = match link.stream_after {
+        Some(bytes) if stream_again.is_none() => {
+            stream_origin_ready(&catalog, link).await?.then_some(bytes)
+        }
+        _ => None,
+    };
     let mut cfg = StreamConfig::with_plugin(
         &link.slot,
         OutputPlugin::Pgoutput(PgoutputOptions {
@@ -153,11 +188,25 @@ async fn run_once(
             origin_none: true,
             // Unique-constraint decisions of the peer's sidecar (apply::kill).
             messages: true,
+            // Big transactions while they are open (PG16+ peers: see `Streaming`).
+            streaming: if stream_after.is_some() {
+                Streaming::On
+            } else {
+                Streaming::Off
+            },
             ..PgoutputOptions::default()
         }),
     );
     cfg.status_interval = std::time::Duration::from_secs(1);
-    let mut stream = connect_and_start(&link.peer_source, &cfg, applied).await?;
+    let mut source = link.peer_source.clone();
+    if let Some(bytes) = stream_after {
+        // The peer's walsender streams a transaction once it holds this much of it.
+        source.settings.push((
+            "logical_decoding_work_mem".into(),
+            format!("{}kB", (bytes >> 10).max(64)),
+        ));
+    }
+    let mut stream = connect_and_start(&source, &cfg, applied).await?;
     stream.set_flushed(applied);
     let major = stream.server_major();
     let proto = crate::source::stream::max_proto_version(major);
@@ -183,10 +232,15 @@ async fn run_once(
             applied,
             state.clone(),
             activity.clone(),
+            StreamTarget {
+                local: link.local.clone(),
+                peer_sql: link.peer_sql.clone(),
+                local_node: link.local_node.clone(),
+                max_deferred: link.limits.max_bytes,
+            },
         ),
         catalog,
         _catalog_task: DropAbort(catalog_task),
-        origin: format!("pgmesh_{}", link.peer),
         assembler: Assembler::new(link.limits, &link.peer),
         acks: Acks::new(applied),
         state,
@@ -247,6 +301,11 @@ async fn run_once(
                     stream.send_status(false).await?;
                 }
                 d.report_progress();
+                if stream_again.is_some_and(|t| Instant::now() >= t) && d.idle() {
+                    d.applier.finish().await?;
+                    let _ = stream.shutdown().await;
+                    return Ok(Ended::StreamAgain);
+                }
                 let _step = activity.reader.enter(Waiting::StoringClockSkew);
                 clock.tick(&link.local_node, &link.peer, state, &d.catalog).await;
             }
@@ -262,7 +321,7 @@ async fn run_once(
                 stream.set_flushed(durable);
                 let _ = stream.shutdown().await;
                 tracing::info!(applied = %d.applier.applied(), acknowledged = %durable, "stream from peer stopped");
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
         }
     }
@@ -286,6 +345,15 @@ async fn on_event(
         ReplicationEvent::XLogData(x) => {
             let msg = decoder.decode(x.data)?;
             if filter.observe(&msg) == Verdict::Drop {
+                // PG16+ drops changes with an origin on the server (streaming is asked
+                // for only there); a streamed transaction still marked with one is not
+                // applied streamed.
+                if matches!(msg, Message::Origin(_)) && d.assembler.in_stream_block() {
+                    return Err(crate::apply::streamed::Unstreamable(
+                        "it carries a replication origin".into(),
+                    )
+                    .into());
+                }
                 return Ok(());
             }
             let dropped = filter.txn_dropped();
@@ -307,6 +375,27 @@ async fn on_event(
         _ => {}
     }
     Ok(())
+}
+
+/// Whether the origin that streamed transactions commit under exists (`pgmesh setup`
+/// creates it; a node set up by an older version lacks it until setup runs again).
+async fn stream_origin_ready(
+    catalog: &tokio_postgres::Client,
+    link: &PeerLink,
+) -> Result<bool, SidecarError> {
+    let origin = crate::config::names::stream_origin_name(&link.peer);
+    let ready: bool = catalog
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+            &[&origin],
+        )
+        .await
+        .map_err(ApplyError::from)?
+        .get(0);
+    if !ready {
+        tracing::warn!(%origin, "[apply] stream_after is set but replication origin `origin` is missing on this node: big transactions are applied whole; run `pgmesh setup -c <config>` once to create it");
+    }
+    Ok(ready)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

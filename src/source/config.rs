@@ -114,6 +114,9 @@ pub struct SourceConfig {
     pub sslrootcert: Option<PathBuf>,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// Server settings for the session, sent as the startup packet's `options`
+    /// (`-c name=value` each), e.g. the walsender's `logical_decoding_work_mem`.
+    pub settings: Vec<(String, String)>,
 }
 
 /// Default for `connect_timeout` when the DSN has none (libpq waits forever; we do not).
@@ -214,6 +217,7 @@ impl SourceConfig {
             sslmode,
             sslrootcert,
             application_name: pg.get_application_name().unwrap_or("pgmesh").to_string(),
+            settings: Vec::new(),
             connect_timeout: pg
                 .get_connect_timeout()
                 .copied()

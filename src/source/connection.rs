@@ -191,13 +191,24 @@ impl ReplicationConnection {
     }
 
     async fn startup(&mut self, cfg: &SourceConfig) -> Result<(), SourceError> {
-        let params = [
+        // Names and values are ours (settings pgmesh chooses); a space or backslash in a
+        // value is escaped as libpq does for `options`.
+        let options: Vec<String> = cfg
+            .settings
+            .iter()
+            .map(|(k, v)| format!("-c {k}={}", v.replace('\\', "\\\\").replace(' ', "\\ ")))
+            .collect();
+        let options = options.join(" ");
+        let mut params = vec![
             ("user", cfg.user.as_str()),
             ("database", cfg.dbname.as_str()),
             ("replication", "database"),
             ("application_name", cfg.application_name.as_str()),
             ("client_encoding", "UTF8"),
         ];
+        if !options.is_empty() {
+            params.push(("options", options.as_str()));
+        }
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)
             .map_err(|e| SourceError::Config(format!("startup message: {e}")))?;
         self.flush().await?;

@@ -65,6 +65,9 @@ pub struct PgoutputOptions {
     pub messages: bool,
     /// Binary column values (same major version on both ends is the safe case).
     pub binary: bool,
+    /// With `origin_none` on a server older than 16, not requested: the origin of a
+    /// transaction streamed while it is open is not known to pgoutput's Origin message
+    /// there, so only the server-side filter (`origin 'none'`, per change) keeps loops out.
     pub streaming: Streaming,
     /// Drop changes that carry a replication origin on the server (PG16+). On PG15 the
     /// option does not exist; the client filters on pgoutput's Origin message instead.
@@ -117,6 +120,8 @@ pub fn pgoutput_options(
     }
     match opts.streaming {
         Streaming::Off => {}
+        // Loop prevention of streamed changes needs the server-side origin filter.
+        Streaming::On | Streaming::Parallel if opts.origin_none && major < 16 => {}
         Streaming::On | Streaming::Parallel if proto < 2 => {
             return Err(SourceError::Config(format!(
                 "streaming needs pgoutput proto_version 2+, but only {proto} is available"
@@ -672,10 +677,17 @@ mod tests {
                 ("publication_names", "\"pub\",\"Odd\"\"Name\"".to_string()),
                 ("messages", "true".to_string()),
                 ("binary", "true".to_string()),
-                ("streaming", "on".to_string()),
                 ("two_phase", "true".to_string()),
             ]
         );
+        // Streamed changes stay out of loops only by the server's filter (16+).
+        let unfiltered = PgoutputOptions {
+            origin_none: false,
+            ..o.clone()
+        };
+        assert!(pgoutput_options(15, &unfiltered)
+            .unwrap()
+            .contains(&("streaming", "on".to_string())));
         let v16 = pgoutput_options(16, &o).unwrap();
         assert!(v16.contains(&("streaming", "parallel".to_string())));
         assert!(v16.contains(&("origin", "none".to_string())));

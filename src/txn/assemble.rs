@@ -16,7 +16,7 @@ use super::step::{Batch, Context, Step};
 use crate::apply::kill::{Kill, KILL_PREFIX};
 use crate::apply::ApplyError;
 use crate::batch::{BatchLimits, ChangeOp, Chunk, KeylessChange};
-use crate::protocol::pgoutput::{Message, Oid, OldTuple, PgTimestamp};
+use crate::protocol::pgoutput::{Message, Oid, OldTuple, PgTimestamp, Xid};
 use crate::table::local::TableMap;
 use crate::table::row::Row;
 use crate::Lsn;
@@ -43,6 +43,24 @@ struct Committed {
     txns: u64,
 }
 
+/// A big upstream transaction the peer streams while it is still open (pgoutput
+/// `streaming`): written as it comes by the stream session, committed at Stream Commit.
+#[derive(Debug)]
+struct Streamed {
+    xid: Xid,
+    /// Between one of its Stream Starts and the Stream Stop after it.
+    in_block: bool,
+    /// Subtransactions met so far, in the order their savepoints were made downstream.
+    subxacts: Vec<Xid>,
+    /// Its changes not yet handed out (a block's, bounded like any chunk).
+    chunk: Chunk,
+}
+
+/// Commit time and LSN of a streamed transaction's changes until its Stream Commit says
+/// (what the stream session writes before needs neither; see `apply::streamed`).
+const STREAMED_TS: PgTimestamp = PgTimestamp(0);
+const STREAMED_LSN: Lsn = Lsn(0);
+
 #[derive(Debug)]
 pub struct Assembler {
     limits: BatchLimits,
@@ -53,6 +71,7 @@ pub struct Assembler {
     chunk: Chunk,
     committed: Option<Committed>,
     batch_started: Option<Instant>,
+    streamed: Option<Streamed>,
 }
 
 impl Assembler {
@@ -66,6 +85,7 @@ impl Assembler {
             chunk: Chunk::default(),
             committed: None,
             batch_started: None,
+            streamed: None,
         }
     }
 
@@ -82,7 +102,7 @@ impl Assembler {
     /// over: those of a transaction being applied that have no map yet.
     #[must_use]
     pub fn unmapped(&self, msg: &Message) -> Vec<Oid> {
-        if self.open.as_ref().is_none_or(|o| o.skip) {
+        if !self.in_stream_block() && self.open.as_ref().is_none_or(|o| o.skip) {
             return Vec::new();
         }
         let oids = match msg {
@@ -110,10 +130,26 @@ impl Assembler {
         self.committed.is_some()
     }
 
-    /// Nothing read is left here: no transaction open, nothing batched.
+    /// Nothing read is left here: no transaction open, nothing batched, no streamed
+    /// transaction open.
     #[must_use]
     pub fn is_drained(&self) -> bool {
-        self.open.is_none() && self.committed.is_none() && self.chunk.is_empty()
+        self.open.is_none()
+            && self.committed.is_none()
+            && self.chunk.is_empty()
+            && self.streamed.is_none()
+    }
+
+    /// A streamed transaction is open (its Stream Commit or Abort not read yet).
+    #[must_use]
+    pub fn streaming(&self) -> bool {
+        self.streamed.is_some()
+    }
+
+    /// Between a streamed transaction's Stream Start and Stream Stop.
+    #[must_use]
+    pub fn in_stream_block(&self) -> bool {
+        self.streamed.as_ref().is_some_and(|s| s.in_block)
     }
 
     /// When the batch being built is due to commit.
@@ -163,7 +199,7 @@ impl Assembler {
     }
 
     fn take_chunk(&mut self) -> Option<Chunk> {
-        (!self.chunk.is_empty()).then(|| self.chunk.take())
+        take_nonempty(&mut self.chunk)
     }
 
     pub fn on_message(&mut self, msg: Message, cx: Context) -> Result<Step, ApplyError> {
@@ -229,23 +265,27 @@ impl Assembler {
                 let Some((map, ts, lsn)) = self.target(i.relation_oid)? else {
                     return Ok(Step::Continue);
                 };
+                let sub = self.subxact(i.xid);
                 let row = Row::from_tuple(&map, &i.new)?;
                 if map.local.is_keyless() {
-                    return Ok(self.push_keyless(&map, ChangeOp::Insert, None, Some(row), ts, lsn));
+                    self.push_keyless(&map, ChangeOp::Insert, None, Some(row), ts, lsn);
+                    return Ok(self.pushed(sub));
                 }
                 let key = row.key(&map)?;
-                self.chunk
+                self.current()
                     .push(&map, ChangeOp::Insert, key, Some(row), ts, lsn);
-                Ok(self.write_if_full())
+                Ok(self.pushed(sub))
             }
             Message::Update(u) => {
                 let Some((map, ts, lsn)) = self.target(u.relation_oid)? else {
                     return Ok(Step::Continue);
                 };
+                let sub = self.subxact(u.xid);
                 let row = Row::from_tuple(&map, &u.new)?;
                 if map.local.is_keyless() {
                     let old = keyless_old(&map, u.old.as_ref())?;
-                    return Ok(self.push_keyless(&map, ChangeOp::Update, old, Some(row), ts, lsn));
+                    self.push_keyless(&map, ChangeOp::Update, old, Some(row), ts, lsn);
+                    return Ok(self.pushed(sub));
                 }
                 let key = row.key(&map)?;
                 let old_key = match &u.old {
@@ -259,27 +299,62 @@ impl Assembler {
                     // key as an insert there (its unchanged-TOAST columns are completed
                     // from the peer when applied).
                     Some(old_key) if old_key != key => {
-                        self.chunk
+                        self.current()
                             .push(&map, ChangeOp::Delete, old_key, None, ts, lsn);
                         ChangeOp::Insert
                     }
                     _ => ChangeOp::Update,
                 };
-                self.chunk.push(&map, op, key, Some(row), ts, lsn);
-                Ok(self.write_if_full())
+                self.current().push(&map, op, key, Some(row), ts, lsn);
+                Ok(self.pushed(sub))
             }
             Message::Delete(del) => {
                 let Some((map, ts, lsn)) = self.target(del.relation_oid)? else {
                     return Ok(Step::Continue);
                 };
+                let sub = self.subxact(del.xid);
                 if map.local.is_keyless() {
                     let old = keyless_old(&map, Some(&del.old))?;
-                    return Ok(self.push_keyless(&map, ChangeOp::Delete, old, None, ts, lsn));
+                    self.push_keyless(&map, ChangeOp::Delete, old, None, ts, lsn);
+                    return Ok(self.pushed(sub));
                 }
                 let key = Row::from_tuple(&map, del.old.tuple())?.key(&map)?;
-                self.chunk.push(&map, ChangeOp::Delete, key, None, ts, lsn);
-                Ok(self.write_if_full())
+                self.current()
+                    .push(&map, ChangeOp::Delete, key, None, ts, lsn);
+                Ok(self.pushed(sub))
             }
+            // Streamed transactions hold no truncate or unique-constraint decision: each
+            // must come in its place among whole transactions.
+            Message::Truncate(_) if self.in_stream_block() => Ok(Step::Unstreamable(
+                "it truncates a table (applied in its place among whole transactions)",
+            )),
+            Message::Message(m)
+                if m.prefix == KILL_PREFIX && m.transactional() && self.in_stream_block() =>
+            {
+                Ok(Step::Unstreamable(
+                    "it carries a unique-constraint decision of the peer",
+                ))
+            }
+            Message::StreamStart(st) => Ok(self.stream_start(st.xid, st.first_segment)),
+            Message::StreamStop => {
+                let Some(st) = self.streamed.as_mut() else {
+                    return Ok(Step::Continue);
+                };
+                st.in_block = false;
+                Ok(take_nonempty(&mut st.chunk).map_or(Step::Continue, Step::StreamWrite))
+            }
+            Message::StreamCommit(c) => match self.streamed.take() {
+                Some(st) if st.xid == c.xid && st.chunk.is_empty() && !st.in_block => {
+                    Ok(Step::StreamCommit {
+                        end: c.end_lsn,
+                        ts: c.commit_time,
+                    })
+                }
+                _ => Ok(Step::Unstreamable(
+                    "its commit came without the stream that led to it",
+                )),
+            },
+            Message::StreamAbort(a) => Ok(self.stream_abort(a.xid, a.subxid)),
             Message::Truncate(t) => {
                 let Some(open) = self.open.as_ref().filter(|o| !o.skip) else {
                     return Ok(Step::Continue);
@@ -327,6 +402,9 @@ impl Assembler {
         &mut self,
         oid: Oid,
     ) -> Result<Option<(Arc<TableMap>, PgTimestamp, Lsn)>, ApplyError> {
+        if self.in_stream_block() {
+            return Ok(Some((self.relations.map(oid)?, STREAMED_TS, STREAMED_LSN)));
+        }
         let Some(open) = self.open.as_mut() else {
             return Err(ApplyError::Protocol(
                 "row change outside a transaction".into(),
@@ -350,8 +428,8 @@ impl Assembler {
         new: Option<Row>,
         commit_ts: PgTimestamp,
         lsn: Lsn,
-    ) -> Step {
-        self.chunk.push_keyless(
+    ) {
+        self.current().push_keyless(
             map,
             KeylessChange {
                 op,
@@ -361,17 +439,90 @@ impl Assembler {
                 lsn,
             },
         );
-        self.write_if_full()
     }
 
-    fn write_if_full(&mut self) -> Step {
-        let l = &self.limits;
-        if self.chunk.rows() >= l.max_rows || self.chunk.bytes() >= l.max_bytes {
-            Step::Write(self.chunk.take())
-        } else {
-            Step::Continue
+    /// Where a change goes: the streamed transaction's chunk inside a stream block, else
+    /// the batch's.
+    fn current(&mut self) -> &mut Chunk {
+        match self.streamed.as_mut().filter(|s| s.in_block) {
+            Some(st) => &mut st.chunk,
+            None => &mut self.chunk,
         }
     }
+
+    /// A change of subtransaction `xid` of the streamed transaction, met for the first
+    /// time: the changes before it are handed out ahead of its savepoint.
+    fn subxact(&mut self, xid: Option<Xid>) -> Option<(Option<Chunk>, Xid)> {
+        let st = self.streamed.as_mut().filter(|s| s.in_block)?;
+        let xid = xid.filter(|x| *x != st.xid && !st.subxacts.contains(x))?;
+        st.subxacts.push(xid);
+        Some((take_nonempty(&mut st.chunk), xid))
+    }
+
+    /// The step after a change was added: a savepoint it began, or a full chunk.
+    fn pushed(&mut self, sub: Option<(Option<Chunk>, Xid)>) -> Step {
+        if let Some((before, subxid)) = sub {
+            return Step::StreamSavepoint { before, subxid };
+        }
+        let l = self.limits;
+        let streaming = self.in_stream_block();
+        let chunk = self.current();
+        if chunk.rows() < l.max_rows && chunk.bytes() < l.max_bytes {
+            return Step::Continue;
+        }
+        let full = chunk.take();
+        if streaming {
+            Step::StreamWrite(full)
+        } else {
+            Step::Write(full)
+        }
+    }
+
+    fn stream_start(&mut self, xid: Xid, first: bool) -> Step {
+        match self.streamed.as_mut() {
+            Some(st) if st.xid == xid => {
+                st.in_block = true;
+                Step::StreamStart { first: false }
+            }
+            Some(_) => Step::Unstreamable("a second big transaction streams while one is open"),
+            None if first => {
+                self.streamed = Some(Streamed {
+                    xid,
+                    in_block: true,
+                    subxacts: Vec::new(),
+                    chunk: Chunk::default(),
+                });
+                Step::StreamStart { first: true }
+            }
+            None => Step::Unstreamable("its stream resumed without its first block"),
+        }
+    }
+
+    fn stream_abort(&mut self, xid: Xid, subxid: Xid) -> Step {
+        let Some(st) = self.streamed.as_mut().filter(|s| s.xid == xid) else {
+            return Step::Continue;
+        };
+        // Aborts come between blocks, after Stream Stop handed the block out; a chunk
+        // left here would be of the aborted part only.
+        st.chunk = Chunk::default();
+        if subxid == xid {
+            self.streamed = None;
+            return Step::StreamRollback { to: None };
+        }
+        // Rolling back to a savepoint drops the ones made after it.
+        match st.subxacts.iter().position(|x| *x == subxid) {
+            Some(i) => {
+                st.subxacts.truncate(i + 1);
+                Step::StreamRollback { to: Some(subxid) }
+            }
+            // Nothing of it was written (or it went with an earlier savepoint's rollback).
+            None => Step::Continue,
+        }
+    }
+}
+
+fn take_nonempty(chunk: &mut Chunk) -> Option<Chunk> {
+    (!chunk.is_empty()).then(|| chunk.take())
 }
 
 /// The old image of a change to a key-less table: only a full one ('O') names its row;

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::apply::kill::Kill;
 use crate::batch::Chunk;
-use crate::protocol::pgoutput::PgTimestamp;
+use crate::protocol::pgoutput::{PgTimestamp, Xid};
 use crate::table::local::TableMap;
 use crate::Lsn;
 
@@ -55,6 +55,24 @@ pub enum Step {
     },
     /// The batch must commit now ([`super::Assembler::take_batch`]).
     EndBatch,
+    /// A block of a big transaction the peer streams while it is open begins (its first
+    /// one: `first`). What is batched commits before the block is written: the stream
+    /// session must never wait for rows of an open batch.
+    StreamStart { first: bool },
+    /// Changes of the streamed transaction, for the stream session's open transaction.
+    StreamWrite(Chunk),
+    /// A subtransaction of the streamed transaction begins (a savepoint downstream); the
+    /// changes before it (`before`) are written first.
+    StreamSavepoint { before: Option<Chunk>, subxid: Xid },
+    /// The streamed transaction aborted: all of it (`None`) or back to the savepoint of a
+    /// subtransaction.
+    StreamRollback { to: Option<Xid> },
+    /// The streamed transaction committed on the peer: what precedes it commits first, then
+    /// it does, with this position and time.
+    StreamCommit { end: Lsn, ts: PgTimestamp },
+    /// The streamed transaction cannot be applied as it streams (the reason): read it again
+    /// whole, with streaming off for a while.
+    Unstreamable(&'static str),
 }
 
 /// A batch ready to commit downstream as one transaction.

@@ -54,6 +54,8 @@ pub struct Mesh {
     pub limits: BatchLimits,
     /// Backoff of the directions started from now on.
     pub reconnect: BackoffPolicy,
+    /// `[apply] stream_after` of the directions started from now on.
+    pub stream_after: Option<u64>,
 }
 
 /// A tombstone trigger for `table` keyed by `key_cols` (what setup installs); without
@@ -149,7 +151,8 @@ impl Mesh {
             }
             c.psql(&format!(
                 "CREATE PUBLICATION pgmesh FOR TABLE {};
-                 SELECT pg_replication_origin_create('pgmesh_{peer}');",
+                 SELECT pg_replication_origin_create('pgmesh_{peer}');
+                 SELECT pg_replication_origin_create('pgmesh__stream_{peer}');",
                 names.join(", ")
             ))
             .unwrap();
@@ -180,6 +183,7 @@ impl Mesh {
             states: std::collections::HashMap::new(),
             limits: BatchLimits::default(),
             reconnect: BackoffPolicy::default(),
+            stream_after: None,
         }
     }
 
@@ -208,6 +212,7 @@ impl Mesh {
             reconnect: self.reconnect,
             clock_skew_warn: pgmesh::config::DEFAULT_CLOCK_SKEW_WARN,
             clock_wait_max: pgmesh::config::DEFAULT_CLOCK_WAIT_MAX,
+            stream_after: self.stream_after,
         };
         let rx = self
             .stop

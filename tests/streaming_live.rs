@@ -1,0 +1,288 @@
+//! Big transactions applied while they are still open on the peer (`[apply] stream_after`,
+//! `apply::streamed`), against real clusters: the result is the one an unstreamed apply
+//! gives (same rows, same ledger), small transactions keep flowing meanwhile, aborts
+//! (whole and of a subtransaction) leave nothing, and what cannot be applied streamed is
+//! read whole instead. Streaming is asked for from PostgreSQL 16 peers only.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pgmesh::testkit::versions_under_test;
+use support::{client, Mesh};
+
+const DDL: &str = "CREATE TABLE items(id bigint PRIMARY KEY, name text, qty int, note text);";
+const TABLES: &[(&str, &[&str])] = &[("public.items", &["id"])];
+
+fn streaming_versions() -> Vec<u32> {
+    versions_under_test()
+        .into_iter()
+        .filter(|v| *v >= 16)
+        .collect()
+}
+
+/// Two nodes with 200 rows written on a and replicated, streaming big transactions past
+/// 64 kB.
+fn mesh(major: u32) -> Mesh {
+    let mut m = Mesh::new(major, DDL, TABLES);
+    m.stream_after = Some(64 << 10);
+    m.start_sidecars();
+    m.a.cluster
+        .psql("INSERT INTO items SELECT g, 'n' || g, 0, null FROM generate_series(1, 200) g")
+        .unwrap();
+    m.wait_converged(&["items"], Duration::from_secs(60));
+    m
+}
+
+/// Waits until a pgmesh apply session on b holds a transaction that wrote `items`
+/// (while the peer's transaction is open: only the stream session can).
+fn wait_stream_session_writing(m: &Mesh) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let q = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
+             WHERE s.application_name = 'pgmesh apply' AND l.relation = 'items'::regclass \
+               AND l.mode = 'RowExclusiveLock' AND s.state = 'idle in transaction'";
+    while m.b.cluster.psql(q).unwrap() == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "b's stream session never wrote the open transaction's rows"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stream_origin_progress(m: &Mesh) -> String {
+    m.b.cluster
+        .psql("SELECT coalesce(pg_replication_origin_progress('pgmesh__stream_a', false), '0/0')")
+        .unwrap()
+}
+
+#[test]
+fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
+    for major in streaming_versions() {
+        let mut m = mesh(major);
+        // A local write on b: a's later update of that row is a decision (deferred to the
+        // commit), recorded in b's ledger as for any transaction.
+        m.b.cluster
+            .psql("UPDATE items SET note = 'b local' WHERE id = 5")
+            .unwrap();
+        m.wait_converged(&["items"], Duration::from_secs(30));
+        let dsn = m.a.cluster.dsn();
+        let big = m.rt.block_on(async {
+            let c = client(&dsn).await;
+            c.batch_execute(
+                "BEGIN;
+                 INSERT INTO items SELECT g, 'big ' || g, 1, repeat('x', 50)
+                   FROM generate_series(1000, 20999) g;
+                 UPDATE items SET qty = qty + 1 WHERE id BETWEEN 1 AND 100;
+                 DELETE FROM items WHERE id BETWEEN 101 AND 150;
+                 SAVEPOINT gone;
+                 INSERT INTO items SELECT g, 'rolled back', 9, null
+                   FROM generate_series(50000, 52999) g;
+                 UPDATE items SET name = 'rolled back' WHERE id BETWEEN 151 AND 160;
+                 ROLLBACK TO SAVEPOINT gone;
+                 INSERT INTO items SELECT g, 'after savepoint', 2, null
+                   FROM generate_series(60000, 60999) g;
+                 UPDATE items SET name = 'big' WHERE id = 5;",
+            )
+            .await
+            .unwrap();
+            c
+        });
+        wait_stream_session_writing(&m);
+        // Small transactions that commit while it is open flow through meanwhile.
+        m.a.cluster
+            .psql(
+                "INSERT INTO items SELECT g, 'small', 3, null FROM generate_series(90000, 90099) g",
+            )
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while m
+            .b
+            .cluster
+            .psql("SELECT count(*) FROM items WHERE id >= 90000")
+            .unwrap()
+            != "100"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "PG{major}: small transactions waited for the big one"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m.rt.block_on(async { big.batch_execute("COMMIT").await.unwrap() });
+        m.wait_converged(&["items"], Duration::from_secs(120));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FILTER (WHERE id >= 50000 AND id < 60000), count(*) FILTER (WHERE name = 'rolled back') FROM items")
+                .unwrap(),
+            "0|0",
+            "PG{major}: the rolled-back subtransaction left nothing"
+        );
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT kind, winner FROM pgmesh.conflicts")
+                .unwrap(),
+            "update_origin_differs|remote",
+            "PG{major}: one decision, over the row b wrote"
+        );
+        assert_ne!(
+            stream_origin_progress(&m),
+            "0/0",
+            "PG{major}: committed under the stream origin"
+        );
+        // Rows it wrote are the peer's own: a's next changes to them need no decision.
+        m.a.cluster
+            .psql("UPDATE items SET qty = qty + 10 WHERE id IN (1, 2, 1000, 60000); DELETE FROM items WHERE id = 1001")
+            .unwrap();
+        m.wait_converged(&["items"], Duration::from_secs(60));
+        assert_eq!(
+            m.b.cluster.psql("SELECT count(*) FROM pgmesh.conflicts").unwrap(),
+            "1",
+            "PG{major}: no decision over rows the streamed transaction wrote"
+        );
+        m.stop_sidecars();
+    }
+}
+
+#[test]
+fn an_aborted_big_transaction_leaves_nothing_and_the_next_one_streams() {
+    for major in streaming_versions() {
+        let mut m = mesh(major);
+        let dsn = m.a.cluster.dsn();
+        let big = m.rt.block_on(async {
+            let c = client(&dsn).await;
+            c.batch_execute(
+                "BEGIN;
+                 INSERT INTO items SELECT g, 'aborted', 1, repeat('x', 50)
+                   FROM generate_series(1000, 15999) g;
+                 DELETE FROM items WHERE id <= 100;",
+            )
+            .await
+            .unwrap();
+            c
+        });
+        wait_stream_session_writing(&m);
+        m.rt.block_on(async { big.batch_execute("ROLLBACK").await.unwrap() });
+        m.a.cluster
+            .psql(
+                "INSERT INTO items SELECT g, 'kept', 2, repeat('y', 50)
+                   FROM generate_series(30000, 44999) g",
+            )
+            .unwrap();
+        m.wait_converged(&["items"], Duration::from_secs(120));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FILTER (WHERE name = 'aborted'), count(*) FILTER (WHERE id <= 100), count(*) FILTER (WHERE name = 'kept') FROM items")
+                .unwrap(),
+            "0|100|15000",
+            "PG{major}"
+        );
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.conflicts")
+                .unwrap(),
+            "0",
+            "PG{major}"
+        );
+        assert_ne!(
+            stream_origin_progress(&m),
+            "0/0",
+            "PG{major}: the second one streamed"
+        );
+        m.stop_sidecars();
+    }
+}
+
+/// Two big transactions open at once: the second cannot be applied beside the first,
+/// so both are read whole at their commits. Nothing is lost or applied twice.
+#[test]
+fn two_big_transactions_at_once_are_read_whole() {
+    for major in streaming_versions() {
+        let mut m = mesh(major);
+        let dsn = m.a.cluster.dsn();
+        let (one, two) = m.rt.block_on(async {
+            let one = client(&dsn).await;
+            let two = client(&dsn).await;
+            one.batch_execute(
+                "BEGIN; INSERT INTO items SELECT g, 'one', 1, repeat('x', 50)
+                   FROM generate_series(1000, 10999) g;",
+            )
+            .await
+            .unwrap();
+            two.batch_execute(
+                "BEGIN; INSERT INTO items SELECT g, 'two', 2, repeat('x', 50)
+                   FROM generate_series(20000, 29999) g;
+                 UPDATE items SET qty = 7 WHERE id <= 50;",
+            )
+            .await
+            .unwrap();
+            one.batch_execute("UPDATE items SET qty = 8 WHERE id > 150 AND id <= 200; COMMIT")
+                .await
+                .unwrap();
+            two.batch_execute("COMMIT").await.unwrap();
+            (one, two)
+        });
+        drop((one, two));
+        m.wait_converged(&["items"], Duration::from_secs(120));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*), sum(qty) FROM items")
+                .unwrap(),
+            m.a.cluster
+                .psql("SELECT count(*), sum(qty) FROM items")
+                .unwrap(),
+            "PG{major}"
+        );
+        m.stop_sidecars();
+    }
+}
+
+/// The sidecar dies while the stream session holds half a big transaction: the open
+/// downstream transaction goes with it, and after a restart the peer sends the
+/// transaction again from its first block; it is applied exactly once.
+#[test]
+fn a_crash_in_the_middle_of_a_streamed_transaction_loses_nothing() {
+    for major in streaming_versions() {
+        let mut m = mesh(major);
+        let dsn = m.a.cluster.dsn();
+        let big = m.rt.block_on(async {
+            let c = client(&dsn).await;
+            c.batch_execute(
+                "BEGIN;
+                 INSERT INTO items SELECT g, 'big', 1, repeat('x', 50)
+                   FROM generate_series(1000, 15999) g;
+                 UPDATE items SET qty = qty + 5 WHERE id <= 100;",
+            )
+            .await
+            .unwrap();
+            c
+        });
+        wait_stream_session_writing(&m);
+        m.kill_sidecars();
+        m.rt.block_on(async {
+            big.batch_execute(
+                "INSERT INTO items SELECT g, 'big', 1, null FROM generate_series(16000, 16999) g;
+                 COMMIT",
+            )
+            .await
+            .unwrap()
+        });
+        m.start_sidecars();
+        m.wait_converged(&["items"], Duration::from_secs(120));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FILTER (WHERE name = 'big'), sum(qty) FILTER (WHERE id <= 100) FROM items")
+                .unwrap(),
+            "16000|500",
+            "PG{major}"
+        );
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.conflicts")
+                .unwrap(),
+            "0",
+            "PG{major}"
+        );
+        m.stop_sidecars();
+    }
+}
