@@ -13,6 +13,11 @@
 //! a delete may also meet a key the other node deleted too or had not written before it
 //! (nothing discarded there).
 //!
+//! A second run streams big transactions (`[apply] stream_after`, PG16+): one worker per
+//! node sometimes opens its transaction with a bulk insert, so the peer streams it and
+//! the random statements after it (colliding keys, subtransactions rolled back) are
+//! applied while it is open; the oracle is the same.
+//!
 //! `PGMESH_SEEDS` picks how many seeds run per PostgreSQL version (default 2);
 //! `PGMESH_SOAK_OPS` the operations per worker (default 150).
 
@@ -27,6 +32,7 @@ const DDL: &str = "
 CREATE TABLE kv(id int PRIMARY KEY, v text, n int);
 CREATE TABLE big(id int PRIMARY KEY, small int, doc text);
 CREATE TABLE uniq(id int PRIMARY KEY, email text UNIQUE, code int UNIQUE, v int);
+CREATE TABLE filler(id bigint PRIMARY KEY, pad text);
 ";
 /// Every write to `uniq` on a node, local or applied, for the story of a divergence
 /// (not published: each node keeps its own).
@@ -66,8 +72,9 @@ const TABLES: &[(&str, &[&str])] = &[
     ("public.kv", &["id"]),
     ("public.big", &["id"]),
     ("public.uniq", &["id"]),
+    ("public.filler", &["id"]),
 ];
-const NAMES: &[&str] = &["kv", "big", "uniq"];
+const NAMES: &[&str] = &["kv", "big", "uniq", "filler"];
 
 /// One random statement; keys come from a small space so both nodes collide often.
 fn statement(r: &mut Rng, node: &str) -> String {
@@ -100,14 +107,37 @@ fn statement(r: &mut Rng, node: &str) -> String {
     }
 }
 
-async fn worker(dsn: String, node: &'static str, seed: u64, ops: usize) {
+/// `big`: this worker sometimes writes a transaction large enough to be streamed (a
+/// bulk insert of ~150 kB first, random statements and a rolled-back subtransaction
+/// after it).
+async fn worker(dsn: String, node: &'static str, seed: u64, ops: usize, big: bool) {
     let client = support::client(&dsn).await;
     let mut r = Rng(seed | 1);
+    let mut filler = 0u64;
     for _ in 0..ops {
-        // Mostly single statements, sometimes a transaction of a few.
-        let n = if r.below(4) == 0 { 2 + r.below(3) } else { 1 };
         let mut sql = String::from("BEGIN;");
-        for _ in 0..n {
+        let streamed = big && r.below(6) == 0;
+        if streamed {
+            // Ids of their own per node: filler rows never collide.
+            let from = filler * 1000 + if node == "a" { 1 } else { 500_000_001 };
+            filler += 1;
+            sql.push_str(&format!(
+                "INSERT INTO filler SELECT g, repeat(md5(g::text), 4) FROM generate_series({from}, {}) g;",
+                from + 999
+            ));
+        }
+        // Mostly single statements, sometimes a transaction of a few.
+        let n = if streamed || r.below(4) == 0 {
+            2 + r.below(3)
+        } else {
+            1
+        };
+        for i in 0..n {
+            if streamed && i == 1 {
+                sql.push_str("SAVEPOINT s;");
+                sql.push_str(&statement(&mut r, node));
+                sql.push_str("; ROLLBACK TO SAVEPOINT s;");
+            }
             sql.push_str(&statement(&mut r, node));
             sql.push(';');
         }
@@ -131,28 +161,62 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 #[test]
 fn random_concurrent_workloads_converge() {
+    for major in versions_under_test() {
+        random_runs(major, false);
+    }
+}
+
+#[test]
+fn random_concurrent_workloads_with_streamed_transactions_converge() {
+    for major in versions_under_test().into_iter().filter(|v| *v >= 16) {
+        random_runs(major, true);
+    }
+}
+
+fn random_runs(major: u32, streamed: bool) {
     let seeds = env_num("PGMESH_SEEDS", 2);
     let ops = env_num("PGMESH_SOAK_OPS", 150) as usize;
-    for major in versions_under_test() {
+    {
         for s in 0..seeds {
-            let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(s + 1) ^ u64::from(major);
+            let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(s + 1)
+                ^ u64::from(major)
+                ^ u64::from(streamed);
             let mut m = Mesh::new(major, &format!("{DDL}{AUDIT}{KV_LOG}"), TABLES);
+            if streamed {
+                m.stream_after = Some(64 << 10);
+            }
             m.start_sidecars();
             let (da, db) = (m.a.cluster.dsn(), m.b.cluster.dsn());
             m.rt.block_on(async {
                 let w = vec![
-                    tokio::spawn(worker(da.clone(), "a", seed, ops)),
-                    tokio::spawn(worker(da, "a", seed ^ 0xA5A5, ops)),
-                    tokio::spawn(worker(db.clone(), "b", seed ^ 0x5A5A, ops)),
-                    tokio::spawn(worker(db, "b", seed ^ 0xFFFF, ops)),
+                    tokio::spawn(worker(da.clone(), "a", seed, ops, streamed)),
+                    tokio::spawn(worker(da, "a", seed ^ 0xA5A5, ops, false)),
+                    tokio::spawn(worker(db.clone(), "b", seed ^ 0x5A5A, ops, streamed)),
+                    tokio::spawn(worker(db, "b", seed ^ 0xFFFF, ops, false)),
                 ];
                 for h in w {
                     h.await.expect("worker");
                 }
             });
             m.wait_converged(NAMES, Duration::from_secs(90));
-            let what = format!("PG{major} seed {s}");
+            let what = format!(
+                "PG{major} seed {s}{}",
+                if streamed { " streamed" } else { "" }
+            );
             check_last_writer_wins(&m, &what);
+            if streamed {
+                for (node, peer) in [(&m.a.cluster, "b"), (&m.b.cluster, "a")] {
+                    let progress = node
+                        .psql(&format!(
+                            "SELECT pg_replication_origin_progress('pgmesh__stream_{peer}', false)"
+                        ))
+                        .unwrap();
+                    assert!(
+                        !progress.is_empty() && progress != "0/0",
+                        "{what}: no transaction from {peer} was applied streamed"
+                    );
+                }
+            }
             // Conflicts happened (the key space is tiny) and each is fully recorded.
             for node in [&m.a.cluster, &m.b.cluster] {
                 let bad = node

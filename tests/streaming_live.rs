@@ -136,7 +136,9 @@ fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
             .unwrap();
         m.wait_converged(&["items"], Duration::from_secs(60));
         assert_eq!(
-            m.b.cluster.psql("SELECT count(*) FROM pgmesh.conflicts").unwrap(),
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.conflicts")
+                .unwrap(),
             "1",
             "PG{major}: no decision over rows the streamed transaction wrote"
         );
