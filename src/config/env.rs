@@ -62,6 +62,7 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("APPLY", "BATCH_MAX_ROWS", Kind::Int),
     ("APPLY", "BATCH_MAX_BYTES", Kind::Size),
     ("APPLY", "BATCH_MAX_DELAY_MS", Kind::Int),
+    ("APPLY", "STREAM_AFTER", Kind::Size),
     ("HTTP", "LISTEN", Kind::Str),
     ("LEDGER", "RETENTION", Kind::Str),
     ("LEDGER", "MAX_ROWS", Kind::Int),

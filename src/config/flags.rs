@@ -25,6 +25,10 @@ pub struct ConfigFlags {
     /// [apply].batch_max_delay_ms and PGMESH_APPLY_BATCH_MAX_DELAY_MS.
     #[arg(long, value_name = "MS")]
     pub batch_max_delay_ms: Option<String>,
+    /// Stream a peer's transactions past this size and apply them while open, e.g. 8MB;
+    /// overrides [apply].stream_after and PGMESH_APPLY_STREAM_AFTER.
+    #[arg(long, value_name = "SIZE")]
+    pub stream_after: Option<String>,
     /// Address of the HTTP endpoint, e.g. 127.0.0.1:9187; overrides [http].listen and
     /// PGMESH_HTTP_LISTEN.
     #[arg(long, value_name = "ADDR")]
@@ -52,6 +56,12 @@ impl ConfigFlags {
                 "APPLY",
                 "BATCH_MAX_DELAY_MS",
                 &self.batch_max_delay_ms,
+            ),
+            (
+                "--stream-after",
+                "APPLY",
+                "STREAM_AFTER",
+                &self.stream_after,
             ),
             ("--http-listen", "HTTP", "LISTEN", &self.http_listen),
         ]

@@ -62,7 +62,38 @@ fn apply_and_http_sections() {
     assert_eq!(c.apply.batch_max_rows, 10);
     assert_eq!(c.apply.batch_max_bytes, ByteSize(1 << 20));
     assert_eq!(c.apply.batch_max_delay, Duration::from_millis(50));
+    assert_eq!(c.apply.stream_after, None);
     assert_eq!(c.http.unwrap().listen.port(), 9000);
+}
+
+#[test]
+fn stream_after_is_a_size_of_at_least_64kb() {
+    let c = parse(
+        &format!(
+            "{GOOD}
+[apply]
+stream_after = \"8MB\"
+"
+        ),
+        &[("PW_A", "x")],
+    )
+    .unwrap();
+    assert_eq!(c.apply.stream_after, Some(ByteSize(8 << 20)));
+    let e = parse(
+        &format!(
+            "{GOOD}
+[apply]
+stream_after = \"16kB\"
+"
+        ),
+        &[("PW_A", "x")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("apply.stream_after") && e.contains("64kB"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -261,6 +292,7 @@ fn flags_win_over_env_which_wins_over_the_file() {
         batch_max_rows: Some("30".into()),
         batch_max_bytes: Some("3MB".into()),
         batch_max_delay_ms: Some("70".into()),
+        stream_after: None,
         http_listen: Some("127.0.0.1:3".into()),
     };
     let seen = |c: Config| {

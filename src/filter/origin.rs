@@ -78,3 +78,57 @@ impl OriginFilter {
         self.dropped_txns
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::pgoutput::{Origin, StreamCommit, StreamStart};
+    use crate::txn::testing::{begin, commit, insert};
+    use crate::Lsn;
+
+    fn origin() -> Message {
+        Message::Origin(Origin {
+            lsn: Lsn(1),
+            name: "pgmesh_b".into(),
+        })
+    }
+
+    #[test]
+    fn a_transaction_with_an_origin_is_dropped_but_its_ends_are_kept() {
+        let mut f = OriginFilter::new(true);
+        let verdicts: Vec<Verdict> = [begin(100, 1), origin(), insert(7, &["1"]), commit(108, 1)]
+            .iter()
+            .map(|m| f.observe(m))
+            .collect();
+        use Verdict::{Drop, Keep};
+        assert_eq!(verdicts, vec![Keep, Drop, Drop, Keep]);
+        assert_eq!(f.dropped_txns(), 1);
+    }
+
+    #[test]
+    fn a_stream_block_starts_clean_and_its_ends_always_pass() {
+        let mut f = OriginFilter::new(true);
+        let _ = f.observe(&begin(100, 1));
+        let _ = f.observe(&origin());
+        let _ = f.observe(&commit(108, 1));
+        // The dropped transaction's flag does not leak into the next streamed block.
+        let start = Message::StreamStart(StreamStart {
+            xid: 7,
+            first_segment: true,
+        });
+        assert_eq!(f.observe(&start), Verdict::Keep);
+        assert_eq!(f.observe(&insert(7, &["1"])), Verdict::Keep);
+        // Marked inside a block: its changes go, the block's and transaction's ends stay.
+        let _ = f.observe(&origin());
+        assert_eq!(f.observe(&insert(7, &["2"])), Verdict::Drop);
+        assert_eq!(f.observe(&Message::StreamStop), Verdict::Keep);
+        let end = Message::StreamCommit(StreamCommit {
+            xid: 7,
+            flags: 0,
+            commit_lsn: Lsn(1),
+            end_lsn: Lsn(2),
+            commit_time: crate::protocol::pgoutput::PgTimestamp(1),
+        });
+        assert_eq!(f.observe(&end), Verdict::Keep);
+    }
+}

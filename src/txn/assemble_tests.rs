@@ -417,3 +417,218 @@ fn ending_a_batch_without_a_complete_transaction_only_writes() {
     assert!(matches!(a.take_batch(), Err(Some(chunk)) if chunk.rows() == 1));
     assert!(a.in_txn());
 }
+
+/// A change of streamed transaction `xid` (its subtransaction's xid, or its own).
+fn streamed_insert(xid: u32, id: &str) -> Message {
+    match insert(T, &[id, "x"]) {
+        Message::Insert(mut i) => {
+            i.xid = Some(xid);
+            Message::Insert(i)
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn stream_start(xid: u32, first: bool) -> Message {
+    Message::StreamStart(crate::protocol::pgoutput::StreamStart {
+        xid,
+        first_segment: first,
+    })
+}
+
+fn stream_commit(xid: u32, end: u64, ts: i64) -> Message {
+    Message::StreamCommit(crate::protocol::pgoutput::StreamCommit {
+        xid,
+        flags: 0,
+        commit_lsn: Lsn(end - 8),
+        end_lsn: Lsn(end),
+        commit_time: PgTimestamp(ts),
+    })
+}
+
+fn stream_abort(xid: u32, subxid: u32) -> Message {
+    Message::StreamAbort(crate::protocol::pgoutput::StreamAbort {
+        xid,
+        subxid,
+        abort_info: None,
+    })
+}
+
+#[test]
+fn a_streamed_transaction_is_handed_out_in_blocks_and_commits_with_its_time() {
+    let mut a = assembler(limits(100), &[]);
+    let steps = feed(
+        &mut a,
+        vec![
+            stream_start(7, true),
+            streamed_insert(7, "1"),
+            streamed_insert(7, "2"),
+            Message::StreamStop,
+        ],
+        cx(Instant::now()),
+    );
+    let [Step::StreamStart { first: true }, Step::StreamWrite(chunk)] = &steps[..] else {
+        panic!("{steps:?}");
+    };
+    assert_eq!(changes(chunk).len(), 2);
+    // Between blocks a whole transaction is batched as usual; the streamed one stays open.
+    let _ = feed(
+        &mut a,
+        vec![begin(50, 3), insert(T, &["9", "y"]), commit(58, 3)],
+        cx(Instant::now()),
+    );
+    assert!(a.holds_commits() && a.streaming() && !a.is_drained());
+    let steps = feed(
+        &mut a,
+        vec![
+            stream_start(7, false),
+            streamed_insert(7, "3"),
+            Message::StreamStop,
+            stream_commit(7, 200, 42),
+        ],
+        cx(Instant::now()),
+    );
+    assert!(
+        matches!(
+            &steps[..],
+            [
+                Step::StreamStart { first: false },
+                Step::StreamWrite(_),
+                Step::StreamCommit {
+                    end: Lsn(200),
+                    ts: PgTimestamp(42)
+                }
+            ]
+        ),
+        "{steps:?}"
+    );
+    assert!(!a.streaming());
+    // The whole transaction read in between is untouched by the stream.
+    let batch = a.take_batch().unwrap();
+    assert_eq!(
+        changes(&batch.chunk.unwrap()),
+        vec![("9".into(), ChangeOp::Insert)]
+    );
+}
+
+#[test]
+fn a_subtransaction_gets_a_savepoint_after_what_came_before_it_and_aborts_back_to_it() {
+    let mut a = assembler(limits(100), &[]);
+    let steps = feed(
+        &mut a,
+        vec![
+            stream_start(7, true),
+            streamed_insert(7, "1"),
+            streamed_insert(8, "2"),
+            streamed_insert(9, "3"),
+            Message::StreamStop,
+        ],
+        cx(Instant::now()),
+    );
+    let [Step::StreamStart { .. }, Step::StreamSavepoint {
+        before: Some(before),
+        subxid: 8,
+    }, Step::StreamSavepoint {
+        before: Some(sub8),
+        subxid: 9,
+    }, Step::StreamWrite(sub9)] = &steps[..]
+    else {
+        panic!("{steps:?}");
+    };
+    assert_eq!(changes(before), vec![("1".into(), ChangeOp::Insert)]);
+    assert_eq!(changes(sub8), vec![("2".into(), ChangeOp::Insert)]);
+    assert_eq!(changes(sub9), vec![("3".into(), ChangeOp::Insert)]);
+    // Aborting 8 rolls back to its savepoint (9's goes with it); 9's abort then has no
+    // savepoint left; another transaction's abort is not ours.
+    let steps = feed(
+        &mut a,
+        vec![stream_abort(7, 8), stream_abort(7, 9), stream_abort(5, 5)],
+        cx(Instant::now()),
+    );
+    assert!(
+        matches!(&steps[..], [Step::StreamRollback { to: Some(8) }]),
+        "{steps:?}"
+    );
+    // A subtransaction met again after its rollback gets its savepoint again.
+    let steps = feed(
+        &mut a,
+        vec![
+            stream_start(7, false),
+            streamed_insert(9, "4"),
+            stream_abort(7, 7),
+        ],
+        cx(Instant::now()),
+    );
+    assert!(
+        matches!(
+            &steps[..],
+            [
+                Step::StreamStart { first: false },
+                Step::StreamSavepoint {
+                    before: None,
+                    subxid: 9
+                },
+                Step::StreamRollback { to: None }
+            ]
+        ),
+        "{steps:?}"
+    );
+    assert!(a.is_drained());
+}
+
+#[test]
+fn what_cannot_be_applied_streamed_says_so() {
+    let cases: Vec<(Vec<Message>, &str)> = vec![
+        (
+            vec![stream_start(7, true), stream_start(8, true)],
+            "second big transaction",
+        ),
+        (vec![stream_start(7, false)], "without its first block"),
+        (vec![stream_start(7, true), truncate(&[T])], "truncates"),
+        (
+            vec![
+                stream_start(7, true),
+                Message::StreamStop,
+                stream_commit(8, 100, 1),
+            ],
+            "without the stream",
+        ),
+    ];
+    for (msgs, why) in cases {
+        let mut a = assembler(limits(100), &[]);
+        let steps = feed(&mut a, msgs, cx(Instant::now()));
+        match steps.last() {
+            Some(Step::Unstreamable(reason)) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_full_block_is_handed_out_before_its_stop() {
+    let mut a = assembler(limits(2), &[]);
+    let steps = feed(
+        &mut a,
+        vec![
+            stream_start(7, true),
+            streamed_insert(7, "1"),
+            streamed_insert(7, "2"),
+            streamed_insert(7, "3"),
+            Message::StreamStop,
+        ],
+        cx(Instant::now()),
+    );
+    assert!(
+        matches!(
+            &steps[..],
+            [
+                Step::StreamStart { .. },
+                Step::StreamWrite(_),
+                Step::StreamWrite(_)
+            ]
+        ),
+        "{steps:?}"
+    );
+    // The batch's chunk got nothing of it.
+    assert!(a.take_batch().is_err());
+}

@@ -289,7 +289,7 @@ async fn take_marks(pair: &Pair, emit: &mut [bool; 2]) -> Result<[Lsn; 2], Verif
 async fn direction(pair: &Pair, from: usize, to: usize, mark: Lsn) -> (bool, String) {
     let (src, dst) = (&pair.nodes[from], &pair.nodes[to]);
     let origin = names::origin_name(&src.name);
-    let applied = crate::apply::session::origin_progress(&dst.client, &origin, false).await;
+    let applied = crate::apply::session::applied_progress(&dst.client, &src.name, false).await;
     if matches!(applied, Ok(l) if l >= mark) {
         return (true, String::new());
     }
