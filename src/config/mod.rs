@@ -16,7 +16,7 @@
 //! batch_max_rows = 5000
 //! batch_max_bytes = "16MB"
 //! batch_max_delay_ms = 2
-//! stream_after = "8MB"    # off when absent: apply a bigger transaction while it is open
+//! stream_after = "64MB"   # apply a peer's bigger transaction while it is open; 0 = off
 //! [http]                  # optional
 //! listen = "127.0.0.1:9187"
 //! [ledger]                # optional, defaults shown (see [`LedgerConfig`])
@@ -142,7 +142,8 @@ pub struct ApplyConfig {
     pub batch_max_delay: Duration,
     /// Stream a peer's transaction once its changes pass this size on the peer (its
     /// walsender's `logical_decoding_work_mem`) and apply it while it is still open
-    /// (PostgreSQL 16+ peers; see `apply::streamed`). `None`: whole transactions only.
+    /// (PostgreSQL 16+ peers; see `apply::streamed`). `None` (`stream_after = 0`): whole
+    /// transactions only.
     pub stream_after: Option<ByteSize>,
 }
 
@@ -152,10 +153,14 @@ impl Default for ApplyConfig {
             batch_max_rows: 5000,
             batch_max_bytes: ByteSize(16 << 20),
             batch_max_delay: Duration::from_millis(2),
-            stream_after: None,
+            stream_after: Some(DEFAULT_STREAM_AFTER),
         }
     }
 }
+
+/// Default of `[apply] stream_after`: PostgreSQL's default `logical_decoding_work_mem`,
+/// where a native subscription with `streaming` on starts to stream too.
+pub const DEFAULT_STREAM_AFTER: ByteSize = ByteSize(64 << 20);
 
 /// `[http]`: the sidecar's HTTP endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -378,15 +383,17 @@ impl Config {
             }
             b => b.unwrap_or(defaults.batch_max_bytes),
         };
-        let stream_after =
-            match raw.apply.stream_after {
-                Some(ByteSize(b)) if b < 64 << 10 => return Err(invalid(
+        let stream_after = match raw.apply.stream_after {
+            None => defaults.stream_after,
+            Some(ByteSize(0)) => None,
+            Some(ByteSize(b)) if b < 64 << 10 => {
+                return Err(invalid(
                     "apply.stream_after",
-                    "must be at least \"64kB\" (PostgreSQL's smallest logical_decoding_work_mem)"
-                        .into(),
-                )),
-                b => b,
-            };
+                    "must be at least \"64kB\" (PostgreSQL's smallest logical_decoding_work_mem), or 0 for off".into(),
+                ))
+            }
+            b => b,
+        };
         let apply = ApplyConfig {
             stream_after,
             batch_max_rows,

@@ -62,7 +62,7 @@ fn apply_and_http_sections() {
     assert_eq!(c.apply.batch_max_rows, 10);
     assert_eq!(c.apply.batch_max_bytes, ByteSize(1 << 20));
     assert_eq!(c.apply.batch_max_delay, Duration::from_millis(50));
-    assert_eq!(c.apply.stream_after, None);
+    assert_eq!(c.apply.stream_after, Some(ByteSize(64 << 20)));
     assert_eq!(c.http.unwrap().listen.port(), 9000);
 }
 
