@@ -287,6 +287,20 @@ def table(out):
                 continue
             print(f"| {label} | {fmt(r.get('offered_txn_per_s'))} / {fmt(r.get('achieved_txn_per_s'))} | "
                   f"{r.get('lag_ms_p50')} | {r.get('lag_ms_p90')} | {r.get('lag_ms_p99')} | {r.get('lag_ms_max')} |")
+    vis = [(n, suf) for suf in ("_visible", "_visible8mb")
+           for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18") if n + suf in res]
+    if vis:
+        print()
+        print("| big transaction, commit on A to visible on B | streaming from | rows | runs s | median s | pgmesh peak RSS MB |")
+        print("|---|---|---:|---|---:|---:|")
+        for n, suf in vis:
+            r = res[n + suf]
+            at = "8MB" if suf == "_visible8mb" else "64MB (default)"
+            if n in ("pglogical15", "pgmesh15"):
+                at = "– (whole transactions)"
+            rss = max((p["peak_rss_mb"] for p in r.get("pgmesh_procs", [])), default="–")
+            runs = ", ".join(str(x) for x in r.get("visible_after_commit_s", [])) or f"FAILED (exit {r.get('exit_code')})"
+            print(f"| {n} | {at} | {fmt(r.get('rows'))} | {runs} | {r.get('median_s', '–')} | {rss} |")
     if res.get("decoder"):
         print()
         print("| decoder group | bytes/iter | MB/s | Mmsg/s |")

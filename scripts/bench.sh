@@ -17,6 +17,10 @@
 #   BENCH_MAIN            0 = skip the main catchup/bulk/converge runs (default 1)
 #   BENCH_PEERS           which runs (default "native18 pglogical15 pgmesh15 pgmesh18"; "" = none)
 #   BENCH_SKIP            space-separated subset of "decoder batcher decode_only" to skip
+#   BENCH_VISIBLE         rows of the big transaction whose commit-to-visible time is measured
+#                         with replication running (bench/visible.py; default 1000000, 0 = skip):
+#                         every peer at its defaults (64MB logical_decoding_work_mem /
+#                         stream_after), then native18 and pgmesh18 both at 8MB
 #   BENCH_LAG             1 = steady-state lag at a fixed rate (bench/lag.py + examples/lagprobe),
 #                         plain and durable, for every peer (default 1)
 #   BENCH_LAG_RATES       offered txn/s of the lag runs, one run per rate (default "5000 20000";
@@ -46,6 +50,7 @@ BULK_TXNS=${BENCH_BULK_TXNS:-3}
 BULK_ROWS=${BENCH_BULK_ROWS:-100000}
 CONVERGE_N=${BENCH_CONVERGE_N:-20000}
 BULK_BIG=${BENCH_BULK_BIG:-1000000}
+VISIBLE=${BENCH_VISIBLE:-1000000}
 DURABLE=${BENCH_DURABLE:-0}
 MAIN=${BENCH_MAIN:-1}
 PEERS=${BENCH_PEERS-native18 pglogical15 pgmesh15 pgmesh18}  # empty: none
@@ -74,6 +79,7 @@ PROBE=$CARGO_TARGET_DIR/release/examples/lagprobe
 WRAP=$ROOT/bench/pgmesh-wrap.sh
 CONF=$ROOT/bench/pgmesh-peers.toml
 
+RUN_FLAGS=""  # extra flags of `pgmesh run` (the 8MB visibility pair)
 SIZES=(--n "$N" --bulk-txns "$BULK_TXNS" --bulk-rows "$BULK_ROWS" --converge-n "$CONVERGE_N")
 HARNESS=$PEERS_DIR/peers.py  # bench/lag.py for the lag runs (same peers, same setups)
 echo "{}" > "$WORK/results.json"
@@ -109,8 +115,8 @@ run_peers() { # suffix
         v=${p#pgmesh}
         peer_run "$p$1" cmd --ver "$v" \
           --setup "$WRAP setup -c $CONF" \
-          --ab "$WRAP run -c $CONF --node b" \
-          --ba "$WRAP run -c $CONF --node a" ;;
+          --ab "$WRAP run -c $CONF --node b $RUN_FLAGS" \
+          --ba "$WRAP run -c $CONF --node a $RUN_FLAGS" ;;
       *) echo "bench: unknown peer run $p" >&2; exit 2 ;;
     esac
   done
@@ -133,6 +139,22 @@ if [ "$BULK_BIG" != 0 ]; then
   # One transaction of BULK_BIG rows (fresh clusters): bounded memory while it passes.
   SIZES=(--only bulk --bulk-txns 1 --bulk-rows "$BULK_BIG")
   run_peers "_bigtxn"
+fi
+
+if [ "$VISIBLE" != 0 ]; then
+  # A big transaction with replication running: from its commit on A to visible on B.
+  HARNESS=$ROOT/bench/visible.py
+  SIZES=(--peers-dir "$PEERS_DIR" --rows "$VISIBLE" --repeat 3)
+  run_peers "_visible"
+  # The same streaming threshold for both: the walsender's logical_decoding_work_mem for
+  # native, [apply] stream_after for pgmesh (which sets it for its own walsender).
+  ALL_PEERS=$PEERS
+  PEERS=$(for p in $ALL_PEERS; do case $p in native18|pgmesh18) echo "$p" ;; esac; done)
+  SIZES+=(--pg-setting "logical_decoding_work_mem='8MB'")
+  RUN_FLAGS="--stream-after 8MB"
+  run_peers "_visible8mb"
+  PEERS=$ALL_PEERS RUN_FLAGS=""
+  HARNESS=$PEERS_DIR/peers.py
 fi
 
 if [ "$LAG" != 0 ]; then

@@ -182,11 +182,12 @@ fn setup_creates_everything_idempotently_and_teardown_keeps_rows() {
                     .unwrap(),
                 format!("pgmesh_{peer}:pgoutput")
             );
-            // The merge of `items` wrote under the copy origin.
+            // The merge of `items` wrote under the copy origin; streamed transactions
+            // commit under the stream origin.
             assert_eq!(
                 c.psql("SELECT string_agg(roname, ',' ORDER BY roname) FROM pg_replication_origin")
                     .unwrap(),
-                format!("pgmesh__copy_{peer},pgmesh_{peer}")
+                format!("pgmesh__copy_{peer},pgmesh__stream_{peer},pgmesh_{peer}")
             );
             assert_eq!(
                 c.psql("SELECT string_agg(tgrelid::regclass::text || ':' || tgenabled::text, ',' ORDER BY tgrelid::regclass::text) FROM pg_trigger WHERE tgname = 'pgmesh_tombstone'").unwrap(),

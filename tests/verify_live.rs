@@ -398,11 +398,11 @@ fn verify_reports_exactly_the_changed_keys_and_repair_fixes_them() {
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));
         m.stop_sidecars();
 
-        // Teardown removes the repair origin with pgmesh's others.
+        // Teardown removes the repair and stream origins with pgmesh's others.
         let origins = "SELECT string_agg(roname, ',' ORDER BY roname COLLATE \"C\") FROM pg_replication_origin";
         assert_eq!(
             query(&m.a.cluster, origins),
-            "pgmesh__repair_b,pgmesh_b,test_sneak"
+            "pgmesh__repair_b,pgmesh__stream_b,pgmesh_b,test_sneak"
         );
         let out = pgmesh(&["teardown", "--yes"], &cfg);
         assert_eq!(out.status.code(), Some(0), "PG{major}: {}", text(&out));

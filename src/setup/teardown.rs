@@ -12,7 +12,7 @@ use crate::config::names;
 use tokio_postgres::Client;
 
 /// Names pgmesh gives its slots and origins.
-const OWN_NAME_RE: &str = "^pgmesh_(_copy_|_repair_)?[a-z][a-z0-9_]{0,30}$";
+const OWN_NAME_RE: &str = "^pgmesh_(_copy_|_repair_|_stream_)?[a-z][a-z0-9_]{0,30}$";
 
 /// Drops slots, origins, publication, tombstone and fence triggers, functions and schema
 /// pgmesh (with the fence flag) on one node.
