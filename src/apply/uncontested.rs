@@ -65,15 +65,24 @@ enum Reply {
     Guard,
 }
 
-/// One statement of the pipeline and how its parameters are laid out around the arrays.
+/// Where a statement's other parameters sit around its arrays.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Arrays, the table name, the peer's origins (deletes).
+    ArraysNameOrigins,
+    /// Arrays, the peer's origins (updates).
+    ArraysOrigins,
+    /// Arrays only (inserts).
+    Arrays,
+    /// The table name, then the arrays (the tombstone read).
+    NameArrays,
+}
+
+/// One statement of the pipeline.
 struct Job<'v> {
     stmt: Statement,
     arrays: Columns<'v>,
-    /// The table name comes first (`$1`) / right after the arrays.
-    name_first: bool,
-    name_after: bool,
-    /// The peer's origins come after the arrays (and the name).
-    origins_last: bool,
+    layout: Layout,
     /// A guarded statement's expected count, the last parameter.
     expected: Option<i64>,
     reply: Reply,
@@ -137,9 +146,7 @@ impl Db<'_> {
             jobs.push(Job {
                 stmt: self.statement(&text).await?,
                 arrays: key_params(&deletes, npk)?,
-                name_first: false,
-                name_after: true,
-                origins_last: true,
+                layout: Layout::ArraysNameOrigins,
                 expected: count(deletes.len()),
                 reply: if guarded {
                     Reply::Guard
@@ -157,9 +164,7 @@ impl Db<'_> {
             jobs.push(Job {
                 stmt: self.statement(&text).await?,
                 arrays: value_params(&updates, &idx, &cols, Some(npk))?,
-                name_first: false,
-                name_after: false,
-                origins_last: true,
+                layout: Layout::ArraysOrigins,
                 expected: count(idx.len()),
                 reply: if guarded {
                     Reply::Guard
@@ -184,9 +189,7 @@ impl Db<'_> {
             jobs.push(Job {
                 stmt: self.statement(&text).await?,
                 arrays: value_params(&inserts, &idx, &cols, None)?,
-                name_first: false,
-                name_after: false,
-                origins_last: false,
+                layout: Layout::Arrays,
                 expected: None,
                 reply: if guarded {
                     Reply::Guard
@@ -206,9 +209,7 @@ impl Db<'_> {
             jobs.push(Job {
                 stmt: self.statement(&text).await?,
                 arrays: key_params(&insert_keys, npk)?,
-                name_first: true,
-                name_after: false,
-                origins_last: false,
+                layout: Layout::NameArrays,
                 expected: None,
                 reply: if guarded {
                     Reply::Guard
@@ -220,16 +221,18 @@ impl Db<'_> {
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = jobs
             .iter()
             .map(|j| {
-                let mut v: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(j.arrays.len() + 2);
-                if j.name_first {
+                let mut v: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(j.arrays.len() + 3);
+                if matches!(j.layout, Layout::NameArrays) {
                     v.push(&t.name);
                 }
                 v.extend(as_params(&j.arrays));
-                if j.name_after {
-                    v.push(&t.name);
-                }
-                if j.origins_last {
-                    v.push(&peer_origins);
+                match j.layout {
+                    Layout::ArraysNameOrigins => {
+                        v.push(&t.name);
+                        v.push(&peer_origins);
+                    }
+                    Layout::ArraysOrigins => v.push(&peer_origins),
+                    Layout::Arrays | Layout::NameArrays => {}
                 }
                 if let Some(n) = &j.expected {
                     v.push(n);
