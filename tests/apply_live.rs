@@ -302,3 +302,110 @@ fn the_tombstone_lookup_probes_per_key_with_a_plan_cached_while_empty() {
         });
     }
 }
+
+/// Small chunks run on generic plans (planned once per session), so every statement of
+/// the apply must keep probing the key (and the tombstones' key) when its plan was cached
+/// while its tables were empty and they grew afterwards — the failure that once made pgmesh
+/// plan small chunks every time.
+#[test]
+fn every_apply_statement_probes_keys_with_a_plan_cached_while_its_table_was_empty() {
+    use pgmesh::apply::{sql, uncontested_sql as u};
+    use pgmesh::table::local::LocalTable;
+    use tokio_postgres::types::Type;
+    for major in versions_under_test() {
+        let c = pgmesh::testkit::Cluster::start(major).unwrap();
+        c.psql(
+            "CREATE TABLE big(id bigint PRIMARY KEY, v text);
+             CREATE SCHEMA pgmesh;
+             CREATE TABLE pgmesh.tombstones (table_name text NOT NULL, key text[] NOT NULL,
+               deleted_at timestamptz NOT NULL DEFAULT now(), decided_ts timestamptz,
+               decided_node text, PRIMARY KEY (table_name, key));",
+        )
+        .unwrap();
+        let rt = support::runtime();
+        rt.block_on(async {
+            let client = support::client(&c.dsn()).await;
+            let t = LocalTable::load(&client, "public", "big").await.unwrap();
+            let statements = [
+                ("select_rows", sql::select_rows(&t)),
+                ("select_tombstones", sql::select_tombstones(&t)),
+                ("upsert_tombstones", sql::upsert_tombstones(&t)),
+                ("delete_rows", sql::delete_rows(&t)),
+                ("update_rows", sql::update_rows(&t, &[1])),
+                ("insert_rows", sql::insert_rows(&t, &[0, 1])),
+                ("insert_new_rows", sql::insert_new_rows(&t, &[0, 1])),
+                ("update_peers_rows", u::update_peers_rows(&t, &[1])),
+                ("update_all_peers_rows", u::update_all_peers_rows(&t, &[1])),
+                ("delete_peers_rows", u::delete_peers_rows(&t)),
+                ("delete_all_peers_rows", u::delete_all_peers_rows(&t)),
+                ("no_tombstones", u::no_tombstones(&t)),
+            ];
+            client
+                .batch_execute("SET plan_cache_mode = force_generic_plan")
+                .await
+                .unwrap();
+            // Arguments by type: two keys, the table's name, no origin, a count of two.
+            let mut executes = Vec::new();
+            for (name, text) in &statements {
+                let types = client.prepare(text).await.unwrap().params().to_vec();
+                let args: Vec<&str> = types
+                    .iter()
+                    .map(|ty| match *ty {
+                        Type::TEXT_ARRAY => "'{1,2}'",
+                        Type::TEXT => "'public.big'",
+                        Type::OID_ARRAY => "'{}'",
+                        Type::INT8 | Type::INT4 => "2",
+                        ref other => panic!("{name}: a parameter of type {other}"),
+                    })
+                    .collect();
+                client
+                    .batch_execute(&format!("PREPARE {name} AS {text}"))
+                    .await
+                    .unwrap();
+                executes.push((name, format!("EXECUTE {name}({})", args.join(", "))));
+            }
+            // Each plan is made (and cached) now, on empty tables.
+            for (name, exec) in &executes {
+                client
+                    .batch_execute(&format!("EXPLAIN {exec}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("PG{major} {name}: {e}"));
+            }
+            client
+                .batch_execute(
+                    "INSERT INTO big SELECT g, 'v' FROM generate_series(1, 100000) g;
+                     INSERT INTO pgmesh.tombstones (table_name, key)
+                       SELECT 'public.big', ARRAY[g::text] FROM generate_series(100001, 200000) g;",
+                )
+                .await
+                .unwrap();
+            for (name, exec) in &executes {
+                let plan: Vec<String> = client
+                    .query(&format!("EXPLAIN {exec}"), &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect();
+                let plan = plan.join("\n");
+                // A join with the keys is fine; reading a whole table (or all of its
+                // tombstones: an index condition on the table name alone) is not, except
+                // in the EXISTS that skips tables without tombstones (`e`: it stops at the
+                // first one).
+                let lines: Vec<&str> = plan.lines().collect();
+                let all_tombstones = lines.windows(2).any(|w| {
+                    w[1].contains("Index Cond: (table_name = ")
+                        && !w[1].contains("key")
+                        && !w[0].contains("on tombstones e")
+                });
+                let whole = plan.contains("Seq Scan on big")
+                    || plan.contains("Seq Scan on tombstones")
+                    || all_tombstones;
+                assert!(!whole, "PG{major} {name}: reads a whole table\n{plan}");
+                if std::env::var_os("PGMESH_SHOW_PLANS").is_some() {
+                    eprintln!("PG{major} {name}:\n{plan}\n");
+                }
+            }
+        });
+    }
+}

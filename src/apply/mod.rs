@@ -24,7 +24,7 @@ pub mod sql;
 mod stats;
 pub mod streamed;
 mod uncontested;
-mod uncontested_sql;
+pub mod uncontested_sql;
 mod write;
 
 pub use crate::sqlconn::{db_error_is_transient, describe_db_error};
