@@ -11,28 +11,17 @@ synchronous_commit on), --peers-dir (where peers.py lives).
 """
 import argparse, json, os, subprocess, sys, time
 
+import peerlab
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("peer", choices=["native", "pglogical", "cmd"])
-    ap.add_argument("--ver", default=None)
+    peerlab.add_peer_args(ap)
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=int, default=15)
-    ap.add_argument("--durable", action="store_true")
     ap.add_argument("--probe", required=True, help="the lagprobe binary")
-    ap.add_argument("--peers-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench"))
-    ap.add_argument("--pg-setting", action="append", default=[], help="extra server setting (repeatable)")
-    ap.add_argument("--setup"); ap.add_argument("--ab"); ap.add_argument("--ba")
     a = ap.parse_args()
-    sys.path.insert(0, os.path.abspath(a.peers_dir))
-    import peers, pglab  # noqa: E402  (the harness's own classes: the same setups)
-
-    cls = {"native": peers.Native, "pglogical": peers.Pglogical, "cmd": peers.Cmd}[a.peer]
-    peer = cls(a.ver or {"native": "18", "pglogical": "15", "cmd": "15"}[a.peer], a)
-    extra = (list(peers.DURABLE) if a.durable else []) + a.pg_setting
-    if a.peer == "pglogical":
-        extra += ["shared_preload_libraries='pglogical'", "pglogical.conflict_resolution='last_update_wins'"]
-    pglab.start("a", peers.A, peer.ver, extra); pglab.start("b", peers.B, peer.ver, extra)
+    peers, pglab, peer = peerlab.start(a, "15")
     res = {"peer": a.peer, "pg": peer.ver, "durable": a.durable}
     try:
         peer.setup()

@@ -50,6 +50,21 @@ fn wait_stream_session_writing(m: &Mesh) {
     }
 }
 
+/// Opens a transaction on a that runs `sql` and stays open (the session is returned).
+fn open_on_a(m: &Mesh, sql: &str) -> tokio_postgres::Client {
+    let dsn = m.a.cluster.dsn();
+    m.rt.block_on(async {
+        let c = client(&dsn).await;
+        c.batch_execute(&format!("BEGIN; {sql}")).await.unwrap();
+        c
+    })
+}
+
+/// Runs `sql` in a transaction `open_on_a` opened (its last statement ends it).
+fn finish_on_a(m: &Mesh, c: &tokio_postgres::Client, sql: &str) {
+    m.rt.block_on(async { c.batch_execute(sql).await.unwrap() });
+}
+
 fn stream_origin_progress(m: &Mesh) -> String {
     m.b.cluster
         .psql("SELECT coalesce(pg_replication_origin_progress('pgmesh__stream_a', false), '0/0')")
@@ -66,12 +81,9 @@ fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
             .psql("UPDATE items SET note = 'b local' WHERE id = 5")
             .unwrap();
         m.wait_converged(&["items"], Duration::from_secs(30));
-        let dsn = m.a.cluster.dsn();
-        let big = m.rt.block_on(async {
-            let c = client(&dsn).await;
-            c.batch_execute(
-                "BEGIN;
-                 INSERT INTO items SELECT g, 'big ' || g, 1, repeat('x', 50)
+        let big = open_on_a(
+            &m,
+            "INSERT INTO items SELECT g, 'big ' || g, 1, repeat('x', 50)
                    FROM generate_series(1000, 20999) g;
                  UPDATE items SET qty = qty + 1 WHERE id BETWEEN 1 AND 100;
                  DELETE FROM items WHERE id BETWEEN 101 AND 150;
@@ -83,11 +95,7 @@ fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
                  INSERT INTO items SELECT g, 'after savepoint', 2, null
                    FROM generate_series(60000, 60999) g;
                  UPDATE items SET name = 'big' WHERE id = 5;",
-            )
-            .await
-            .unwrap();
-            c
-        });
+        );
         wait_stream_session_writing(&m);
         // Small transactions that commit while it is open flow through meanwhile.
         m.a.cluster
@@ -109,7 +117,7 @@ fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        m.rt.block_on(async { big.batch_execute("COMMIT").await.unwrap() });
+        finish_on_a(&m, &big, "COMMIT");
         m.wait_converged(&["items"], Duration::from_secs(120));
         assert_eq!(
             m.b.cluster
@@ -150,21 +158,14 @@ fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
 fn an_aborted_big_transaction_leaves_nothing_and_the_next_one_streams() {
     for major in streaming_versions() {
         let mut m = mesh(major);
-        let dsn = m.a.cluster.dsn();
-        let big = m.rt.block_on(async {
-            let c = client(&dsn).await;
-            c.batch_execute(
-                "BEGIN;
-                 INSERT INTO items SELECT g, 'aborted', 1, repeat('x', 50)
+        let big = open_on_a(
+            &m,
+            "INSERT INTO items SELECT g, 'aborted', 1, repeat('x', 50)
                    FROM generate_series(1000, 15999) g;
                  DELETE FROM items WHERE id <= 100;",
-            )
-            .await
-            .unwrap();
-            c
-        });
+        );
         wait_stream_session_writing(&m);
-        m.rt.block_on(async { big.batch_execute("ROLLBACK").await.unwrap() });
+        finish_on_a(&m, &big, "ROLLBACK");
         m.a.cluster
             .psql(
                 "INSERT INTO items SELECT g, 'kept', 2, repeat('y', 50)
@@ -201,30 +202,23 @@ fn an_aborted_big_transaction_leaves_nothing_and_the_next_one_streams() {
 fn two_big_transactions_at_once_are_read_whole() {
     for major in streaming_versions() {
         let mut m = mesh(major);
-        let dsn = m.a.cluster.dsn();
-        let (one, two) = m.rt.block_on(async {
-            let one = client(&dsn).await;
-            let two = client(&dsn).await;
-            one.batch_execute(
-                "BEGIN; INSERT INTO items SELECT g, 'one', 1, repeat('x', 50)
-                   FROM generate_series(1000, 10999) g;",
-            )
-            .await
-            .unwrap();
-            two.batch_execute(
-                "BEGIN; INSERT INTO items SELECT g, 'two', 2, repeat('x', 50)
-                   FROM generate_series(20000, 29999) g;
-                 UPDATE items SET qty = 7 WHERE id <= 50;",
-            )
-            .await
-            .unwrap();
-            one.batch_execute("UPDATE items SET qty = 8 WHERE id > 150 AND id <= 200; COMMIT")
-                .await
-                .unwrap();
-            two.batch_execute("COMMIT").await.unwrap();
-            (one, two)
-        });
-        drop((one, two));
+        let one = open_on_a(
+            &m,
+            "INSERT INTO items SELECT g, 'one', 1, repeat('x', 50)
+               FROM generate_series(1000, 10999) g",
+        );
+        let two = open_on_a(
+            &m,
+            "INSERT INTO items SELECT g, 'two', 2, repeat('x', 50)
+               FROM generate_series(20000, 29999) g;
+             UPDATE items SET qty = 7 WHERE id <= 50",
+        );
+        finish_on_a(
+            &m,
+            &one,
+            "UPDATE items SET qty = 8 WHERE id > 150 AND id <= 200; COMMIT",
+        );
+        finish_on_a(&m, &two, "COMMIT");
         m.wait_converged(&["items"], Duration::from_secs(120));
         assert_eq!(
             m.b.cluster
@@ -246,29 +240,20 @@ fn two_big_transactions_at_once_are_read_whole() {
 fn a_crash_in_the_middle_of_a_streamed_transaction_loses_nothing() {
     for major in streaming_versions() {
         let mut m = mesh(major);
-        let dsn = m.a.cluster.dsn();
-        let big = m.rt.block_on(async {
-            let c = client(&dsn).await;
-            c.batch_execute(
-                "BEGIN;
-                 INSERT INTO items SELECT g, 'big', 1, repeat('x', 50)
+        let big = open_on_a(
+            &m,
+            "INSERT INTO items SELECT g, 'big', 1, repeat('x', 50)
                    FROM generate_series(1000, 15999) g;
                  UPDATE items SET qty = qty + 5 WHERE id <= 100;",
-            )
-            .await
-            .unwrap();
-            c
-        });
+        );
         wait_stream_session_writing(&m);
         m.kill_sidecars();
-        m.rt.block_on(async {
-            big.batch_execute(
-                "INSERT INTO items SELECT g, 'big', 1, null FROM generate_series(16000, 16999) g;
-                 COMMIT",
-            )
-            .await
-            .unwrap()
-        });
+        finish_on_a(
+            &m,
+            &big,
+            "INSERT INTO items SELECT g, 'big', 1, null FROM generate_series(16000, 16999) g;
+             COMMIT",
+        );
         m.start_sidecars();
         m.wait_converged(&["items"], Duration::from_secs(120));
         assert_eq!(
