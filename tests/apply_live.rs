@@ -249,6 +249,13 @@ fn key_lookups_probe_the_index_whatever_the_table_size() {
     }
 }
 
+/// A table `big` and pgmesh's tombstone table, nothing else: for plan checks.
+const BIG_AND_TOMBSTONES: &str = "CREATE TABLE big(id bigint PRIMARY KEY, v text);
+     CREATE SCHEMA pgmesh;
+     CREATE TABLE pgmesh.tombstones (table_name text NOT NULL, key text[] NOT NULL,
+       deleted_at timestamptz NOT NULL DEFAULT now(), decided_ts timestamptz,
+       decided_node text, PRIMARY KEY (table_name, key));";
+
 /// The tombstone lookup probes the primary key of `pgmesh.tombstones` once per key even
 /// with a plan cached while the tombstone table was empty (catch-up and bulk chunks use
 /// cached plans): as a plain join such a plan read every tombstone of the table and
@@ -259,14 +266,7 @@ fn the_tombstone_lookup_probes_per_key_with_a_plan_cached_while_empty() {
     use pgmesh::table::local::LocalTable;
     for major in versions_under_test() {
         let c = pgmesh::testkit::Cluster::start(major).unwrap();
-        c.psql(
-            "CREATE TABLE big(id bigint PRIMARY KEY, v text);
-             CREATE SCHEMA pgmesh;
-             CREATE TABLE pgmesh.tombstones (table_name text NOT NULL, key text[] NOT NULL,
-               deleted_at timestamptz NOT NULL DEFAULT now(), decided_ts timestamptz,
-               decided_node text, PRIMARY KEY (table_name, key));",
-        )
-        .unwrap();
+        c.psql(BIG_AND_TOMBSTONES).unwrap();
         let rt = support::runtime();
         rt.block_on(async {
             let client = support::client(&c.dsn()).await;
@@ -314,14 +314,7 @@ fn every_apply_statement_probes_keys_with_a_plan_cached_while_its_table_was_empt
     use tokio_postgres::types::Type;
     for major in versions_under_test() {
         let c = pgmesh::testkit::Cluster::start(major).unwrap();
-        c.psql(
-            "CREATE TABLE big(id bigint PRIMARY KEY, v text);
-             CREATE SCHEMA pgmesh;
-             CREATE TABLE pgmesh.tombstones (table_name text NOT NULL, key text[] NOT NULL,
-               deleted_at timestamptz NOT NULL DEFAULT now(), decided_ts timestamptz,
-               decided_node text, PRIMARY KEY (table_name, key));",
-        )
-        .unwrap();
+        c.psql(BIG_AND_TOMBSTONES).unwrap();
         let rt = support::runtime();
         rt.block_on(async {
             let client = support::client(&c.dsn()).await;
