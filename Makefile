@@ -34,9 +34,11 @@ test: install-postgres install-control check-monitoring
 
 ## PostgreSQL 16 and 17 run this representative subset (everything runs on 15 and 18):
 ## decoding and the replication protocol (what differs most between majors), apply and
-## conflicts, randomized convergence, setup, fencing, slot invalidation. ~1 min a version.
+## conflicts, randomized convergence, streamed big transactions (16+), setup, fencing, slot
+## invalidation. ~1 min a version.
 PG_SUBSET_TESTS = --test pgoutput_live --test source_live --test apply_live --test conflicts_live \
-  --test converge_random --test setup_live --test fence_live --test slot_invalidated_live
+  --test converge_random --test streaming_live --test setup_live --test fence_live \
+  --test slot_invalidated_live
 
 install-postgres:
 	bash scripts/install-postgres.sh
