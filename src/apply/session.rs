@@ -187,9 +187,23 @@ impl ApplySession {
         self.tables.clear();
     }
 
-    /// Runs `sql` (our own statements: savepoints) in the open transaction.
-    pub(super) async fn execute(&mut self, sql: &str) -> Result<(), ApplyError> {
-        Ok(self.client.batch_execute(sql).await?)
+    /// Makes savepoint `name` in the open transaction.
+    pub(super) async fn savepoint(&mut self, name: &str) -> Result<(), ApplyError> {
+        self.begin().await?;
+        Ok(self
+            .client
+            .batch_execute(&format!("SAVEPOINT {name}"))
+            .await?)
+    }
+
+    /// Rolls the open transaction back to savepoint `name`.
+    pub(super) async fn rollback_to(&mut self, name: &str) -> Result<(), ApplyError> {
+        // A plan mode set after the savepoint is undone with it.
+        self.generic_plans = None;
+        Ok(self
+            .client
+            .batch_execute(&format!("ROLLBACK TO SAVEPOINT {name}"))
+            .await?)
     }
 
     /// The statement runner, the origins and the peer, borrowed together.

@@ -112,10 +112,7 @@ impl StreamSession {
 
     /// A subtransaction of the streamed transaction begins.
     pub async fn savepoint(&mut self, subxid: Xid) -> Result<(), StreamError> {
-        self.session.begin().await?;
-        self.session
-            .execute(&format!("SAVEPOINT s{subxid}"))
-            .await?;
+        self.session.savepoint(&format!("s{subxid}")).await?;
         self.savepoints.push((subxid, self.deferred.rows()));
         Ok(())
     }
@@ -137,9 +134,7 @@ impl StreamSession {
             )));
         }
         self.savepoints.truncate(i + 1);
-        self.session
-            .execute(&format!("ROLLBACK TO SAVEPOINT s{subxid}"))
-            .await?;
+        self.session.rollback_to(&format!("s{subxid}")).await?;
         Ok(())
     }
 

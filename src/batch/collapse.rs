@@ -145,9 +145,9 @@ impl Chunk {
     /// Whether a change to `key` of the table `map` is held here.
     #[must_use]
     pub fn holds(&self, map: &TableMap, key: &Key) -> bool {
-        self.tables
-            .iter()
-            .any(|t| t.map.local == map.local && t.changes.contains_key(key))
+        self.tables.iter().any(|t| {
+            (std::ptr::eq(&*t.map, map) || t.map.local == map.local) && t.changes.contains_key(key)
+        })
     }
 
     /// Dates every change with its transaction's commit (a streamed transaction's are
