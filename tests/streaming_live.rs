@@ -34,20 +34,26 @@ fn mesh(major: u32) -> Mesh {
     m
 }
 
+/// Polls `query` on b until it returns `want`; panics naming `what` after a minute.
+fn wait_on_b(m: &Mesh, query: &str, want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.b.cluster.psql(query).unwrap() != want {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until a pgmesh apply session on b holds a transaction that wrote `items`
 /// (while the peer's transaction is open: only the stream session can).
 fn wait_stream_session_writing(m: &Mesh) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let q = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
-             WHERE s.application_name = 'pgmesh apply' AND l.relation = 'items'::regclass \
-               AND l.mode = 'RowExclusiveLock' AND s.state = 'idle in transaction'";
-    while m.b.cluster.psql(q).unwrap() == "0" {
-        assert!(
-            Instant::now() < deadline,
-            "b's stream session never wrote the open transaction's rows"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_on_b(
+        m,
+        "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity s USING (pid) \
+         WHERE s.application_name = 'pgmesh apply' AND l.relation = 'items'::regclass \
+           AND l.mode = 'RowExclusiveLock' AND s.state = 'idle in transaction'",
+        "t",
+        "b's stream session never wrote the open transaction's rows",
+    );
 }
 
 /// Opens a transaction on a that runs `sql` and stays open (the session is returned).
@@ -103,20 +109,12 @@ fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
                 "INSERT INTO items SELECT g, 'small', 3, null FROM generate_series(90000, 90099) g",
             )
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while m
-            .b
-            .cluster
-            .psql("SELECT count(*) FROM items WHERE id >= 90000")
-            .unwrap()
-            != "100"
-        {
-            assert!(
-                Instant::now() < deadline,
-                "PG{major}: small transactions waited for the big one"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_on_b(
+            &m,
+            "SELECT count(*) FROM items WHERE id >= 90000",
+            "100",
+            &format!("PG{major}: small transactions waited for the big one"),
+        );
         finish_on_a(&m, &big, "COMMIT");
         m.wait_converged(&["items"], Duration::from_secs(120));
         assert_eq!(
