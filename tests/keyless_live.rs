@@ -315,6 +315,72 @@ fn keyless_changes_flow_both_ways_and_conflicts_converge() {
     }
 }
 
+/// A peer's delete or update that has to wait for a local transaction rewriting the same
+/// row without changing it (`SET c = c`): the apply then finds the row in its new version
+/// and changes it, instead of counting it missing on this node alone (which left the row
+/// on one node: a lookup sub-select follows the lock to the new version, but the statement
+/// around it reads with the snapshot taken before the wait).
+#[test]
+fn a_peer_change_waiting_for_a_local_rewrite_of_its_row_still_finds_it() {
+    for major in versions_under_test() {
+        let mut m = Mesh::new(major, DDL, TABLES);
+        m.start_sidecars();
+        q(
+            &m.a.cluster,
+            &format!(
+                "INSERT INTO log VALUES (1, 'one', '{{\"k\": 1}}', NULL), (2, 'two', NULL, {})",
+                big("two")
+            ),
+        );
+        m.wait_converged(NAMES, WAIT);
+        let rounds = [
+            (
+                "UPDATE log SET c = c WHERE a = 1",
+                "DELETE FROM log WHERE a = 1",
+            ),
+            (
+                "UPDATE log SET a = a WHERE a = 2",
+                "UPDATE log SET b = 'new' WHERE a = 2",
+            ),
+        ];
+        for (local_rewrite, peer_change) in rounds {
+            let dsn = m.b.cluster.dsn();
+            let local = m.rt.block_on(async {
+                let c = support::client(&dsn).await;
+                c.batch_execute(&format!("BEGIN; {local_rewrite}"))
+                    .await
+                    .unwrap();
+                c
+            });
+            q(&m.a.cluster, peer_change);
+            support::live::wait_for(
+                &m.b.cluster,
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'pgmesh apply' AND wait_event_type = 'Lock'",
+                "1",
+                "b's apply session waiting for the open local rewrite",
+                WAIT,
+            );
+            m.rt.block_on(local.batch_execute("COMMIT")).unwrap();
+            m.wait_converged(NAMES, WAIT);
+        }
+        assert_eq!(
+            q(
+                &m.b.cluster,
+                "SELECT string_agg(a || ' ' || b, ',') FROM log"
+            ),
+            "2 new",
+            "PG{major}"
+        );
+        assert_eq!(
+            ledger(&m.b.cluster, "delete_missing") + ledger(&m.b.cluster, "update_missing"),
+            0,
+            "PG{major}: the rows were there"
+        );
+        m.stop_sidecars();
+    }
+}
+
 /// One random statement on the key-less table over a few values of `a`, so both nodes
 /// hit the same rows. Every write gives its rows a content never seen before (`tag`):
 /// a row content that comes back while the peer changes the earlier identical row is

@@ -118,16 +118,15 @@ impl KeylessApply<'_, '_> {
             }
             ChangeOp::Delete => {
                 let old = old_image(map, ch)?;
-                let cols = valued(old);
-                let vals = values(old, &cols)?;
-                let sql = keyless_sql::delete_one(&map.local, &cols);
-                let stmt = self.db.statement(&sql).await?;
-                if self.db.client.execute(&stmt, &params(&vals)).await? == 0 {
+                if let Some((table, ctid)) = self.locate(map, old).await? {
+                    let sql = keyless_sql::delete_at(&map.local);
+                    let stmt = self.db.statement(&sql).await?;
+                    self.db.client.execute(&stmt, &[&table, &ctid]).await?;
+                    stats.deleted += 1;
+                } else {
                     ledger.push(self.missing(map, ConflictKind::DeleteMissing, ch, old, None));
                     stats.conflicts += 1;
                     stats.skipped += 1;
-                } else {
-                    stats.deleted += 1;
                 }
             }
             ChangeOp::Update => {
@@ -145,15 +144,18 @@ impl KeylessApply<'_, '_> {
                     stats.skipped += 1;
                     return Ok(());
                 }
-                let match_cols = valued(old);
-                let set_cols = valued(&new);
-                let mut vals = values(old, &match_cols)?;
-                vals.extend(values(&new, &set_cols)?);
-                let sql = keyless_sql::update_one(&map.local, &match_cols, &set_cols).ok_or_else(
-                    || ApplyError::Protocol(format!("update of {}: no columns", map.local.name)),
-                )?;
-                let stmt = self.db.statement(&sql).await?;
-                if self.db.client.execute(&stmt, &params(&vals)).await? == 0 {
+                if let Some((table, ctid)) = self.locate(map, old).await? {
+                    let set_cols = valued(&new);
+                    let vals = values(&new, &set_cols)?;
+                    let sql = keyless_sql::update_at(&map.local, &set_cols).ok_or_else(|| {
+                        ApplyError::Protocol(format!("update of {}: no columns", map.local.name))
+                    })?;
+                    let stmt = self.db.statement(&sql).await?;
+                    let mut p: Vec<&(dyn ToSql + Sync)> = vec![&table, &ctid];
+                    p.extend(params(&vals));
+                    self.db.client.execute(&stmt, &p).await?;
+                    stats.updated += 1;
+                } else {
                     // The row changed or went away here meanwhile: the new image is added,
                     // as the peer's copy will be, so both nodes hold the same rows.
                     ledger.push(self.missing(
@@ -166,12 +168,25 @@ impl KeylessApply<'_, '_> {
                     stats.conflicts += 1;
                     self.keyless_insert(map, &new).await?;
                     stats.inserted += 1;
-                } else {
-                    stats.updated += 1;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The address (tableoid, ctid) of one row equal to `old`, locked until the apply
+    /// transaction ends; `None` when no row here has that content.
+    async fn locate(
+        &mut self,
+        map: &TableMap,
+        old: &Row,
+    ) -> Result<Option<(u32, String)>, ApplyError> {
+        let cols = valued(old);
+        let vals = values(old, &cols)?;
+        let sql = keyless_sql::locate_one(&map.local, &cols);
+        let stmt = self.db.statement(&sql).await?;
+        let row = self.db.client.query_opt(&stmt, &params(&vals)).await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     async fn keyless_insert(&mut self, map: &TableMap, row: &Row) -> Result<(), ApplyError> {

@@ -1,8 +1,17 @@
 //! SQL text of the row-at-a-time statements for tables without a primary key (pure).
 //!
 //! Such a table is a multiset of rows identified by their whole content, so a change
-//! names its row by the full old image: a statement finds ONE row whose every column
-//! matches and changes only that row (`LIMIT 1`), leaving identical duplicates alone.
+//! names its row by the full old image: one statement finds and locks ONE row whose every
+//! column matches (`LIMIT 1`), leaving identical duplicates alone; a second statement
+//! changes the row at that address.
+//!
+//! Two statements, not one with the lookup as a sub-select: when the lookup waits for a
+//! concurrent local write that leaves the row's content as it was (`UPDATE t SET c = c`),
+//! `FOR UPDATE` follows to the new row version and hands back its address, but the outer
+//! statement still reads with the snapshot taken before the wait, in which that version
+//! does not exist yet: it would change nothing and the change would count as missing on
+//! this node only. The second statement takes a new snapshot, which holds the version we
+//! locked.
 //!
 //! Columns are compared as canonical text, `t.c::text IS NOT DISTINCT FROM
 //! $n::text::<type>::text`: text works for every type (json, point and xml have no `=`),
@@ -36,29 +45,34 @@ fn matches(t: &LocalTable, cols: &[usize], first: usize) -> String {
         .join(" AND ")
 }
 
-/// The address of one row matching the old image, locked: a concurrent local change
-/// of that row is waited for and re-checked (a row that no longer matches is passed
-/// over for the next one that does).
-fn locate(t: &LocalTable, cols: &[usize]) -> String {
+/// The address of one row whose columns `match_cols` equal the parameters (one per
+/// column, in order), locked: a concurrent local change of that row is waited for and
+/// re-checked (a row that no longer matches is passed over for the next one that does).
+/// Columns: tableoid (`oid`), ctid as text; no row when none matches.
+#[must_use]
+pub fn locate_one(t: &LocalTable, match_cols: &[usize]) -> String {
     format!(
-        "(tableoid, ctid) = (SELECT t.tableoid, t.ctid FROM {} t WHERE {} LIMIT 1 FOR UPDATE OF t)",
+        "SELECT t.tableoid, t.ctid::text FROM {} t WHERE {} LIMIT 1 FOR UPDATE OF t",
         t.name,
-        matches(t, cols, 1)
+        matches(t, match_cols, 1)
     )
 }
 
-/// Deletes one row whose columns `match_cols` equal the parameters (one per column, in
-/// order). Affects 0 or 1 rows.
+/// The row at an address `locate_one` returned: `$1` tableoid, `$2` ctid as text.
+/// (Partitions can share a ctid, hence the tableoid.)
+const AT_ADDRESS: &str = "tableoid = $1 AND ctid = $2::text::tid";
+
+/// Deletes the row at an address `locate_one` returned.
 #[must_use]
-pub fn delete_one(t: &LocalTable, match_cols: &[usize]) -> String {
-    format!("DELETE FROM {} WHERE {}", t.name, locate(t, match_cols))
+pub fn delete_at(t: &LocalTable) -> String {
+    format!("DELETE FROM {} WHERE {AT_ADDRESS}", t.name)
 }
 
-/// Sets `set_cols` of one row whose columns `match_cols` equal the first parameters;
-/// the new values follow. Without any column to set, the first column is set to itself
+/// Sets `set_cols` of the row at an address `locate_one` returned (`$1`, `$2`); the new
+/// values follow from `$3`. Without any column to set, the first column is set to itself
 /// (a new row version still records the write); `None` for a table without columns.
 #[must_use]
-pub fn update_one(t: &LocalTable, match_cols: &[usize], set_cols: &[usize]) -> Option<String> {
+pub fn update_at(t: &LocalTable, set_cols: &[usize]) -> Option<String> {
     let set = if set_cols.is_empty() {
         let c = &t.columns.first()?.quoted;
         format!("{c} = {c}")
@@ -68,21 +82,12 @@ pub fn update_one(t: &LocalTable, match_cols: &[usize], set_cols: &[usize]) -> O
             .enumerate()
             .map(|(i, &c)| {
                 let col = &t.columns[c];
-                format!(
-                    "{} = ${}::text::{}",
-                    col.quoted,
-                    match_cols.len() + 1 + i,
-                    col.type_sql
-                )
+                format!("{} = ${}::text::{}", col.quoted, 3 + i, col.type_sql)
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
-    Some(format!(
-        "UPDATE {} SET {set} WHERE {}",
-        t.name,
-        locate(t, match_cols)
-    ))
+    Some(format!("UPDATE {} SET {set} WHERE {AT_ADDRESS}", t.name))
 }
 
 /// Inserts one row with the columns `cols` (the others take their defaults).
@@ -127,34 +132,36 @@ mod tests {
     }
 
     #[test]
-    fn delete_matches_every_column_as_text_and_takes_one_row() {
+    fn a_row_is_located_by_every_column_as_text_and_locked() {
         assert_eq!(
-            delete_one(&table(), &[0, 1, 2]),
-            "DELETE FROM public.log WHERE (tableoid, ctid) = (SELECT t.tableoid, t.ctid FROM public.log t \
+            locate_one(&table(), &[0, 1, 2]),
+            "SELECT t.tableoid, t.ctid::text FROM public.log t \
              WHERE t.a::text IS NOT DISTINCT FROM $1::text::integer::text \
              AND t.\"When\"::text IS NOT DISTINCT FROM $2::text::timestamp with time zone::text \
-             AND t.c::text IS NOT DISTINCT FROM $3::text::jsonb::text LIMIT 1 FOR UPDATE OF t)"
+             AND t.c::text IS NOT DISTINCT FROM $3::text::jsonb::text LIMIT 1 FOR UPDATE OF t"
+        );
+        assert_eq!(
+            delete_at(&table()),
+            "DELETE FROM public.log WHERE tableoid = $1 AND ctid = $2::text::tid"
         );
     }
 
     #[test]
-    fn update_numbers_new_values_after_the_old_image() {
-        let sql = update_one(&table(), &[0, 2], &[0, 1]).unwrap();
+    fn update_numbers_new_values_after_the_address() {
+        let sql = update_at(&table(), &[0, 1]).unwrap();
         assert_eq!(
             sql,
             "UPDATE public.log SET a = $3::text::integer, \"When\" = $4::text::timestamp with time zone \
-             WHERE (tableoid, ctid) = (SELECT t.tableoid, t.ctid FROM public.log t \
-             WHERE t.a::text IS NOT DISTINCT FROM $1::text::integer::text \
-             AND t.c::text IS NOT DISTINCT FROM $2::text::jsonb::text LIMIT 1 FOR UPDATE OF t)"
+             WHERE tableoid = $1 AND ctid = $2::text::tid"
         );
-        let touch = update_one(&table(), &[0], &[]).unwrap();
+        let touch = update_at(&table(), &[]).unwrap();
         assert!(
             touch.starts_with("UPDATE public.log SET a = a WHERE"),
             "{touch}"
         );
         let mut empty = table();
         empty.columns.clear();
-        assert_eq!(update_one(&empty, &[], &[]), None);
+        assert_eq!(update_at(&empty, &[]), None);
     }
 
     #[test]

@@ -332,6 +332,26 @@ async fn copies(
     Ok(rows.first().map_or(0, |r| r.get(1)))
 }
 
+/// Adds one copy of the row with values `p`, or deletes one (the copies are locked).
+/// Returns how many rows changed.
+async fn write_copy(
+    node: &NodeSession,
+    t: &LocalTable,
+    add: bool,
+    all: &[usize],
+    p: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    use crate::apply::keyless_sql::{delete_at, insert_one, locate_one};
+    if add {
+        return node.client.execute(&insert_one(t, all), p).await;
+    }
+    let Some(r) = node.client.query_opt(&locate_one(t, all), p).await? else {
+        return Ok(0);
+    };
+    let (table, ctid): (u32, String) = (r.get(0), r.get(1));
+    node.client.execute(&delete_at(t), &[&table, &ctid]).await
+}
+
 /// Applies one fix of a table without a key (`--prefer` chose the node).
 async fn keyless(pair: &Pair, fix: &PlannedFix) -> FixOutcome {
     let t = &*fix.def;
@@ -364,15 +384,8 @@ async fn keyless(pair: &Pair, fix: &PlannedFix) -> FixOutcome {
             )));
         }
         let p: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let stmt = if add {
-            crate::apply::keyless_sql::insert_one(t, &all)
-        } else {
-            crate::apply::keyless_sql::delete_one(t, &all)
-        };
         for _ in 0..n {
-            let changed = o
-                .client
-                .execute(&stmt, &p)
+            let changed = write_copy(o, t, add, &all, &p)
                 .await
                 .map_err(query_err(&o.name, &format!("writing a row of {}", t.name)))?;
             if changed != 1 {
