@@ -194,6 +194,58 @@ fn an_aborted_big_transaction_leaves_nothing_and_the_next_one_streams() {
     }
 }
 
+/// A streamed block that waits for a row a local transaction on b holds: the stall watch
+/// names that session, as it does for whole transactions (it asks about the stream
+/// session's backend, not the idle apply session's). One version: not version-specific.
+#[test]
+fn a_stalled_streamed_transaction_names_the_local_session_that_blocks_it() {
+    let Some(&major) = streaming_versions().first() else {
+        return;
+    };
+    let mut m = mesh(major);
+    let dsn = m.b.cluster.dsn();
+    let (local, pid) = m.rt.block_on(async {
+        let c = client(&dsn).await;
+        c.batch_execute(
+            "SET application_name = 'forgotten'; BEGIN; UPDATE items SET note = note WHERE id = 5",
+        )
+        .await
+        .unwrap();
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (c, pid)
+    });
+    let big = open_on_a(
+        &m,
+        "UPDATE items SET qty = qty + 1 WHERE id = 5;
+         INSERT INTO items SELECT g, 'big', 1, repeat('x', 50) FROM generate_series(1000, 15999) g;",
+    );
+    let blocked_by = format!("blocked by pid {pid} (forgotten");
+    m.wait_direction(
+        "b",
+        "named the blocking session",
+        Duration::from_secs(40),
+        |r| {
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(&blocked_by))
+        },
+    );
+    m.rt.block_on(local.batch_execute("ROLLBACK")).unwrap();
+    finish_on_a(&m, &big, "COMMIT");
+    m.wait_converged(&["items"], Duration::from_secs(120));
+    assert_eq!(
+        m.b.cluster
+            .psql("SELECT qty FROM items WHERE id = 5")
+            .unwrap(),
+        "1"
+    );
+    m.stop_sidecars();
+}
+
 /// Two big transactions open at once: the second cannot be applied beside the first,
 /// so both are read whole at their commits. Nothing is lost or applied twice.
 #[test]

@@ -45,6 +45,12 @@ pub struct StreamSession {
 }
 
 impl StreamSession {
+    /// The backend this session's statements run in (for the stall watch).
+    #[must_use]
+    pub fn backend_pid(&self) -> i32 {
+        self.session.backend_pid()
+    }
+
     /// Opens the stream session (no transaction yet).
     pub async fn connect(
         config: &SqlConfig,

@@ -205,6 +205,17 @@ impl Writer {
                 | Work::StreamSavepoint(_)
                 | Work::StreamRollback(_) => Waiting::Free,
             });
+            // The stall watch asks about the backend the step waits in.
+            activity.writer_in(match (&work, &self.stream) {
+                (
+                    Work::StreamChunk(_)
+                    | Work::StreamSavepoint(_)
+                    | Work::StreamRollback(_)
+                    | Work::StreamCommit { .. },
+                    Some(s),
+                ) => s.backend_pid(),
+                _ => 0,
+            });
             match work {
                 Work::Chunk(chunk) => {
                     let stats = self.apply.apply(&chunk).await?;

@@ -9,7 +9,7 @@
 //! after a while; this is what says why, meanwhile, while there is still a blocker to
 //! find.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,6 +144,25 @@ impl Drop for StepGuard<'_> {
 pub struct DirectionActivity {
     pub reader: Activity,
     pub writer: Activity,
+    /// The backend the writer's step runs in when it is not the apply session's (the
+    /// session of a streamed transaction); 0 for the apply session.
+    writer_backend: AtomicI32,
+}
+
+impl DirectionActivity {
+    /// Marks the writer's next steps as running in backend `pid` (0: the apply session).
+    pub fn writer_in(&self, pid: i32) {
+        self.writer_backend.store(pid, Ordering::Relaxed);
+    }
+
+    /// The backend the writer's step runs in; `apply_pid` unless [`Self::writer_in`] said
+    /// otherwise.
+    fn writer_backend(&self, apply_pid: i32) -> i32 {
+        match self.writer_backend.load(Ordering::Relaxed) {
+            0 => apply_pid,
+            pid => pid,
+        }
+    }
 }
 
 /// Which report a stalled step is due: the first at [`STALL_WARN`], then one per
@@ -163,7 +182,8 @@ SELECT coalesce(a.wait_event_type || '/' || a.wait_event, 'no wait event (workin
   FROM pg_stat_activity a WHERE a.pid = $1";
 
 /// Watches `activity` of the direction from `peer` until aborted; `apply_pid` is the
-/// writer's backend on the local node (reached through `local` when it stalls).
+/// writer's apply backend on the local node (reached through `local` when it stalls;
+/// a streamed transaction's steps name their own backend, [`DirectionActivity::writer_in`]).
 pub async fn watch(
     activity: Arc<DirectionActivity>,
     local: SqlConfig,
@@ -193,7 +213,7 @@ pub async fn watch(
             };
             last.1 = n;
             let detail = if step.is_writer() {
-                apply_wait(&mut diag, &local, apply_pid).await
+                apply_wait(&mut diag, &local, activity.writer_backend(apply_pid)).await
             } else {
                 String::new()
             };
