@@ -409,6 +409,8 @@ fn every_apply_statement_probes_keys_with_a_plan_cached_while_its_table_was_empt
                     !quadratic,
                     "PG{major} {name}: matches rows against every key\n{plan}"
                 );
+                // Nor be compiled (JIT) at every execution.
+                assert!(!plan.contains("JIT"), "PG{major} {name}: JIT\n{plan}");
                 if std::env::var_os("PGMESH_SHOW_PLANS").is_some() {
                     eprintln!("PG{major} {name}:\n{plan}\n");
                 }

@@ -203,36 +203,11 @@ fn an_apply_blocked_by_a_local_transaction_names_it_and_retries() {
     let Some(mut m) = replicating_one_row() else {
         return;
     };
-    let dsn = m.b.cluster.dsn();
-    let (local, pid) = m.rt.block_on(async {
-        let c = support::client(&dsn).await;
-        c.batch_execute("SET application_name = 'forgotten'; BEGIN")
-            .await
-            .unwrap();
-        let pid: i32 = c
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        c.batch_execute("UPDATE items SET v = 'held' WHERE id = 1")
-            .await
-            .unwrap();
-        (c, pid)
-    });
+    let (local, pid) = m.forgotten_transaction_on_b("UPDATE items SET v = 'held' WHERE id = 1");
     m.a.cluster
         .psql("UPDATE items SET v = 'from a' WHERE id = 1")
         .unwrap();
-    let blocked_by = format!("blocked by pid {pid} (forgotten");
-    let r = m.wait_direction(
-        "b",
-        "named the blocking session",
-        Duration::from_secs(40),
-        |r| {
-            r.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains(&blocked_by))
-        },
-    );
+    let r = m.wait_blocked_by_forgotten(pid);
     assert_eq!(r.reconnects, 0, "{r:?}");
     // The lock wait ends with lock_timeout; the retry waits again.
     let r = m.wait_direction("b", "gave up the lock wait", Duration::from_secs(60), |r| {

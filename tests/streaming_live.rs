@@ -203,37 +203,13 @@ fn a_stalled_streamed_transaction_names_the_local_session_that_blocks_it() {
         return;
     };
     let mut m = mesh(major);
-    let dsn = m.b.cluster.dsn();
-    let (local, pid) = m.rt.block_on(async {
-        let c = client(&dsn).await;
-        c.batch_execute(
-            "SET application_name = 'forgotten'; BEGIN; UPDATE items SET note = note WHERE id = 5",
-        )
-        .await
-        .unwrap();
-        let pid: i32 = c
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (c, pid)
-    });
+    let (local, pid) = m.forgotten_transaction_on_b("UPDATE items SET note = note WHERE id = 5");
     let big = open_on_a(
         &m,
         "UPDATE items SET qty = qty + 1 WHERE id = 5;
          INSERT INTO items SELECT g, 'big', 1, repeat('x', 50) FROM generate_series(1000, 15999) g;",
     );
-    let blocked_by = format!("blocked by pid {pid} (forgotten");
-    m.wait_direction(
-        "b",
-        "named the blocking session",
-        Duration::from_secs(40),
-        |r| {
-            r.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains(&blocked_by))
-        },
-    );
+    m.wait_blocked_by_forgotten(pid);
     m.rt.block_on(local.batch_execute("ROLLBACK")).unwrap();
     finish_on_a(&m, &big, "COMMIT");
     m.wait_converged(&["items"], Duration::from_secs(120));

@@ -45,7 +45,12 @@ SET application_name = 'pgmesh apply';";
 /// generic plan, 15 ms instead of 1.3 for 256 under a custom one (PostgreSQL 18,
 /// `examples/autoplan.rs`). A hash join over the key index's matches is linear. Joins that
 /// can only be nested loops (the tombstone lookup's `LATERAL` probe per key) stay so.
-pub const PLANNER_SETTINGS: &str = "SET enable_nestloop = off";
+///
+/// And no JIT: up to PostgreSQL 17 a disabled nested loop still costs 10^10, which puts
+/// such a plan past `jit_above_cost`, and compiling it took 300 ms per execution of the
+/// tombstone lookup (PostgreSQL 15: a bulk catch-up at 13k rows/s instead of 200k). JIT
+/// never pays off for an apply statement.
+pub const PLANNER_SETTINGS: &str = "SET enable_nestloop = off; SET jit = off";
 
 /// How long one statement of the apply waits for a lock (a row a local transaction holds,
 /// a table `ALTER TABLE` holds) before it fails with SQLSTATE 55P03: a transient error,

@@ -252,6 +252,40 @@ impl Mesh {
         }
     }
 
+    /// Opens a session on b (`application_name` 'forgotten') that runs `sql` in a
+    /// transaction it leaves open; returns the session and its backend pid.
+    pub fn forgotten_transaction_on_b(&self, sql: &str) -> (tokio_postgres::Client, i32) {
+        let dsn = self.b.cluster.dsn();
+        self.rt.block_on(async {
+            let c = client(&dsn).await;
+            c.batch_execute(&format!("SET application_name = 'forgotten'; BEGIN; {sql}"))
+                .await
+                .unwrap();
+            let pid: i32 = c
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (c, pid)
+        })
+    }
+
+    /// Waits until the direction into b names the 'forgotten' session `pid` as what
+    /// blocks it (the stall watch's report, after 10 s).
+    pub fn wait_blocked_by_forgotten(&self, pid: i32) -> DirectionReport {
+        let blocked_by = format!("blocked by pid {pid} (forgotten");
+        self.wait_direction(
+            "b",
+            "named the blocking session",
+            Duration::from_secs(40),
+            |r| {
+                r.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains(&blocked_by))
+            },
+        )
+    }
+
     /// Stops both directions cleanly and waits for them.
     pub fn stop_sidecars(&mut self) {
         if let Some(tx) = self.stop.take() {
