@@ -249,11 +249,8 @@ fn every_conflict_kind_converges_and_is_recorded() {
         });
         // The sidecar starts and its insert of key 200 waits for the open local one.
         m.start_sidecars();
-        support::live::wait_for(
+        support::live::wait_apply_blocked(
             &m.b.cluster,
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE application_name = 'pgmesh apply' AND wait_event_type = 'Lock'",
-            "1",
             "b's apply session waiting on the open local insert",
             WAIT,
         );
@@ -345,17 +342,7 @@ fn values_taken_while_a_bulk_copy_runs_are_decided_without_losing_the_batch() {
             c
         });
         m.start_direction("b");
-        let deadline = std::time::Instant::now() + WAIT;
-        while m
-            .b
-            .cluster
-            .psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmesh apply' AND wait_event_type = 'Lock'")
-            .unwrap()
-            != "1"
-        {
-            assert!(std::time::Instant::now() < deadline, "the apply never waited for key 500");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::live::wait_apply_blocked(&m.b.cluster, "b's apply waiting for key 500", WAIT);
         m.rt.block_on(local.batch_execute("COMMIT")).unwrap();
         m.start_direction("a");
         m.wait_converged(NAMES, WAIT);

@@ -108,18 +108,20 @@ fn statement(r: &mut Rng, node: &str) -> String {
 }
 
 /// `big`: this worker sometimes writes a transaction large enough to be streamed (a
-/// bulk insert of ~150 kB first, random statements and a rolled-back subtransaction
-/// after it).
-async fn worker(dsn: String, node: &'static str, seed: u64, ops: usize, big: bool) {
+/// bulk insert of ~150 kB into `filler` from this first id on, random statements and a
+/// rolled-back subtransaction after it). Two such workers on one node open big
+/// transactions at the same time now and then: the peer streams both, one is applied
+/// open and the other kept whole until its commit (`txn::spool`).
+async fn worker(dsn: String, node: &'static str, seed: u64, ops: usize, big: Option<u64>) {
     let client = support::client(&dsn).await;
     let mut r = Rng(seed | 1);
     let mut filler = 0u64;
     for _ in 0..ops {
         let mut sql = String::from("BEGIN;");
-        let streamed = big && r.below(6) == 0;
-        if streamed {
-            // Ids of their own per node: filler rows never collide.
-            let from = filler * 1000 + if node == "a" { 1 } else { 500_000_001 };
+        let streamed = big.is_some() && r.below(6) == 0;
+        if let Some(base) = big.filter(|_| streamed) {
+            // Ids of their own per worker: filler rows never collide.
+            let from = base + filler * 1000;
             filler += 1;
             sql.push_str(&format!(
                 "INSERT INTO filler SELECT g, repeat(md5(g::text), 4) FROM generate_series({from}, {}) g;",
@@ -188,11 +190,18 @@ fn random_runs(major: u32, streamed: bool) {
             m.start_sidecars();
             let (da, db) = (m.a.cluster.dsn(), m.b.cluster.dsn());
             m.rt.block_on(async {
+                let big = |base: u64| streamed.then_some(base);
                 let w = vec![
-                    tokio::spawn(worker(da.clone(), "a", seed, ops, streamed)),
-                    tokio::spawn(worker(da, "a", seed ^ 0xA5A5, ops, false)),
-                    tokio::spawn(worker(db.clone(), "b", seed ^ 0x5A5A, ops, streamed)),
-                    tokio::spawn(worker(db, "b", seed ^ 0xFFFF, ops, false)),
+                    tokio::spawn(worker(da.clone(), "a", seed, ops, big(1))),
+                    tokio::spawn(worker(da, "a", seed ^ 0xA5A5, ops, big(250_000_001))),
+                    tokio::spawn(worker(
+                        db.clone(),
+                        "b",
+                        seed ^ 0x5A5A,
+                        ops,
+                        big(500_000_001),
+                    )),
+                    tokio::spawn(worker(db, "b", seed ^ 0xFFFF, ops, big(750_000_001))),
                 ];
                 for h in w {
                     h.await.expect("worker");

@@ -353,11 +353,8 @@ fn a_peer_change_waiting_for_a_local_rewrite_of_its_row_still_finds_it() {
                 c
             });
             q(&m.a.cluster, peer_change);
-            support::live::wait_for(
+            support::live::wait_apply_blocked(
                 &m.b.cluster,
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE application_name = 'pgmesh apply' AND wait_event_type = 'Lock'",
-                "1",
                 "b's apply session waiting for the open local rewrite",
                 WAIT,
             );

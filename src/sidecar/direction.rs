@@ -12,9 +12,11 @@ use super::link::{PeerLink, SidecarError};
 use crate::apply::session::applied_progress;
 use crate::apply::shape_io::{map_relation, Sides};
 use crate::conflict::causality::{clock_wait, ClockWait};
+use crate::filter::{OriginFilter, Verdict};
 use crate::observe::DirectionState;
 use crate::protocol::pgoutput::{Message, PgTimestamp};
-use crate::txn::{Assembler, Context, Step};
+use crate::txn::spool::Committed;
+use crate::txn::{Assembler, Context, Spools, Step};
 use crate::Lsn;
 
 /// A wait for the local clock up to this long is left to the batch's commit
@@ -28,6 +30,8 @@ pub(super) struct Direction<'l> {
     pub(super) catalog: tokio_postgres::Client,
     pub(super) _catalog_task: DropAbort,
     pub(super) assembler: Assembler,
+    /// Streamed transactions kept whole while another one is applied open.
+    pub(super) spools: Spools,
     pub(super) acks: Acks,
     pub(super) state: &'l DirectionState,
     /// When the log last said that changes wait for this node's clock.
@@ -37,7 +41,7 @@ pub(super) struct Direction<'l> {
 impl Direction<'_> {
     /// Nothing read waits here or in the writer.
     pub(super) fn idle(&self) -> bool {
-        self.assembler.is_drained() && self.writer_idle()
+        self.assembler.is_drained() && self.spools.is_empty() && self.writer_idle()
     }
 
     /// The writer has committed everything handed to it. While it has not, a batch that
@@ -176,6 +180,43 @@ impl Direction<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Applies a streamed transaction kept whole ([`crate::txn::spool`]) as the whole
+    /// transaction it is, in its place in the commit order, through the origin filter
+    /// like any other.
+    pub(super) async fn replay(
+        &mut self,
+        mut kept: Committed,
+        filter: &mut OriginFilter,
+    ) -> Result<(), SidecarError> {
+        tracing::debug!(
+            xid = kept.xid(),
+            messages = kept.len(),
+            "applying a kept streamed transaction whole"
+        );
+        let arrived = Instant::now();
+        let (begin, commit) = (kept.begin(), kept.commit());
+        self.feed(begin, filter, arrived).await?;
+        let mut messages = kept.messages()?;
+        while let Some(msg) = messages.next_message()? {
+            self.feed(msg, filter, arrived).await?;
+        }
+        self.feed(commit, filter, arrived).await
+    }
+
+    /// One message of a whole transaction, through the origin filter.
+    pub(super) async fn feed(
+        &mut self,
+        msg: Message,
+        filter: &mut OriginFilter,
+        arrived: Instant,
+    ) -> Result<(), SidecarError> {
+        if filter.observe(&msg) == Verdict::Drop {
+            return Ok(());
+        }
+        let dropped = filter.txn_dropped();
+        self.on_message(msg, dropped, arrived).await
     }
 
     /// Writes what is pending and commits the downstream transaction with the last

@@ -49,6 +49,21 @@ impl From<crate::apply::streamed::StreamError> for SidecarError {
     }
 }
 
+impl From<crate::txn::spool::SpoolError> for SidecarError {
+    /// A kept transaction that cannot be written or read back (a full disk): the stream
+    /// is read again from the applied position with streaming off for a while, so the
+    /// peer sends it whole; nothing was acknowledged past it.
+    fn from(e: crate::txn::spool::SpoolError) -> Self {
+        use crate::txn::spool::SpoolError;
+        match e {
+            SpoolError::Decode(e) => SidecarError::Decode(e),
+            other => {
+                SidecarError::Unstreamable(crate::apply::streamed::Unstreamable(other.to_string()))
+            }
+        }
+    }
+}
+
 /// Why a peer stream stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

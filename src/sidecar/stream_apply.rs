@@ -24,7 +24,8 @@ use crate::source::{
     connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, StreamConfig,
     Streaming,
 };
-use crate::txn::Assembler;
+use crate::txn::spool::SPOOL_MEMORY;
+use crate::txn::{Assembler, Route, Spools};
 
 /// Runs one direction until `stop` flips; transient failures restart it from the durable
 /// origin progress after a backoff, those that need an operator are logged with their fix
@@ -242,6 +243,7 @@ async fn run_once(
         catalog,
         _catalog_task: DropAbort(catalog_task),
         assembler: Assembler::new(link.limits, &link.peer),
+        spools: Spools::new(SPOOL_MEMORY, std::env::temp_dir()),
         acks: Acks::new(applied),
         state,
         clock_noted: None,
@@ -343,7 +345,14 @@ async fn on_event(
 ) -> Result<(), SidecarError> {
     match ev {
         ReplicationEvent::XLogData(x) => {
-            let msg = decoder.decode(x.data)?;
+            let msg = decoder.decode_ref(&x.data)?;
+            // A second big transaction streamed while one is applied open is kept whole
+            // until its commit (txn::spool).
+            match d.spools.route(&msg, &x.data, d.assembler.streamed_xid())? {
+                Route::Assembler => {}
+                Route::Kept => return Ok(()),
+                Route::Commit(kept) => return d.replay(*kept, filter).await,
+            }
             if filter.observe(&msg) == Verdict::Drop {
                 // PG16+ drops changes with an origin on the server (streaming is asked
                 // for only there); a streamed transaction still marked with one is not

@@ -146,6 +146,12 @@ impl Assembler {
         self.streamed.is_some()
     }
 
+    /// The streamed transaction the stream session applies while it is open.
+    #[must_use]
+    pub fn streamed_xid(&self) -> Option<Xid> {
+        self.streamed.as_ref().map(|s| s.xid)
+    }
+
     /// Between a streamed transaction's Stream Start and Stream Stop.
     #[must_use]
     pub fn in_stream_block(&self) -> bool {

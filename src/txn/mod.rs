@@ -3,6 +3,7 @@
 mod assemble;
 mod relations;
 pub mod spill;
+pub mod spool;
 mod step;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -10,4 +11,5 @@ pub(crate) mod testing;
 pub use assemble::Assembler;
 pub use relations::RelationCache;
 pub use spill::SpillBuffer;
+pub use spool::{Route, Spools};
 pub use step::{Batch, Context, Step};

@@ -16,6 +16,8 @@ pub struct SpillBuffer {
     file: Option<File>,
     spill_dir: PathBuf,
     len: u64,
+    /// The file was read from the start since the last append: seek to its end first.
+    rewound: bool,
 }
 
 impl SpillBuffer {
@@ -28,6 +30,7 @@ impl SpillBuffer {
             file: None,
             spill_dir,
             len: 0,
+            rewound: false,
         }
     }
 
@@ -42,6 +45,12 @@ impl SpillBuffer {
         self.len == 0
     }
 
+    /// Where the contents go past the budget.
+    #[must_use]
+    pub fn spill_dir(&self) -> &std::path::Path {
+        &self.spill_dir
+    }
+
     /// Whether the contents went to disk.
     #[must_use]
     pub fn spilled(&self) -> bool {
@@ -53,6 +62,7 @@ impl SpillBuffer {
         self.mem.clear();
         self.file = None;
         self.len = 0;
+        self.rewound = false;
     }
 
     /// Copies everything appended so far to `out`, in order.
@@ -66,6 +76,40 @@ impl SpillBuffer {
             out.write_all(&self.mem)?;
         }
         Ok(())
+    }
+
+    /// Drops everything appended after the first `len` bytes (a savepoint rolled back).
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        match self.file.as_mut() {
+            Some(f) => {
+                f.flush()?;
+                f.set_len(len)?;
+                f.seek(SeekFrom::End(0))?;
+            }
+            // `len` < `self.len` = the memory's length, so it fits a usize.
+            None => self
+                .mem
+                .truncate(usize::try_from(len).unwrap_or(usize::MAX)),
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Reads the contents back from the start, in order (from the file, a block at a
+    /// time, once spilled: memory stays bounded).
+    pub fn reader(&mut self) -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(match self.file.as_mut() {
+            Some(f) => {
+                f.flush()?;
+                f.seek(SeekFrom::Start(0))?;
+                self.rewound = true;
+                Box::new(io::BufReader::with_capacity(64 * 1024, f.take(self.len)))
+            }
+            None => Box::new(&self.mem[..]),
+        })
     }
 
     fn spill(&mut self) -> io::Result<()> {
@@ -84,7 +128,12 @@ impl Write for SpillBuffer {
             self.spill()?;
         }
         match self.file.as_mut() {
-            Some(f) => f.write_all(buf)?,
+            Some(f) => {
+                if std::mem::take(&mut self.rewound) {
+                    f.seek(SeekFrom::End(0))?;
+                }
+                f.write_all(buf)?;
+            }
             None => self.mem.extend_from_slice(buf),
         }
         self.len += buf.len() as u64;
@@ -154,5 +203,26 @@ mod tests {
         assert_eq!(out, expected);
         b.clear();
         assert!(b.is_empty() && !b.spilled());
+    }
+
+    #[test]
+    fn truncation_drops_the_tail_in_memory_and_on_disk() {
+        for budget in [1000, 10] {
+            let mut b = SpillBuffer::new(budget, std::env::temp_dir());
+            b.write_all(b"keep this;").unwrap();
+            let mark = b.len();
+            b.write_all(b"drop this;").unwrap();
+            b.truncate(mark).unwrap();
+            b.write_all(b"then this").unwrap();
+            let mut out = Vec::new();
+            b.reader().unwrap().read_to_end(&mut out).unwrap();
+            assert_eq!(out, b"keep this;then this", "budget {budget}");
+            assert_eq!(b.len(), out.len() as u64);
+            // Appending after a read keeps order.
+            b.write_all(b"!").unwrap();
+            out.clear();
+            b.reader().unwrap().read_to_end(&mut out).unwrap();
+            assert_eq!(out, b"keep this;then this!", "budget {budget}");
+        }
     }
 }

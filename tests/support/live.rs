@@ -147,6 +147,20 @@ pub fn wait_for(c: &Cluster, sql: &str, want: &str, what: &str, timeout: Duratio
     }
 }
 
+/// Waits until one of `c`'s pgmesh apply sessions waits for a lock (a local transaction
+/// holds a row it is about to write): the fact a test needs before it lets that
+/// transaction go.
+pub fn wait_apply_blocked(c: &Cluster, what: &str, timeout: Duration) {
+    wait_for(
+        c,
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE application_name = 'pgmesh apply' AND wait_event_type = 'Lock'",
+        "1",
+        what,
+        timeout,
+    );
+}
+
 /// Waits until both slots confirmed the WAL written so far and `tables` hold the same
 /// rows on both nodes.
 pub fn wait_converged(a: &Cluster, b: &Cluster, tables: &[&str], timeout: Duration) {

@@ -180,6 +180,22 @@ impl Message {
             Message::StreamPrepare(_) => MessageKind::StreamPrepare,
         }
     }
+
+    /// The (sub)transaction a message inside a streamed block belongs to: the xid those
+    /// messages carry there (`None` outside a block and for the other kinds).
+    #[must_use]
+    pub fn stream_xid(&self) -> Option<Xid> {
+        match self {
+            Message::Relation(m) => m.xid,
+            Message::Type(m) => m.xid,
+            Message::Insert(m) => m.xid,
+            Message::Update(m) => m.xid,
+            Message::Delete(m) => m.xid,
+            Message::Truncate(m) => m.xid,
+            Message::Message(m) => m.xid,
+            _ => None,
+        }
+    }
 }
 
 /// 'B': start of a (non-streamed) transaction.
