@@ -18,7 +18,7 @@ impl Default for BatchLimits {
         BatchLimits {
             max_rows: 5000,
             max_bytes: 16 << 20,
-            max_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(1),
         }
     }
 }

@@ -15,7 +15,7 @@
 //! [apply]                 # optional, defaults shown
 //! batch_max_rows = 5000
 //! batch_max_bytes = "16MB"
-//! batch_max_delay_ms = 2
+//! batch_max_delay_ms = 1
 //! stream_after = "64MB"   # apply a peer's bigger transaction while it is open; 0 = off
 //! [http]                  # optional
 //! listen = "127.0.0.1:9187"
@@ -152,7 +152,7 @@ impl Default for ApplyConfig {
         ApplyConfig {
             batch_max_rows: 5000,
             batch_max_bytes: ByteSize(16 << 20),
-            batch_max_delay: Duration::from_millis(2),
+            batch_max_delay: Duration::from_millis(1),
             stream_after: Some(DEFAULT_STREAM_AFTER),
         }
     }

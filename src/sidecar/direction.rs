@@ -15,6 +15,7 @@ use crate::conflict::causality::{clock_wait, ClockWait};
 use crate::filter::{OriginFilter, Verdict};
 use crate::observe::DirectionState;
 use crate::protocol::pgoutput::{Message, PgTimestamp};
+use crate::source::ReplicationStream;
 use crate::txn::spool::Committed;
 use crate::txn::{Assembler, Context, Spools, Step};
 use crate::Lsn;
@@ -22,6 +23,9 @@ use crate::Lsn;
 /// A wait for the local clock up to this long is left to the batch's commit
 /// ([`Direction::commit_batch`]) instead of ending the batch at the transaction's Begin.
 const SHORT_CLOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How often a replay of a kept transaction tells the peer it is still there.
+const REPLAY_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) struct Direction<'l> {
     pub(super) link: &'l PeerLink,
@@ -185,10 +189,16 @@ impl Direction<'_> {
     /// Applies a streamed transaction kept whole ([`crate::txn::spool`]) as the whole
     /// transaction it is, in its place in the commit order, through the origin filter
     /// like any other.
+    ///
+    /// The stream is not read meanwhile: a status update goes out every
+    /// [`REPLAY_STATUS_EVERY`], or the walsender would end the connection after
+    /// `wal_sender_timeout` of silence during a long replay (and the peer would send the
+    /// transaction again, to be replayed again).
     pub(super) async fn replay(
         &mut self,
         mut kept: Committed,
         filter: &mut OriginFilter,
+        stream: &mut ReplicationStream,
     ) -> Result<(), SidecarError> {
         tracing::debug!(
             xid = kept.xid(),
@@ -196,11 +206,16 @@ impl Direction<'_> {
             "applying a kept streamed transaction whole"
         );
         let arrived = Instant::now();
+        let mut status_at = arrived;
         let (begin, commit) = (kept.begin(), kept.commit());
         self.feed(begin, filter, arrived).await?;
         let mut messages = kept.messages()?;
         while let Some(msg) = messages.next_message()? {
             self.feed(msg, filter, arrived).await?;
+            if status_at.elapsed() >= REPLAY_STATUS_EVERY {
+                stream.send_status(false).await?;
+                status_at = Instant::now();
+            }
         }
         self.feed(commit, filter, arrived).await
     }

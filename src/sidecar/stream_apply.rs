@@ -21,8 +21,8 @@ use crate::filter::{OriginFilter, Verdict};
 use crate::observe::{DirectionState, Phase};
 use crate::protocol::pgoutput::{Decoder, Message};
 use crate::source::{
-    connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, StreamConfig,
-    Streaming,
+    connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, ReplicationStream,
+    StreamConfig, Streaming,
 };
 use crate::txn::spool::SPOOL_MEMORY;
 use crate::txn::{Assembler, Route, Spools};
@@ -268,7 +268,8 @@ async fn run_once(
                     if let Some(c) = stream.take_clock_sample() {
                         clock.observe(c);
                     }
-                    on_event(&mut d, e, stream.last_arrival(), &mut decoder, &mut filter).await?;
+                    let arrived = stream.last_arrival();
+                    on_event(&mut d, e, arrived, &mut decoder, &mut filter, &mut stream).await?;
                     handled += 1;
                     if handled == DRAIN_MAX || !stream.frame_buffered() {
                         break;
@@ -342,6 +343,7 @@ async fn on_event(
     arrived: Instant,
     decoder: &mut Decoder,
     filter: &mut OriginFilter,
+    stream: &mut ReplicationStream,
 ) -> Result<(), SidecarError> {
     match ev {
         ReplicationEvent::XLogData(x) => {
@@ -351,7 +353,7 @@ async fn on_event(
             match d.spools.route(&msg, &x.data, d.assembler.streamed_xid())? {
                 Route::Assembler => {}
                 Route::Kept => return Ok(()),
-                Route::Commit(kept) => return d.replay(*kept, filter).await,
+                Route::Commit(kept) => return d.replay(*kept, filter, stream).await,
             }
             if filter.observe(&msg) == Verdict::Drop {
                 // PG16+ drops changes with an origin on the server (streaming is asked
