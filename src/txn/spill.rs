@@ -8,10 +8,15 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+/// Appends to the temp file go out in blocks of this size (one write per message
+/// would be a system call each).
+const WRITE_BLOCK: usize = 64 * 1024;
+
 /// Bytes kept in memory up to `budget`, then in an unnamed temp file.
 #[derive(Debug)]
 pub struct SpillBuffer {
     budget: usize,
+    /// Everything, until it spills; then only what is not written to the file yet.
     mem: Vec<u8>,
     file: Option<File>,
     spill_dir: PathBuf,
@@ -67,13 +72,14 @@ impl SpillBuffer {
 
     /// Copies everything appended so far to `out`, in order.
     pub fn copy_to(&mut self, out: &mut impl Write) -> io::Result<()> {
-        if let Some(f) = self.file.as_mut() {
-            f.flush()?;
-            f.seek(SeekFrom::Start(0))?;
-            io::copy(&mut f.take(self.len), out)?;
-            f.seek(SeekFrom::End(0))?;
-        } else {
-            out.write_all(&self.mem)?;
+        let len = self.len;
+        match self.written_file()? {
+            Some(f) => {
+                f.seek(SeekFrom::Start(0))?;
+                io::copy(&mut f.take(len), out)?;
+                f.seek(SeekFrom::End(0))?;
+            }
+            None => out.write_all(&self.mem)?,
         }
         Ok(())
     }
@@ -83,9 +89,8 @@ impl SpillBuffer {
         if len >= self.len {
             return Ok(());
         }
-        match self.file.as_mut() {
+        match self.written_file()? {
             Some(f) => {
-                f.flush()?;
                 f.set_len(len)?;
                 f.seek(SeekFrom::End(0))?;
             }
@@ -94,6 +99,7 @@ impl SpillBuffer {
                 .mem
                 .truncate(usize::try_from(len).unwrap_or(usize::MAX)),
         }
+        self.rewound = false;
         self.len = len;
         Ok(())
     }
@@ -101,22 +107,41 @@ impl SpillBuffer {
     /// Reads the contents back from the start, in order (from the file, a block at a
     /// time, once spilled: memory stays bounded).
     pub fn reader(&mut self) -> io::Result<Box<dyn Read + Send + '_>> {
+        let len = self.len;
+        if self.written_file()?.is_none() {
+            return Ok(Box::new(&self.mem[..]));
+        }
+        self.rewound = true;
         Ok(match self.file.as_mut() {
             Some(f) => {
-                f.flush()?;
                 f.seek(SeekFrom::Start(0))?;
-                self.rewound = true;
-                Box::new(io::BufReader::with_capacity(64 * 1024, f.take(self.len)))
+                Box::new(io::BufReader::with_capacity(WRITE_BLOCK, f.take(len)))
             }
             None => Box::new(&self.mem[..]),
         })
+    }
+
+    /// The spill file with everything appended written to it, if spilled.
+    fn written_file(&mut self) -> io::Result<Option<&mut File>> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        if !self.mem.is_empty() {
+            if std::mem::take(&mut self.rewound) {
+                f.seek(SeekFrom::End(0))?;
+            }
+            f.write_all(&self.mem)?;
+            self.mem.clear();
+        }
+        f.flush()?;
+        Ok(Some(f))
     }
 
     fn spill(&mut self) -> io::Result<()> {
         let mut f = tempfile_in(&self.spill_dir)?;
         f.write_all(&self.mem)?;
         self.mem.clear();
-        self.mem.shrink_to(64 * 1024);
+        self.mem.shrink_to(WRITE_BLOCK);
         self.file = Some(f);
         Ok(())
     }
@@ -127,24 +152,16 @@ impl Write for SpillBuffer {
         if self.file.is_none() && self.mem.len() + buf.len() > self.budget {
             self.spill()?;
         }
-        match self.file.as_mut() {
-            Some(f) => {
-                if std::mem::take(&mut self.rewound) {
-                    f.seek(SeekFrom::End(0))?;
-                }
-                f.write_all(buf)?;
-            }
-            None => self.mem.extend_from_slice(buf),
-        }
+        self.mem.extend_from_slice(buf);
         self.len += buf.len() as u64;
+        if self.file.is_some() && self.mem.len() >= WRITE_BLOCK {
+            self.written_file()?;
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.file.as_mut() {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
+        self.written_file().map(|_| ())
     }
 }
 
@@ -203,6 +220,32 @@ mod tests {
         assert_eq!(out, expected);
         b.clear();
         assert!(b.is_empty() && !b.spilled());
+    }
+
+    #[test]
+    fn appends_past_a_write_block_read_back_and_truncate_in_order() {
+        let mut b = SpillBuffer::new(1000, std::env::temp_dir());
+        let mut expected = Vec::new();
+        let mut mark = 0;
+        for i in 0..20_000u32 {
+            if i == 12_345 {
+                mark = b.len();
+            }
+            let chunk = format!("chunk {i};");
+            b.write_all(chunk.as_bytes()).unwrap();
+            expected.extend_from_slice(chunk.as_bytes());
+        }
+        assert!(b.spilled() && expected.len() > 3 * WRITE_BLOCK);
+        let mut out = Vec::new();
+        b.reader().unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, expected);
+        b.truncate(mark).unwrap();
+        expected.truncate(usize::try_from(mark).unwrap());
+        b.write_all(b"end").unwrap();
+        expected.extend_from_slice(b"end");
+        out.clear();
+        b.copy_to(&mut out).unwrap();
+        assert_eq!(out, expected);
     }
 
     #[test]

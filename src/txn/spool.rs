@@ -30,6 +30,11 @@ use crate::protocol::pgoutput::{
 /// Memory a kept transaction may hold before it goes to a temp file.
 pub const SPOOL_MEMORY: usize = 4 << 20;
 
+/// Kept transactions that get [`SPOOL_MEMORY`]; more at once go to their temp file from
+/// the start (64 kB of write buffer each), so memory stays bounded however many big
+/// transactions are open on the peer.
+const KEPT_IN_MEMORY: usize = 2;
+
 /// What the direction does with a message.
 #[derive(Debug)]
 pub enum Route {
@@ -112,9 +117,14 @@ impl Spools {
                 }
                 if s.first_segment && applying_open.is_some_and(|x| x != s.xid) {
                     tracing::info!(xid = s.xid, applying = applying_open, "a second big transaction streams while one is applied open: it is kept until its commit and then applied whole");
+                    let budget = if self.open.len() < KEPT_IN_MEMORY {
+                        self.budget
+                    } else {
+                        0
+                    };
                     self.open.push(Spool {
                         xid: s.xid,
-                        buf: SpillBuffer::new(self.budget, self.dir.clone()),
+                        buf: SpillBuffer::new(budget, self.dir.clone()),
                         subxacts: Vec::new(),
                         messages: 0,
                     });
