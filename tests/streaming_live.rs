@@ -326,6 +326,67 @@ fn two_big_transactions_at_once_apply_one_open_and_keep_the_other_whole() {
     }
 }
 
+/// The sidecar dies while one big transaction is applied open and a second one is kept
+/// whole: both go with it, the peer sends both again after the restart, and each is
+/// applied exactly once.
+#[test]
+fn a_crash_while_a_second_big_transaction_is_kept_loses_nothing() {
+    for major in streaming_versions() {
+        let mut m = mesh(major);
+        let open = open_on_a(
+            &m,
+            "INSERT INTO items SELECT g, 'open', 1, repeat('x', 50)
+               FROM generate_series(1000, 10999) g",
+        );
+        wait_stream_session_writing(&m);
+        let kept = open_on_a(
+            &m,
+            "INSERT INTO items SELECT g, 'kept', 2, repeat('y', 50)
+               FROM generate_series(20000, 29999) g;
+             UPDATE items SET qty = qty + 5 WHERE id <= 100",
+        );
+        // Both are being streamed to b's sidecar (the second one kept there).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while m
+            .a
+            .cluster
+            .psql("SELECT stream_txns >= 2 FROM pg_stat_replication_slots WHERE slot_name = 'pgmesh_b'")
+            .unwrap()
+            != "t"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "PG{major}: the peer never streamed the second transaction"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m.kill_sidecars();
+        finish_on_a(&m, &kept, "COMMIT");
+        finish_on_a(
+            &m,
+            &open,
+            "UPDATE items SET qty = qty + 1 WHERE id <= 50; COMMIT",
+        );
+        m.start_sidecars();
+        m.wait_converged(&["items"], Duration::from_secs(120));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FILTER (WHERE name = 'open'), count(*) FILTER (WHERE name = 'kept'), sum(qty) FILTER (WHERE id <= 100) FROM items")
+                .unwrap(),
+            "10000|10000|550",
+            "PG{major}"
+        );
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.conflicts")
+                .unwrap(),
+            "0",
+            "PG{major}"
+        );
+        m.stop_sidecars();
+    }
+}
+
 /// The sidecar dies while the stream session holds half a big transaction: the open
 /// downstream transaction goes with it, and after a restart the peer sends the
 /// transaction again from its first block; it is applied exactly once.
