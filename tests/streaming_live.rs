@@ -71,6 +71,13 @@ fn finish_on_a(m: &Mesh, c: &tokio_postgres::Client, sql: &str) {
     m.rt.block_on(async { c.batch_execute(sql).await.unwrap() });
 }
 
+/// Rows of b's conflict ledger.
+fn ledger_rows_on_b(m: &Mesh) -> String {
+    m.b.cluster
+        .psql("SELECT count(*) FROM pgmesh.conflicts")
+        .unwrap()
+}
+
 fn stream_origin_progress(m: &Mesh) -> String {
     m.b.cluster
         .psql("SELECT coalesce(pg_replication_origin_progress('pgmesh__stream_a', false), '0/0')")
@@ -142,9 +149,7 @@ fn a_big_transaction_is_applied_while_open_with_the_result_of_a_whole_one() {
             .unwrap();
         m.wait_converged(&["items"], Duration::from_secs(60));
         assert_eq!(
-            m.b.cluster
-                .psql("SELECT count(*) FROM pgmesh.conflicts")
-                .unwrap(),
+            ledger_rows_on_b(&m),
             "1",
             "PG{major}: no decision over rows the streamed transaction wrote"
         );
@@ -178,13 +183,7 @@ fn an_aborted_big_transaction_leaves_nothing_and_the_next_one_streams() {
             "0|100|15000",
             "PG{major}"
         );
-        assert_eq!(
-            m.b.cluster
-                .psql("SELECT count(*) FROM pgmesh.conflicts")
-                .unwrap(),
-            "0",
-            "PG{major}"
-        );
+        assert_eq!(ledger_rows_on_b(&m), "0", "PG{major}");
         assert_ne!(
             stream_origin_progress(&m),
             "0/0",
@@ -222,8 +221,6 @@ fn a_stalled_streamed_transaction_names_the_local_session_that_blocks_it() {
     m.stop_sidecars();
 }
 
-/// Two big transactions open at once: the second cannot be applied beside the first,
-/// so both are read whole at their commits. Nothing is lost or applied twice.
 /// The walsender of a's slot for b: a restarted stream (a transaction read whole
 /// instead) gets a new one.
 fn walsender_for_b(m: &Mesh) -> String {
@@ -315,13 +312,7 @@ fn two_big_transactions_at_once_apply_one_open_and_keep_the_other_whole() {
             walsender,
             "PG{major}: the stream restarted (a transaction was read whole instead)"
         );
-        assert_eq!(
-            m.b.cluster
-                .psql("SELECT count(*) FROM pgmesh.conflicts")
-                .unwrap(),
-            "0",
-            "PG{major}"
-        );
+        assert_eq!(ledger_rows_on_b(&m), "0", "PG{major}");
         m.stop_sidecars();
     }
 }
@@ -346,20 +337,13 @@ fn a_crash_while_a_second_big_transaction_is_kept_loses_nothing() {
              UPDATE items SET qty = qty + 5 WHERE id <= 100",
         );
         // Both are being streamed to b's sidecar (the second one kept there).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while m
-            .a
-            .cluster
-            .psql("SELECT stream_txns >= 2 FROM pg_stat_replication_slots WHERE slot_name = 'pgmesh_b'")
-            .unwrap()
-            != "t"
-        {
-            assert!(
-                Instant::now() < deadline,
-                "PG{major}: the peer never streamed the second transaction"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::live::wait_for(
+            &m.a.cluster,
+            "SELECT stream_txns >= 2 FROM pg_stat_replication_slots WHERE slot_name = 'pgmesh_b'",
+            "t",
+            &format!("PG{major}: the peer streaming the second transaction"),
+            Duration::from_secs(60),
+        );
         m.kill_sidecars();
         finish_on_a(&m, &kept, "COMMIT");
         finish_on_a(
@@ -376,13 +360,7 @@ fn a_crash_while_a_second_big_transaction_is_kept_loses_nothing() {
             "10000|10000|550",
             "PG{major}"
         );
-        assert_eq!(
-            m.b.cluster
-                .psql("SELECT count(*) FROM pgmesh.conflicts")
-                .unwrap(),
-            "0",
-            "PG{major}"
-        );
+        assert_eq!(ledger_rows_on_b(&m), "0", "PG{major}");
         m.stop_sidecars();
     }
 }
@@ -417,13 +395,7 @@ fn a_crash_in_the_middle_of_a_streamed_transaction_loses_nothing() {
             "16000|500",
             "PG{major}"
         );
-        assert_eq!(
-            m.b.cluster
-                .psql("SELECT count(*) FROM pgmesh.conflicts")
-                .unwrap(),
-            "0",
-            "PG{major}"
-        );
+        assert_eq!(ledger_rows_on_b(&m), "0", "PG{major}");
         m.stop_sidecars();
     }
 }
