@@ -252,8 +252,19 @@ async fn run_once(
     state.set_phase(Phase::Streaming);
     let mut commits = d.applier.commits();
     let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    // One timer for the batch deadline, moved only when the deadline does (a new timer
+    // per pass of the loop registered and cleared one with the runtime every time).
+    let batch_timer = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(batch_timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = d.assembler.batch_deadline();
+        if deadline != armed {
+            if let Some(t) = deadline {
+                batch_timer.as_mut().reset(t);
+            }
+            armed = deadline;
+        }
         tokio::select! {
             ev = stream.next_event() => {
                 let mut ev = ev?;
@@ -279,7 +290,7 @@ async fn run_once(
             }
             // The batch is due; it closes now if the writer is free, else as soon as the
             // writer commits the previous one (meanwhile it keeps growing).
-            _ = sleep_until(deadline), if deadline.is_some() && !d.assembler.in_txn() && d.writer_idle() => {
+            _ = &mut batch_timer, if deadline.is_some() && !d.assembler.in_txn() && d.writer_idle() => {
                 d.commit_batch().await?;
             }
             // (the clock is read only when a batch waits: this guard runs for every message)
@@ -407,11 +418,4 @@ async fn stream_origin_ready(
         tracing::warn!(%origin, "[apply] stream_after is set but replication origin `origin` is missing on this node: big transactions are applied whole; run `pgmesh setup -c <config>` once to create it");
     }
     Ok(ready)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
