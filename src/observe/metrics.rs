@@ -53,6 +53,9 @@ pub const CLOCK_SKEW_UNCERTAINTY: &str = "pgmesh_clock_skew_uncertainty_seconds"
 /// commit time ([`crate::conflict::causality`]); rises only while the peer's clock is
 /// ahead.
 pub const CLOCK_WAITS: &str = "pgmesh_clock_waits_total";
+/// Per direction: big transactions the peer streamed while another one was applied open
+/// here, kept whole until their commit ([`crate::txn::spool`]).
+pub const STREAMED_KEPT: &str = "pgmesh_streamed_transactions_kept_total";
 /// Always 1, label `version`: the sidecar is up and which version it runs.
 pub const BUILD_INFO: &str = "pgmesh_build_info";
 
@@ -75,6 +78,7 @@ pub const ALL: &[&str] = &[
     CLOCK_SKEW,
     CLOCK_SKEW_UNCERTAINTY,
     CLOCK_WAITS,
+    STREAMED_KEPT,
     BUILD_INFO,
 ];
 
@@ -175,6 +179,10 @@ fn describe() {
         CLOCK_WAITS,
         "Peer transactions held back until this node's clock passed their commit time (the peer's clock is ahead)"
     );
+    describe_counter!(
+        STREAMED_KEPT,
+        "Big transactions the peer streamed while another one was applied open: kept whole until their commit"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; label version");
 }
 
@@ -191,6 +199,7 @@ pub struct DirectionMetrics {
     pub apply_seconds: Histogram,
     pub reconnects: Counter,
     pub clock_waits: Counter,
+    pub streamed_kept: Counter,
 }
 
 impl DirectionMetrics {
@@ -209,6 +218,7 @@ impl DirectionMetrics {
             apply_seconds: histogram!(APPLY_SECONDS, &[p()]),
             reconnects: counter!(RECONNECTS, &[p()]),
             clock_waits: counter!(CLOCK_WAITS, &[p()]),
+            streamed_kept: counter!(STREAMED_KEPT, &[p()]),
             peer,
         }
     }

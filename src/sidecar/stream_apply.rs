@@ -363,7 +363,13 @@ async fn on_event(
             // until its commit (txn::spool).
             match d.spools.route(&msg, &x.data, d.assembler.streamed_xid())? {
                 Route::Assembler => {}
-                Route::Kept => return Ok(()),
+                Route::Kept => {
+                    let begun = d.spools.take_begun();
+                    if begun > 0 {
+                        d.state.metrics.streamed_kept.increment(begun);
+                    }
+                    return Ok(());
+                }
                 Route::Commit(kept) => return d.replay(*kept, filter, stream).await,
             }
             if filter.observe(&msg) == Verdict::Drop {

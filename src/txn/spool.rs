@@ -74,6 +74,8 @@ pub struct Spools {
     open: Vec<Spool>,
     /// Inside a Stream Start … Stream Stop of this kept transaction.
     block: Option<Xid>,
+    /// Transactions begun to be kept since [`Spools::take_begun`] was last asked.
+    begun: u64,
 }
 
 impl Spools {
@@ -84,7 +86,13 @@ impl Spools {
             dir,
             open: Vec::new(),
             block: None,
+            begun: 0,
         }
+    }
+
+    /// How many transactions began to be kept since the last call (for a counter).
+    pub fn take_begun(&mut self) -> u64 {
+        std::mem::take(&mut self.begun)
     }
 
     /// No transaction is kept.
@@ -129,6 +137,7 @@ impl Spools {
                         messages: 0,
                     });
                     self.block = Some(s.xid);
+                    self.begun += 1;
                     return Ok(Route::Kept);
                 }
                 Ok(Route::Assembler)

@@ -112,6 +112,8 @@ fn a_second_streamed_transaction_is_kept_and_replayed_whole_at_its_commit() {
         f.passed_on(stop());
         // Transaction 2 begins while 1 is open: kept, blocks interleaved with 1's.
         f.kept(start(2, true));
+        assert_eq!(f.spools.take_begun(), 1);
+        assert_eq!(f.spools.take_begun(), 0);
         f.kept(insert(2, "b1"));
         f.kept(stop());
         f.passed_on(start(1, false));
