@@ -205,7 +205,7 @@ impl Direction<'_> {
     ) -> Result<(), SidecarError> {
         tracing::debug!(
             xid = kept.xid(),
-            messages = kept.len(),
+            bytes = kept.bytes(),
             "applying a kept streamed transaction whole"
         );
         let arrived = Instant::now();
@@ -223,7 +223,7 @@ impl Direction<'_> {
         self.feed(commit, filter, arrived).await
     }
 
-    /// One message of a whole transaction, through the origin filter.
+    /// One message for the assembler, through the origin filter.
     pub(super) async fn feed(
         &mut self,
         msg: Message,
@@ -231,6 +231,15 @@ impl Direction<'_> {
         arrived: Instant,
     ) -> Result<(), SidecarError> {
         if filter.observe(&msg) == Verdict::Drop {
+            // PG16+ drops changes with an origin on the server (streaming is asked for
+            // only there); a streamed transaction still marked with one is not applied
+            // streamed.
+            if matches!(msg, Message::Origin(_)) && self.assembler.in_stream_block() {
+                return Err(crate::apply::streamed::Unstreamable(
+                    "it carries a replication origin".into(),
+                )
+                .into());
+            }
             return Ok(());
         }
         let dropped = filter.txn_dropped();

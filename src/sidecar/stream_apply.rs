@@ -17,9 +17,9 @@ use super::direction::{Direction, DropAbort};
 use super::link::{PeerLink, SidecarError};
 use super::stall::{DirectionActivity, Waiting};
 use crate::apply::{ApplyError, ApplySession};
-use crate::filter::{OriginFilter, Verdict};
+use crate::filter::OriginFilter;
 use crate::observe::{DirectionState, Phase};
-use crate::protocol::pgoutput::{Decoder, Message};
+use crate::protocol::pgoutput::Decoder;
 use crate::source::{
     connect_and_start, Backoff, OutputPlugin, PgoutputOptions, ReplicationEvent, ReplicationStream,
     StreamConfig, Streaming,
@@ -362,30 +362,11 @@ async fn on_event(
             // A second big transaction streamed while one is applied open is kept whole
             // until its commit (txn::spool).
             match d.spools.route(&msg, &x.data, d.assembler.streamed_xid())? {
-                Route::Assembler => {}
-                Route::Kept => {
-                    let begun = d.spools.take_begun();
-                    if begun > 0 {
-                        d.state.metrics.streamed_kept.increment(begun);
-                    }
-                    return Ok(());
-                }
-                Route::Commit(kept) => return d.replay(*kept, filter, stream).await,
+                Route::Assembler => d.feed(msg, filter, arrived).await?,
+                Route::Kept => {}
+                Route::Began => d.state.metrics.streamed_kept.increment(1),
+                Route::Commit(kept) => d.replay(*kept, filter, stream).await?,
             }
-            if filter.observe(&msg) == Verdict::Drop {
-                // PG16+ drops changes with an origin on the server (streaming is asked
-                // for only there); a streamed transaction still marked with one is not
-                // applied streamed.
-                if matches!(msg, Message::Origin(_)) && d.assembler.in_stream_block() {
-                    return Err(crate::apply::streamed::Unstreamable(
-                        "it carries a replication origin".into(),
-                    )
-                    .into());
-                }
-                return Ok(());
-            }
-            let dropped = filter.txn_dropped();
-            d.on_message(msg, dropped, arrived).await?;
         }
         // Between upstream transactions the server has sent everything that committed
         // before its send position: remember it; the next tick acknowledges it once

@@ -42,6 +42,9 @@ pub enum Route {
     Assembler,
     /// Kept here, or a block boundary of a kept transaction: nothing more to do.
     Kept,
+    /// The first block of a transaction that is kept from now on (counted, else as
+    /// [`Route::Kept`]).
+    Began,
     /// A kept transaction committed upstream: replay it whole now.
     Commit(Box<Committed>),
 }
@@ -63,7 +66,6 @@ struct Spool {
     buf: SpillBuffer,
     /// Each subtransaction met, with where its first change begins, in order.
     subxacts: Vec<(Xid, u64)>,
-    messages: u64,
 }
 
 /// The transactions kept while another one streams.
@@ -74,8 +76,6 @@ pub struct Spools {
     open: Vec<Spool>,
     /// Inside a Stream Start … Stream Stop of this kept transaction.
     block: Option<Xid>,
-    /// Transactions begun to be kept since [`Spools::take_begun`] was last asked.
-    begun: u64,
 }
 
 impl Spools {
@@ -86,13 +86,7 @@ impl Spools {
             dir,
             open: Vec::new(),
             block: None,
-            begun: 0,
         }
-    }
-
-    /// How many transactions began to be kept since the last call (for a counter).
-    pub fn take_begun(&mut self) -> u64 {
-        std::mem::take(&mut self.begun)
     }
 
     /// No transaction is kept.
@@ -134,11 +128,9 @@ impl Spools {
                         xid: s.xid,
                         buf: SpillBuffer::new(budget, self.dir.clone()),
                         subxacts: Vec::new(),
-                        messages: 0,
                     });
                     self.block = Some(s.xid);
-                    self.begun += 1;
-                    return Ok(Route::Kept);
+                    return Ok(Route::Began);
                 }
                 Ok(Route::Assembler)
             }
@@ -192,7 +184,6 @@ impl Spools {
             .buf
             .write_all(&len.to_le_bytes())
             .and_then(|()| spool.buf.write_all(raw));
-        spool.messages += 1;
         written.map_err(|e| self.io(e))
     }
 
@@ -238,15 +229,10 @@ impl Committed {
         self.commit.xid
     }
 
-    /// Messages kept.
+    /// Bytes kept (its messages, each with a 4-byte length).
     #[must_use]
-    pub fn len(&self) -> u64 {
-        self.spool.messages
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.spool.messages == 0
+    pub fn bytes(&self) -> u64 {
+        self.spool.buf.len()
     }
 
     /// Reads the kept messages back in order.
