@@ -97,7 +97,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Setup(args) => block_on(setup::run(args)),
-        Command::Run(args) => block_on(run::run(args)),
+        Command::Run(args) => run::main(args),
         Command::Tail(args) => block_on(async {
             tail::run(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -163,7 +163,9 @@ fn print_error(json: bool, error: &dyn std::fmt::Display) {
     }
 }
 
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+pub(super) fn block_on(
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -17,7 +17,7 @@ use crate::config::{names, Config, ConfigFlags};
 use crate::guardrail::watch::Guardrail;
 use crate::guardrail::GuardrailStatus;
 use crate::observe::{http, metrics, DirectionState, Health};
-use crate::sidecar::{run_direction, run_maintenance, BatchLimits, PeerLink};
+use crate::sidecar::{run_direction, run_maintenance, scheduling, BatchLimits, PeerLink};
 use crate::source::BackoffPolicy;
 
 #[derive(Debug, clap::Args)]
@@ -64,14 +64,24 @@ pub fn links(cfg: &Config, node: &str) -> anyhow::Result<Vec<PeerLink>> {
     Ok(out)
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// Loads the config, sets `[apply] cpu_policy` up on this thread (the runtime's threads,
+/// started next from it, inherit its policy), then runs the sidecar.
+pub fn main(args: RunArgs) -> ExitCode {
     let cfg = match Config::load_with(&args.config, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgmesh: {e}");
-            return Ok(ExitCode::from(2));
+            return ExitCode::from(2);
         }
     };
+    let policy = cfg.apply.cpu_policy;
+    if let Err(e) = scheduling::init(policy) {
+        tracing::warn!(%policy, error = %e, "cannot set the sidecar's CPU scheduling policy; running under the one it was started with");
+    }
+    super::block_on(run(args, cfg))
+}
+
+async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     let links = match links(&cfg, &args.node) {
         Ok(l) => l,
         Err(e) => {

@@ -63,6 +63,7 @@ pub(super) const SECTION_KEYS: &[(&str, &str, Kind)] = &[
     ("APPLY", "BATCH_MAX_BYTES", Kind::Size),
     ("APPLY", "BATCH_MAX_DELAY_MS", Kind::Int),
     ("APPLY", "STREAM_AFTER", Kind::Size),
+    ("APPLY", "CPU_POLICY", Kind::Str),
     ("HTTP", "LISTEN", Kind::Str),
     ("LEDGER", "RETENTION", Kind::Str),
     ("LEDGER", "MAX_ROWS", Kind::Int),

@@ -17,6 +17,7 @@
 //! batch_max_bytes = "16MB"
 //! batch_max_delay_ms = 1
 //! stream_after = "64MB"   # apply a peer's bigger transaction while it is open; 0 = off
+//! cpu_policy = "auto"     # SCHED_BATCH while catching up; "batch": always; "normal": never
 //! [http]                  # optional
 //! listen = "127.0.0.1:9187"
 //! [ledger]                # optional, defaults shown (see [`LedgerConfig`])
@@ -32,6 +33,7 @@
 //! variable. Passwords never appear in `Debug`/`Display` output.
 
 pub mod control;
+mod cpu_policy;
 mod dsn;
 mod duration;
 pub mod env;
@@ -46,6 +48,7 @@ mod size;
 pub mod traffic;
 
 pub use control::{ControlConfig, EndpointConfig, Failback, HealthConfig, PromqlSignal};
+pub use cpu_policy::CpuPolicy;
 pub use dsn::{interpolate, mask, Dsn};
 pub use duration::{format_duration, parse_duration};
 pub use env::Env;
@@ -145,6 +148,8 @@ pub struct ApplyConfig {
     /// (PostgreSQL 16+ peers; see `apply::streamed`). `None` (`stream_after = 0`): whole
     /// transactions only.
     pub stream_after: Option<ByteSize>,
+    /// The sidecar's CPU scheduling policy (see [`crate::sidecar::scheduling`]).
+    pub cpu_policy: CpuPolicy,
 }
 
 impl Default for ApplyConfig {
@@ -154,6 +159,7 @@ impl Default for ApplyConfig {
             batch_max_bytes: ByteSize(16 << 20),
             batch_max_delay: Duration::from_millis(1),
             stream_after: Some(DEFAULT_STREAM_AFTER),
+            cpu_policy: CpuPolicy::Auto,
         }
     }
 }
@@ -214,6 +220,7 @@ struct RawApply {
     batch_max_bytes: Option<ByteSize>,
     batch_max_delay_ms: Option<u64>,
     stream_after: Option<ByteSize>,
+    cpu_policy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -394,8 +401,13 @@ impl Config {
             }
             b => b,
         };
+        let cpu_policy = match raw.apply.cpu_policy.as_deref() {
+            None => defaults.cpu_policy,
+            Some(v) => CpuPolicy::parse(v).map_err(|m| invalid("apply.cpu_policy", m))?,
+        };
         let apply = ApplyConfig {
             stream_after,
+            cpu_policy,
             batch_max_rows,
             batch_max_bytes,
             batch_max_delay: raw

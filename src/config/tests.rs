@@ -97,6 +97,30 @@ stream_after = \"16kB\"
 }
 
 #[test]
+fn cpu_policy_is_auto_unless_asked() {
+    let default = parse(GOOD, &[("PW_A", "x")]).unwrap();
+    assert_eq!(default.apply.cpu_policy, CpuPolicy::Auto);
+    let normal = parse(
+        &format!("{GOOD}\n[apply]\ncpu_policy = \"normal\"\n"),
+        &[("PW_A", "x")],
+    )
+    .unwrap();
+    assert_eq!(normal.apply.cpu_policy, CpuPolicy::Normal);
+    let from_env = parse(GOOD, &[("PW_A", "x"), ("PGMESH_APPLY_CPU_POLICY", "batch")]).unwrap();
+    assert_eq!(from_env.apply.cpu_policy, CpuPolicy::Batch);
+    let e = parse(
+        &format!("{GOOD}\n[apply]\ncpu_policy = \"fifo\"\n"),
+        &[("PW_A", "x")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("apply.cpu_policy") && e.contains("\"auto\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn unknown_keys_are_errors_naming_key_and_file() {
     let e = parse(
         &format!("{GOOD}\n[apply]\nbatch_rows = 1\n"),

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::ack::Acks;
 use super::applier::{Applier, Work};
 use super::link::{PeerLink, SidecarError};
+use super::scheduling::CatchUpVote;
 use crate::apply::session::applied_progress;
 use crate::apply::shape_io::{map_relation, Sides};
 use crate::conflict::causality::{clock_wait, ClockWait};
@@ -40,6 +41,8 @@ pub(super) struct Direction<'l> {
     pub(super) state: &'l DirectionState,
     /// When the log last said that changes wait for this node's clock.
     pub(super) clock_noted: Option<Instant>,
+    /// This direction's say in the threads' CPU policy (`[apply] cpu_policy = "auto"`).
+    pub(super) cpu: CatchUpVote,
 }
 
 impl Direction<'_> {
@@ -62,6 +65,7 @@ impl Direction<'_> {
         let unsent = self.assembler.oldest_unsent();
         let (done, oldest) = self.acks.progress(self.applier.applied(), idle, unsent);
         let lag = oldest.and_then(crate::observe::state::age);
+        self.cpu.observe(lag);
         self.state.progress(done, lag);
     }
 

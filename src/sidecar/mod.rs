@@ -8,6 +8,7 @@ mod direction;
 pub mod link;
 mod maintenance;
 mod peer_probe;
+pub mod scheduling;
 mod schema_stop;
 mod stall;
 mod stream_apply;

@@ -15,6 +15,7 @@ use super::applier::{Applier, StreamTarget};
 use super::clock::ClockWatch;
 use super::direction::{Direction, DropAbort};
 use super::link::{PeerLink, SidecarError};
+use super::scheduling::CatchUpVote;
 use super::stall::{DirectionActivity, Waiting};
 use crate::apply::{ApplyError, ApplySession};
 use crate::filter::OriginFilter;
@@ -247,6 +248,7 @@ async fn run_once(
         acks: Acks::new(applied),
         state,
         clock_noted: None,
+        cpu: CatchUpVote::default(),
     };
     state.applied(applied);
     state.set_phase(Phase::Streaming);
