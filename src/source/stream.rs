@@ -477,9 +477,18 @@ impl ReplicationStream {
                 }
                 wake = wake.min(dead);
             }
-            let frame = tokio::select! {
-                f = self.conn.recv() => f?,
-                () = tokio::time::sleep_until(wake) => continue,
+            // A frame already read needs no timer: registering one with the runtime and
+            // clearing it again for every frame was 2 % of the sidecar's CPU in catch-up.
+            // Waiting, the socket is polled first, so a timer is registered only when
+            // nothing has arrived.
+            let frame = if self.conn.frame_buffered() {
+                self.conn.recv().await?
+            } else {
+                tokio::select! {
+                    biased;
+                    f = self.conn.recv() => f?,
+                    () = tokio::time::sleep_until(wake) => continue,
+                }
             };
             let arrived = self.conn.last_read();
             self.last_recv = arrived;

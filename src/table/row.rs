@@ -49,6 +49,12 @@ impl Row {
                 map.remote_to_local.len()
             )));
         }
+        // The values are slices of a copy of the row's own, not of the socket's read
+        // buffer: slices of that buffer share its reference count, which the reading
+        // thread raised and the writing thread dropped for every value (one cache line
+        // between two cores), and they kept each read buffer alive until its last row
+        // was applied.
+        let tuple = tuple.detached();
         let mut vals = vec![Val::Absent; map.local.columns.len()];
         for (col, &li) in tuple.iter().zip(&map.remote_to_local) {
             // A column both nodes dropped since the change was made: discarded.

@@ -130,6 +130,16 @@ impl Tuple {
         })
     }
 
+    /// The same tuple over a copy of its bytes of its own, so that its values no longer
+    /// share the reference count (and the lifetime) of the buffer it was read from.
+    #[must_use]
+    pub fn detached(&self) -> Tuple {
+        Tuple {
+            ncols: self.ncols,
+            data: Bytes::copy_from_slice(&self.data),
+        }
+    }
+
     /// Number of columns (live, non-generated attributes of the relation).
     #[must_use]
     pub fn len(&self) -> usize {
