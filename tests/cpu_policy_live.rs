@@ -29,9 +29,15 @@ fn wait_policy(pid: u32, policy: i32, what: &str, log: &Sidecar) {
     }
 }
 
-#[test]
-fn auto_runs_the_threads_under_batch_while_behind_and_normal_once_caught_up() {
-    let _turn = turn();
+/// Two nodes with table `t`, node b's `pgmesh run` (with `env`) and row 1 applied on b.
+fn mesh_with_row_one(
+    env: &[(String, String)],
+) -> (
+    pgmesh::testkit::Cluster,
+    pgmesh::testkit::Cluster,
+    tempfile::TempDir,
+    Sidecar,
+) {
     // The policy does not depend on the server: the first version is enough.
     let major = versions_under_test()[0];
     let (a, b, dir, cfg) = nodes_with_setup(
@@ -39,8 +45,7 @@ fn auto_runs_the_threads_under_batch_while_behind_and_normal_once_caught_up() {
         "CREATE TABLE t (id int PRIMARY KEY, v text);",
         "\"public.t\"",
     );
-    let sidecar = Sidecar::spawn(&cfg, "b", dir.path().join("b.log"));
-    let pid = sidecar.pid();
+    let sidecar = Sidecar::spawn_with_env(&cfg, "b", dir.path().join("b.log"), env);
     a.psql("INSERT INTO t VALUES (1, 'first')").unwrap();
     wait_for(
         &b,
@@ -49,6 +54,14 @@ fn auto_runs_the_threads_under_batch_while_behind_and_normal_once_caught_up() {
         "b has row 1",
         WAIT,
     );
+    (a, b, dir, sidecar)
+}
+
+#[test]
+fn auto_runs_the_threads_under_batch_while_behind_and_normal_once_caught_up() {
+    let _turn = turn();
+    let (a, b, _dir, sidecar) = mesh_with_row_one(&[]);
+    let pid = sidecar.pid();
     wait_policy(
         pid,
         SCHED_OTHER,
@@ -102,29 +115,15 @@ fn auto_runs_the_threads_under_batch_while_behind_and_normal_once_caught_up() {
     assert_eq!(
         b.psql("SELECT v FROM t WHERE id = 1").unwrap(),
         "second",
-        "PG{major}"
+        "row 1 carries a's last write"
     );
 }
 
 #[test]
 fn batch_runs_the_threads_under_batch_from_the_start() {
     let _turn = turn();
-    let major = versions_under_test()[0];
-    let (a, b, dir, cfg) = nodes_with_setup(
-        major,
-        "CREATE TABLE t (id int PRIMARY KEY, v text);",
-        "\"public.t\"",
-    );
     let env = [("PGMESH_APPLY_CPU_POLICY".to_string(), "batch".to_string())];
-    let sidecar = Sidecar::spawn_with_env(&cfg, "b", dir.path().join("b.log"), &env);
-    a.psql("INSERT INTO t VALUES (1, 'first')").unwrap();
-    wait_for(
-        &b,
-        "SELECT v FROM t WHERE id = 1",
-        "first",
-        "b has row 1",
-        WAIT,
-    );
+    let (_a, _b, _dir, sidecar) = mesh_with_row_one(&env);
     wait_policy(
         sidecar.pid(),
         SCHED_BATCH,
