@@ -506,12 +506,10 @@ fn conflicts_command_filters_and_retention_prunes() {
             a.psql("SELECT count(*) FROM pgmesh.conflicts")
                 .is_ok_and(|n| n == "2")
         });
-        assert!(
-            std::fs::read_to_string(&log)
-                .unwrap()
-                .contains("pruned the conflict ledger"),
-            "sidecar log must say what it pruned"
-        );
+        // The sidecar logs what it pruned after the prune committed: wait for the line.
+        wait_until("the sidecar's log of what it pruned", &log, || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("pruned the conflict ledger"))
+        });
         // b's ledger is untouched (the prune is not replicated).
         assert_eq!(q(&b, "SELECT count(*) FROM pgmesh.conflicts"), "2");
 
