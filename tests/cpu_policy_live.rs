@@ -1,13 +1,14 @@
 //! `[apply] cpu_policy` (`sidecar/scheduling.rs`) on a real `pgmesh run`: under `auto`
 //! its threads run under `SCHED_BATCH` while the direction is behind and under the normal
-//! policy once it caught up; under `batch` always.
+//! policy once it caught up; while it discards a flood of changes from elsewhere (a
+//! PostgreSQL 15 peer sends back what this node applied); under `batch` always.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use pgmesh::sidecar::scheduling::{process_policies, SCHED_BATCH, SCHED_OTHER};
-use pgmesh::testkit::versions_under_test;
+use pgmesh::testkit::{versions_under_test, Cluster};
 use support::live::{nodes_with_setup, turn, wait_apply_blocked, wait_for, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -130,4 +131,73 @@ fn batch_runs_the_threads_under_batch_from_the_start() {
         "the threads run under SCHED_BATCH",
         &sidecar,
     );
+}
+
+/// PostgreSQL 15 sends back what node b applied from a; node a's sidecar drops it (the
+/// origin filter). A flood of those switches a's threads to `SCHED_BATCH` and, once it
+/// is over, back.
+#[test]
+fn auto_runs_the_threads_under_batch_while_discarding_a_flood_from_elsewhere() {
+    if !versions_under_test().contains(&15) {
+        eprintln!("skipped: only PostgreSQL 15 sends changes back (PGMESH_TEST_PG has no 15)");
+        return;
+    }
+    let _turn = turn();
+    let (a, b, dir, cfg) = nodes_with_setup(
+        15,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "\"public.t\"",
+    );
+    let _into_b = Sidecar::spawn(&cfg, "b", dir.path().join("b.log"));
+    let into_a = Sidecar::spawn(&cfg, "a", dir.path().join("a.log"));
+    wait_policy(
+        into_a.pid(),
+        SCHED_OTHER,
+        "a's threads run under the normal policy",
+        &into_a,
+    );
+    // Rows in bursts until a's sidecar saw enough of them come back at once (the rate is
+    // measured five times a second).
+    const ENTERED: &str =
+        "discarding changes from elsewhere: the sidecar's threads run under SCHED_BATCH";
+    let deadline = Instant::now() + WAIT;
+    let mut rows = 0;
+    while !into_a.log_text().contains(ENTERED) {
+        assert!(
+            Instant::now() < deadline,
+            "a's sidecar never switched while discarding {rows} rows applied on b:\n{}",
+            into_a.log_text()
+        );
+        insert_rows(&a, rows + 1, rows + 50_000);
+        rows += 50_000;
+        wait_for(
+            &b,
+            "SELECT count(*) FROM t",
+            &rows.to_string(),
+            "b applied the burst",
+            WAIT,
+        );
+    }
+    into_a.wait_log(
+        "done discarding changes from elsewhere: the sidecar's threads run under the normal policy",
+        WAIT,
+    );
+    wait_policy(
+        into_a.pid(),
+        SCHED_OTHER,
+        "a's threads run under the normal policy again",
+        &into_a,
+    );
+    assert_eq!(
+        a.psql("SELECT count(*) FROM t").unwrap(),
+        rows.to_string(),
+        "nothing came back into a"
+    );
+}
+
+fn insert_rows(c: &Cluster, from: u32, to: u32) {
+    c.psql(&format!(
+        "INSERT INTO t SELECT i, 'x' FROM generate_series({from}, {to}) i"
+    ))
+    .unwrap();
 }

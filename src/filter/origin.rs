@@ -24,6 +24,7 @@ pub struct OriginFilter {
     drop_origins: bool,
     in_dropped_txn: bool,
     dropped_txns: u64,
+    dropped_changes: u64,
 }
 
 impl OriginFilter {
@@ -60,6 +61,12 @@ impl OriginFilter {
             | Message::StreamStop
             | Message::StreamCommit(_)
             | Message::StreamAbort(_) => Verdict::Keep,
+            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_)
+                if self.in_dropped_txn =>
+            {
+                self.dropped_changes += 1;
+                Verdict::Drop
+            }
             _ if self.in_dropped_txn => Verdict::Drop,
             _ => Verdict::Keep,
         }
@@ -76,6 +83,13 @@ impl OriginFilter {
     #[must_use]
     pub fn dropped_txns(&self) -> u64 {
         self.dropped_txns
+    }
+
+    /// Row changes (and truncates) dropped so far: how busy the stream is with work that
+    /// waits for no one (the CPU policy, `crate::sidecar::scheduling`).
+    #[must_use]
+    pub fn dropped_changes(&self) -> u64 {
+        self.dropped_changes
     }
 }
 
@@ -103,6 +117,12 @@ mod tests {
         use Verdict::{Drop, Keep};
         assert_eq!(verdicts, vec![Keep, Drop, Drop, Keep]);
         assert_eq!(f.dropped_txns(), 1);
+        assert_eq!(f.dropped_changes(), 1);
+        // A kept transaction's changes are not counted.
+        for m in [begin(110, 2), insert(7, &["2"]), commit(118, 2)] {
+            assert_eq!(f.observe(&m), Keep);
+        }
+        assert_eq!(f.dropped_changes(), 1);
     }
 
     #[test]

@@ -59,13 +59,14 @@ impl Direction<'_> {
         self.acks.writer_idle(self.applier.applied())
     }
 
-    /// Publishes what is done and how old the oldest transaction not yet applied is.
-    pub(super) fn report_progress(&mut self) {
+    /// Publishes what is done and how old the oldest transaction not yet applied is;
+    /// `discarded`: the changes from elsewhere the origin filter dropped so far.
+    pub(super) fn report_progress(&mut self, discarded: u64) {
         let idle = self.idle();
         let unsent = self.assembler.oldest_unsent();
         let (done, oldest) = self.acks.progress(self.applier.applied(), idle, unsent);
         let lag = oldest.and_then(crate::observe::state::age);
-        self.cpu.observe(lag);
+        self.cpu.observe(lag, discarded);
         self.state.progress(done, lag);
     }
 

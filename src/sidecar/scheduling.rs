@@ -12,12 +12,19 @@
 //! Waiting for a slice costs latency when the sidecar is caught up, so `auto` (the
 //! default) runs the threads under `SCHED_BATCH` only while a direction is behind by
 //! more than [`ENTER_BEHIND`], and back under the normal policy once every direction is
-//! within [`LEAVE_BEHIND`]. `SCHED_BATCH` is a time-sharing policy like the normal one
+//! within [`LEAVE_BEHIND`]. A direction reading a PostgreSQL 15 peer counts too while it
+//! discards more than [`ENTER_DISCARDING`] changes a second (until it is below
+//! [`LEAVE_DISCARDING`]): PostgreSQL 15 sends the changes this node applied back to it, to
+//! be dropped here (`crate::filter::origin`), and no one waits for those. While the
+//! other direction caught up, the reader of that stream woke for nearly every message
+//! and preempted the walsender decoding it 9–18k times per 200k changes; under
+//! `SCHED_BATCH` the catch-up ran 12 % faster (BENCHMARKS.md).
+//! `SCHED_BATCH` is a time-sharing policy like the normal one
 //! (nice values apply, no privilege is needed); only the wakeup preemption differs. The
 //! agent (`pgmesh agent`), whose timing guards a fence, never runs under it.
 
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use crate::config::CpuPolicy;
 
@@ -25,6 +32,11 @@ pub use crate::config::CpuPolicy;
 pub const ENTER_BEHIND: Duration = Duration::from_millis(250);
 /// Under `auto`, a direction catching up is caught up again within this.
 pub const LEAVE_BEHIND: Duration = Duration::from_millis(50);
+/// Under `auto`, a direction discarding this many changes a second (from elsewhere, on a
+/// PostgreSQL 15 peer) is busy with work no one waits for.
+pub const ENTER_DISCARDING: f64 = 10_000.0;
+/// Under `auto`, a direction discarding changes stops counting below this rate.
+pub const LEAVE_DISCARDING: f64 = 2_500.0;
 
 /// Linux's numbers of the two policies (`sched(7)`).
 pub const SCHED_OTHER: i32 = 0;
@@ -65,36 +77,75 @@ pub fn behind_next(was_behind: bool, lag: Option<Duration>) -> bool {
     }
 }
 
+/// Whether a direction is busy discarding changes from elsewhere, given whether it was
+/// and the rate at which it discarded them since the last look (changes a second).
+#[must_use]
+pub fn discarding_next(was_discarding: bool, per_second: f64) -> bool {
+    if per_second >= ENTER_DISCARDING {
+        true
+    } else if per_second >= LEAVE_DISCARDING {
+        was_discarding
+    } else {
+        false
+    }
+}
+
 /// One direction's say in the policy under `auto`: the threads run under `SCHED_BATCH`
-/// while at least one direction is behind.
+/// while at least one direction is behind or busy discarding.
 #[derive(Debug, Default)]
 pub struct CatchUpVote {
     behind: bool,
+    discarding: bool,
+    /// When the discard count was last seen, and its value then.
+    seen: Option<(Instant, u64)>,
 }
 
 impl CatchUpVote {
-    /// Records the direction's lag (every progress report, a few times a second).
-    pub fn observe(&mut self, lag: Option<Duration>) {
+    /// Records the direction's lag and its count of discarded changes so far (every
+    /// progress report, a few times a second).
+    pub fn observe(&mut self, lag: Option<Duration>, discarded: u64) {
         let Some(count) = BEHIND.get() else {
             return;
         };
-        let behind = behind_next(self.behind, lag);
-        if behind != self.behind {
-            self.behind = behind;
-            vote(count, behind, lag);
+        let now = Instant::now();
+        let rate = match self.seen.replace((now, discarded)) {
+            Some((at, before)) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                #[allow(clippy::cast_precision_loss)]
+                let n = discarded.saturating_sub(before) as f64;
+                if secs > 0.0 {
+                    n / secs
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        let (was_behind, was_discarding) = (self.behind, self.discarding);
+        self.behind = behind_next(self.behind, lag);
+        self.discarding = discarding_next(self.discarding, rate);
+        let voting = self.behind || self.discarding;
+        if voting != (was_behind || was_discarding) {
+            let why = match (voting, self.behind, was_behind) {
+                (true, true, _) => "catching up",
+                (true, false, _) => "discarding changes from elsewhere",
+                (false, _, true) => "caught up",
+                (false, _, false) => "done discarding changes from elsewhere",
+            };
+            vote(count, voting, why, lag, rate);
         }
     }
 }
 
 impl Drop for CatchUpVote {
     fn drop(&mut self) {
-        if let (true, Some(count)) = (self.behind, BEHIND.get()) {
-            vote(count, false, None);
+        if let (true, Some(count)) = (self.behind || self.discarding, BEHIND.get()) {
+            vote(count, false, "a direction ended", None, 0.0);
         }
     }
 }
 
-fn vote(count: &Mutex<usize>, behind: bool, lag: Option<Duration>) {
+fn vote(count: &Mutex<usize>, behind: bool, why: &str, lag: Option<Duration>, discard_rate: f64) {
     let mut n = count.lock().unwrap_or_else(PoisonError::into_inner);
     let was = *n > 0;
     *n = if behind { *n + 1 } else { n.saturating_sub(1) };
@@ -109,13 +160,14 @@ fn vote(count: &Mutex<usize>, behind: bool, lag: Option<Duration>) {
         Ok(threads) if now => {
             tracing::info!(
                 ?lag,
+                discard_rate = discard_rate.round(),
                 threads,
-                "catching up: the sidecar's threads run under SCHED_BATCH"
+                "{why}: the sidecar's threads run under SCHED_BATCH"
             );
         }
         Ok(threads) => tracing::info!(
             threads,
-            "caught up: the sidecar's threads run under the normal policy"
+            "{why}: the sidecar's threads run under the normal policy"
         ),
         Err(e) => {
             tracing::warn!(error = %e, policy, "cannot change the sidecar's CPU scheduling policy")
@@ -207,6 +259,17 @@ mod tests {
         assert!(!behind_next(false, ms(100)));
         assert!(!behind_next(true, ms(50)));
         assert!(!behind_next(true, None));
+    }
+
+    #[test]
+    fn discarding_from_10k_a_second_until_below_2500() {
+        assert!(!discarding_next(false, 0.0));
+        assert!(!discarding_next(false, 9_999.0));
+        assert!(discarding_next(false, 10_000.0));
+        // In between: as it was.
+        assert!(discarding_next(true, 5_000.0));
+        assert!(!discarding_next(false, 5_000.0));
+        assert!(!discarding_next(true, 2_499.0));
     }
 
     #[test]

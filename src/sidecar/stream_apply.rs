@@ -316,7 +316,7 @@ async fn run_once(
                     let _step = activity.reader.enter(Waiting::SendingStatus);
                     stream.send_status(false).await?;
                 }
-                d.report_progress();
+                d.report_progress(filter.dropped_changes());
                 if stream_again.is_some_and(|t| Instant::now() >= t) && d.idle() {
                     d.applier.finish().await?;
                     let _ = stream.shutdown().await;
