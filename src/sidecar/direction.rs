@@ -275,6 +275,8 @@ impl Direction<'_> {
             .await?;
         self.acks
             .batch_sent(batch.end, batch.first_ts, self.applier.applied());
+        self.cpu
+            .observe_handed_out(crate::observe::state::age(batch.first_ts));
         Ok(())
     }
 

@@ -104,9 +104,9 @@ impl CatchUpVote {
     /// Records the direction's lag and its count of discarded changes so far (every
     /// progress report, a few times a second).
     pub fn observe(&mut self, lag: Option<Duration>, discarded: u64) {
-        let Some(count) = BEHIND.get() else {
+        if BEHIND.get().is_none() {
             return;
-        };
+        }
         let now = Instant::now();
         let rate = match self.seen.replace((now, discarded)) {
             Some((at, before)) => {
@@ -121,9 +121,31 @@ impl CatchUpVote {
             }
             None => 0.0,
         };
+        let behind = behind_next(self.behind, lag);
+        let discarding = discarding_next(self.discarding, rate);
+        self.update(behind, discarding, lag, rate);
+    }
+
+    /// Records the age of the oldest upstream commit in a batch just handed to the
+    /// writer. A sidecar started behind would otherwise wait for its first progress
+    /// report (up to 200 ms, a third of some catch-ups) before it switches; this only
+    /// ever switches to catching up: leaving is the progress report's call, which sees
+    /// everything not yet applied.
+    pub fn observe_handed_out(&mut self, age: Option<Duration>) {
+        if BEHIND.get().is_none() || self.behind {
+            return;
+        }
+        if age.is_some_and(|a| a >= ENTER_BEHIND) {
+            self.update(true, self.discarding, age, 0.0);
+        }
+    }
+
+    fn update(&mut self, behind: bool, discarding: bool, lag: Option<Duration>, rate: f64) {
+        let Some(count) = BEHIND.get() else {
+            return;
+        };
         let (was_behind, was_discarding) = (self.behind, self.discarding);
-        self.behind = behind_next(self.behind, lag);
-        self.discarding = discarding_next(self.discarding, rate);
+        (self.behind, self.discarding) = (behind, discarding);
         let voting = self.behind || self.discarding;
         if voting != (was_behind || was_discarding) {
             let why = match (voting, self.behind, was_behind) {
