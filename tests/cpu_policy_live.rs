@@ -31,14 +31,7 @@ fn wait_policy(pid: u32, policy: i32, what: &str, log: &Sidecar) {
 }
 
 /// Two nodes with table `t`, node b's `pgmesh run` (with `env`) and row 1 applied on b.
-fn mesh_with_row_one(
-    env: &[(String, String)],
-) -> (
-    pgmesh::testkit::Cluster,
-    pgmesh::testkit::Cluster,
-    tempfile::TempDir,
-    Sidecar,
-) {
+fn mesh_with_row_one(env: &[(String, String)]) -> (Cluster, Cluster, tempfile::TempDir, Sidecar) {
     // The policy does not depend on the server: the first version is enough.
     let major = versions_under_test()[0];
     let (a, b, dir, cfg) = nodes_with_setup(
