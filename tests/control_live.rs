@@ -20,10 +20,15 @@ fn version(i: usize) -> u32 {
     v[i % v.len()]
 }
 
-fn assert_no_dual_owner(sampler: DualOwnerSampler) {
+fn assert_no_dual_owner(lab: &Lab, sampler: DualOwnerSampler) {
     let (samples, violations) = sampler.stop();
     assert!(samples > 10, "the sampler took only {samples} samples");
-    assert!(violations.is_empty(), "two writable owners: {violations:?}");
+    assert!(
+        violations.is_empty(),
+        "two writable owners: {violations:?}\n--- agent a\n{}\n--- agent b\n{}",
+        lab.agent_log("a"),
+        lab.agent_log("b")
+    );
     eprintln!("sampler: {samples} samples, no moment with two writable owners");
 }
 
@@ -118,7 +123,7 @@ fn primary_killed_with_agent_alive_releases_at_once_and_returns_fenced_until_swi
     );
     lab.wait_serving("a", "app-eu", Duration::from_secs(10));
     lab.wait_db_writable("a", true, Duration::from_secs(10));
-    assert_no_dual_owner(sampler);
+    assert_no_dual_owner(&lab, sampler);
 }
 
 #[test]
@@ -198,7 +203,79 @@ fn lease_lost_without_quorum_fences_both_and_forced_failover_is_recorded() {
     lab.wait_serving("b", "app-eu", Duration::from_secs(10));
     lab.wait_serving("b", "app-us", Duration::from_secs(20));
     assert!(!lab.db_writable("a"));
-    assert_no_dual_owner(sampler);
+    assert_no_dual_owner(&lab, sampler);
+}
+
+/// Waits until `node`'s agent holds a lease with etcd answering; returns its `/health`.
+fn wait_lease(lab: &Lab, node: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, body) = lab.http(node, "/health");
+        if body.contains("\"etcd_ok\":true") && !body.contains("\"lease\":null") {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} never got a lease: {body}\n{}",
+            tail(&lab.agent_log(node))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_region_forced_writable_and_cut_off_from_etcd_keeps_the_peer_from_taking_anything() {
+    // The operator's forced failover is recorded in etcd only by the target's agent. Here
+    // that agent cannot reach etcd when quorum returns; the other region can, and with
+    // its lease back it would take its home endpoint and (the target has no member key)
+    // the target's too, while the target takes writes by the operator's decision.
+    let _t = turn();
+    let major = version(0);
+    let mut lab = Lab::start(major, "");
+    let sampler = DualOwnerSampler::start(&lab);
+    lab.etcd.kill_member(1).unwrap();
+    lab.etcd.kill_member(2).unwrap();
+    lab.wait_db_writable("a", false, Duration::from_secs(10));
+    lab.wait_db_writable("b", false, Duration::from_secs(10));
+    let out = pgmesh(
+        &["failover", "app-us", "--to", "a", "--force", "--json"],
+        lab.cfg_path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_db_writable("a", true, Duration::from_secs(10));
+    lab.isolate_a();
+    lab.etcd.restart_member(1).unwrap();
+    lab.etcd.restart_member(2).unwrap();
+
+    // b has its lease back and says why it takes nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = wait_lease(&lab, "b", Duration::from_secs(30));
+        if body.contains("forced app-us onto a") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let watch_until = Instant::now() + TTL * 2;
+    while Instant::now() < watch_until {
+        for e in ["app-eu", "app-us"] {
+            assert!(
+                !lab.serves("b", e),
+                "b serves {e} while a is forced writable"
+            );
+        }
+        assert!(!lab.db_writable("b"), "{}", tail(&lab.agent_log("b")));
+        assert!(lab.db_writable("a"), "{}", tail(&lab.agent_log("a")));
+    }
+
+    // a back in touch: it records the decision and takes its home endpoint back.
+    lab.heal_a();
+    wait_events(&lab, &["a:forced_failover:app-us"]);
+    lab.wait_serving("a", "app-us", Duration::from_secs(20));
+    lab.wait_serving("a", "app-eu", Duration::from_secs(20));
+    assert!(!lab.db_writable("b"));
+    assert_no_dual_owner(&lab, sampler);
 }
 
 #[test]
@@ -238,7 +315,7 @@ fn frozen_or_killed_agent_is_fenced_by_its_watchdog_before_the_peer_takes_over()
                 "PG{major}: agent b killed -> fenced after {f:?}, a serves app-us after {t:?}"
             );
         }
-        assert_no_dual_owner(sampler);
+        assert_no_dual_owner(&lab, sampler);
     }
 }
 
@@ -458,7 +535,7 @@ fn isolated_region_fences_itself_before_the_peer_takes_over_and_stays_fenced_aft
     }
     assert!(!lab.db_writable("a"));
     assert!(!lab.serves("a", "app-eu"));
-    assert_no_dual_owner(sampler);
+    assert_no_dual_owner(&lab, sampler);
 }
 
 #[test]
@@ -504,7 +581,7 @@ fn maintenance_fence_moves_the_endpoints_and_unfence_waits_for_a_decision() {
     let out = pgmesh(&["switchover", "app-eu", "--to", "zz"], lab.cfg_path());
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out).contains("known nodes"), "{}", text(&out));
-    assert_no_dual_owner(sampler);
+    assert_no_dual_owner(&lab, sampler);
 }
 
 #[test]
@@ -532,5 +609,5 @@ fn auto_failback_returns_the_home_endpoint_once_the_region_caught_up() {
             .unwrap(),
         "500"
     );
-    assert_no_dual_owner(sampler);
+    assert_no_dual_owner(&lab, sampler);
 }

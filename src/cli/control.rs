@@ -279,6 +279,30 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             ),
         ));
     }
+    // An earlier forced move of this endpoint onto another region makes that region's
+    // agent keep it (and the target's agent leave it): forget it wherever we reach.
+    let mut stale = Vec::new();
+    for other in cfg.peers(&args.to) {
+        let cleared = async {
+            let (c, task) = connect_sql(&other.sql_config().map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = c
+                .execute(
+                    "DELETE FROM pgmesh.forced WHERE endpoint = $1",
+                    &[&args.endpoint],
+                )
+                .await
+                .map_err(|e| crate::sqlconn::pg_message(&e));
+            task.abort();
+            r.map(|_| ())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), cleared).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => stale.push(format!("{}: {e}", other.name)),
+            Err(_) => stale.push(format!("{}: no answer within 5s", other.name)),
+        }
+    }
     let etcd = match store(&ctl).await {
         Ok(s) => match s.snapshot().await {
             Ok(snap) => match snap.view.members.get(&args.to) {
@@ -306,10 +330,22 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             args.to
         ),
     };
+    let stale_note = if stale.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; an earlier forced move of {} may stand on the regions not reached ({}): run this again once they are",
+            args.endpoint,
+            stale.join("; ")
+        )
+    };
     Ok(done(
         args.json,
-        serde_json::json!({"ok": true, "endpoint": args.endpoint, "to": args.to, "forced": true, "etcd": etcd_note}),
-        format!("{} forced onto {}: {etcd_note}", args.endpoint, args.to),
+        serde_json::json!({"ok": true, "endpoint": args.endpoint, "to": args.to, "forced": true, "etcd": etcd_note, "not_reached": stale}),
+        format!(
+            "{} forced onto {}: {etcd_note}{stale_note}",
+            args.endpoint, args.to
+        ),
     ))
 }
 

@@ -137,6 +137,9 @@ pub struct Agent {
     etcd_failing_since: Option<Instant>,
     pub(super) db_fenced: Option<bool>,
     pub(super) forced: Vec<String>,
+    /// Endpoints the peers' databases list as forced onto them (endpoint → peer), as
+    /// last read from each (kept while a peer cannot be read).
+    forced_elsewhere: BTreeMap<String, String>,
     pub(super) drains: HashMap<(String, i64), DrainProgress>,
     /// Regions seen without a live agent, since when (all of them count from our start).
     absent_since: BTreeMap<String, Instant>,
@@ -221,6 +224,7 @@ impl Agent {
             etcd_failing_since: None,
             db_fenced: None,
             forced: Vec::new(),
+            forced_elsewhere: BTreeMap::new(),
             drains: HashMap::new(),
             absent_since: BTreeMap::new(),
             vanished: BTreeSet::new(),
@@ -516,6 +520,7 @@ impl Agent {
             health: self.health,
             db_fenced: self.db_fenced,
             forced: &self.forced,
+            forced_elsewhere: &self.forced_elsewhere,
             caught_up,
             now_ms: now_ms(),
             absent_for: &absent_for,
@@ -624,7 +629,28 @@ impl Agent {
         self.wal_lsn = facts.wal_lsn;
         signals.push(probe::slots(self.local.get().await, h.weight_slot, t).await);
         let mut lag = None;
-        for (_, conn) in &mut self.peers {
+        for (peer, conn) in &mut self.peers {
+            // The operator's forced moves onto the peer first: a peer that cannot be
+            // read keeps what it said last (it may be writable for them without a lease).
+            let forced = match conn.get().await {
+                Some(c) => tokio::time::timeout(t, db::forced(c))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {t:?}"))),
+                None => Err("cannot connect".to_string()),
+            };
+            match forced {
+                Ok(f) => {
+                    self.forced_elsewhere.retain(|_, n| n != peer);
+                    for e in f {
+                        self.forced_elsewhere.insert(e, peer.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "cannot read the peer's pgmesh.forced");
+                    conn.drop_session();
+                    continue;
+                }
+            }
             let l = probe::apply_lag(conn.get().await, &self.me, t).await;
             if l.is_none() {
                 conn.drop_session();

@@ -78,6 +78,11 @@ pub struct Observation<'a> {
     /// Endpoints an operator forced onto this region (`pgmesh failover --force`) that
     /// etcd does not show as ours yet.
     pub forced: &'a [String],
+    /// Endpoints a peer's database lists as forced onto that peer (endpoint → peer), as
+    /// last read. The peer takes writes for them without a lease until its agent records
+    /// the move in etcd, which can be late (or never, while it cannot reach etcd): this
+    /// region must neither take nor keep them meanwhile.
+    pub forced_elsewhere: &'a BTreeMap<String, String>,
     /// Auto failback: our lag stayed under the bound long enough.
     pub caught_up: bool,
     /// Regions without a live agent, and how long this agent has seen them so.
@@ -147,6 +152,11 @@ pub enum Action {
     },
     /// Put the endpoint on our lease whoever owns it: the operator forced it.
     ClaimForced {
+        endpoint: String,
+    },
+    /// etcd shows the forced endpoint as ours: the operator's decision is recorded, so
+    /// the database forgets it (else it would keep the region writable without a lease).
+    ClearForced {
         endpoint: String,
     },
     /// Ask the current owner to hand our home endpoint back (auto failback).
@@ -273,10 +283,15 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         }
     }
 
+    let forced_away: Vec<(&String, &Owner)> = owned
+        .iter()
+        .filter(|(e, _)| o.forced_elsewhere.contains_key(e.as_str()))
+        .copied()
+        .collect();
     let serving: Vec<String> = owned
         .iter()
         .map(|(e, _)| e.to_string())
-        .filter(|e| !draining.contains(e))
+        .filter(|e| !draining.contains(e) && !o.forced_elsewhere.contains_key(e))
         .collect();
     let forced_here = !o.forced.is_empty();
     let (writable, why) = if forced_here && (o.lease.is_none() || !o.fresh) {
@@ -297,8 +312,19 @@ pub fn decide(o: &Observation<'_>) -> Decision {
     } else if in_maintenance {
         (false, "in maintenance (pgmesh fence)".to_string())
     } else if serving.is_empty() && !forced_here {
-        let why = if owned.is_empty() {
+        let forced_note = o.forced_elsewhere.iter().next().map(|(e, n)| {
+            format!("an operator forced {e} onto {n} (pgmesh failover --force), which takes writes without a lease until its agent records it")
+        });
+        let why = if let (true, Some(note)) = (owned.is_empty(), forced_note) {
+            format!("owns no endpoint; {note}")
+        } else if owned.is_empty() {
             "owns no endpoint".to_string()
+        } else if !forced_away.is_empty() {
+            let (e, _) = forced_away[0];
+            format!(
+                "an operator forced {e} onto {} (pgmesh failover --force)",
+                o.forced_elsewhere[e.as_str()]
+            )
         } else {
             "every endpoint it owns is being moved away".to_string()
         };
@@ -334,6 +360,21 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         }
     }
 
+    // An endpoint an operator forced onto a peer: hand the key over once our writes
+    // stopped (the peer's agent claims it whoever holds it, but may not reach etcd).
+    if !o.permit_outstanding && o.health != HealthState::Failed {
+        for (endpoint, owner) in &forced_away {
+            actions.push(Action::Release {
+                endpoint: endpoint.to_string(),
+                epoch: owner.epoch,
+                reason: format!(
+                    "an operator forced it onto {} (pgmesh failover --force)",
+                    o.forced_elsewhere[endpoint.as_str()]
+                ),
+            });
+        }
+    }
+
     let may_take =
         o.lease.is_some() && o.fresh && o.health != HealthState::Failed && !in_maintenance;
     if may_take {
@@ -342,16 +383,20 @@ pub fn decide(o: &Observation<'_>) -> Decision {
                 .owners
                 .get(endpoint)
                 .is_some_and(|w| w.node == o.me && Some(w.lease) == o.lease);
-            if !ours {
-                actions.push(Action::ClaimForced {
-                    endpoint: endpoint.clone(),
-                });
-            }
+            let endpoint = endpoint.clone();
+            actions.push(if ours {
+                Action::ClearForced { endpoint }
+            } else {
+                Action::ClaimForced { endpoint }
+            });
         }
     }
     if may_take && !o.quarantine {
         for e in o.config.endpoints.values() {
-            if view.owners.contains_key(&e.name) || o.forced.contains(&e.name) {
+            if view.owners.contains_key(&e.name)
+                || o.forced.contains(&e.name)
+                || o.forced_elsewhere.contains_key(&e.name)
+            {
                 continue;
             }
             if e.home == o.me {
@@ -365,7 +410,11 @@ pub fn decide(o: &Observation<'_>) -> Decision {
             // A home region without a live agent has lost its endpoint when we saw the
             // owner key go (its lease expired), or when it has not shown up for a whole
             // lease period (a cluster starting: the other agent may just be slower).
+            // A region an operator forced an endpoint onto takes writes without a lease:
+            // its own endpoints are not taken from it either (its clients may still come).
+            let forced_writable = o.forced_elsewhere.values().any(|n| *n == e.home);
             let home_gone = match view.members.get(&e.home) {
+                _ if forced_writable => None,
                 None if o.vanished.contains(&e.name) => {
                     Some(format!("{} has no live lease", e.home))
                 }
@@ -402,7 +451,9 @@ pub fn decide(o: &Observation<'_>) -> Decision {
     if let Failback::Auto { .. } = o.config.failback {
         if may_take && o.caught_up && o.health == HealthState::Healthy {
             for e in o.config.homed_at(o.me) {
-                if view.switchovers.contains_key(&e.name) {
+                if view.switchovers.contains_key(&e.name)
+                    || o.forced_elsewhere.contains_key(&e.name)
+                {
                     continue;
                 }
                 if let Some(w) = view.owners.get(&e.name) {

@@ -67,6 +67,7 @@ struct Case {
     health: HealthState,
     db_fenced: Option<bool>,
     forced: Vec<String>,
+    forced_elsewhere: BTreeMap<String, String>,
     caught_up: bool,
     now_ms: i64,
     cfg: ControlConfig,
@@ -87,6 +88,7 @@ impl Case {
             health: HealthState::Healthy,
             db_fenced: Some(false),
             forced: Vec::new(),
+            forced_elsewhere: BTreeMap::new(),
             caught_up: false,
             now_ms: 1_000,
             cfg: config(),
@@ -108,6 +110,7 @@ impl Case {
             health: self.health,
             db_fenced: self.db_fenced,
             forced: &self.forced,
+            forced_elsewhere: &self.forced_elsewhere,
             caught_up: self.caught_up,
             now_ms: self.now_ms,
             absent_for: &self.absent_for,
@@ -504,6 +507,88 @@ fn forced_failover_holds_without_quorum_and_is_claimed_once_etcd_is_back() {
 }
 
 #[test]
+fn an_endpoint_forced_onto_the_peer_is_neither_taken_nor_kept() {
+    // etcd came back before the peer's agent recorded the operator's decision: our old
+    // lease was revoked, app-eu has no owner, and we are past the quarantine.
+    let mut view = steady();
+    view.owners.remove("app-eu");
+    let mut c = Case::on("a", view);
+    c.forced_elsewhere.insert("app-eu".into(), "b".into());
+    let d = c.run();
+    assert!(acquires(&d).is_empty(), "{d:?}");
+    assert!(!d.writable && fences(&d), "{d:?}");
+
+    // We took it back before we read the peer's database: stop writing, then hand it over.
+    let mut c = Case::on("a", steady());
+    c.forced_elsewhere.insert("app-eu".into(), "b".into());
+    c.permit_outstanding = true;
+    let d = c.run();
+    assert!(!d.writable && d.serving.is_empty(), "{d:?}");
+    assert!(d.why.contains("forced app-eu onto b"), "{}", d.why);
+    assert!(matches!(d.actions[..], [Action::Fence { .. }]), "{d:?}");
+    c.permit_outstanding = false;
+    c.db_fenced = Some(true);
+    let d = c.run();
+    assert!(
+        matches!(&d.actions[..], [Action::Release { endpoint, epoch: 10, .. }] if endpoint == "app-eu"),
+        "{d:?}"
+    );
+
+    // Nor asked back by auto failback while the peer holds it by force.
+    let mut view = steady();
+    view.owners.insert("app-eu".into(), owner("b", B_LEASE, 12));
+    let mut c = Case::on("a", view);
+    c.cfg.failback = Failback::Auto {
+        max_lag: crate::config::ByteSize(1024),
+        after: Duration::from_secs(1),
+    };
+    c.caught_up = true;
+    c.forced_elsewhere.insert("app-eu".into(), "b".into());
+    let d = c.run();
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::RequestFailback { .. })),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_region_forced_writable_keeps_its_own_endpoints_too() {
+    // app-us was forced onto a, which cannot reach etcd: its member key and its lease's
+    // owner keys went, but it takes writes, for app-eu's clients too.
+    let mut view = steady();
+    view.members.remove("a");
+    view.owners.clear();
+    let mut c = Case::on("b", view);
+    c.vanished.insert("app-eu".into());
+    c.absent_for.insert("a".into(), Duration::from_secs(60));
+    c.forced_elsewhere.insert("app-us".into(), "a".into());
+    let d = c.run();
+    assert!(acquires(&d).is_empty(), "{d:?}");
+    assert!(!d.writable, "{d:?}");
+    assert!(d.why.contains("forced app-us onto a"), "{}", d.why);
+}
+
+#[test]
+fn a_forced_endpoint_etcd_shows_as_ours_is_forgotten() {
+    // `pgmesh failover --force` with quorum claims in etcd itself; left in the database,
+    // the row would keep this region writable without a lease the next time it lost one.
+    let mut view = steady();
+    view.owners.insert("app-eu".into(), owner("b", B_LEASE, 12));
+    let mut c = Case::on("b", view);
+    c.forced = vec!["app-eu".into()];
+    let d = c.run();
+    assert!(d.writable);
+    assert_eq!(
+        d.actions,
+        vec![Action::ClearForced {
+            endpoint: "app-eu".into()
+        }]
+    );
+}
+
+#[test]
 fn never_two_writable_owners_of_one_endpoint_over_random_views() {
     // Random views and observations; for every endpoint, at most one of the two regions'
     // decisions may serve it — given the invariant etcd gives us: one owner key per
@@ -547,10 +632,19 @@ fn never_two_writable_owners_of_one_endpoint_over_random_views() {
                 }
             }
         }
+        // An operator may have forced app-eu onto one region (its database says so, and
+        // the other region read that from it).
+        let forced_onto = ["", "a", "b"][rnd(3) as usize];
         let decisions: Vec<Decision> = ["a", "b"]
             .iter()
             .map(|me| {
                 let mut c = Case::on(me, view.clone());
+                if forced_onto == *me {
+                    c.forced = vec!["app-eu".into()];
+                } else if !forced_onto.is_empty() {
+                    c.forced_elsewhere
+                        .insert("app-eu".into(), forced_onto.to_string());
+                }
                 if rnd(4) == 0 {
                     c.lease = None;
                 }
@@ -577,7 +671,12 @@ fn never_two_writable_owners_of_one_endpoint_over_random_views() {
         for e in ["app-eu", "app-us"] {
             let servers = decisions
                 .iter()
-                .filter(|d| d.writable && d.serving.iter().any(|s| s == e))
+                .zip(["a", "b"])
+                .filter(|(d, me)| {
+                    d.writable
+                        && (d.serving.iter().any(|s| s == e)
+                            || (e == "app-eu" && forced_onto == *me))
+                })
                 .count();
             assert!(servers <= 1, "{e} served twice in {view:?}: {decisions:?}");
         }

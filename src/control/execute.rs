@@ -241,6 +241,12 @@ impl Agent {
                 );
                 e.to = Some(e.node.clone());
             }
+            Action::ClearForced { endpoint } => {
+                if let Some(c) = self.local.get().await {
+                    db::clear_forced(c, endpoint).await?;
+                }
+                self.forced.retain(|f| f != endpoint);
+            }
             Action::Drain {
                 endpoint,
                 epoch,

@@ -105,10 +105,10 @@ pub struct LeaseState {
     deadline: Option<Instant>,
     lost_at: Option<Instant>,
     regained_at: Option<Instant>,
-    /// A lease we gave up on by our clock that etcd may still hold: revoked as soon as
-    /// etcd answers, so the keys bound to it (our member key, endpoints we can no longer
-    /// serve) go at once instead of a TTL later.
-    stale: Option<i64>,
+    /// Leases we gave up on by our clock that etcd may still hold: revoked as soon as
+    /// etcd answers, so the keys bound to them (our member key, endpoints we can no
+    /// longer serve) go at once instead of a TTL later.
+    stale: Vec<i64>,
 }
 
 impl LeaseState {
@@ -121,7 +121,7 @@ impl LeaseState {
             deadline: None,
             lost_at: None,
             regained_at: None,
-            stale: None,
+            stale: Vec::new(),
         }
     }
 
@@ -173,7 +173,9 @@ impl LeaseState {
 
     fn lose(&mut self, now: Instant, reason: String) -> LeaseChange {
         let lease = self.id.take().unwrap_or(0);
-        self.stale = Some(lease);
+        if lease != 0 {
+            self.stale.push(lease);
+        }
         self.deadline = None;
         self.lost_at = Some(now);
         LeaseChange::Lost { lease, reason }
@@ -184,7 +186,7 @@ impl LeaseState {
     pub fn granted(&mut self, id: i64, sent: Instant) -> LeaseChange {
         if self.id.is_some() {
             // Two grants raced; keep the first, the other expires unused.
-            self.stale = Some(id);
+            self.stale.push(id);
             return LeaseChange::None;
         }
         self.id = Some(id);
@@ -214,9 +216,9 @@ impl LeaseState {
         }
     }
 
-    /// A lease given up on that etcd may still hold, taken out to be revoked.
-    pub fn take_stale(&mut self) -> Option<i64> {
-        self.stale.take()
+    /// Leases given up on that etcd may still hold, taken out to be revoked.
+    pub fn take_stale(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.stale)
     }
 
     /// A confirmed renewal of lease `id` moved its deadline to `deadline` (never back;
@@ -271,14 +273,15 @@ mod tests {
         assert_eq!(l.deadline(), Some(t0 + Duration::from_millis(3500)));
         // A second grant that raced the first is not used, and is revoked.
         assert_eq!(l.granted(8, t0), LeaseChange::None);
-        assert_eq!(l.take_stale(), Some(8));
+        assert_eq!(l.take_stale(), vec![8]);
         assert_eq!(l.expire(t0 + Duration::from_secs(3)), LeaseChange::None);
         assert!(matches!(
             l.expire(t0 + Duration::from_millis(3500)),
             LeaseChange::Lost { lease: 7, .. }
         ));
         assert!(l.quarantined(t0 + Duration::from_secs(4)));
-        assert_eq!(l.take_stale(), Some(7));
+        assert_eq!(l.take_stale(), vec![7]);
+        assert!(l.take_stale().is_empty());
         assert_eq!(
             l.granted(9, t0 + Duration::from_secs(9)),
             LeaseChange::Granted(9)

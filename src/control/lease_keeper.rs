@@ -171,6 +171,11 @@ enum Report {
         path: u64,
         outcome: Outcome,
     },
+    /// A lease given up on, revoked (or found gone already), or not reached.
+    Revoked {
+        lease: i64,
+        result: Result<(), String>,
+    },
 }
 
 /// What a renewal came to: confirmed by its read, or not.
@@ -194,6 +199,11 @@ async fn keep(
     let mut ranking = false;
     let mut last_rank: Option<Instant> = None;
     let mut granting = false;
+    // Leases given up on, to revoke once etcd answers: one lost while etcd had no quorum
+    // lives on there (a new leader restarts its TTL), and with it our member key, which
+    // keeps the new lease from registering, and the endpoints we no longer serve.
+    let mut to_revoke: Vec<i64> = Vec::new();
+    let mut revoking = false;
     let mut last_any_sent: Option<Instant> = None;
     // One endpoint (a single member, or a load balancer in front of etcd): one path.
     let want = PATHS.min(etcd.endpoints.len()).max(1);
@@ -271,6 +281,17 @@ async fn keep(
                         paths.retain(|p| p.id != path);
                     }
                 }
+                Report::Revoked { lease: old, result } => {
+                    revoking = false;
+                    match result {
+                        Ok(()) => tracing::info!(lease = old, "stale lease revoked"),
+                        Err(why) if why.contains("not found") => {}
+                        Err(why) => {
+                            tracing::debug!(lease = old, error = %why, "stale lease not revoked yet; retrying");
+                            to_revoke.push(old);
+                        }
+                    }
+                }
             },
             done = &mut revoke => {
                 if let (Some(id), Some(p)) = (lease.give_up(), paths.first()) {
@@ -306,11 +327,13 @@ async fn keep(
                 let _ = tx.send(Report::Ranked(found));
             });
         }
-        if let (Some(old), Some(p)) = (lease.take_stale(), paths.first()) {
-            let store = p.store.clone();
+        to_revoke.extend(lease.take_stale());
+        if let (false, Some(p)) = (revoking || to_revoke.is_empty(), paths.first()) {
+            revoking = true;
+            let (store, tx, old) = (p.store.clone(), report_tx.clone(), to_revoke.remove(0));
             tokio::spawn(async move {
-                // Unrevoked, it expires by its TTL: this only makes its keys go sooner.
-                let _ = store.revoke(old).await;
+                let result = store.revoke(old).await.map_err(|e| e.to_string());
+                let _ = tx.send(Report::Revoked { lease: old, result });
             });
         }
         match lease.id() {

@@ -398,7 +398,8 @@ impl DualOwnerSampler {
                     // a switchover can now complete within the write's 30-50 ms.)
                     if serves() && writable(other) && serves() {
                         violations.push(format!(
-                            "{} serves {endpoint} while {}'s database takes writes",
+                            "{} {} serves {endpoint} while {}'s database takes writes",
+                            utc_clock(),
                             ["a", "b"][srv],
                             ["a", "b"][other]
                         ));
@@ -515,6 +516,22 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> Option<(u16, String
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// The wall clock as `HH:MM:SS.mmm` UTC, the way the agents' logs print it, so a
+/// sampled violation can be found in them.
+pub fn utc_clock() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 pub fn tail(s: &str) -> String {
