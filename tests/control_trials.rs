@@ -7,8 +7,8 @@
 //!
 //! One lab (etcd ×3, two primaries, sidecars, agents with watchdogs); each cycle injects,
 //! on region a: an etcd isolation of its agent, a freeze of its agent longer than the
-//! lease, a kill of its primary (agent alive), a kill of the whole region (agent and
-//! primary); after each, region a comes back and `pgmesh switchover` returns app-eu to
+//! lease, a kill of its primary (agent alive), a loss of etcd's quorum with a forced
+//! failover of app-eu to b, a kill of the whole region (agent and primary); after each, region a comes back and `pgmesh switchover` returns app-eu to
 //! it under a write load through the acknowledged-write logger. A sampler checks the
 //! whole time that no region takes writes while the other serves its endpoint. Every
 //! trial is printed as a JSON line (and appended to `$PGMESH_TRIALS_OUT` when set); the
@@ -137,7 +137,7 @@ fn fault_trials() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let kinds = std::env::var("PGMESH_TRIAL_KINDS")
-        .unwrap_or_else(|_| "isolate,freeze,primary,region".into());
+        .unwrap_or_else(|_| "isolate,freeze,primary,quorum,region".into());
     let want = |k: &str| kinds.split(',').any(|x| x.trim() == k);
     let major = *versions_under_test().last().unwrap();
     let mut trials = Trials {
@@ -212,6 +212,48 @@ fn fault_trials() {
                 ],
             );
             lab.a.start_again().unwrap();
+            wait_a_back(&lab);
+            switch_back(&lab, &mut trials, &mut next_id);
+        }
+        if want("quorum") {
+            // etcd loses its quorum, the operator forces app-eu onto b, quorum returns:
+            // both agents race back; a must not take app-eu back while b holds it by force.
+            let t0 = Instant::now();
+            lab.etcd.kill_member(1).unwrap();
+            lab.etcd.kill_member(2).unwrap();
+            lab.wait_db_writable("a", false, Duration::from_secs(10));
+            lab.wait_db_writable("b", false, Duration::from_secs(10));
+            let fence = t0.elapsed();
+            let out = pgmesh(
+                &["failover", "app-eu", "--to", "b", "--force", "--json"],
+                lab.cfg_path(),
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            lab.wait_db_writable("b", true, Duration::from_secs(10));
+            let back = Instant::now();
+            lab.etcd.restart_member(1).unwrap();
+            lab.etcd.restart_member(2).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while lab.owner("app-eu").as_deref() != Some("b") {
+                assert!(
+                    Instant::now() < deadline,
+                    "the forced failover was not recorded\n{}",
+                    tail(&lab.agent_log("b"))
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let recorded = back.elapsed();
+            lab.wait_serving("b", "app-eu", Duration::from_secs(10));
+            lab.wait_serving("b", "app-us", Duration::from_secs(20));
+            assert!(!lab.db_writable("a"), "{}", tail(&lab.agent_log("a")));
+            trials.record(
+                "quorum",
+                &[
+                    ("quorum_lost_fence_s", secs(fence)),
+                    ("quorum_back_forced_recorded_s", secs(recorded)),
+                ],
+            );
+            dual_trials += 1;
             wait_a_back(&lab);
             switch_back(&lab, &mut trials, &mut next_id);
         }
