@@ -138,8 +138,10 @@ pub struct Agent {
     pub(super) db_fenced: Option<bool>,
     pub(super) forced: Vec<String>,
     /// Endpoints the peers' databases list as forced onto them (endpoint → peer), as
-    /// last read from each (kept while a peer cannot be read).
+    /// last read from each (kept while a peer cannot be read), after
+    /// [`super::decide::resolve_forced`]; with when each was forced (Unix ms).
     forced_elsewhere: BTreeMap<String, String>,
+    forced_elsewhere_at: BTreeMap<String, (String, i64)>,
     pub(super) drains: HashMap<(String, i64), DrainProgress>,
     /// Regions seen without a live agent, since when (all of them count from our start).
     absent_since: BTreeMap<String, Instant>,
@@ -225,6 +227,7 @@ impl Agent {
             db_fenced: None,
             forced: Vec::new(),
             forced_elsewhere: BTreeMap::new(),
+            forced_elsewhere_at: BTreeMap::new(),
             drains: HashMap::new(),
             absent_since: BTreeMap::new(),
             vanished: BTreeSet::new(),
@@ -640,9 +643,9 @@ impl Agent {
             };
             match forced {
                 Ok(f) => {
-                    self.forced_elsewhere.retain(|_, n| n != peer);
-                    for e in f {
-                        self.forced_elsewhere.insert(e, peer.clone());
+                    self.forced_elsewhere_at.retain(|_, (n, _)| n != peer);
+                    for (e, at) in f {
+                        self.forced_elsewhere_at.insert(e, (peer.clone(), at));
                     }
                 }
                 Err(e) => {
@@ -712,7 +715,19 @@ impl Agent {
         self.signals = signals;
         if let Some(c) = self.local.get().await {
             match db::forced(c).await {
-                Ok(f) => self.forced = f,
+                Ok(f) => {
+                    let (here, elsewhere, stale) =
+                        super::decide::resolve_forced(&f, &self.forced_elsewhere_at);
+                    self.forced = here;
+                    self.forced_elsewhere = elsewhere;
+                    for e in stale {
+                        // The operator forced it onto a peer after forcing it here.
+                        tracing::warn!(node = %self.me, endpoint = %e, "an older forced failover to this region is superseded by a later one to a peer; forgetting it");
+                        if let Err(err) = db::clear_forced(c, &e).await {
+                            tracing::warn!(node = %self.me, endpoint = %e, error = %err, "cannot forget the superseded forced failover");
+                        }
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot read pgmesh.forced"),
             }
         }

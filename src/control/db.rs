@@ -60,12 +60,15 @@ impl Conn {
     }
 }
 
-/// Endpoints an operator forced onto this region (`pgmesh.forced`).
-pub async fn forced(client: &Client) -> Result<Vec<String>, String> {
+/// Endpoints an operator forced onto this region (`pgmesh.forced`), with when (Unix ms).
+pub async fn forced(client: &Client) -> Result<Vec<(String, i64)>, String> {
     client
-        .query("SELECT endpoint FROM pgmesh.forced ORDER BY 1", &[])
+        .query(
+            "SELECT endpoint, (extract(epoch FROM at) * 1000)::int8 FROM pgmesh.forced ORDER BY 1",
+            &[],
+        )
         .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         .map_err(|e| pg_message(&e))
 }
 

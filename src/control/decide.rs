@@ -182,6 +182,34 @@ pub struct Decision {
     pub why: String,
 }
 
+/// The operator's forced failovers as this region sees them: its own rows (`here`) and
+/// what its peers' databases say (`elsewhere`, endpoint → (peer, when)). An endpoint
+/// forced both here and onto a peer (the command could not reach the other database)
+/// goes to the later decision. Returns the endpoints forced here, those forced onto a
+/// peer (endpoint → peer), and this region's rows a later decision superseded.
+#[must_use]
+pub fn resolve_forced(
+    here: &[(String, i64)],
+    elsewhere: &BTreeMap<String, (String, i64)>,
+) -> (Vec<String>, BTreeMap<String, String>, Vec<String>) {
+    let mut forced = Vec::new();
+    let mut stale = Vec::new();
+    let mut away: BTreeMap<String, String> = elsewhere
+        .iter()
+        .map(|(e, (n, _))| (e.clone(), n.clone()))
+        .collect();
+    for (endpoint, at) in here {
+        match elsewhere.get(endpoint) {
+            Some((_, there)) if there > at => stale.push(endpoint.clone()),
+            _ => {
+                away.remove(endpoint);
+                forced.push(endpoint.clone());
+            }
+        }
+    }
+    (forced, away, stale)
+}
+
 #[must_use]
 pub fn decide(o: &Observation<'_>) -> Decision {
     let view = o.view;

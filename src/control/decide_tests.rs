@@ -707,3 +707,22 @@ fn a_switchover_stops_writes_only_after_the_traffic_layer_holds_the_clients() {
         .iter()
         .any(|a| matches!(a, Action::Drain { endpoint, .. } if endpoint == "app-eu")));
 }
+
+#[test]
+fn an_endpoint_forced_twice_goes_to_the_later_decision() {
+    // app-eu forced onto a at 1000, then onto b at 2000 (a's database was not reached);
+    // app-us forced onto a only.
+    let here = vec![("app-eu".to_string(), 1_000), ("app-us".to_string(), 1_500)];
+    let mut elsewhere = BTreeMap::new();
+    elsewhere.insert("app-eu".to_string(), ("b".to_string(), 2_000));
+    let (forced, away, stale) = resolve_forced(&here, &elsewhere);
+    assert_eq!(forced, vec!["app-us".to_string()]);
+    assert_eq!(away.get("app-eu").map(String::as_str), Some("b"));
+    assert_eq!(stale, vec!["app-eu".to_string()]);
+
+    // The other way round: ours is the later one, the peer's row is ignored.
+    elsewhere.insert("app-eu".to_string(), ("b".to_string(), 500));
+    let (forced, away, stale) = resolve_forced(&here, &elsewhere);
+    assert_eq!(forced, vec!["app-eu".to_string(), "app-us".to_string()]);
+    assert!(away.is_empty() && stale.is_empty());
+}
