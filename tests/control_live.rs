@@ -181,6 +181,13 @@ fn lease_lost_without_quorum_fences_both_and_forced_failover_is_recorded() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     lab.wait_db_writable("b", true, Duration::from_secs(10));
     assert!(!lab.db_writable("a"));
+    // `pgmesh status` shows the decision while etcd cannot.
+    let out = pgmesh(&["status"], lab.cfg_path());
+    assert!(
+        text(&out).contains("forced app-eu onto b"),
+        "{}",
+        text(&out)
+    );
 
     // Quorum returns: b records the decision in etcd; a stays fenced (it owns nothing).
     lab.etcd.restart_member(1).unwrap();
@@ -203,6 +210,9 @@ fn lease_lost_without_quorum_fences_both_and_forced_failover_is_recorded() {
     lab.wait_serving("b", "app-eu", Duration::from_secs(10));
     lab.wait_serving("b", "app-us", Duration::from_secs(20));
     assert!(!lab.db_writable("a"));
+    // Recorded in etcd, the decision is gone from b's database.
+    let forced = lab.status()["forced"].clone();
+    assert_eq!(forced, serde_json::json!([]), "{forced}");
     assert_no_dual_owner(&lab, sampler);
 }
 

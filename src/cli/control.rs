@@ -430,13 +430,17 @@ pub async fn fence_cmd(args: FenceArgs, on: bool) -> anyhow::Result<ExitCode> {
 /// and fence state, switchovers and the latest events. `None` without `[control]`.
 pub async fn status_section(cfg: &Config) -> Option<serde_json::Value> {
     let ctl = cfg.control.as_ref()?;
+    // Read from the databases, not etcd: they matter most while etcd has no quorum.
+    let forced = forced_failovers(cfg).await;
     let snap = match store(ctl).await {
         Ok(s) => s.snapshot().await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     let snap = match snap {
         Ok(s) => s,
-        Err(e) => return Some(serde_json::json!({"etcd": {"ok": false, "error": e}})),
+        Err(e) => {
+            return Some(serde_json::json!({"etcd": {"ok": false, "error": e}, "forced": forced}))
+        }
     };
     let endpoints: Vec<serde_json::Value> = ctl
         .endpoints
@@ -473,8 +477,62 @@ pub async fn status_section(cfg: &Config) -> Option<serde_json::Value> {
         "etcd": {"ok": true, "revision": snap.revision},
         "endpoints": endpoints, "regions": regions,
         "switchovers": snap.switchovers.iter().map(|(e, v)| serde_json::json!({"endpoint": e, "record": v})).collect::<Vec<_>>(),
-        "events": recent,
+        "events": recent, "forced": forced,
     }))
+}
+
+/// Every region's standing forced failovers (`pgmesh.forced`: made writable for an
+/// endpoint by `pgmesh failover --force`, not yet recorded in etcd by its agent), or why
+/// a region's database could not be read.
+async fn forced_failovers(cfg: &Config) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for node in cfg.nodes.values() {
+        let read = async {
+            let (c, task) = connect_sql(&node.sql_config().map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = c
+                .query(
+                    "SELECT endpoint, at::text, by_whom FROM pgmesh.forced ORDER BY endpoint",
+                    &[],
+                )
+                .await
+                .map_err(|e| crate::sqlconn::pg_message(&e));
+            task.abort();
+            rows
+        };
+        match tokio::time::timeout(Duration::from_secs(3), read).await {
+            Ok(Ok(rows)) => out.extend(rows.iter().map(|r| {
+                serde_json::json!({
+                    "node": node.name, "endpoint": r.get::<_, String>(0),
+                    "at": r.get::<_, String>(1), "by": r.get::<_, String>(2),
+                })
+            })),
+            Ok(Err(e)) => out.push(serde_json::json!({"node": node.name, "error": e})),
+            Err(_) => {
+                out.push(serde_json::json!({"node": node.name, "error": "no answer within 3s"}))
+            }
+        }
+    }
+    out
+}
+
+/// The forced-failover lines of the control section.
+fn forced_text(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for f in v["forced"].as_array().into_iter().flatten() {
+        let node = f["node"].as_str().unwrap_or("?");
+        match (f["endpoint"].as_str(), f["error"].as_str()) {
+            (Some(e), _) => out.push_str(&format!(
+                "  forced {e} onto {node} (by {} at {}): writable without a lease until its agent records it in etcd\n",
+                f["by"].as_str().unwrap_or("?"),
+                f["at"].as_str().unwrap_or("?")
+            )),
+            (None, Some(err)) => out.push_str(&format!("  forced failovers on {node}: not read ({err})\n")),
+            (None, None) => {}
+        }
+    }
+    out
 }
 
 /// The control section as text.
@@ -486,8 +544,10 @@ pub fn status_text(v: &serde_json::Value) -> String {
             "  etcd: unreachable ({})\n",
             v["etcd"]["error"].as_str().unwrap_or("?")
         ));
+        out.push_str(&forced_text(v));
         return out;
     }
+    out.push_str(&forced_text(v));
     let s = |x: &serde_json::Value| match x {
         serde_json::Value::Null => "-".to_string(),
         serde_json::Value::String(t) => t.clone(),
