@@ -216,23 +216,6 @@ fn lease_lost_without_quorum_fences_both_and_forced_failover_is_recorded() {
     assert_no_dual_owner(&lab, sampler);
 }
 
-/// Waits until `node`'s agent holds a lease with etcd answering; returns its `/health`.
-fn wait_lease(lab: &Lab, node: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (_, body) = lab.http(node, "/health");
-        if body.contains("\"etcd_ok\":true") && !body.contains("\"lease\":null") {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{node} never got a lease: {body}\n{}",
-            tail(&lab.agent_log(node))
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_region_forced_writable_and_cut_off_from_etcd_keeps_the_peer_from_taking_anything() {
     // The operator's forced failover is recorded in etcd only by the target's agent. Here
@@ -258,15 +241,7 @@ fn a_region_forced_writable_and_cut_off_from_etcd_keeps_the_peer_from_taking_any
     lab.etcd.restart_member(2).unwrap();
 
     // b has its lease back and says why it takes nothing.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let body = wait_lease(&lab, "b", Duration::from_secs(30));
-        if body.contains("forced app-us onto a") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_why("b", "forced app-us onto a", Duration::from_secs(30));
     let watch_until = Instant::now() + TTL * 2;
     while Instant::now() < watch_until {
         for e in ["app-eu", "app-us"] {

@@ -8,10 +8,12 @@
 //! One lab (etcd ×3, two primaries, sidecars, agents with watchdogs); each cycle injects,
 //! on region a: an etcd isolation of its agent, a freeze of its agent longer than the
 //! lease, a kill of its primary (agent alive), a loss of etcd's quorum with a forced
-//! failover of app-eu to b, a kill of the whole region (agent and primary); after each, region a comes back and `pgmesh switchover` returns app-eu to
-//! it under a write load through the acknowledged-write logger. A sampler checks the
-//! whole time that no region takes writes while the other serves its endpoint. Every
-//! trial is printed as a JSON line (and appended to `$PGMESH_TRIALS_OUT` when set); the
+//! failover of app-eu to b, the same loss with app-us forced onto a while a is cut off
+//! etcd as the quorum returns, a kill of the whole region (agent and primary); after
+//! each, region a comes back and `pgmesh switchover` returns app-eu to it (app-us to b)
+//! under a write load through the acknowledged-write logger. A sampler checks the whole
+//! time that no region takes writes while the other serves its endpoint. Every trial is
+//! printed as a JSON line (and appended to `$PGMESH_TRIALS_OUT` when set); the
 //! summary prints median / p99 / max per measure.
 
 mod support;
@@ -137,7 +139,7 @@ fn fault_trials() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let kinds = std::env::var("PGMESH_TRIAL_KINDS")
-        .unwrap_or_else(|_| "isolate,freeze,primary,quorum,region".into());
+        .unwrap_or_else(|_| "isolate,freeze,primary,quorum,quorum_cut,region".into());
     let want = |k: &str| kinds.split(',').any(|x| x.trim() == k);
     let major = *versions_under_test().last().unwrap();
     let mut trials = Trials {
@@ -256,6 +258,54 @@ fn fault_trials() {
             dual_trials += 1;
             wait_a_back(&lab);
             switch_back(&lab, &mut trials, &mut next_id);
+        }
+        if want("quorum_cut") {
+            // As `quorum`, but app-us is forced onto a, and a is cut off etcd before the
+            // quorum returns: b gets its lease back first and must take neither app-us
+            // nor a's own app-eu while a takes writes by the operator's decision.
+            lab.etcd.kill_member(1).unwrap();
+            lab.etcd.kill_member(2).unwrap();
+            lab.wait_db_writable("a", false, Duration::from_secs(10));
+            lab.wait_db_writable("b", false, Duration::from_secs(10));
+            let out = pgmesh(
+                &["failover", "app-us", "--to", "a", "--force", "--json"],
+                lab.cfg_path(),
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            lab.wait_db_writable("a", true, Duration::from_secs(10));
+            lab.isolate_a();
+            lab.etcd.restart_member(1).unwrap();
+            lab.etcd.restart_member(2).unwrap();
+            let t0 = Instant::now();
+            lab.wait_why("b", "forced app-us onto a", Duration::from_secs(30));
+            let held = t0.elapsed();
+            // Two lease periods in which b could have taken both (the sampler watches).
+            let until = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < until {
+                assert!(!lab.db_writable("b"), "{}", tail(&lab.agent_log("b")));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let healed = Instant::now();
+            lab.heal_a();
+            lab.wait_serving("a", "app-us", Duration::from_secs(30));
+            lab.wait_serving("a", "app-eu", Duration::from_secs(30));
+            let back = healed.elapsed();
+            assert!(!lab.db_writable("b"), "{}", tail(&lab.agent_log("b")));
+            trials.record(
+                "quorum_cut",
+                &[
+                    ("quorum_back_peer_holds_off_s", secs(held)),
+                    ("quorum_cut_healed_serves_both_s", secs(back)),
+                ],
+            );
+            dual_trials += 1;
+            wait_a_back(&lab);
+            let out = pgmesh(
+                &["switchover", "app-us", "--to", "b", "--json"],
+                lab.cfg_path(),
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+            lab.wait_serving("b", "app-us", Duration::from_secs(20));
         }
         if want("region") {
             let t0 = Instant::now();

@@ -243,6 +243,27 @@ impl Lab {
     }
 
     /// The app role's DSN on `node`.
+    /// Waits until `node`'s agent holds a lease with etcd answering and says `why`
+    /// contains `needle`; returns its `/health`.
+    pub fn wait_why(&self, node: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, body) = self.http(node, "/health");
+            if body.contains("\"etcd_ok\":true")
+                && !body.contains("\"lease\":null")
+                && body.contains(needle)
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} never said {needle:?} with a lease: {body}\n{}",
+                tail(&self.agent_log(node))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn app_dsn(&self, node: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=app dbname=postgres connect_timeout=2",
