@@ -50,6 +50,8 @@ const READS_PER_PATH: usize = 4 * MAX_UNANSWERED;
 /// Confirming reads that fail in a row before a path is dropped: a member that answers
 /// renewals but cannot reach a quorum (a deposed leader) must be left for the others.
 const READ_FAILURES_TO_DROP: u32 = 2;
+/// The least time between a failed revoke of a lease given up on and the next try.
+const REVOKE_RETRY_EVERY: Duration = Duration::from_millis(250);
 /// The least time between two searches for members while fewer than [`PATHS`] work.
 const RECONNECT_EVERY: Duration = Duration::from_millis(300);
 /// How often the keeper looks for the leader again (etcd moves it; a path through a
@@ -204,6 +206,7 @@ async fn keep(
     // keeps the new lease from registering, and the endpoints we no longer serve.
     let mut to_revoke: Vec<i64> = Vec::new();
     let mut revoking = false;
+    let mut revoke_failed: Option<Instant> = None;
     let mut last_any_sent: Option<Instant> = None;
     // One endpoint (a single member, or a load balancer in front of etcd): one path.
     let want = PATHS.min(etcd.endpoints.len()).max(1);
@@ -289,6 +292,7 @@ async fn keep(
                         Err(why) => {
                             tracing::debug!(lease = old, error = %why, "stale lease not revoked yet; retrying");
                             to_revoke.push(old);
+                            revoke_failed = Some(Instant::now());
                         }
                     }
                 }
@@ -328,7 +332,8 @@ async fn keep(
             });
         }
         to_revoke.extend(lease.take_stale());
-        if let (false, Some(p)) = (revoking || to_revoke.is_empty(), paths.first()) {
+        let resting = revoke_failed.is_some_and(|t| now.duration_since(t) < REVOKE_RETRY_EVERY);
+        if let (false, Some(p)) = (revoking || resting || to_revoke.is_empty(), paths.first()) {
             revoking = true;
             let (store, tx, old) = (p.store.clone(), report_tx.clone(), to_revoke.remove(0));
             tokio::spawn(async move {
