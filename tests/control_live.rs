@@ -226,19 +226,9 @@ fn a_region_forced_writable_and_cut_off_from_etcd_keeps_the_peer_from_taking_any
     let major = version(0);
     let mut lab = Lab::start(major, "");
     let sampler = DualOwnerSampler::start(&lab);
-    lab.etcd.kill_member(1).unwrap();
-    lab.etcd.kill_member(2).unwrap();
-    lab.wait_db_writable("a", false, Duration::from_secs(10));
-    lab.wait_db_writable("b", false, Duration::from_secs(10));
-    let out = pgmesh(
-        &["failover", "app-us", "--to", "a", "--force", "--json"],
-        lab.cfg_path(),
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    lab.wait_db_writable("a", true, Duration::from_secs(10));
+    lab.lose_quorum_and_force("app-us", "a");
     lab.isolate_a();
-    lab.etcd.restart_member(1).unwrap();
-    lab.etcd.restart_member(2).unwrap();
+    lab.restore_quorum();
 
     // b has its lease back and says why it takes nothing.
     lab.wait_why("b", "forced app-us onto a", Duration::from_secs(30));

@@ -220,21 +220,9 @@ fn fault_trials() {
         if want("quorum") {
             // etcd loses its quorum, the operator forces app-eu onto b, quorum returns:
             // both agents race back; a must not take app-eu back while b holds it by force.
-            let t0 = Instant::now();
-            lab.etcd.kill_member(1).unwrap();
-            lab.etcd.kill_member(2).unwrap();
-            lab.wait_db_writable("a", false, Duration::from_secs(10));
-            lab.wait_db_writable("b", false, Duration::from_secs(10));
-            let fence = t0.elapsed();
-            let out = pgmesh(
-                &["failover", "app-eu", "--to", "b", "--force", "--json"],
-                lab.cfg_path(),
-            );
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-            lab.wait_db_writable("b", true, Duration::from_secs(10));
+            let fence = lab.lose_quorum_and_force("app-eu", "b");
             let back = Instant::now();
-            lab.etcd.restart_member(1).unwrap();
-            lab.etcd.restart_member(2).unwrap();
+            lab.restore_quorum();
             let deadline = Instant::now() + Duration::from_secs(30);
             while lab.owner("app-eu").as_deref() != Some("b") {
                 assert!(
@@ -263,19 +251,9 @@ fn fault_trials() {
             // As `quorum`, but app-us is forced onto a, and a is cut off etcd before the
             // quorum returns: b gets its lease back first and must take neither app-us
             // nor a's own app-eu while a takes writes by the operator's decision.
-            lab.etcd.kill_member(1).unwrap();
-            lab.etcd.kill_member(2).unwrap();
-            lab.wait_db_writable("a", false, Duration::from_secs(10));
-            lab.wait_db_writable("b", false, Duration::from_secs(10));
-            let out = pgmesh(
-                &["failover", "app-us", "--to", "a", "--force", "--json"],
-                lab.cfg_path(),
-            );
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-            lab.wait_db_writable("a", true, Duration::from_secs(10));
+            lab.lose_quorum_and_force("app-us", "a");
             lab.isolate_a();
-            lab.etcd.restart_member(1).unwrap();
-            lab.etcd.restart_member(2).unwrap();
+            lab.restore_quorum();
             let t0 = Instant::now();
             lab.wait_why("b", "forced app-us onto a", Duration::from_secs(30));
             let held = t0.elapsed();

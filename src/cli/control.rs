@@ -283,24 +283,9 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     // agent keep it (and the target's agent leave it): forget it wherever we reach.
     let mut stale = Vec::new();
     for other in cfg.peers(&args.to) {
-        let cleared = async {
-            let (c, task) = connect_sql(&other.sql_config().map_err(|e| e.to_string())?)
-                .await
-                .map_err(|e| e.to_string())?;
-            let r = c
-                .execute(
-                    "DELETE FROM pgmesh.forced WHERE endpoint = $1",
-                    &[&args.endpoint],
-                )
-                .await
-                .map_err(|e| crate::sqlconn::pg_message(&e));
-            task.abort();
-            r.map(|_| ())
-        };
-        match tokio::time::timeout(Duration::from_secs(5), cleared).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => stale.push(format!("{}: {e}", other.name)),
-            Err(_) => stale.push(format!("{}: no answer within 5s", other.name)),
+        let sql = "DELETE FROM pgmesh.forced WHERE endpoint = $1";
+        if let Err(e) = query_node(other, Duration::from_secs(5), sql, &[&args.endpoint]).await {
+            stale.push(format!("{}: {e}", other.name));
         }
     }
     let etcd = match store(&ctl).await {
@@ -487,34 +472,42 @@ pub async fn status_section(cfg: &Config) -> Option<serde_json::Value> {
 async fn forced_failovers(cfg: &Config) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for node in cfg.nodes.values() {
-        let read = async {
-            let (c, task) = connect_sql(&node.sql_config().map_err(|e| e.to_string())?)
-                .await
-                .map_err(|e| e.to_string())?;
-            let rows = c
-                .query(
-                    "SELECT endpoint, at::text, by_whom FROM pgmesh.forced ORDER BY endpoint",
-                    &[],
-                )
-                .await
-                .map_err(|e| crate::sqlconn::pg_message(&e));
-            task.abort();
-            rows
-        };
-        match tokio::time::timeout(Duration::from_secs(3), read).await {
-            Ok(Ok(rows)) => out.extend(rows.iter().map(|r| {
+        let sql = "SELECT endpoint, at::text, by_whom FROM pgmesh.forced ORDER BY endpoint";
+        match query_node(node, Duration::from_secs(3), sql, &[]).await {
+            Ok(rows) => out.extend(rows.iter().map(|r| {
                 serde_json::json!({
                     "node": node.name, "endpoint": r.get::<_, String>(0),
                     "at": r.get::<_, String>(1), "by": r.get::<_, String>(2),
                 })
             })),
-            Ok(Err(e)) => out.push(serde_json::json!({"node": node.name, "error": e})),
-            Err(_) => {
-                out.push(serde_json::json!({"node": node.name, "error": "no answer within 3s"}))
-            }
+            Err(e) => out.push(serde_json::json!({"node": node.name, "error": e})),
         }
     }
     out
+}
+
+/// One statement on `node`'s database in a session of its own, within `timeout`
+/// (connecting included): a region that does not answer must not hold the command up.
+async fn query_node(
+    node: &crate::config::NodeConfig,
+    timeout: Duration,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, String> {
+    let run = async {
+        let (c, task) = connect_sql(&node.sql_config().map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows = c
+            .query(sql, params)
+            .await
+            .map_err(|e| crate::sqlconn::pg_message(&e));
+        task.abort();
+        rows
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }
 
 /// The forced-failover lines of the control section.

@@ -243,6 +243,31 @@ impl Lab {
     }
 
     /// The app role's DSN on `node`.
+    /// Takes etcd's quorum away (two of three members), waits until both regions are
+    /// fenced, then forces `endpoint` onto `to` (`pgmesh failover --force`) and waits
+    /// until `to` takes writes. Returns how long the fencing took.
+    pub fn lose_quorum_and_force(&mut self, endpoint: &str, to: &str) -> Duration {
+        let t0 = Instant::now();
+        self.etcd.kill_member(1).unwrap();
+        self.etcd.kill_member(2).unwrap();
+        self.wait_db_writable("a", false, Duration::from_secs(10));
+        self.wait_db_writable("b", false, Duration::from_secs(10));
+        let fenced = t0.elapsed();
+        let out = pgmesh(
+            &["failover", endpoint, "--to", to, "--force", "--json"],
+            &self.cfg,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        self.wait_db_writable(to, true, Duration::from_secs(10));
+        fenced
+    }
+
+    /// Brings the two etcd members back.
+    pub fn restore_quorum(&mut self) {
+        self.etcd.restart_member(1).unwrap();
+        self.etcd.restart_member(2).unwrap();
+    }
+
     /// Waits until `node`'s agent holds a lease with etcd answering and says `why`
     /// contains `needle`; returns its `/health`.
     pub fn wait_why(&self, node: &str, needle: &str, timeout: Duration) -> String {
