@@ -24,6 +24,14 @@ fn writes_flow_both_ways() {
             .psql("INSERT INTO items VALUES (2, 'from b', 2, 'x')")
             .unwrap();
         m.wait_converged(&["items"], Duration::from_secs(30));
+        // A new row from the peer needs no decision: its transaction went as one
+        // message (`apply::one_message`).
+        m.wait_direction(
+            "b",
+            "a commit in one message",
+            Duration::from_secs(10),
+            |r| r.one_message_commits > 0,
+        );
         m.b.cluster
             .psql("UPDATE items SET qty = 10 WHERE id = 1")
             .unwrap();
@@ -458,5 +466,83 @@ fn every_apply_statement_probes_keys_with_a_plan_cached_while_its_table_was_empt
                 }
             }
         });
+    }
+}
+
+/// The one-message path (`apply::one_message`) sends every value as an SQL literal:
+/// values full of quotes, backslashes, braces, commas, `NULL` as text, empty strings,
+/// whitespace and non-ASCII, in keys and columns of many types, must arrive byte for
+/// byte — and, since nothing here needs a decision, every transaction must go that way.
+#[test]
+fn values_of_every_kind_arrive_intact_in_one_message() {
+    const ODD: &str = "CREATE TABLE odd(k text, n int, t text, j jsonb, b bytea, a int[],
+                                    ts timestamptz, num numeric, PRIMARY KEY (k, n));";
+    let texts = [
+        r#"it's"#,
+        r#"say "hi""#,
+        r"back\slash\\",
+        "{braces},and,commas",
+        "NULL",
+        "",
+        "  spaced  ",
+        "tab\there\nnewline",
+        "ünïcødé ✓",
+        r#"E'\x41'"#,
+        "$$dollar$$",
+    ];
+    for major in versions_under_test() {
+        let mut m = Mesh::new(major, ODD, &[("public.odd", &["k", "n"])]);
+        m.start_sidecars();
+        for (i, s) in texts.iter().enumerate() {
+            let lit = s.replace('\'', "''");
+            m.a.cluster
+                .psql(&format!(
+                    "INSERT INTO odd VALUES ('{lit}', {i}, '{lit}', jsonb_build_object('s', '{lit}'),
+                       convert_to('{lit}', 'UTF8'), ARRAY[{i}, NULL, -1], '2026-12-06 10:00:00.123456+00',
+                       {i}.5)"
+                ))
+                .unwrap();
+        }
+        m.a.cluster
+            .psql("INSERT INTO odd VALUES ('nulls', 99, NULL, NULL, NULL, NULL, NULL, NULL)")
+            .unwrap();
+        m.wait_converged(&["odd"], Duration::from_secs(30));
+        for (i, s) in texts.iter().enumerate().step_by(2) {
+            let lit = s.replace('\'', "''");
+            m.a.cluster
+                .psql(&format!(
+                    "UPDATE odd SET t = t || '{lit}', a = a || {i} WHERE n = {i}"
+                ))
+                .unwrap();
+        }
+        m.a.cluster
+            .psql("UPDATE odd SET t = 'NULL', j = 'null' WHERE n = 99")
+            .unwrap();
+        m.a.cluster
+            .psql("DELETE FROM odd WHERE n IN (1, 3)")
+            .unwrap();
+        m.wait_converged(&["odd"], Duration::from_secs(30));
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM odd WHERE t = 'NULL' AND n = 99")
+                .unwrap(),
+            "1",
+            "PG{major}"
+        );
+        let r = m.wait_direction("b", "commits counted", Duration::from_secs(10), |r| {
+            r.commits > 0
+        });
+        assert_eq!(
+            r.one_message_commits, r.commits,
+            "PG{major}: nothing needed a decision, so every transaction goes in one message"
+        );
+        assert_eq!(
+            m.b.cluster
+                .psql("SELECT count(*) FROM pgmesh.conflicts")
+                .unwrap(),
+            "0",
+            "PG{major}"
+        );
+        m.stop_sidecars();
     }
 }

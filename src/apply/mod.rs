@@ -11,6 +11,7 @@ pub mod kill;
 mod kill_apply;
 pub mod ledger;
 mod lookup;
+mod one_message;
 mod origins;
 mod params;
 mod peer_read;

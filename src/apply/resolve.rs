@@ -92,7 +92,7 @@ impl Resolver<'_> {
     /// key and no other unique constraint, and no group of new rows is large enough for
     /// COPY (`super::copy`), so nothing can follow the writes but the ledger, and the
     /// caller only asks when there is nothing else in the transaction to lose.
-    fn may_commit_with_writes(chunk: &Chunk) -> bool {
+    pub(super) fn may_commit_with_writes(chunk: &Chunk) -> bool {
         chunk.tables.iter().all(|tc| {
             !tc.map.local.is_keyless()
                 && tc.map.local.uniques.is_empty()

@@ -13,8 +13,10 @@ use super::db::{Db, Statements};
 use super::error::ApplyError;
 use super::kill::{Kill, KILL_PREFIX};
 use super::ledger::ConflictRecord;
+use super::one_message::{self, Prepared};
 use super::origins::Origins;
 use super::peer_read::PeerReader;
+use super::plan::Sides;
 use super::resolve::Resolver;
 use super::sql::{FLUSH_OUTBOX, INSERT_CONFLICTS, INSERT_OUTBOX};
 use super::stats::ApplyStats;
@@ -89,6 +91,8 @@ pub struct ApplySession {
     peer_reader: PeerReader,
     /// The session's backend on the local node (what the stall watch looks at).
     backend_pid: i32,
+    /// Statements prepared with `PREPARE` for transactions sent in one message.
+    prepared: Prepared,
 }
 
 impl Drop for ApplySession {
@@ -151,6 +155,7 @@ impl ApplySession {
             conn_task,
             peer_reader: PeerReader::new(peer_sql.clone()),
             backend_pid,
+            prepared: Prepared::default(),
         };
         s.refresh_origins().await?;
         Ok(s)
@@ -292,6 +297,9 @@ impl ApplySession {
             return Ok(stats);
         }
         let sql = commit_sql(end_lsn, commit_ts);
+        if let Some(stats) = self.commit_in_one_message(chunk, &sql).await? {
+            return Ok(stats);
+        }
         match self.apply_then(chunk, Some(&sql)).await {
             Ok((stats, true)) => {
                 self.in_txn = false;
@@ -314,6 +322,51 @@ impl ApplySession {
                 Ok(stats)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Writes and commits `chunk` in one message ([`super::one_message`]) when guarded
+    /// writes can do all of it; `None` when they cannot, or when one of them found a
+    /// change that needs a decision (the transaction is then rolled back).
+    async fn commit_in_one_message(
+        &mut self,
+        chunk: &Chunk,
+        commit: &str,
+    ) -> Result<Option<ApplyStats>, ApplyError> {
+        if chunk.rows() > GENERIC_PLAN_MAX_ROWS {
+            return Ok(None);
+        }
+        let sides = Sides {
+            origins: &self.origins,
+            peer: &self.peer,
+        };
+        let Some(message) = one_message::build(chunk, sides, &self.prepared, BEGIN, commit)? else {
+            return Ok(None);
+        };
+        self.plan_for(chunk.rows()).await?;
+        if !message.prepare.is_empty() {
+            self.client.batch_execute(&message.prepare).await?;
+            self.prepared.add(message.new);
+        }
+        match self.client.batch_execute(&message.text).await {
+            Ok(()) => Ok(Some(ApplyStats {
+                one_message: true,
+                ..message.stats
+            })),
+            Err(e) => {
+                // The message opened a transaction; an error left it aborted.
+                self.in_txn = true;
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                    || e.code() == Some(&SqlState::DIVISION_BY_ZERO)
+                {
+                    tracing::debug!(peer = %self.peer, "the chunk needs a decision (or a local insert took one of its keys): applying it again the careful way");
+                    self.rollback().await?;
+                    return Ok(None);
+                }
+                // An origin we have not seen (a node added later): reload for the retry.
+                let _ = self.refresh_origins().await;
+                Err(e.into())
+            }
         }
     }
 

@@ -8,9 +8,20 @@ pub struct ApplyStats {
     pub deleted: u64,
     pub skipped: u64,
     pub conflicts: u64,
+    /// The chunk was written and committed in one message (`super::one_message`).
+    pub one_message: bool,
 }
 
 impl ApplyStats {
+    /// Adds `other`'s counts to these.
+    pub(super) fn add(&mut self, other: &ApplyStats) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.skipped += other.skipped;
+        self.conflicts += other.conflicts;
+    }
+
     /// Counts what an insert of the rows at `idx` wrote, given the 1-based positions it
     /// hands back (`ON CONFLICT DO NOTHING ... RETURNING`), and returns the positions of
     /// `idx` it skipped because their key or another unique value was taken.

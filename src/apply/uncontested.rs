@@ -22,13 +22,12 @@
 
 use futures_util::future::{try_join, try_join_all};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Statement;
 
 use super::copy::COPY_MIN_ROWS;
 use super::db::Db;
 use super::error::ApplyError;
 use super::lookup::tombstones_from;
-use super::params::{as_params, groups_by_columns, key_params, value_params, Change, Columns};
+use super::params::{groups_by_columns, key_params, value_params, Change, Columns};
 use super::plan::{insert_stays_over, Sides};
 use super::sql;
 use super::stats::ApplyStats;
@@ -37,7 +36,7 @@ use super::uncontested_sql::{
     update_peers_rows,
 };
 use crate::batch::{ChangeOp, Pending};
-use crate::table::local::TableMap;
+use crate::table::local::{LocalTable, TableMap};
 use crate::table::row::Key;
 
 /// A key and its change, in chunk order.
@@ -79,13 +78,190 @@ enum Layout {
 }
 
 /// One statement of the pipeline.
-struct Job<'v> {
-    stmt: Statement,
+pub(super) struct Job<'v> {
+    pub(super) sql: String,
     arrays: Columns<'v>,
     layout: Layout,
     /// A guarded statement's expected count, the last parameter.
     expected: Option<i64>,
     reply: Reply,
+}
+
+/// One parameter of a [`Job`], in order.
+pub(super) enum Arg<'j, 'v> {
+    /// A `text[]` of one column's values.
+    Array(&'j Vec<Option<&'v str>>),
+    /// The table's name (`text`).
+    Name,
+    /// The peer's origins (`oid[]`).
+    Origins,
+    /// A guarded statement's expected count (`int8`).
+    Expected(&'j i64),
+}
+
+impl<'v> Job<'v> {
+    /// The statement's parameters, in order.
+    pub(super) fn args(&self) -> Vec<Arg<'_, 'v>> {
+        let mut v = Vec::with_capacity(self.arrays.len() + 3);
+        if matches!(self.layout, Layout::NameArrays) {
+            v.push(Arg::Name);
+        }
+        v.extend(self.arrays.iter().map(Arg::Array));
+        match self.layout {
+            Layout::ArraysNameOrigins => v.extend([Arg::Name, Arg::Origins]),
+            Layout::ArraysOrigins => v.push(Arg::Origins),
+            Layout::Arrays | Layout::NameArrays => {}
+        }
+        if let Some(n) = &self.expected {
+            v.push(Arg::Expected(n));
+        }
+        v
+    }
+}
+
+/// A group of new rows large enough for COPY: its columns and its positions in the
+/// insert list.
+pub(super) type CopyGroup = (Vec<usize>, Vec<usize>);
+
+/// A table's changes by what the no-conflict path does with them: each list with the
+/// changes' positions in the chunk.
+#[derive(Default)]
+pub(super) struct Sorted<'c> {
+    deletes: Vec<&'c Key>,
+    delete_pos: Vec<usize>,
+    updates: Vec<Change<'c>>,
+    update_pos: Vec<usize>,
+    inserts: Vec<Change<'c>>,
+    insert_pos: Vec<usize>,
+    /// Positions of the changes that need the decision whatever the table holds.
+    pub(super) rest: Vec<usize>,
+}
+
+impl<'c> Sorted<'c> {
+    pub(super) fn new(changes: &[Keyed<'c>]) -> Sorted<'c> {
+        let mut s = Sorted::default();
+        for (i, &(key, p)) in changes.iter().enumerate() {
+            match (p.op, p.row.as_ref()) {
+                (ChangeOp::Delete, _) => {
+                    s.deletes.push(key);
+                    s.delete_pos.push(i);
+                }
+                (ChangeOp::Update, Some(row)) => {
+                    s.updates.push((key, row, p));
+                    s.update_pos.push(i);
+                }
+                (ChangeOp::Insert, Some(row)) if row.is_complete() => {
+                    s.inserts.push((key, row, p));
+                    s.insert_pos.push(i);
+                }
+                _ => s.rest.push(i),
+            }
+        }
+        s
+    }
+
+    /// Rows written by deletes, updates and inserts if every statement succeeds.
+    pub(super) fn all_written(&self) -> ApplyStats {
+        ApplyStats {
+            inserted: self.inserts.len() as u64,
+            updated: self.updates.len() as u64,
+            deleted: self.deletes.len() as u64,
+            ..ApplyStats::default()
+        }
+    }
+
+    /// The statements that write these changes, and the groups of new rows large enough
+    /// for COPY (columns, positions in the insert list), which the statements leave out.
+    /// `guarded`: every statement fails unless it wrote all it covers (see
+    /// [`Db::write_uncontested`]); no group is then large enough for COPY.
+    pub(super) fn jobs(
+        &self,
+        t: &LocalTable,
+        guarded: bool,
+    ) -> Result<(Vec<Job<'c>>, Vec<CopyGroup>), ApplyError> {
+        let npk = t.pk.len();
+        let count = |n: usize| guarded.then(|| i64::try_from(n).unwrap_or(i64::MAX));
+        let mut jobs: Vec<Job<'c>> = Vec::new();
+        if !self.deletes.is_empty() {
+            jobs.push(Job {
+                sql: if guarded {
+                    delete_all_peers_rows(t)
+                } else {
+                    delete_peers_rows(t)
+                },
+                arrays: key_params(&self.deletes, npk)?,
+                layout: Layout::ArraysNameOrigins,
+                expected: count(self.deletes.len()),
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Deleted
+                },
+            });
+        }
+        for (cols, idx) in groups_by_columns(self.updates.iter().map(|c| c.1), t, false) {
+            jobs.push(Job {
+                sql: if guarded {
+                    update_all_peers_rows(t, &cols)
+                } else {
+                    update_peers_rows(t, &cols)
+                },
+                arrays: value_params(&self.updates, &idx, &cols, Some(npk))?,
+                layout: Layout::ArraysOrigins,
+                expected: count(idx.len()),
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Updated(idx)
+                },
+            });
+        }
+        let mut copies: Vec<CopyGroup> = Vec::new();
+        for (cols, idx) in groups_by_columns(self.inserts.iter().map(|c| c.1), t, true) {
+            if idx.len() >= COPY_MIN_ROWS {
+                copies.push((cols, idx));
+                continue;
+            }
+            // Guarded: no ON CONFLICT, so a taken key fails the statement.
+            jobs.push(Job {
+                sql: if guarded {
+                    sql::insert_new_rows(t, &cols)
+                } else {
+                    sql::insert_rows(t, &cols)
+                },
+                arrays: value_params(&self.inserts, &idx, &cols, None)?,
+                layout: Layout::Arrays,
+                expected: None,
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Inserted(idx)
+                },
+            });
+        }
+        // With no COPY the tombstones are read in the same pipeline, after the inserts:
+        // a statement of its own, so that it sees a local delete that freed a key while
+        // the insert ran (a statement's snapshot is taken when it starts).
+        if !self.inserts.is_empty() && copies.is_empty() {
+            let keys: Vec<&Key> = self.inserts.iter().map(|c| c.0).collect();
+            jobs.push(Job {
+                sql: if guarded {
+                    no_tombstones(t)
+                } else {
+                    sql::select_tombstones(t)
+                },
+                arrays: key_params(&keys, npk)?,
+                layout: Layout::NameArrays,
+                expected: None,
+                reply: if guarded {
+                    Reply::Guard
+                } else {
+                    Reply::Tombstones
+                },
+            });
+        }
+        Ok((jobs, copies))
+    }
 }
 
 impl Db<'_> {
@@ -107,144 +283,34 @@ impl Db<'_> {
         commit: Option<&str>,
     ) -> Result<Uncontested, ApplyError> {
         let t = &map.local;
-        let npk = t.pk.len();
         let peer_origins = sides.peer_origins();
-        let mut rest: Vec<usize> = Vec::new();
-        let (mut deletes, mut delete_pos): (Vec<&Key>, Vec<usize>) = (Vec::new(), Vec::new());
-        let (mut updates, mut update_pos): (Vec<Change<'_>>, Vec<usize>) = (Vec::new(), Vec::new());
-        let (mut inserts, mut insert_pos): (Vec<Change<'_>>, Vec<usize>) = (Vec::new(), Vec::new());
-        for (i, &(key, p)) in changes.iter().enumerate() {
-            match (p.op, p.row.as_ref()) {
-                (ChangeOp::Delete, _) => {
-                    deletes.push(key);
-                    delete_pos.push(i);
-                }
-                (ChangeOp::Update, Some(row)) => {
-                    updates.push((key, row, p));
-                    update_pos.push(i);
-                }
-                (ChangeOp::Insert, Some(row)) if row.is_complete() => {
-                    inserts.push((key, row, p));
-                    insert_pos.push(i);
-                }
-                _ => rest.push(i),
-            }
-        }
-
-        let commit = commit.filter(|_| rest.is_empty() && changes.len() < COPY_MIN_ROWS);
-        let guarded = commit.is_some();
-        let count = |n: usize| guarded.then(|| i64::try_from(n).unwrap_or(i64::MAX));
-
-        // Statements and parameters first: the futures below borrow them.
-        let mut jobs: Vec<Job<'_>> = Vec::new();
-        if !deletes.is_empty() {
-            let text = if guarded {
-                delete_all_peers_rows(t)
-            } else {
-                delete_peers_rows(t)
-            };
-            jobs.push(Job {
-                stmt: self.statement(&text).await?,
-                arrays: key_params(&deletes, npk)?,
-                layout: Layout::ArraysNameOrigins,
-                expected: count(deletes.len()),
-                reply: if guarded {
-                    Reply::Guard
-                } else {
-                    Reply::Deleted
-                },
-            });
-        }
-        for (cols, idx) in groups_by_columns(updates.iter().map(|c| c.1), t, false) {
-            let text = if guarded {
-                update_all_peers_rows(t, &cols)
-            } else {
-                update_peers_rows(t, &cols)
-            };
-            jobs.push(Job {
-                stmt: self.statement(&text).await?,
-                arrays: value_params(&updates, &idx, &cols, Some(npk))?,
-                layout: Layout::ArraysOrigins,
-                expected: count(idx.len()),
-                reply: if guarded {
-                    Reply::Guard
-                } else {
-                    Reply::Updated(idx)
-                },
-            });
-        }
-        // Large groups of new rows go through COPY after the pipeline (`super::copy`).
-        let mut copies: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
-        for (cols, idx) in groups_by_columns(inserts.iter().map(|c| c.1), t, true) {
-            if idx.len() >= COPY_MIN_ROWS {
-                copies.push((cols, idx));
-                continue;
-            }
-            // Guarded: no ON CONFLICT, so a taken key fails the statement.
-            let text = if guarded {
-                sql::insert_new_rows(t, &cols)
-            } else {
-                sql::insert_rows(t, &cols)
-            };
-            jobs.push(Job {
-                stmt: self.statement(&text).await?,
-                arrays: value_params(&inserts, &idx, &cols, None)?,
-                layout: Layout::Arrays,
-                expected: None,
-                reply: if guarded {
-                    Reply::Guard
-                } else {
-                    Reply::Inserted(idx)
-                },
-            });
-        }
-        let insert_keys: Vec<&Key> = inserts.iter().map(|c| c.0).collect();
-        // With no COPY the tombstones are read in the same pipeline, after the inserts.
-        if !insert_keys.is_empty() && copies.is_empty() {
-            let text = if guarded {
-                no_tombstones(t)
-            } else {
-                sql::select_tombstones(t)
-            };
-            jobs.push(Job {
-                stmt: self.statement(&text).await?,
-                arrays: key_params(&insert_keys, npk)?,
-                layout: Layout::NameArrays,
-                expected: None,
-                reply: if guarded {
-                    Reply::Guard
-                } else {
-                    Reply::Tombstones
-                },
-            });
+        let sorted = Sorted::new(changes);
+        let commit = commit.filter(|_| sorted.rest.is_empty() && changes.len() < COPY_MIN_ROWS);
+        let (jobs, copies) = sorted.jobs(t, commit.is_some())?;
+        let mut statements = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            statements.push(self.statement(&j.sql).await?);
         }
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = jobs
             .iter()
             .map(|j| {
-                let mut v: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(j.arrays.len() + 3);
-                if matches!(j.layout, Layout::NameArrays) {
-                    v.push(&t.name);
-                }
-                v.extend(as_params(&j.arrays));
-                match j.layout {
-                    Layout::ArraysNameOrigins => {
-                        v.push(&t.name);
-                        v.push(&peer_origins);
-                    }
-                    Layout::ArraysOrigins => v.push(&peer_origins),
-                    Layout::Arrays | Layout::NameArrays => {}
-                }
-                if let Some(n) = &j.expected {
-                    v.push(n);
-                }
-                v
+                j.args()
+                    .into_iter()
+                    .map(|a| match a {
+                        Arg::Array(a) => a as &(dyn ToSql + Sync),
+                        Arg::Name => &t.name,
+                        Arg::Origins => &peer_origins,
+                        Arg::Expected(n) => n,
+                    })
+                    .collect()
             })
             .collect();
         let client = self.client;
         let writes = try_join_all(
-            jobs.iter()
+            statements
+                .iter()
                 .zip(&params)
-                .map(|(j, p)| client.query(&j.stmt, p)),
+                .map(|(st, p)| client.query(st, p)),
         );
         // Polled after the writes, so queued after them on the connection.
         let commit_sent = async {
@@ -255,9 +321,7 @@ impl Db<'_> {
         };
         let (replies, committed) = try_join(writes, commit_sent).await?;
         if committed {
-            stats.inserted += inserts.len() as u64;
-            stats.updated += updates.len() as u64;
-            stats.deleted += deletes.len() as u64;
+            stats.add(&sorted.all_written());
             return Ok(Uncontested {
                 rest: Vec::new(),
                 committed,
@@ -267,6 +331,15 @@ impl Db<'_> {
         let ords = |rows: &[tokio_postgres::Row]| -> Vec<i64> {
             rows.iter().map(|r| r.get::<_, i64>(0)).collect()
         };
+        let Sorted {
+            deletes,
+            delete_pos,
+            updates,
+            update_pos,
+            inserts,
+            insert_pos,
+            mut rest,
+        } = sorted;
         let mut deleted = vec![false; deletes.len()];
         let mut updated = vec![false; updates.len()];
         let mut not_inserted: Vec<usize> = Vec::new();
@@ -290,7 +363,10 @@ impl Db<'_> {
         }
         let tombstones = match tombstone_rows {
             Some(rows) => tombstones_from(rows, sides.origins),
-            None => self.tombstones(t, &insert_keys, sides.origins).await?,
+            None => {
+                let keys: Vec<&Key> = inserts.iter().map(|c| c.0).collect();
+                self.tombstones(t, &keys, sides.origins).await?
+            }
         };
 
         // Inserted over a tombstone that `decide` does not let it pass: take it back.

@@ -56,6 +56,7 @@ pub const CLOCK_WAITS: &str = "pgmesh_clock_waits_total";
 /// Per direction: big transactions the peer streamed while another one was applied open
 /// here, kept whole until their commit ([`crate::txn::spool`]).
 pub const STREAMED_KEPT: &str = "pgmesh_streamed_transactions_kept_total";
+pub const ONE_MESSAGE_COMMITS: &str = "pgmesh_one_message_commits_total";
 /// Always 1, label `version`: the sidecar is up and which version it runs.
 pub const BUILD_INFO: &str = "pgmesh_build_info";
 
@@ -183,6 +184,10 @@ fn describe() {
         STREAMED_KEPT,
         "Big transactions the peer streamed while another one was applied open: kept whole until their commit"
     );
+    describe_counter!(
+        ONE_MESSAGE_COMMITS,
+        "Downstream transactions written and committed in one message (no row needed a decision)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; label version");
 }
 
@@ -200,6 +205,7 @@ pub struct DirectionMetrics {
     pub reconnects: Counter,
     pub clock_waits: Counter,
     pub streamed_kept: Counter,
+    pub one_message_commits: Counter,
 }
 
 impl DirectionMetrics {
@@ -219,6 +225,7 @@ impl DirectionMetrics {
             reconnects: counter!(RECONNECTS, &[p()]),
             clock_waits: counter!(CLOCK_WAITS, &[p()]),
             streamed_kept: counter!(STREAMED_KEPT, &[p()]),
+            one_message_commits: counter!(ONE_MESSAGE_COMMITS, &[p()]),
             peer,
         }
     }

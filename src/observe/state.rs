@@ -84,6 +84,9 @@ pub struct DirectionState {
     skew_samples: AtomicU64,
     /// The skew is surely beyond `[replication] clock_skew_warn`.
     skew_beyond: AtomicBool,
+    /// Downstream transactions committed, and those of them sent in one message.
+    commits: AtomicU64,
+    one_message_commits: AtomicU64,
     pub metrics: DirectionMetrics,
 }
 
@@ -99,6 +102,12 @@ pub struct DirectionReport {
     pub last_error: Option<String>,
     /// This node's clock against the peer's; `None` until estimated.
     pub clock_skew: Option<ClockSkewReport>,
+    /// Downstream transactions that committed a batch of the peer's transactions, since
+    /// the sidecar started.
+    pub commits: u64,
+    /// Of `commits`, those written and committed in one message (nothing needed a
+    /// decision; `apply::one_message`).
+    pub one_message_commits: u64,
 }
 
 /// The clock skew estimate of a direction ([`super::skew`]).
@@ -133,6 +142,8 @@ impl DirectionState {
             skew_uncertainty_us: AtomicI64::new(0),
             skew_samples: AtomicU64::new(0),
             skew_beyond: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            one_message_commits: AtomicU64::new(0),
             metrics: DirectionMetrics::new(peer),
         })
     }
@@ -286,6 +297,15 @@ impl DirectionState {
         self.metrics.lag_bytes.set(self.lag_bytes() as f64);
     }
 
+    /// A downstream transaction committed; `in_one_message` when it went as one message.
+    pub fn committed(&self, in_one_message: bool) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if in_one_message {
+            self.one_message_commits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.one_message_commits.increment(1);
+        }
+    }
+
     #[must_use]
     pub fn report(&self) -> DirectionReport {
         #[allow(clippy::cast_precision_loss)]
@@ -299,6 +319,8 @@ impl DirectionState {
             reconnects: self.reconnects.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             clock_skew: self.clock_skew_report(),
+            commits: self.commits.load(Ordering::Relaxed),
+            one_message_commits: self.one_message_commits.load(Ordering::Relaxed),
         }
     }
 }

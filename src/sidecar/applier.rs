@@ -233,15 +233,20 @@ impl Writer {
                     ts,
                     txns,
                 } => {
-                    match chunk {
+                    let in_one_message = match chunk {
                         // A batch of one chunk may commit with its writes (one round trip less).
                         Some(chunk) => {
                             let stats = self.apply.apply_and_commit(&chunk, end, ts).await?;
                             rows += chunk.rows() as u64;
                             tracing::debug!(rows = chunk.rows(), ?stats, took = ?started.elapsed(), "chunk applied");
+                            stats.one_message
                         }
-                        None => self.apply.commit(end, ts).await?,
-                    }
+                        None => {
+                            self.apply.commit(end, ts).await?;
+                            false
+                        }
+                    };
+                    self.state.committed(in_one_message);
                     tracing::debug!(%end, took = ?started.elapsed(), "committed");
                     let conflicts = self.apply.take_conflict_counts();
                     self.committed(end, ts, txns, rows, busy + started.elapsed(), conflicts);
