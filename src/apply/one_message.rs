@@ -30,12 +30,17 @@ use crate::sqlquote::literal;
 
 /// Names of the statements prepared with `PREPARE` on one session, by SQL text.
 #[derive(Default)]
-pub struct Prepared(HashMap<String, String>);
+pub struct Prepared {
+    names: HashMap<String, String>,
+    /// Numbers handed out so far: a name is never given twice, not even after a
+    /// `PREPARE` that failed part of the way (the ones before it stay prepared).
+    handed_out: usize,
+}
 
 impl Prepared {
     /// Records statements the session has prepared.
     pub(super) fn add(&mut self, new: Vec<(String, String)>) {
-        self.0.extend(new);
+        self.names.extend(new);
     }
 }
 
@@ -59,7 +64,7 @@ pub(super) struct Message {
 pub(super) fn build(
     chunk: &Chunk,
     sides: Sides<'_>,
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     begin: &str,
     commit: &str,
 ) -> Result<Option<Message>, ApplyError> {
@@ -108,14 +113,15 @@ pub(super) fn build(
 impl Message {
     /// The prepared statement's name for `sql`, adding its `PREPARE` when the session
     /// has none.
-    fn name_for(&mut self, prepared: &Prepared, sql: &str) -> String {
-        if let Some(name) = prepared.0.get(sql) {
+    fn name_for(&mut self, prepared: &mut Prepared, sql: &str) -> String {
+        if let Some(name) = prepared.names.get(sql) {
             return name.clone();
         }
         if let Some((_, name)) = self.new.iter().find(|(s, _)| s == sql) {
             return name.clone();
         }
-        let name = format!("pgmesh_w{}", prepared.0.len() + self.new.len());
+        let name = format!("pgmesh_w{}", prepared.handed_out);
+        prepared.handed_out += 1;
         let _ = write!(self.prepare, "PREPARE {name} AS {sql}; ");
         self.new.push((sql.to_string(), name.clone()));
         name

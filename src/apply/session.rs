@@ -340,7 +340,8 @@ impl ApplySession {
             origins: &self.origins,
             peer: &self.peer,
         };
-        let Some(message) = one_message::build(chunk, sides, &self.prepared, BEGIN, commit)? else {
+        let Some(message) = one_message::build(chunk, sides, &mut self.prepared, BEGIN, commit)?
+        else {
             return Ok(None);
         };
         self.plan_for(chunk.rows()).await?;

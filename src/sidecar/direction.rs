@@ -4,6 +4,8 @@
 //! node's clock passed their commit times, and keeping the positions to acknowledge
 //! ([`super::ack`]).
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use super::ack::Acks;
@@ -28,11 +30,16 @@ const SHORT_CLOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(2
 /// How often a replay of a kept transaction tells the peer it is still there.
 const REPLAY_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A durable-progress read in flight ([`Direction::durable_progress_read`]).
+pub(super) type ProgressRead =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Lsn, SidecarError>> + Send>>;
+
 pub(super) struct Direction<'l> {
     pub(super) link: &'l PeerLink,
     pub(super) applier: Applier,
-    /// A plain session on the local node: table definitions and origin progress.
-    pub(super) catalog: tokio_postgres::Client,
+    /// A plain session on the local node: table definitions and origin progress (shared
+    /// with the progress read that runs beside the reading loop).
+    pub(super) catalog: Arc<tokio_postgres::Client>,
     pub(super) _catalog_task: DropAbort,
     pub(super) assembler: Assembler,
     /// Streamed transactions kept whole while another one is applied open.
@@ -74,12 +81,23 @@ impl Direction<'_> {
         Ok(applied_progress(&self.catalog, &self.link.peer, true).await?)
     }
 
-    /// What the peer may forget ([`Acks::acknowledgeable`]).
-    pub(super) async fn acknowledgeable(&self) -> Result<Lsn, SidecarError> {
-        let durable = self.durable_progress().await?;
-        Ok(self
-            .acks
-            .acknowledgeable(durable, self.applier.applied(), self.idle()))
+    /// A read of the durable progress that borrows nothing, so the reading loop goes on
+    /// reading and committing batches while it runs: awaited in the loop, the round trip
+    /// to the local node five times a second held up every transaction that arrived
+    /// meanwhile (BENCHMARKS.md, sixteenth session).
+    pub(super) fn durable_progress_read(&self) -> ProgressRead {
+        let catalog = self.catalog.clone();
+        let peer = self.link.peer.clone();
+        Box::pin(async move { Ok(applied_progress(&catalog, &peer, true).await?) })
+    }
+
+    /// What the peer may forget ([`Acks::acknowledgeable`]), given a durable progress
+    /// read a moment ago: a position read earlier is only lower, and what was read past
+    /// counts only once that position covers every commit, so a stale read never confirms
+    /// more than is on disk.
+    pub(super) fn acknowledgeable(&self, durable: Lsn) -> Lsn {
+        self.acks
+            .acknowledgeable(durable, self.applier.applied(), self.idle())
     }
 
     pub(super) async fn on_message(
@@ -118,7 +136,17 @@ impl Direction<'_> {
         };
         match self.assembler.on_message(msg, cx)? {
             Step::Continue => {}
-            Step::Began { commit_ts } => {
+            Step::Began {
+                commit_ts,
+                before_batch,
+            } => {
+                // Rows keep the downstream commit's time: a transaction that committed
+                // before one already batched starts a batch of its own, or its rows and
+                // those before it would carry a time earlier than some of their own
+                // (converge_random's oracle saw a write applied under an earlier time).
+                if before_batch && self.assembler.holds_commits() {
+                    self.commit_batch().await?;
+                }
                 // A long wait happens here, with what is batched committed first: the
                 // wait then holds no row locks. A short one (a peer clock a few ms
                 // ahead) is left to the batch's commit, the only step that must come

@@ -32,8 +32,6 @@ pub enum Waiting {
     Free = 0,
     /// The reader waits for room in the writer's queue.
     QueueingForWriter,
-    /// The reader asks the local node how far its origin is durable.
-    ReadingLocalProgress,
     /// The reader tells the peer what it may forget.
     SendingStatus,
     /// The reader stores the clock skew estimate locally.
@@ -49,10 +47,9 @@ pub enum Waiting {
 }
 
 impl Waiting {
-    const ALL: [Waiting; 9] = [
+    const ALL: [Waiting; 8] = [
         Waiting::Free,
         Waiting::QueueingForWriter,
-        Waiting::ReadingLocalProgress,
         Waiting::SendingStatus,
         Waiting::StoringClockSkew,
         Waiting::WritingChanges,
@@ -66,7 +63,6 @@ impl Waiting {
         match self {
             Waiting::Free => "nothing",
             Waiting::QueueingForWriter => "waiting for the writer to take more changes",
-            Waiting::ReadingLocalProgress => "reading the origin's durable progress on this node",
             Waiting::SendingStatus => "sending its position to the peer",
             Waiting::StoringClockSkew => "storing the clock skew estimate",
             Waiting::WritingChanges => "writing changes into this node",

@@ -241,7 +241,7 @@ async fn run_once(
                 max_deferred: link.limits.max_bytes,
             },
         ),
-        catalog,
+        catalog: Arc::new(catalog),
         _catalog_task: DropAbort(catalog_task),
         assembler: Assembler::new(link.limits, &link.peer),
         spools: Spools::new(SPOOL_MEMORY, std::env::temp_dir()),
@@ -254,6 +254,8 @@ async fn run_once(
     state.set_phase(Phase::Streaming);
     let mut commits = d.applier.commits();
     let mut ack_tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    // The durable progress being read for the next acknowledgement, beside the loop.
+    let mut progress_read: Option<super::direction::ProgressRead> = None;
     // One timer for the batch deadline, moved only when the deadline does (a new timer
     // per pass of the loop registered and cleared one with the runtime every time).
     let batch_timer = tokio::time::sleep(std::time::Duration::ZERO);
@@ -307,10 +309,26 @@ async fn run_once(
                 }
             }
             _ = ack_tick.tick() => {
-                let ack = {
-                    let _step = activity.reader.enter(Waiting::ReadingLocalProgress);
-                    d.acknowledgeable().await?
-                };
+                if progress_read.is_none() {
+                    progress_read = Some(d.durable_progress_read());
+                }
+                d.report_progress(filter.dropped_changes());
+                if stream_again.is_some_and(|t| Instant::now() >= t) && d.idle() {
+                    d.applier.finish().await?;
+                    let _ = stream.shutdown().await;
+                    return Ok(Ended::StreamAgain);
+                }
+                let _step = activity.reader.enter(Waiting::StoringClockSkew);
+                clock.tick(&link.local_node, &link.peer, state, &d.catalog).await;
+            }
+            durable = async {
+                match progress_read.as_mut() {
+                    Some(read) => read.await,
+                    None => std::future::pending().await,
+                }
+            }, if progress_read.is_some() => {
+                progress_read = None;
+                let ack = d.acknowledgeable(durable?);
                 tracing::trace!(%ack, applied = %d.applier.applied(), passed = %d.acks.passed(), idle = d.idle(), "acknowledging");
                 let before = stream.flushed();
                 stream.set_flushed(ack);
@@ -321,14 +339,6 @@ async fn run_once(
                     let _step = activity.reader.enter(Waiting::SendingStatus);
                     stream.send_status(false).await?;
                 }
-                d.report_progress(filter.dropped_changes());
-                if stream_again.is_some_and(|t| Instant::now() >= t) && d.idle() {
-                    d.applier.finish().await?;
-                    let _ = stream.shutdown().await;
-                    return Ok(Ended::StreamAgain);
-                }
-                let _step = activity.reader.enter(Waiting::StoringClockSkew);
-                clock.tick(&link.local_node, &link.peer, state, &d.catalog).await;
             }
             e = d.applier.failure() => return Err(e),
             _ = stop.changed() => {

@@ -229,6 +229,10 @@ impl Assembler {
                 }
                 Ok(Step::Began {
                     commit_ts: b.commit_time,
+                    before_batch: self
+                        .committed
+                        .as_ref()
+                        .is_some_and(|c| c.max_ts > b.commit_time),
                 })
             }
             Message::Relation(r) => {
@@ -258,7 +262,7 @@ impl Assembler {
                 let started = *self.batch_started.get_or_insert(cx.now);
                 let l = &self.limits;
                 // Rows keep the downstream commit's time, which is the last upstream
-                // commit of the batch. Rows of tables with other unique constraints are
+                // commit of the batch and its latest (see `Step::Began`). Rows of tables with other unique constraints are
                 // compared with *other* rows' times (which row holds a value), so they
                 // must keep their own: such a transaction ends its batch.
                 let ends = open.is_some_and(|o| o.touches_uniques)

@@ -200,7 +200,22 @@ fn small_transactions_collect_into_one_batch() {
 fn the_latest_commit_time_is_kept_when_an_earlier_one_is_later() {
     let mut a = assembler(limits(100), &[]);
     let msgs = vec![begin(100, 9), commit(108, 9), begin(200, 5), commit(208, 5)];
-    let _ = feed(&mut a, msgs, cx(Instant::now()));
+    let steps = feed(&mut a, msgs, cx(Instant::now()));
+    // The second began before the first, batched already: the caller commits that one
+    // first (`before_batch`); fed on regardless, the batch still knows its latest time.
+    assert!(matches!(
+        steps[..],
+        [
+            Step::Began {
+                before_batch: false,
+                ..
+            },
+            Step::Began {
+                before_batch: true,
+                ..
+            }
+        ]
+    ));
     let batch = a.take_batch().unwrap();
     assert_eq!(
         (batch.ts, batch.latest_ts),

@@ -31,7 +31,15 @@ pub enum Step {
     /// Nothing for the writer yet.
     Continue,
     /// A transaction to apply began; it committed on the peer at `commit_ts`.
-    Began { commit_ts: PgTimestamp },
+    /// `before_batch`: earlier than a transaction already in the batch being built (the
+    /// peer's commit times are not quite in WAL order: a backend takes its commit time
+    /// before it inserts the commit record). What is batched then commits first, so that
+    /// every batch's commit times rise and its last one is its latest: rows keep the
+    /// downstream commit's time, which must be no earlier than their own.
+    Began {
+        commit_ts: PgTimestamp,
+        before_batch: bool,
+    },
     /// A table was (re)described: the writer forgets the table definitions it cached.
     TablesChanged,
     /// A transaction that needs nothing here (skipped, origin-filtered) ended at this
@@ -80,11 +88,13 @@ pub enum Step {
 pub struct Batch {
     /// What is still unwritten: it goes with the commit, so both are sent at once.
     pub chunk: Option<Chunk>,
-    /// The last upstream commit's end and time: the downstream commit's position.
+    /// The last upstream commit's end and time: the downstream commit's position and
+    /// time (a batch's commit times rise: see [`Step::Began`]).
     pub end: Lsn,
     pub ts: PgTimestamp,
-    /// The latest upstream commit time: nothing of the batch may become visible before
-    /// this node's clock passed it.
+    /// The latest upstream commit time (`ts`, unless a batch was built without heeding
+    /// `Step::Began::before_batch`): nothing of the batch may become visible before this
+    /// node's clock passed it.
     pub latest_ts: PgTimestamp,
     /// Commit time of the batch's first upstream transaction (for the lag).
     pub first_ts: PgTimestamp,
