@@ -28,7 +28,17 @@ fn a_node_seconds_ahead_converges_and_keeps_overwrites_of_its_future_versions() 
     }
 }
 
-fn run(major: u32) {
+/// Nodes a and b (b's server on a shiftable clock) with `hot` set up for replication;
+/// the directory holds the clock's file and the config.
+struct Pair {
+    dir: tempfile::TempDir,
+    clock: pgmesh::testkit::faketime::FakeClock,
+    a: Cluster,
+    b: Cluster,
+    cfg: std::path::PathBuf,
+}
+
+fn pair(major: u32) -> Pair {
     let (dir, clock) = shiftable_clock();
     let a = Cluster::start(major).unwrap();
     let b = cluster_on(major, &clock);
@@ -37,6 +47,23 @@ fn run(major: u32) {
     let cfg = write_config(dir.path(), &a, &b, "\"public.hot\"");
     let out = pgmesh(&["setup"], &cfg);
     assert_eq!(out.status.code(), Some(0), "setup: {}", text(&out));
+    Pair {
+        dir,
+        clock,
+        a,
+        b,
+        cfg,
+    }
+}
+
+fn run(major: u32) {
+    let Pair {
+        dir,
+        clock,
+        a,
+        b,
+        cfg,
+    } = pair(major);
     let sa = Sidecar::spawn(&cfg, "a", dir.path().join("a.log"));
     let sb = Sidecar::spawn_with_env(&cfg, "b", dir.path().join("b.log"), &clock.env(true));
     a.psql(&format!(
@@ -228,14 +255,13 @@ fn assert_rows_hold_the_latest_commit(a: &Cluster, writes: &[Write], major: u32)
 fn rows_keep_commit_times_no_earlier_than_their_own_when_the_peer_commits_out_of_order() {
     let _turn = turn();
     for major in versions_under_test() {
-        let (dir, clock) = shiftable_clock();
-        let a = Cluster::start(major).unwrap();
-        let b = cluster_on(major, &clock);
-        a.psql(DDL).unwrap();
-        b.psql(DDL).unwrap();
-        let cfg = write_config(dir.path(), &a, &b, "\"public.hot\"");
-        let out = pgmesh(&["setup"], &cfg);
-        assert_eq!(out.status.code(), Some(0), "setup: {}", text(&out));
+        let Pair {
+            dir,
+            clock,
+            a,
+            b,
+            cfg,
+        } = pair(major);
         for i in 1..=5i64 {
             clock.set_offset_ms(-300 * i).unwrap();
             b.psql(&format!("INSERT INTO hot VALUES ({i}, 'b{i}')"))
