@@ -83,8 +83,9 @@ impl Direction<'_> {
 
     /// A read of the durable progress that borrows nothing, so the reading loop goes on
     /// reading and committing batches while it runs: awaited in the loop, the round trip
-    /// to the local node five times a second held up every transaction that arrived
-    /// meanwhile (BENCHMARKS.md, sixteenth session).
+    /// to the local node five times a second held up the transactions that arrived
+    /// meanwhile (no gain beyond the noise in lag runs, BENCHMARKS.md, sixteenth
+    /// session; a reader that never waits for a side task is the shape wanted).
     pub(super) fn durable_progress_read(&self) -> ProgressRead {
         let catalog = self.catalog.clone();
         let peer = self.link.peer.clone();
