@@ -152,11 +152,7 @@ impl StreamSession {
         let mut stats = std::mem::take(&mut self.stats);
         if !deferred.is_empty() {
             let decided = self.session.apply(&deferred).await?;
-            stats.inserted += decided.inserted;
-            stats.updated += decided.updated;
-            stats.deleted += decided.deleted;
-            stats.skipped += decided.skipped;
-            stats.conflicts += decided.conflicts;
+            stats.add(&decided);
         }
         self.session.commit(end, ts).await?;
         self.savepoints.clear();
