@@ -56,6 +56,8 @@ pub const CLOCK_WAITS: &str = "pgmesh_clock_waits_total";
 /// Per direction: big transactions the peer streamed while another one was applied open
 /// here, kept whole until their commit ([`crate::txn::spool`]).
 pub const STREAMED_KEPT: &str = "pgmesh_streamed_transactions_kept_total";
+/// Per direction: downstream transactions written and committed in one message
+/// ([`crate::apply`]'s no-conflict path; the rest took the careful way).
 pub const ONE_MESSAGE_COMMITS: &str = "pgmesh_one_message_commits_total";
 /// Always 1, label `version`: the sidecar is up and which version it runs.
 pub const BUILD_INFO: &str = "pgmesh_build_info";

@@ -262,9 +262,10 @@ impl Assembler {
                 let started = *self.batch_started.get_or_insert(cx.now);
                 let l = &self.limits;
                 // Rows keep the downstream commit's time, which is the last upstream
-                // commit of the batch and its latest (see `Step::Began`). Rows of tables with other unique constraints are
-                // compared with *other* rows' times (which row holds a value), so they
-                // must keep their own: such a transaction ends its batch.
+                // commit of the batch and its latest (see `Step::Began`). Rows of tables
+                // with other unique constraints are compared with *other* rows' times
+                // (which row holds a value), so they must keep their own: such a
+                // transaction ends its batch.
                 let ends = open.is_some_and(|o| o.touches_uniques)
                     || self.chunk.rows() >= l.max_rows
                     || self.chunk.bytes() >= l.max_bytes
