@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Where node B's apply backend spends its CPU (issue 15): reads `perf script` output of a
-system-wide recording with call graphs, keeps the samples of one postgres process (the
-node-B backend that used the most CPU in procwatch.py's record: pgmesh's apply session)
-and puts each sample in the first category (in the order below) that names a function on
+"""Where the CPU of a pgmesh drain goes (issue 15): reads `perf script` output of a
+system-wide recording with call graphs and breaks down
+ - node B's apply backend (the node-B postgres process that used the most CPU in
+   procwatch.py's record: pgmesh's apply session), and
+ - node A's walsender (the one that used the most CPU: the one feeding the drain),
+putting each sample in the first category (in the order below) that names a function on
 its stack: a commit-time read inside an UPDATE counts as a commit-time read, a b-tree
-search inside an index insert as an index insert.
+search inside an index insert as an index insert. The sidecar's samples are counted too.
 
-usage: backend_breakdown.py PERF_SCRIPT_TXT PROCS_JSON [node]
+usage: backend_breakdown.py PERF_SCRIPT_TXT PROCS_JSON [node] [--json OUT]
 
-Categories, in order:
+Apply backend categories, in order:
 """
 import collections, json, sys
 
@@ -41,13 +43,29 @@ CATEGORIES = [
     ("protocol / network", {"pq_getbyte", "pq_recvbuf", "secure_read", "pq_flush",
                             "internal_flush", "secure_write", "socket_flush", "ReadCommand"}),
 ]
+# The walsender's work is the same for every engine; what differs is how often it sends
+# (one send() per output message while the client keeps up) and polls for replies (one
+# recv() per WAL record read).
+WALSENDER = [
+    ("send() of each message", {"socket_flush_if_writable", "internal_flush_buffer",
+                                "internal_flush", "secure_write"}),
+    ("recv() polling for replies", {"ProcessRepliesIfAny"}),
+    ("values as text (output functions)", {"OidOutputFunctionCall", "OutputFunctionCall"}),
+    ("pgoutput (other)", {"pgoutput_change", "pgoutput_commit_txn", "pgoutput_begin_txn",
+                          "logicalrep_write_tuple"}),
+    ("decoding and reassembling WAL", {"XLogSendLogical", "LogicalDecodingProcessRecord",
+                                       "ReorderBufferProcessTXN", "XLogReadRecord"}),
+]
 __doc__ += "\n".join(f"  {c}: {', '.join(sorted(fs))}" for c, fs in CATEGORIES)
+__doc__ += "\nWalsender categories, in order:\n"
+__doc__ += "\n".join(f"  {c}: {', '.join(sorted(fs))}" for c, fs in WALSENDER)
 
 
-def apply_backend(procs, node):
-    cands = [p for p in procs if p["kind"] == "postgres" and p.get("node") == node]
+def busiest_postgres(procs, node, walsender=False):
+    cands = [p for p in procs if p["kind"] == "postgres" and p.get("node") == node
+             and ("walsender" in p["cmd"]) == walsender]
     cands.sort(key=lambda p: p["cpu_s"], reverse=True)
-    return cands[0]["pid"] if cands else None
+    return cands[0] if cands else None
 
 
 def samples(path, pid):
@@ -76,9 +94,8 @@ def samples(path, pid):
         yield stack
 
 
-def busiest(path, top=5):
-    """(comm, pid) of the processes with the most samples: the sidecar (tokio threads),
-    the walsender and the apply backend side by side."""
+def per_process(path):
+    """Samples per (comm, pid) of the recording."""
     counts = collections.Counter()
     with open(path, errors="replace") as f:
         for line in f:
@@ -86,30 +103,72 @@ def busiest(path, top=5):
                 parts = line.split()
                 if len(parts) >= 2:
                     counts[(parts[0], parts[1].split("/")[0])] += 1
+    return counts
+
+
+def busiest(counts, top=5):
+    """(comm, pid) of the processes with the most samples: the sidecar (tokio threads),
+    the walsender and the apply backend side by side."""
     return [(k, n) for k, n in counts.most_common(top + 1) if k[0] != "swapper"][:top]
 
 
-def main():
-    perf_txt, procs_json = sys.argv[1], sys.argv[2]
-    node = sys.argv[3] if len(sys.argv) > 3 else "b"
-    procs = json.load(open(procs_json))
-    pid = apply_backend(procs, node)
-    if pid is None:
-        sys.exit(f"no postgres process of node {node} in {procs_json}")
-    cpu = next(p["cpu_s"] for p in procs if p["pid"] == pid)
+def sidecar_samples(counts):
+    """Samples of pgmesh's threads (the main thread and the tokio workers)."""
+    return sum(n for (comm, _), n in counts.items() if comm == "pgmesh" or comm.startswith("tokio-"))
+
+
+def breakdown(perf_txt, proc, categories):
+    """{category: share} of `proc`'s samples, and the sample count."""
     counts = collections.Counter()
     total = 0
-    for stack in samples(perf_txt, pid):
+    for stack in samples(perf_txt, proc["pid"]):
         total += 1
         frames = set(stack)
-        counts[next((c for c, fs in CATEGORIES if frames & fs), "other")] += 1
+        counts[next((c for c, fs in categories if frames & fs), "other")] += 1
+    return total, [(cat, n / total) for cat, n in counts.most_common()] if total else []
+
+
+def main():
+    args = sys.argv[1:]
+    out_json = None
+    if "--json" in args:
+        i = args.index("--json")
+        out_json = args[i + 1]
+        del args[i:i + 2]
+    perf_txt, procs_json = args[0], args[1]
+    node = args[2] if len(args) > 2 else "b"
+    other = "a" if node == "b" else "b"
+    procs = json.load(open(procs_json))
+    backend = busiest_postgres(procs, node)
+    if backend is None:
+        sys.exit(f"no postgres process of node {node} in {procs_json}")
+    total, shares = breakdown(perf_txt, backend, CATEGORIES)
     if not total:
-        sys.exit(f"no samples of pid {pid}")
-    print(f"apply backend pid {pid} (node {node}): {cpu:.2f} s CPU, {total} samples")
+        sys.exit(f"no samples of pid {backend['pid']}")
+    counts = per_process(perf_txt)
+    top = busiest(counts)
+    result = {"sidecar_samples": sidecar_samples(counts),
+              "apply_backend": {"pid": backend["pid"], "cpu_s": backend["cpu_s"], "samples": total,
+                                "shares": dict(shares)},
+              "busiest": [{"comm": c, "pid": int(p), "samples": n} for (c, p), n in top]}
+    print(f"apply backend pid {backend['pid']} (node {node}): {backend['cpu_s']:.2f} s CPU, {total} samples")
     print("  busiest processes of the recording (samples; ~1 ms each at 999 Hz):",
-          ", ".join(f"{c} {p}: {n}" for (c, p), n in busiest(perf_txt)))
-    for cat, n in counts.most_common():
-        print(f"  {100 * n / total:5.1f} %  {cpu * n / total:6.2f} s  {cat}")
+          ", ".join(f"{c} {p}: {n}" for (c, p), n in top))
+    print(f"  pgmesh sidecar: {result['sidecar_samples']} samples")
+    for cat, share in shares:
+        print(f"  {100 * share:5.1f} %  {backend['cpu_s'] * share:6.2f} s  {cat}")
+    sender = busiest_postgres(procs, other, walsender=True)
+    if sender is not None:
+        wtotal, wshares = breakdown(perf_txt, sender, WALSENDER)
+        if wtotal:
+            result["walsender"] = {"pid": sender["pid"], "cpu_s": sender["cpu_s"], "samples": wtotal,
+                                   "shares": dict(wshares)}
+            print(f"walsender pid {sender['pid']} (node {other}): {sender['cpu_s']:.2f} s CPU, {wtotal} samples")
+            for cat, share in wshares:
+                print(f"  {100 * share:5.1f} %  {sender['cpu_s'] * share:6.2f} s  {cat}")
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ one() { # name, peers.py args...
   if [ "$PERF" = backend ] && [ -f "$OUT/$name.backend.data" ]; then
     perf script -i "$OUT/$name.backend.data" -F comm,pid,tid,ip,sym 2>/dev/null > "$OUT/$name.backend.txt" || true
     python3 bench/backend_breakdown.py "$OUT/$name.backend.txt" "$OUT/$name.procs.json" b \
+      --json "$OUT/$name.breakdown.json" \
       | tee "$OUT/$name.breakdown.txt" || true
     rm -f "$OUT/$name.backend.txt"
   fi

@@ -123,6 +123,30 @@ def decode_only(res_p, pg, outp):
     save(res_p, res)
 
 
+def profile(res_p, work, changes_json):
+    """bench/profile.sh's breakdowns (PROFILE_PERF=backend): per scenario, CPU seconds per
+    100k changes of the walsender on A, the apply backend on B and the sidecar, and the
+    share of each category in the first two."""
+    res = load(res_p)
+    out = {}
+    for scen, changes in json.loads(changes_json).items():
+        p = os.path.join(work, f"{scen}.breakdown.json")
+        if not os.path.exists(p):
+            out[scen] = {"error": f"no breakdown ({p})"}
+            continue
+        b = load(p)
+        per = 100000 / changes
+        row = {"changes": changes,
+               "sidecar_cpu_s_per_100k": round(b["sidecar_samples"] / 999 * per, 3)}
+        for proc in ("apply_backend", "walsender"):
+            if proc in b:
+                row[proc] = {"cpu_s_per_100k": round(b[proc]["cpu_s"] * per, 3),
+                             "shares": {k: round(v, 3) for k, v in b[proc]["shares"].items()}}
+        out[scen] = row
+    res["profile"] = out
+    save(res_p, res)
+
+
 def sh(cmd):
     try:
         return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
@@ -230,6 +254,31 @@ def same_major(res):
             print(f"| **{m} / {base}** (ratio of medians) | | " + " | ".join(q) + " |")
 
 
+def profile_tables(prof):
+    scens = [s for s, r in prof.items() if "error" not in r]
+    if not scens:
+        return
+    print()
+    print("| profile, PG18 (`bench/profile.sh`), CPU s per 100k changes | " + " | ".join(scens) + " |")
+    print("|---|" + "---:|" * len(scens))
+    for proc, label in (("walsender", "walsender on A (decoding; the same work for every engine)"),
+                        ("apply_backend", "apply backend on B")):
+        print(f"| {label} | " + " | ".join(fmt(prof[s].get(proc, {}).get("cpu_s_per_100k")) for s in scens) + " |")
+    print("| pgmesh sidecar | " + " | ".join(fmt(prof[s]["sidecar_cpu_s_per_100k"]) for s in scens) + " |")
+    for proc, label in (("apply_backend", "apply backend"), ("walsender", "walsender")):
+        cats = []
+        for s in scens:
+            for c in prof[s].get(proc, {}).get("shares", {}):
+                if c not in cats:
+                    cats.append(c)
+        print()
+        print(f"| {label}, share of samples | " + " | ".join(scens) + " |")
+        print("|---|" + "---:|" * len(scens))
+        for c in cats:
+            vals = [prof[s].get(proc, {}).get("shares", {}).get(c) for s in scens]
+            print(f"| {c} | " + " | ".join("–" if v is None else f"{100 * v:.1f} %" for v in vals) + " |")
+
+
 def table(out):
     res = load(out)
     same_major(res)
@@ -301,6 +350,8 @@ def table(out):
             rss = max((p["peak_rss_mb"] for p in r.get("pgmesh_procs", [])), default="–")
             runs = ", ".join(str(x) for x in r.get("visible_after_commit_s", [])) or f"FAILED (exit {r.get('exit_code')})"
             print(f"| {n} | {at} | {fmt(r.get('rows'))} | {runs} | {r.get('median_s', '–')} | {rss} |")
+    if res.get("profile"):
+        profile_tables(res["profile"])
     if res.get("decoder"):
         print()
         print("| decoder group | bytes/iter | MB/s | Mmsg/s |")
@@ -327,5 +378,5 @@ def table(out):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"add": add, "decoder": decoder, "batcher": batcher, "decode_only": decode_only, "finish": finish,
+    {"add": add, "profile": profile, "decoder": decoder, "batcher": batcher, "decode_only": decode_only, "finish": finish,
      "table": table}[cmd](*args)

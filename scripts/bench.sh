@@ -28,6 +28,10 @@
 #   BENCH_LAG_SECONDS     duration of each lag run (default 15)
 #   BENCH_REPEAT          runs of the main catchup/bulk/converge set per peer, for medians and
 #                         spread (default 3)
+#   BENCH_PROFILE         1 = where the CPU goes (bench/profile.sh with perf, PG18): catch-up of
+#                         BENCH_N and bulk BENCH_BULK_TXNS x BENCH_BULK_ROWS, the walsender on
+#                         A, the apply backend on B and the sidecar per 100k changes, and
+#                         what the first two spend it on (default 1; skipped without perf)
 #   BENCH_OUT             result file (default bench/results/<date>.json)
 set -euo pipefail
 
@@ -59,6 +63,7 @@ LAG=${BENCH_LAG:-1}
 LAG_RATES=${BENCH_LAG_RATE:-${BENCH_LAG_RATES:-5000 20000}}
 REPEAT=${BENCH_REPEAT:-3}
 LAG_SECONDS=${BENCH_LAG_SECONDS:-15}
+PROFILE=${BENCH_PROFILE:-1}
 DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
 OUT=${BENCH_OUT:-bench/results/$DATE.json}
 WORK=$(mktemp -d /tmp/pgmesh-bench.XXXXXX)
@@ -169,6 +174,18 @@ if [ "$LAG" != 0 ]; then
     run_peers "${suffix}_durable"
   done
   HARNESS=$PEERS_DIR/peers.py
+fi
+
+if [ "$PROFILE" != 0 ]; then
+  if command -v perf >/dev/null; then
+    echo "bench: profile: bench/profile.sh (catch-up $N, bulk ${BULK_TXNS}x$BULK_ROWS, PG18)" >&2
+    PROFILE_OUT=$WORK/profile PROFILE_PERF=backend PROFILE_PG=18 PROFILE_N=$N \
+      PROFILE_BULK="${BULK_TXNS}x$BULK_ROWS" bash bench/profile.sh >&2 || true
+    python3 bench/report.py profile "$WORK/results.json" "$WORK/profile" \
+      "{\"catchup\": $N, \"bulk${BULK_TXNS}x$BULK_ROWS\": $((BULK_TXNS * BULK_ROWS))}"
+  else
+    echo "bench: profile skipped: perf is not installed (Debian: linux-perf)" >&2
+  fi
 fi
 
 if [[ " $SKIP " != *" decoder "* ]]; then

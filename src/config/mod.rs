@@ -15,7 +15,7 @@
 //! [apply]                 # optional, defaults shown
 //! batch_max_rows = 5000
 //! batch_max_bytes = "16MB"
-//! batch_max_delay_ms = 1
+//! batch_max_delay_ms = 1   # none once the peer's walsender has sent all it had
 //! stream_after = "64MB"   # apply a peer's bigger transaction while it is open; 0 = off
 //! cpu_policy = "auto"     # SCHED_BATCH while catching up; "batch": always; "normal": never
 //! [http]                  # optional

@@ -71,6 +71,9 @@ pub struct Assembler {
     chunk: Chunk,
     committed: Option<Committed>,
     batch_started: Option<Instant>,
+    /// The peer has sent everything it had while this batch waited (a keepalive between
+    /// transactions): waiting longer gathers nothing, so the batch is due now.
+    sender_idle: bool,
     streamed: Option<Streamed>,
 }
 
@@ -85,6 +88,7 @@ impl Assembler {
             chunk: Chunk::default(),
             committed: None,
             batch_started: None,
+            sender_idle: false,
             streamed: None,
         }
     }
@@ -161,7 +165,22 @@ impl Assembler {
     /// When the batch being built is due to commit.
     #[must_use]
     pub fn batch_deadline(&self) -> Option<Instant> {
-        self.batch_started.map(|t| t + self.limits.max_delay)
+        self.batch_started.map(|t| {
+            if self.sender_idle {
+                t
+            } else {
+                t + self.limits.max_delay
+            }
+        })
+    }
+
+    /// The peer's walsender says it has sent all it had (a keepalive, which it sends
+    /// when it has caught up and is about to wait for WAL): a complete batch waiting
+    /// now is due at once, since its delay would gather nothing more.
+    pub fn sender_idle(&mut self) {
+        if self.batch_waiting() {
+            self.sender_idle = true;
+        }
     }
 
     /// A complete batch waits and its delay has passed.
@@ -191,6 +210,7 @@ impl Assembler {
     /// without committing when no upstream transaction is complete in it.
     pub fn take_batch(&mut self) -> Result<Batch, Option<Chunk>> {
         self.batch_started = None;
+        self.sender_idle = false;
         let Some(c) = self.committed.take() else {
             return Err(self.take_chunk());
         };
@@ -269,7 +289,9 @@ impl Assembler {
                 let ends = open.is_some_and(|o| o.touches_uniques)
                     || self.chunk.rows() >= l.max_rows
                     || self.chunk.bytes() >= l.max_bytes
-                    || (cx.now.saturating_duration_since(started) >= l.max_delay && cx.writer_idle);
+                    || ((self.sender_idle
+                        || cx.now.saturating_duration_since(started) >= l.max_delay)
+                        && cx.writer_idle);
                 Ok(if ends { Step::EndBatch } else { Step::Continue })
             }
             Message::Insert(i) => {

@@ -312,6 +312,34 @@ fn an_old_batch_ends_at_a_commit_only_when_the_writer_is_idle() {
 }
 
 #[test]
+fn a_waiting_batch_is_due_at_once_when_the_sender_has_sent_all_it_had() {
+    let start = Instant::now();
+    let mut a = assembler(limits(100), &[]);
+    // Mid-transaction the keepalive says nothing about the batch.
+    let _ = feed(&mut a, vec![begin(100, 1)], cx(start));
+    a.sender_idle();
+    let _ = feed(&mut a, vec![commit(108, 1)], cx(start));
+    assert!(
+        !a.batch_due(start),
+        "a keepalive before the commit does not hurry"
+    );
+    a.sender_idle();
+    assert!(a.batch_due(start), "nothing more is coming: no delay");
+    // A transaction that arrived meanwhile ends the hurried batch at its commit, once
+    // the writer is idle.
+    let idle = Context {
+        writer_idle: true,
+        ..cx(start)
+    };
+    let steps = feed(&mut a, vec![begin(200, 2), commit(208, 2)], idle);
+    assert!(matches!(steps[..], [Step::Began { .. }, Step::EndBatch]));
+    let _ = a.take_batch().unwrap();
+    // The next batch waits its delay again.
+    let _ = feed(&mut a, vec![begin(300, 3), commit(308, 3)], cx(start));
+    assert!(!a.batch_due(start));
+}
+
+#[test]
 fn a_batch_is_not_due_while_a_transaction_is_open() {
     let start = Instant::now();
     let mut a = assembler(limits(100), &[]);
