@@ -279,11 +279,7 @@ def profile_tables(prof):
             print(f"| {c} | " + " | ".join("–" if v is None else f"{100 * v:.1f} %" for v in vals) + " |")
 
 
-def table(out):
-    res = load(out)
-    same_major(res)
-    names = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18")
-             if n in res or n + "_bigtxn" in res]
+def main_tables(res, names):
     print("| run | PG | catch-up txn/s | bulk rows/s | bulk, one big txn, rows/s | converge | "
           "pgmesh A->B CPU s (catch-up drain / bulk+converge / big txn) | pgmesh peak RSS MB (big txn) | machine busy % |")
     print("|---|---|---:|---:|---:|---|---|---:|---:|")
@@ -309,6 +305,15 @@ def table(out):
             print(f"| {m} / {base} | {ratio(res[m], res[base], 'catchup', 'txn_per_s')} | "
                   f"{ratio(res[m], res[base], 'bulk', 'rows_per_s')} | "
                   f"{ratio(res.get(m + '_bigtxn', {}), res.get(base + '_bigtxn', {}), 'bulk', 'rows_per_s')} |")
+
+
+def table(out):
+    res = load(out)
+    same_major(res)
+    names = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18")
+             if n in res or n + "_bigtxn" in res]
+    if names:
+        main_tables(res, names)
     dur = [n for n in ("native18", "pglogical15", "pgmesh15", "pgmesh18") if n + "_durable" in res]
     if dur:
         print()

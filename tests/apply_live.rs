@@ -75,6 +75,32 @@ fn writes_flow_both_ways() {
     }
 }
 
+/// A batch does not wait out its delay once the peer's walsender has sent all it had (the
+/// keepalive it sends before it waits for WAL): with a ten-minute delay, each of a few
+/// lone transactions still arrives, one after the other.
+#[test]
+fn a_lone_transaction_does_not_wait_out_the_batch_delay() {
+    for major in versions_under_test() {
+        let mut m = Mesh::new(major, DDL, TABLES);
+        m.limits.max_delay = Duration::from_secs(600);
+        m.start_sidecars();
+        for id in 1..=3 {
+            m.a.cluster
+                .psql(&format!(
+                    "INSERT INTO items VALUES ({id}, 'lone', {id}, null)"
+                ))
+                .unwrap();
+            m.wait_converged(&["items"], Duration::from_secs(60));
+            assert_eq!(
+                m.b.cluster.psql("SELECT count(*) FROM items").unwrap(),
+                id.to_string(),
+                "PG{major}"
+            );
+        }
+        m.stop_sidecars();
+    }
+}
+
 /// A backlog of thousands of one-row transactions (inserts, updates, deletes) reaches
 /// the sidecar in bulk, many frames per socket read: every one must be applied, each
 /// without a decision (nothing else wrote those rows), so no ledger row appears.

@@ -50,7 +50,15 @@ pub(super) struct Direction<'l> {
     pub(super) clock_noted: Option<Instant>,
     /// This direction's say in the threads' CPU policy (`[apply] cpu_policy = "auto"`).
     pub(super) cpu: CatchUpVote,
+    /// The oldest transaction not yet applied was younger than [`KEEPING_UP_LAG`] at the
+    /// last progress report: a batch may then go as soon as the peer has sent all it had.
+    pub(super) keeping_up: bool,
 }
+
+/// Below this lag a batch is not held for its delay once the peer has sent everything
+/// (lower latency for a few more commits); above it, batches grow for throughput: in lag
+/// runs at 20,000 txn/s the extra commits made a saturated machine fall further behind.
+pub(super) const KEEPING_UP_LAG: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Direction<'_> {
     /// Nothing read waits here or in the writer.
@@ -73,6 +81,7 @@ impl Direction<'_> {
         let unsent = self.assembler.oldest_unsent();
         let (done, oldest) = self.acks.progress(self.applier.applied(), idle, unsent);
         let lag = oldest.and_then(crate::observe::state::age);
+        self.keeping_up = lag.is_none_or(|l| l < KEEPING_UP_LAG);
         self.cpu.observe(lag, discarded);
         self.state.progress(done, lag);
     }

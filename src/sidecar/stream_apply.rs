@@ -249,6 +249,7 @@ async fn run_once(
         state,
         clock_noted: None,
         cpu: CatchUpVote::default(),
+        keeping_up: true,
     };
     state.applied(applied);
     state.set_phase(Phase::Streaming);
@@ -394,8 +395,12 @@ async fn on_event(
             d.acks.read_past(wal_end);
             // The walsender sends such a keepalive when it has sent all it had and is
             // about to wait for WAL: a batch waiting out its delay would gather nothing
-            // more (BENCHMARKS.md, seventeenth session).
-            d.assembler.sender_idle();
+            // more (BENCHMARKS.md, seventeenth session). Not when more came behind it (a
+            // reader that is behind meets keepalives that are old news), nor while this
+            // direction lags: then fewer, bigger batches help it catch up.
+            if d.keeping_up && !stream.more_arrived()? {
+                d.assembler.sender_idle();
+            }
             // Idle and all applied: whatever the peer commits next, it commits after
             // this keepalive left it.
             if d.idle() {

@@ -521,6 +521,24 @@ impl ReplicationConnection {
         self.rbuf.first() == Some(&b'd') && wire::frame_ready(&self.rbuf)
     }
 
+    /// Reads whatever the socket holds right now, without waiting: whether anything
+    /// (or the end of the stream) came. Nothing read means the peer sent nothing since
+    /// the last frame.
+    pub(crate) fn read_now(&mut self) -> Result<bool, SourceError> {
+        use futures_util::FutureExt;
+        match self.io.read_buf(&mut self.rbuf).now_or_never() {
+            None => Ok(false),
+            Some(Ok(n)) => {
+                if n > 0 {
+                    self.last_read = tokio::time::Instant::now();
+                }
+                // n == 0 is the end of the stream, which the next `recv` reports.
+                Ok(true)
+            }
+            Some(Err(e)) => Err(self.io_err(e)),
+        }
+    }
+
     /// The next message that needs the caller's attention. ParameterStatus is recorded,
     /// NoticeResponse logged, NotificationResponse ignored. Cancel-safe: a partially read
     /// message stays buffered.

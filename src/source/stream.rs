@@ -405,6 +405,12 @@ impl ReplicationStream {
         !self.ended && self.conn.frame_buffered()
     }
 
+    /// Whether anything more of the stream is here already: a frame read and waiting,
+    /// or bytes the socket holds (read now, without waiting).
+    pub fn more_arrived(&mut self) -> Result<bool, SourceError> {
+        Ok(!self.ended && (self.conn.frame_buffered() || self.conn.read_now()?))
+    }
+
     /// When the last frame arrived (read once per frame; callers use it as "now" for
     /// what they do with the frame).
     #[must_use]
