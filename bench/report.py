@@ -280,6 +280,7 @@ def profile_tables(prof):
 
 
 def main_tables(res, names):
+    print()
     print("| run | PG | catch-up txn/s | bulk rows/s | bulk, one big txn, rows/s | converge | "
           "pgmesh A->B CPU s (catch-up drain / bulk+converge / big txn) | pgmesh peak RSS MB (big txn) | machine busy % |")
     print("|---|---|---:|---:|---:|---|---|---:|---:|")
