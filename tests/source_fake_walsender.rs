@@ -210,3 +210,61 @@ async fn server_error_in_copyboth_is_classified() {
     assert_eq!(e.sqlstate(), Some("57P01"));
     server.await.unwrap();
 }
+
+/// `more_arrived` says whether anything came behind the last frame (the sidecar ends a
+/// batch at a keepalive only when nothing did), and what it reads on the way is not
+/// lost: the next event is the data that arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_arrived_sees_data_behind_a_keepalive_and_keeps_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        handshake(&mut s).await;
+        send(&mut s, b'd', &keepalive(0x500, false)).await;
+        go_rx.await.unwrap();
+        send(&mut s, b'd', &xlogdata(0x600, b"Bxyz")).await;
+        // Keep the connection until the client is done (status updates go unread).
+        done_rx.await.unwrap();
+    });
+    let cfg = SourceConfig::from_dsn_with_env(
+        &format!("host=127.0.0.1 port={port} user=u sslmode=disable"),
+        |_| None,
+    )
+    .unwrap();
+    let conn = ReplicationConnection::connect(&cfg).await.unwrap();
+    let mut sc = StreamConfig::new("s1", &["pub"]);
+    sc.status_interval = Duration::from_secs(3600);
+    let mut stream = ReplicationStream::start(conn, &sc, Lsn(0x100))
+        .await
+        .unwrap();
+    let ev = stream.next_event().await.unwrap().unwrap();
+    assert!(matches!(ev, ReplicationEvent::Keepalive { .. }), "{ev:?}");
+    assert!(
+        !stream.more_arrived().unwrap(),
+        "nothing was sent behind the keepalive"
+    );
+    go_tx.send(()).unwrap();
+    // The data is on its way: wait until the socket shows it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !stream.more_arrived().unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the data sent behind the keepalive never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ev = tokio::time::timeout(Duration::from_secs(10), stream.next_event())
+        .await
+        .expect("the data read by more_arrived is the next event")
+        .unwrap()
+        .unwrap();
+    let ReplicationEvent::XLogData(x) = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!((x.wal_start, &x.data[..]), (Lsn(0x600), &b"Bxyz"[..]));
+    done_tx.send(()).unwrap();
+    server.await.unwrap();
+}

@@ -522,8 +522,9 @@ impl ReplicationConnection {
     }
 
     /// Reads whatever the socket holds right now, without waiting: whether anything
-    /// (or the end of the stream) came. Nothing read means the peer sent nothing since
-    /// the last frame.
+    /// (or the end of the stream) came. Nothing read means nothing arrived since the
+    /// last frame, as far as the runtime's I/O driver has seen (another worker thread
+    /// waits on it, so it notices within microseconds); a miss only ends a batch early.
     pub(crate) fn read_now(&mut self) -> Result<bool, SourceError> {
         use futures_util::FutureExt;
         match self.io.read_buf(&mut self.rbuf).now_or_never() {
