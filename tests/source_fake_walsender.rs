@@ -88,6 +88,25 @@ async fn handshake(s: &mut TcpStream) -> String {
         .to_string()
 }
 
+/// A replication connection to the scripted walsender on `port`.
+async fn connect(port: u16) -> ReplicationConnection {
+    let cfg = SourceConfig::from_dsn_with_env(
+        &format!("host=127.0.0.1 port={port} user=u dbname=d sslmode=disable"),
+        |_| None,
+    )
+    .unwrap();
+    ReplicationConnection::connect(&cfg).await.unwrap()
+}
+
+/// The stream of slot s1 from 0/100, with no status update on a timer (1 h interval).
+async fn start_quiet(conn: ReplicationConnection) -> ReplicationStream {
+    let mut sc = StreamConfig::new("s1", &["pub"]);
+    sc.status_interval = Duration::from_secs(3600);
+    ReplicationStream::start(conn, &sc, Lsn(0x100))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn feedback_never_runs_ahead_of_set_flushed() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -138,18 +157,9 @@ async fn feedback_never_runs_ahead_of_set_flushed() {
         seen
     });
 
-    let cfg = SourceConfig::from_dsn_with_env(
-        &format!("host=127.0.0.1 port={port} user=u dbname=d sslmode=disable"),
-        |_| None,
-    )
-    .unwrap();
-    let conn = ReplicationConnection::connect(&cfg).await.unwrap();
+    let conn = connect(port).await;
     assert_eq!(conn.server_major(), 16);
-    let mut sc = StreamConfig::new("s1", &["pub"]);
-    sc.status_interval = Duration::from_secs(3600);
-    let mut stream = ReplicationStream::start(conn, &sc, Lsn(0x100))
-        .await
-        .unwrap();
+    let mut stream = start_quiet(conn).await;
 
     let ev = stream.next_event().await.unwrap().unwrap();
     assert!(matches!(
@@ -196,12 +206,7 @@ async fn server_error_in_copyboth_is_classified() {
         )
         .await;
     });
-    let cfg = SourceConfig::from_dsn_with_env(
-        &format!("host=127.0.0.1 port={port} user=u sslmode=disable"),
-        |_| None,
-    )
-    .unwrap();
-    let conn = ReplicationConnection::connect(&cfg).await.unwrap();
+    let conn = connect(port).await;
     let mut stream = ReplicationStream::start(conn, &StreamConfig::new("s1", &["pub"]), Lsn::ZERO)
         .await
         .unwrap();
@@ -229,17 +234,7 @@ async fn more_arrived_sees_data_behind_a_keepalive_and_keeps_it() {
         // Keep the connection until the client is done (status updates go unread).
         done_rx.await.unwrap();
     });
-    let cfg = SourceConfig::from_dsn_with_env(
-        &format!("host=127.0.0.1 port={port} user=u sslmode=disable"),
-        |_| None,
-    )
-    .unwrap();
-    let conn = ReplicationConnection::connect(&cfg).await.unwrap();
-    let mut sc = StreamConfig::new("s1", &["pub"]);
-    sc.status_interval = Duration::from_secs(3600);
-    let mut stream = ReplicationStream::start(conn, &sc, Lsn(0x100))
-        .await
-        .unwrap();
+    let mut stream = start_quiet(connect(port).await).await;
     let ev = stream.next_event().await.unwrap().unwrap();
     assert!(matches!(ev, ReplicationEvent::Keepalive { .. }), "{ev:?}");
     assert!(
@@ -247,7 +242,8 @@ async fn more_arrived_sees_data_behind_a_keepalive_and_keeps_it() {
         "nothing was sent behind the keepalive"
     );
     go_tx.send(()).unwrap();
-    // The data is on its way: wait until the socket shows it.
+    // The data is on its way: wait until the socket shows it (the sleep only paces the
+    // polling; the loop waits for the fact).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !stream.more_arrived().unwrap() {
         assert!(
