@@ -5,6 +5,7 @@
 //! ([`super::ack`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -25,10 +26,10 @@ use crate::Lsn;
 
 /// A wait for the local clock up to this long is left to the batch's commit
 /// ([`Direction::commit_batch`]) instead of ending the batch at the transaction's Begin.
-const SHORT_CLOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+const SHORT_CLOCK_WAIT: Duration = Duration::from_millis(20);
 
 /// How often a replay of a kept transaction tells the peer it is still there.
-const REPLAY_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const REPLAY_STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// A durable-progress read in flight ([`Direction::durable_progress_read`]).
 pub(super) type ProgressRead =
@@ -55,10 +56,20 @@ pub(super) struct Direction<'l> {
     pub(super) keeping_up: bool,
 }
 
-/// Below this lag a batch is not held for its delay once the peer has sent everything
-/// (lower latency for a few more commits); above it, batches grow for throughput: in lag
-/// runs at 20,000 txn/s the extra commits made a saturated machine fall further behind.
-pub(super) const KEEPING_UP_LAG: std::time::Duration = std::time::Duration::from_millis(50);
+/// Below this lag (beyond the batch delay) a batch is not held for its delay once the
+/// peer has sent everything (lower latency for a few more commits); above it, batches
+/// grow for throughput: in lag runs at 20,000 txn/s the extra commits made a saturated
+/// machine fall further behind.
+pub(super) const KEEPING_UP_LAG: Duration = Duration::from_millis(50);
+
+/// Whether a direction whose oldest unapplied transaction is `lag` old keeps up. Lag its
+/// batches' own delay explains is not falling behind: with a delay above
+/// [`KEEPING_UP_LAG`], one batch that waited out its delay would otherwise turn the
+/// hurry off, and every later batch, waiting its delay in turn, would keep it off for
+/// as long as transactions kept coming.
+fn keeps_up(lag: Option<Duration>, max_delay: Duration) -> bool {
+    lag.is_none_or(|l| l < max_delay + KEEPING_UP_LAG)
+}
 
 impl Direction<'_> {
     /// Nothing read waits here or in the writer.
@@ -81,7 +92,7 @@ impl Direction<'_> {
         let unsent = self.assembler.oldest_unsent();
         let (done, oldest) = self.acks.progress(self.applier.applied(), idle, unsent);
         let lag = oldest.and_then(crate::observe::state::age);
-        self.keeping_up = lag.is_none_or(|l| l < KEEPING_UP_LAG);
+        self.keeping_up = keeps_up(lag, self.assembler.max_delay());
         self.cpu.observe(lag, discarded);
         self.state.progress(done, lag);
     }
@@ -320,7 +331,7 @@ impl Direction<'_> {
 
     /// How long to hold back what was committed at `ts` so that it is applied only once
     /// this node's clock passed it ([`crate::conflict::causality`]).
-    fn clock_wait(&mut self, ts: PgTimestamp) -> Option<std::time::Duration> {
+    fn clock_wait(&mut self, ts: PgTimestamp) -> Option<Duration> {
         let now = crate::pgtime::unix_micros_now();
         let wait = match clock_wait(ts, now, self.link.clock_wait_max) {
             ClockWait::Ready => return None,
@@ -334,7 +345,7 @@ impl Direction<'_> {
                 return None;
             }
         };
-        if wait >= std::time::Duration::from_millis(100) && self.note_clock() {
+        if wait >= Duration::from_millis(100) && self.note_clock() {
             tracing::warn!(wait_s = wait.as_secs_f64(),
                 "the peer's commits are ahead of this node's clock: each is applied once this clock passed its commit time, so that a local write made after it is stamped later (last-writer-wins stays causal); the direction lags by the skew; sync both clocks (chrony/NTP)");
         }
@@ -345,7 +356,7 @@ impl Direction<'_> {
     fn note_clock(&mut self) -> bool {
         let due = self
             .clock_noted
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
         if due {
             self.clock_noted = Some(Instant::now());
         }
@@ -359,5 +370,21 @@ pub(super) struct DropAbort(pub(super) tokio::task::JoinHandle<()>);
 impl Drop for DropAbort {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_the_batch_delay_explains_is_keeping_up() {
+        let ms = Duration::from_millis;
+        assert!(keeps_up(None, ms(1)));
+        assert!(keeps_up(Some(ms(30)), ms(1)));
+        assert!(!keeps_up(Some(ms(80)), ms(1)));
+        // A batch that waited out a 100 ms delay is not a direction falling behind.
+        assert!(keeps_up(Some(ms(120)), ms(100)));
+        assert!(!keeps_up(Some(ms(200)), ms(100)));
     }
 }

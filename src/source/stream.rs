@@ -5,7 +5,12 @@
 //! server may drop WAL before it, so it must never run ahead of durable state):
 //! - flush = the caller's [`ReplicationStream::set_flushed`] (never further), initially
 //!   the start position;
-//! - write = last position received; apply = flush;
+//! - write = apply = flush. Not the last position received: the walsender sends a
+//!   keepalive when it has sent all it had only while our write is behind its send
+//!   position, and a batch waiting for more is hurried by that keepalive
+//!   (`Assembler::sender_idle`). A status that reported the receipt of a commit
+//!   before the walsender came to wait suppressed it, and the batch waited out its
+//!   whole delay (a CI run, seventeenth session);
 //! - sent every `status_interval` (10 s), on a keepalive when none was sent for
 //!   [`KEEPALIVE_REPLY_INTERVAL`], immediately when the server asks, and once more on
 //!   [`ReplicationStream::shutdown`] before CopyDone so the final position is acknowledged.
@@ -437,7 +442,7 @@ impl ReplicationStream {
             self.round_trips.requested(Instant::now());
         }
         let update = StandbyStatusUpdate {
-            write: self.received.max(self.flushed),
+            write: self.flushed,
             flush: self.flushed,
             apply: self.flushed,
             client_time: PgTimestamp::from_system_time(SystemTime::now()).unwrap_or_default(),

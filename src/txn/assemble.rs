@@ -183,6 +183,12 @@ impl Assembler {
         }
     }
 
+    /// How long a batch may wait for more transactions.
+    #[must_use]
+    pub fn max_delay(&self) -> std::time::Duration {
+        self.limits.max_delay
+    }
+
     /// A complete batch waits and its delay has passed.
     #[must_use]
     pub fn batch_due(&self, now: Instant) -> bool {
@@ -279,7 +285,7 @@ impl Assembler {
                 batch.ts = c.commit_time;
                 batch.max_ts = batch.max_ts.max(c.commit_time);
                 batch.txns += 1;
-                let started = *self.batch_started.get_or_insert(cx.now);
+                self.batch_started.get_or_insert(cx.now);
                 let l = &self.limits;
                 // Rows keep the downstream commit's time, which is the last upstream
                 // commit of the batch and its latest (see `Step::Began`). Rows of tables
@@ -289,9 +295,7 @@ impl Assembler {
                 let ends = open.is_some_and(|o| o.touches_uniques)
                     || self.chunk.rows() >= l.max_rows
                     || self.chunk.bytes() >= l.max_bytes
-                    || ((self.sender_idle
-                        || cx.now.saturating_duration_since(started) >= l.max_delay)
-                        && cx.writer_idle);
+                    || (self.batch_deadline().is_some_and(|due| cx.now >= due) && cx.writer_idle);
                 Ok(if ends { Step::EndBatch } else { Step::Continue })
             }
             Message::Insert(i) => {
