@@ -8,7 +8,11 @@ putting each sample in the first category (in the order below) that names a func
 its stack: a commit-time read inside an UPDATE counts as a commit-time read, a b-tree
 search inside an index insert as an index insert. The sidecar's samples are counted too.
 
-usage: backend_breakdown.py PERF_SCRIPT_TXT PROCS_JSON [node] [--json OUT]
+usage: backend_breakdown.py PERF_SCRIPT_TXT PROCS_JSON [node] [--json OUT] [--backend-pid PID]
+
+The apply backend is the busiest node-B postgres process with a sample in a replication
+origin function (only pgmesh's apply session calls them; in a lag run the probe's poller
+on B is busier than the apply backend), else the busiest; --backend-pid names it.
 
 Apply backend categories, in order:
 """
@@ -65,6 +69,22 @@ def busiest_postgres(procs, node, walsender=False):
     cands = [p for p in procs if p["kind"] == "postgres" and p.get("node") == node
              and ("walsender" in p["cmd"]) == walsender]
     cands.sort(key=lambda p: p["cpu_s"], reverse=True)
+    return cands[0] if cands else None
+
+
+ORIGIN_CALLS = {"pg_replication_origin_xact_setup", "replorigin_session_advance",
+                "pg_replication_origin_session_setup", "replorigin_session_setup"}
+
+
+def apply_backend(perf_txt, procs, node):
+    """The node's postgres process that calls replication origin functions, the busiest
+    such; else the busiest of the node."""
+    cands = [p for p in procs if p["kind"] == "postgres" and p.get("node") == node
+             and "walsender" not in p["cmd"]]
+    cands.sort(key=lambda p: p["cpu_s"], reverse=True)
+    for p in cands[:4]:
+        if any(ORIGIN_CALLS & set(st) for st in samples(perf_txt, p["pid"])):
+            return p
     return cands[0] if cands else None
 
 
@@ -135,11 +155,19 @@ def main():
         i = args.index("--json")
         out_json = args[i + 1]
         del args[i:i + 2]
+    backend_pid = None
+    if "--backend-pid" in args:
+        i = args.index("--backend-pid")
+        backend_pid = int(args[i + 1])
+        del args[i:i + 2]
     perf_txt, procs_json = args[0], args[1]
     node = args[2] if len(args) > 2 else "b"
     other = "a" if node == "b" else "b"
     procs = json.load(open(procs_json))
-    backend = busiest_postgres(procs, node)
+    if backend_pid is not None:
+        backend = next((p for p in procs if p["pid"] == backend_pid), None)
+    else:
+        backend = apply_backend(perf_txt, procs, node)
     if backend is None:
         sys.exit(f"no postgres process of node {node} in {procs_json}")
     total, shares = breakdown(perf_txt, backend, CATEGORIES)
