@@ -60,7 +60,7 @@ pub(super) struct Direction<'l> {
 /// peer has sent everything (lower latency for a few more commits); above it, batches
 /// grow for throughput: in lag runs at 20,000 txn/s the extra commits made a saturated
 /// machine fall further behind.
-pub(super) const KEEPING_UP_LAG: Duration = Duration::from_millis(50);
+const KEEPING_UP_LAG: Duration = Duration::from_millis(50);
 
 /// Whether a direction whose oldest unapplied transaction is `lag` old keeps up. Lag its
 /// batches' own delay explains is not falling behind: with a delay above

@@ -266,7 +266,6 @@ pub struct ReplicationStream {
     slot: String,
     plugin: String,
     start: Lsn,
-    received: Lsn,
     flushed: Lsn,
     status_interval: Duration,
     idle_timeout: Option<Duration>,
@@ -349,7 +348,6 @@ impl ReplicationStream {
             slot: cfg.slot.clone(),
             plugin: cfg.plugin.name().to_string(),
             start,
-            received: start,
             // Nothing is acknowledged until the caller says what is durable: the start
             // position is where to read from, which may be ahead of what is durable.
             flushed: Lsn::ZERO,
@@ -377,12 +375,6 @@ impl ReplicationStream {
     #[must_use]
     pub fn flushed(&self) -> Lsn {
         self.flushed
-    }
-
-    /// The furthest position received.
-    #[must_use]
-    pub fn received(&self) -> Lsn {
-        self.received
     }
 
     /// Where this stream started.
@@ -533,11 +525,9 @@ impl ReplicationStream {
                     self.just_received = true;
                     match msg {
                         ReplicationMessage::XLogData(x) => {
-                            self.received = self.received.max(x.wal_start);
                             return Ok(Some(ReplicationEvent::XLogData(x)));
                         }
                         ReplicationMessage::PrimaryKeepalive(k) => {
-                            self.received = self.received.max(k.wal_end);
                             // A busy walsender sends a keepalive after nearly every
                             // transaction: answering each one was a fifth of the sidecar's
                             // CPU at 5,000 txn/s (a send, and a wakeup of the walsender).
